@@ -1,0 +1,1 @@
+//! Conversions between `pb` and the domain.

@@ -1,0 +1,234 @@
+//! Ports: the narrow traits the services use for I/O. Each has an embedded adapter (one
+//! process, no servers) and a cluster adapter, and every adapter of a port passes the same
+//! conformance suite (`fleetcmd_adapters::conformance`).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::ids::{CommandId, ExecutionId, Target};
+use crate::model::{Command, Execution, ExecutionStatus, TimestampMs};
+
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
+
+/// An infrastructure failure. Adapters say whether retrying may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// The backend cannot be reached or is not ready (retryable).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The operation did not finish in time (retryable; the outcome is unknown).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A request found nobody listening on its subject (retryable: an owner may appear).
+    #[error("no responder for {0}")]
+    NoResponders(String),
+    /// Stored data could not be decoded (not retryable).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The backend refused the operation (not retryable: a bug or a misconfiguration).
+    #[error("backend error: {0}")]
+    Backend(String),
+}
+
+impl PortError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::NoResponders(_)
+        )
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// Wall-clock time, injected so the domain and tests control it.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> TimestampMs;
+}
+
+/// One record of the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub offset: u64,
+    pub key: String,
+    pub payload: Bytes,
+}
+
+/// The event log: partitioned, append-only, the source of truth.
+///
+/// Contract:
+/// - The partition count is fixed for the life of the log.
+/// - Offsets in a partition start at 0 and are contiguous.
+/// - `append` is atomic and ordered: when it returns `Ok(first)`, all records are durable,
+///   readable, and hold offsets `first..first + n` in the order given. On `Err` none of them
+///   may be assumed written (callers that retry must be idempotent, and events carry ids).
+/// - Reads never return a record that was not acknowledged by `append`, and return records
+///   in offset order.
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    fn partitions(&self) -> u32;
+
+    /// Appends `(key, payload)` records to `partition`; returns the offset of the first.
+    async fn append(&self, partition: u32, records: Vec<(String, Bytes)>) -> PortResult<u64>;
+
+    /// Reads up to `max` records of `partition` from offset `from` (inclusive).
+    async fn read(&self, partition: u32, from: u64, max: usize) -> PortResult<Vec<LogRecord>>;
+
+    /// The offset the next append to `partition` will get.
+    async fn end_offset(&self, partition: u32) -> PortResult<u64>;
+
+    /// Returns once any `(partition, offset)` in `positions` has a record at or past `offset`,
+    /// or when `timeout` passes (also `Ok`: callers just read again).
+    async fn wait_for_records(&self, positions: &[(u32, u64)], timeout: Duration)
+    -> PortResult<()>;
+}
+
+/// A message on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BusMessage {
+    pub subject: String,
+    /// Where a responder sends its answer (set on requests).
+    pub reply: Option<String>,
+    /// Small string headers (trace context and the like).
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl BusMessage {
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            subject: subject.into(),
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Subjects are `.`-separated tokens; subscriptions may use `*` (exactly one token) and a
+/// trailing `>` (one or more tokens), as in NATS.
+///
+/// Contract:
+/// - `publish` is at-most-once: delivered to every matching plain subscriber and to exactly
+///   one member of each matching queue group, in publish order per publisher and subject.
+/// - `request` publishes with a fresh reply subject and waits for the first answer; with no
+///   subscriber on the subject it fails fast with [`PortError::NoResponders`], and after
+///   `timeout` with [`PortError::Timeout`].
+/// - A subscription ends when the bus shuts down; dropping it unsubscribes.
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn publish(&self, message: BusMessage) -> PortResult<()>;
+
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+    ) -> PortResult<BoxStream<BusMessage>>;
+
+    async fn request(&self, message: BusMessage, timeout: Duration) -> PortResult<BusMessage>;
+}
+
+/// A page of results and the token for the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_token: Option<String>,
+}
+
+/// ListCommands filters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandQuery {
+    pub namespace: Option<String>,
+    /// Keep only commands with a parameter of this name.
+    pub parameter_name: Option<String>,
+    /// Ascending by creation time (default: descending).
+    pub ascending: bool,
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
+/// A closed time range; either bound may be open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimeRange {
+    pub after: Option<TimestampMs>,
+    pub before: Option<TimestampMs>,
+}
+
+impl TimeRange {
+    pub fn contains(&self, t: TimestampMs) -> bool {
+        self.after.is_none_or(|a| t >= a) && self.before.is_none_or(|b| t <= b)
+    }
+}
+
+/// ListCommandExecutions filters. At most one of `command_id` / `target`, and at most one of
+/// `started` / `completed`, as in the reference (the API layer enforces it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecutionQuery {
+    pub command_id: Option<CommandId>,
+    pub target: Option<Target>,
+    /// Keep executions in any of these statuses (empty: all).
+    pub statuses: Vec<ExecutionStatus>,
+    pub started: Option<TimeRange>,
+    pub completed: Option<TimeRange>,
+    /// Ascending by the sort time (completed_at when filtering on completion, else started_at);
+    /// default descending.
+    pub ascending: bool,
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
+/// A write to the read model's commands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandWrite {
+    Upsert(Command),
+    Delete(CommandId),
+}
+
+/// A write to the read model's executions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecutionWrite {
+    Upsert(Execution),
+    Delete(ExecutionId),
+}
+
+/// The writes of one projector batch of one partition.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProjectionBatch {
+    pub partition: u32,
+    /// The partition's next offset to read once this batch is applied.
+    pub next_offset: u64,
+    pub commands: Vec<CommandWrite>,
+    pub executions: Vec<ExecutionWrite>,
+}
+
+/// The read model: what Get and List serve, folded from the log by the projector.
+///
+/// Contract:
+/// - `commit` applies every write of the batch and records the partition's position, such
+///   that after a crash the projector resumes at a position whose writes are all applied.
+///   Writes are idempotent: an execution upsert whose `seq` is not above the stored one
+///   changes nothing, so replayed or overlapping batches cannot move a record backwards.
+/// - Reads see every committed batch (read-your-writes within one store).
+#[async_trait::async_trait]
+pub trait ReadModel: Send + Sync + 'static {
+    async fn commit(&self, batch: ProjectionBatch) -> PortResult<()>;
+
+    /// The next offset to read for `partition` (0 when nothing was projected yet).
+    async fn position(&self, partition: u32) -> PortResult<u64>;
+
+    async fn get_command(&self, id: &CommandId) -> PortResult<Option<Command>>;
+
+    async fn list_commands(&self, query: &CommandQuery) -> PortResult<Page<Command>>;
+
+    async fn get_execution(&self, id: &ExecutionId) -> PortResult<Option<Execution>>;
+
+    /// Loads the given executions (missing ones are left out), for the projector's fold.
+    async fn get_executions(&self, ids: &[ExecutionId]) -> PortResult<Vec<Execution>>;
+
+    async fn list_executions(&self, query: &ExecutionQuery) -> PortResult<Page<Execution>>;
+
+    /// Removes execution records whose `time_to_live` is before `now`; returns how many.
+    async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64>;
+}

@@ -1,0 +1,215 @@
+//! StartCommandExecution: request validation, parameter resolution, payload rendering and
+//! client-token fingerprints (reference §2.1).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{Rejection, RejectionCode, ValidationError};
+use crate::ids::{CommandId, ExecutionId, Target};
+use crate::limits::*;
+use crate::model::{
+    Command, CommandBody, Execution, ExecutionStatus, ParameterValue, Payload, TimestampMs,
+};
+use crate::shard::hash_key;
+use crate::template;
+
+/// A start request, converted from the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StartRequest {
+    pub command_id: CommandId,
+    pub target: Target,
+    pub parameters: BTreeMap<String, ParameterValue>,
+    /// `None` or 0: the default (10 s).
+    pub timeout_secs: Option<u64>,
+    #[serde(skip)]
+    pub client_token: Option<String>,
+}
+
+impl StartRequest {
+    pub fn effective_timeout_secs(&self) -> u64 {
+        match self.timeout_secs {
+            None | Some(0) => TIMEOUT_DEFAULT_SECS,
+            Some(t) => t,
+        }
+    }
+}
+
+/// Checks the request's own fields (not the command's rules).
+pub fn validate_request(req: &StartRequest) -> Result<(), ValidationError> {
+    let t = req.effective_timeout_secs();
+    if !(TIMEOUT_MIN_SECS..=TIMEOUT_MAX_SECS).contains(&t) {
+        return Err(ValidationError::new(
+            "execution_timeout_seconds",
+            format!("must be between {TIMEOUT_MIN_SECS} and {TIMEOUT_MAX_SECS} seconds, got {t}"),
+        ));
+    }
+    if let Some(token) = &req.client_token {
+        validate_client_token(token)?;
+    }
+    Ok(())
+}
+
+/// 1–64 printable ASCII characters (`[\x21-\x7E]+`).
+pub fn validate_client_token(token: &str) -> Result<(), ValidationError> {
+    if token.is_empty() || token.len() > CLIENT_TOKEN_MAX_CHARS {
+        return Err(ValidationError::new(
+            "client_token",
+            format!("must be 1–{CLIENT_TOKEN_MAX_CHARS} characters"),
+        ));
+    }
+    if let Some(c) = token.chars().find(|c| !('\x21'..='\x7e').contains(c)) {
+        return Err(ValidationError::new(
+            "client_token",
+            format!("must be printable ASCII without spaces, found {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A stable fingerprint of what the request asks for (the client token aside): two
+/// requests with the same token and the same fingerprint are the same request.
+pub fn fingerprint(req: &StartRequest) -> u64 {
+    let canonical = serde_json::json!({
+        "command_id": req.command_id,
+        "target": req.target,
+        "parameters": req.parameters,
+        "timeout_secs": req.effective_timeout_secs(),
+    });
+    hash_key(&canonical.to_string())
+}
+
+/// Builds the new execution and its payload, or says why it cannot start.
+pub fn plan(
+    command: &Command,
+    req: &StartRequest,
+    execution_id: ExecutionId,
+    now: TimestampMs,
+    retention_secs: u64,
+) -> Result<(Execution, Payload), Rejection> {
+    validate_request(req)?;
+    if command.pending_deletion() {
+        return Err(Rejection::new(
+            RejectionCode::FailedPrecondition,
+            format!(
+                "command {} is pending deletion and cannot start executions",
+                command.command_id
+            ),
+        ));
+    }
+    if command.deprecated {
+        return Err(Rejection::new(
+            RejectionCode::FailedPrecondition,
+            format!(
+                "command {} is deprecated and cannot start executions",
+                command.command_id
+            ),
+        ));
+    }
+    let timeout_secs = req.effective_timeout_secs();
+    let (payload, parameters) = match &command.body {
+        CommandBody::Static(p) => {
+            if !req.parameters.is_empty() {
+                return Err(ValidationError::new(
+                    "parameters",
+                    format!(
+                        "command {} has a static payload and takes no parameters",
+                        command.command_id
+                    ),
+                )
+                .into());
+            }
+            (p.clone(), BTreeMap::new())
+        }
+        CommandBody::Template(t) => {
+            let values = template::resolve(&command.parameters, &req.parameters)?;
+            let content = template::render(t, &values, timeout_secs)?;
+            (
+                Payload {
+                    content,
+                    content_type: t.output_format.content_type().to_string(),
+                },
+                values,
+            )
+        }
+    };
+    let execution = Execution {
+        execution_id,
+        command_id: command.command_id.clone(),
+        target: req.target.clone(),
+        status: ExecutionStatus::Created,
+        status_reason: None,
+        result: BTreeMap::new(),
+        parameters,
+        timeout_secs,
+        client_token: req.client_token.clone(),
+        created_at: now,
+        last_updated_at: now,
+        started_at: now,
+        completed_at: None,
+        time_to_live: now + (retention_secs as i64) * 1000,
+        terminal: false,
+        seq: 1,
+    };
+    Ok((execution, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> StartRequest {
+        StartRequest {
+            command_id: CommandId::parse("c").unwrap(),
+            target: Target::thing("t").unwrap(),
+            parameters: BTreeMap::new(),
+            timeout_secs: None,
+            client_token: None,
+        }
+    }
+
+    #[test]
+    fn timeout_bounds_and_default() {
+        let mut r = req();
+        assert_eq!(r.effective_timeout_secs(), 10);
+        assert!(validate_request(&r).is_ok());
+        r.timeout_secs = Some(43_200);
+        assert!(validate_request(&r).is_ok());
+        r.timeout_secs = Some(43_201);
+        assert_eq!(
+            validate_request(&r).unwrap_err().field,
+            "execution_timeout_seconds"
+        );
+    }
+
+    #[test]
+    fn client_token_rules() {
+        assert!(validate_client_token("abc-123_!~").is_ok());
+        assert!(validate_client_token("").is_err());
+        assert!(validate_client_token(&"a".repeat(65)).is_err());
+        assert!(validate_client_token("has space").is_err());
+        assert!(validate_client_token("é").is_err());
+    }
+
+    #[test]
+    fn fingerprint_ignores_token_and_sees_everything_else() {
+        let a = req();
+        let mut b = req();
+        b.client_token = Some("tok".into());
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.timeout_secs = Some(10);
+        assert_eq!(
+            fingerprint(&a),
+            fingerprint(&b),
+            "explicit default equals implicit default"
+        );
+        b.timeout_secs = Some(11);
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        let mut c = req();
+        c.parameters.insert("x".into(), ParameterValue::I(1));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        let mut d = req();
+        d.target = Target::client("t").unwrap();
+        assert_ne!(fingerprint(&a), fingerprint(&d));
+    }
+}

@@ -1,0 +1,323 @@
+//! MQTT topics of the device protocol (reference §3.1, §4), built and parsed.
+//!
+//! ```text
+//! <root>/commands/{things|clients}/<id>/executions/<executionId>/request[/json|/cbor]
+//! <root>/commands/{things|clients}/<id>/executions/<executionId>/response/{json|cbor}
+//! <root>/commands/{things|clients}/<id>/executions/<executionId>/response/{accepted|rejected}[/json|/cbor]
+//! <root>/commands/{things|clients}/<id>/executions/<executionId>/cancel/json     (fleetcmd)
+//! <root>/events/commandExecution/<commandId>/<status>
+//! ```
+
+use crate::error::{Rejection, RejectionCode};
+use crate::ids::{ExecutionId, Target, TargetKind};
+use crate::model::ExecutionStatus;
+
+/// The default topic root.
+pub const DEFAULT_ROOT: &str = "$aws";
+
+/// The wire format of a request topic, chosen from the payload's content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestFormat {
+    Json,
+    Cbor,
+    /// Any other content type: the suffix-less topic.
+    Raw,
+}
+
+impl RequestFormat {
+    /// `application/json` → json, `application/cbor` → cbor, anything else → raw.
+    /// Parameters such as `; charset=utf-8` are ignored, and the match is case-insensitive.
+    pub fn from_content_type(content_type: &str) -> Self {
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if essence.eq_ignore_ascii_case("application/json") {
+            Self::Json
+        } else if essence.eq_ignore_ascii_case("application/cbor") {
+            Self::Cbor
+        } else {
+            Self::Raw
+        }
+    }
+}
+
+/// The format of a device update (and of the reply to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum UpdateFormat {
+    Json,
+    Cbor,
+}
+
+impl UpdateFormat {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Cbor => "cbor",
+        }
+    }
+}
+
+/// A validated topic root (non-empty, no wildcards, no leading or trailing `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRoot(String);
+
+impl Default for TopicRoot {
+    fn default() -> Self {
+        Self(DEFAULT_ROOT.to_string())
+    }
+}
+
+impl TopicRoot {
+    pub fn new(root: impl Into<String>) -> Result<Self, crate::ValidationError> {
+        let root = root.into();
+        if root.is_empty()
+            || root.starts_with('/')
+            || root.ends_with('/')
+            || root.contains(['+', '#', '\0'])
+            || root.split('/').any(str::is_empty)
+        {
+            return Err(crate::ValidationError::new(
+                "topic_root",
+                "must be non-empty MQTT topic levels without wildcards or empty levels (e.g. $aws)",
+            ));
+        }
+        Ok(Self(root))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn execution_base(&self, target: &Target, execution_id: &ExecutionId) -> String {
+        format!(
+            "{}/commands/{}/{}/executions/{}",
+            self.0,
+            target.kind.topic_segment(),
+            target.id,
+            execution_id
+        )
+    }
+
+    /// Where the request for an execution is published.
+    pub fn request(
+        &self,
+        target: &Target,
+        execution_id: &ExecutionId,
+        format: RequestFormat,
+    ) -> String {
+        let base = self.execution_base(target, execution_id);
+        match format {
+            RequestFormat::Json => format!("{base}/request/json"),
+            RequestFormat::Cbor => format!("{base}/request/cbor"),
+            RequestFormat::Raw => format!("{base}/request"),
+        }
+    }
+
+    /// Where the reply to a device update goes.
+    pub fn reply(
+        &self,
+        target: &Target,
+        execution_id: &ExecutionId,
+        accepted: bool,
+        format: UpdateFormat,
+    ) -> String {
+        format!(
+            "{}/response/{}/{}",
+            self.execution_base(target, execution_id),
+            if accepted { "accepted" } else { "rejected" },
+            format.suffix()
+        )
+    }
+
+    /// Where a device is told that its execution was canceled (fleetcmd's addition).
+    pub fn cancel(&self, target: &Target, execution_id: &ExecutionId) -> String {
+        format!("{}/cancel/json", self.execution_base(target, execution_id))
+    }
+
+    /// The status-change event topic.
+    pub fn event(&self, command_id: &str, status: ExecutionStatus) -> String {
+        format!(
+            "{}/events/commandExecution/{}/{}",
+            self.0,
+            command_id,
+            status.as_str()
+        )
+    }
+
+    /// The filters the edge subscribes to for device updates.
+    pub fn update_filters(&self) -> [String; 2] {
+        [
+            format!("{}/commands/+/+/executions/+/response/json", self.0),
+            format!("{}/commands/+/+/executions/+/response/cbor", self.0),
+        ]
+    }
+
+    /// The filters a device subscribes to for its requests (json, cbor and raw).
+    pub fn device_request_filters(&self, target: &Target) -> [String; 3] {
+        let base = format!(
+            "{}/commands/{}/{}/executions/+",
+            self.0,
+            target.kind.topic_segment(),
+            target.id
+        );
+        [
+            format!("{base}/request/json"),
+            format!("{base}/request/cbor"),
+            format!("{base}/request"),
+        ]
+    }
+
+    /// Parses the topic of a device update: `<root>/commands/<kind>/<id>/executions/<eid>/response/<fmt>`.
+    pub fn parse_update(
+        &self,
+        topic: &str,
+    ) -> Result<(Target, ExecutionId, UpdateFormat), Rejection> {
+        let bad = |why: &str| {
+            Rejection::new(
+                RejectionCode::InvalidTopic,
+                format!("topic {topic:?}: {why}"),
+            )
+        };
+        let rest = topic
+            .strip_prefix(self.0.as_str())
+            .and_then(|r| r.strip_prefix("/commands/"))
+            .ok_or_else(|| bad(&format!("expected prefix {}/commands/", self.0)))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let [kind, id, executions, execution_id, response, format] = parts.as_slice() else {
+            return Err(bad(
+                "expected <kind>/<id>/executions/<executionId>/response/<json|cbor>",
+            ));
+        };
+        let kind = match *kind {
+            "things" => TargetKind::Thing,
+            "clients" => TargetKind::Client,
+            other => {
+                return Err(bad(&format!(
+                    "unknown target kind {other:?}, expected things or clients"
+                )));
+            }
+        };
+        if *executions != "executions" || *response != "response" {
+            return Err(bad(
+                "expected <kind>/<id>/executions/<executionId>/response/<json|cbor>",
+            ));
+        }
+        let format = match *format {
+            "json" => UpdateFormat::Json,
+            "cbor" => UpdateFormat::Cbor,
+            other => {
+                return Err(bad(&format!(
+                    "unknown format {other:?}, expected json or cbor"
+                )));
+            }
+        };
+        let target = Target::new(kind, *id).map_err(|e| bad(&e.to_string()))?;
+        let execution_id = ExecutionId::parse(*execution_id).map_err(|e| bad(&e.to_string()))?;
+        Ok((target, execution_id, format))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn root() -> TopicRoot {
+        TopicRoot::default()
+    }
+
+    #[test]
+    fn request_suffix_follows_content_type() {
+        let t = Target::thing("lamp").unwrap();
+        let e = ExecutionId::parse("e-1").unwrap();
+        assert_eq!(
+            root().request(&t, &e, RequestFormat::from_content_type("application/json")),
+            "$aws/commands/things/lamp/executions/e-1/request/json"
+        );
+        assert_eq!(
+            root().request(&t, &e, RequestFormat::from_content_type("Application/CBOR")),
+            "$aws/commands/things/lamp/executions/e-1/request/cbor"
+        );
+        assert_eq!(
+            root().request(
+                &t,
+                &e,
+                RequestFormat::from_content_type("application/json; charset=utf-8")
+            ),
+            "$aws/commands/things/lamp/executions/e-1/request/json"
+        );
+        assert_eq!(
+            root().request(&t, &e, RequestFormat::from_content_type("text/plain")),
+            "$aws/commands/things/lamp/executions/e-1/request"
+        );
+        assert_eq!(
+            root().request(&t, &e, RequestFormat::from_content_type("")),
+            "$aws/commands/things/lamp/executions/e-1/request"
+        );
+    }
+
+    #[test]
+    fn reply_event_and_cancel_topics() {
+        let t = Target::client("c1").unwrap();
+        let e = ExecutionId::parse("e").unwrap();
+        assert_eq!(
+            root().reply(&t, &e, true, UpdateFormat::Json),
+            "$aws/commands/clients/c1/executions/e/response/accepted/json"
+        );
+        assert_eq!(
+            root().reply(&t, &e, false, UpdateFormat::Cbor),
+            "$aws/commands/clients/c1/executions/e/response/rejected/cbor"
+        );
+        assert_eq!(
+            root().cancel(&t, &e),
+            "$aws/commands/clients/c1/executions/e/cancel/json"
+        );
+        assert_eq!(
+            root().event("reboot", ExecutionStatus::TimedOut),
+            "$aws/events/commandExecution/reboot/TIMED_OUT"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_malformed_topics() {
+        let r = root();
+        for bad in [
+            "$aws/commands/things/x/executions/e/response",
+            "$aws/commands/devices/x/executions/e/response/json",
+            "$aws/commands/things/x/executions/e/response/xml",
+            "$aws/commands/things/x/executions/e/request/json",
+            "$aws/commands/things/x/executions/e/response/accepted/json",
+            "$aws/commands/things/x/executions/e!/response/json",
+            "other/commands/things/x/executions/e/response/json",
+            "$aws/commands/things//executions/e/response/json",
+        ] {
+            let err = r.parse_update(bad).unwrap_err();
+            assert_eq!(err.code, RejectionCode::InvalidTopic, "{bad}");
+        }
+    }
+
+    #[test]
+    fn custom_roots_are_validated() {
+        assert!(TopicRoot::new("fleet/prod").is_ok());
+        for bad in ["", "/x", "x/", "a//b", "a/+", "#"] {
+            assert!(TopicRoot::new(bad).is_err(), "{bad}");
+        }
+        let r = TopicRoot::new("fleet/prod").unwrap();
+        let t = Target::thing("a").unwrap();
+        let e = ExecutionId::parse("b").unwrap();
+        let topic = format!(
+            "{}/commands/things/a/executions/b/response/json",
+            r.as_str()
+        );
+        assert_eq!(r.parse_update(&topic).unwrap(), (t, e, UpdateFormat::Json));
+    }
+
+    proptest! {
+        #[test]
+        fn update_topics_round_trip(id in "[a-zA-Z0-9:_-]{1,128}", eid in "[a-zA-Z0-9_-]{1,64}", thing in any::<bool>(), cbor in any::<bool>()) {
+            let t = if thing { Target::thing(id).unwrap() } else { Target::client(id).unwrap() };
+            let e = ExecutionId::parse(eid).unwrap();
+            let f = if cbor { UpdateFormat::Cbor } else { UpdateFormat::Json };
+            let topic = format!("$aws/commands/{}/{}/executions/{}/response/{}", t.kind.topic_segment(), t.id, e, f.suffix());
+            prop_assert_eq!(root().parse_update(&topic).unwrap(), (t, e, f));
+        }
+    }
+}
