@@ -2,6 +2,7 @@
 //! conversions between those types and the domain's. Generated types stop here: services
 //! convert with `TryFrom` (naming the missing or bad field) and `From`.
 
+pub mod auth;
 pub mod convert;
 
 /// Generated code for package `fleetcmd.v1`.

@@ -16,7 +16,7 @@ pub const NAMESPACE_AWS_IOT: &str = "AWS-IoT";
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// CreateCommand, already converted from the API but not yet validated.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct CreateCommand {
     pub command_id: String,
     pub namespace: String,
@@ -29,7 +29,7 @@ pub struct CreateCommand {
 }
 
 /// UpdateCommand: only these three fields may change.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct UpdateCommand {
     pub display_name: Option<String>,
     pub description: Option<String>,
@@ -37,7 +37,7 @@ pub struct UpdateCommand {
 }
 
 /// An input aimed at a command.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum CommandInput {
     Create(Box<CreateCommand>),
     Update(UpdateCommand),

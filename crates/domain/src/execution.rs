@@ -12,7 +12,7 @@ use crate::model::{
 };
 
 /// An input aimed at an existing execution.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ExecutionInput {
     /// A device update (already shape-validated by [`crate::device::parse_update`]).
     Report {

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod model;
 pub mod policy;
 pub mod ports;
+pub mod protocol;
 pub mod shard;
 pub mod start;
 pub mod template;

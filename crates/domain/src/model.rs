@@ -119,7 +119,7 @@ pub struct CommandParameter {
     pub r#type: ParameterType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_value: Option<ParameterValue>,
-    /// A fixed value that overrides any default and request value.
+    /// A value that overrides the default (a value given in the start request overrides both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ParameterValue>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -271,7 +271,7 @@ impl Execution {
 }
 
 /// Base64 (standard alphabet) for byte fields in JSON.
-pub(crate) mod b64 {
+pub mod b64 {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -39,9 +39,32 @@ impl Action {
 
     /// The name used in policy files (the RPC name, e.g. `StartCommandExecution`).
     pub fn name(self) -> &'static str {
-        todo!("implemented by the policy work")
+        match self {
+            Self::CreateCommand => "CreateCommand",
+            Self::GetCommand => "GetCommand",
+            Self::ListCommands => "ListCommands",
+            Self::UpdateCommand => "UpdateCommand",
+            Self::DeleteCommand => "DeleteCommand",
+            Self::GetCommandExecution => "GetCommandExecution",
+            Self::ListCommandExecutions => "ListCommandExecutions",
+            Self::DeleteCommandExecution => "DeleteCommandExecution",
+            Self::WatchCommandExecutions => "WatchCommandExecutions",
+            Self::StartCommandExecution => "StartCommandExecution",
+            Self::CancelCommandExecution => "CancelCommandExecution",
+        }
+    }
+
+    /// The action a policy file names (exact, case-sensitive), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
     }
 }
+
+/// The minimum length of a bearer token: shorter ones are too easy to guess.
+pub const TOKEN_MIN_CHARS: usize = 16;
+/// The pattern that matches everything, and the only one that covers a call not narrowed to
+/// one command or target.
+pub const ANY: &str = "*";
 
 /// A policy file: a list of callers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -82,29 +105,513 @@ impl Policy {
     /// Checks names, unique non-empty tokens (at least 16 characters), known action names
     /// and well-formed patterns.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        todo!("implemented by the policy work")
+        if self.tokens.is_empty() {
+            return Err(ValidationError::new(
+                "tokens",
+                "a policy must list at least one token",
+            ));
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            let at = format!("tokens[{i}]");
+            if t.name.trim().is_empty() {
+                return Err(ValidationError::new(
+                    format!("{at}.name"),
+                    "must not be empty",
+                ));
+            }
+            if let Some(c) = t.name.chars().find(|c| c.is_control()) {
+                return Err(ValidationError::new(
+                    format!("{at}.name"),
+                    format!("must not contain control characters, found {c:?}"),
+                ));
+            }
+            // Messages about tokens name the caller, never the secret.
+            let len = t.token.chars().count();
+            if len < TOKEN_MIN_CHARS {
+                return Err(ValidationError::new(
+                    format!("{at}.token"),
+                    format!(
+                        "the token of {:?} must be at least {TOKEN_MIN_CHARS} characters, it has {len}",
+                        t.name
+                    ),
+                ));
+            }
+            if t.token.chars().any(|c| !('\x21'..='\x7e').contains(&c)) {
+                return Err(ValidationError::new(
+                    format!("{at}.token"),
+                    format!(
+                        "the token of {:?} must be printable ASCII without spaces (it travels in an HTTP header)",
+                        t.name
+                    ),
+                ));
+            }
+            for (j, earlier) in self.tokens[..i].iter().enumerate() {
+                if earlier.name == t.name {
+                    return Err(ValidationError::new(
+                        format!("{at}.name"),
+                        format!("duplicate name {:?} (also tokens[{j}])", t.name),
+                    ));
+                }
+                if earlier.token == t.token {
+                    return Err(ValidationError::new(
+                        format!("{at}.token"),
+                        format!(
+                            "{:?} uses the same token as {:?} (tokens[{j}]); tokens must be unique",
+                            t.name, earlier.name
+                        ),
+                    ));
+                }
+            }
+            for (j, g) in t.allow.iter().enumerate() {
+                g.validate(&format!("{at}.allow[{j}]"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The caller holding `token`, compared in constant time.
-    pub fn authenticate(&self, _token: &str) -> Option<&TokenPolicy> {
-        todo!("implemented by the policy work")
+    ///
+    /// Every configured token is compared in full, whatever matches, so the time taken does
+    /// not tell which token (or how much of one) the presented value shares.
+    pub fn authenticate(&self, token: &str) -> Option<&TokenPolicy> {
+        let mut found = None;
+        for t in &self.tokens {
+            if constant_time_eq(t.token.as_bytes(), token.as_bytes()) && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
     }
+}
+
+impl Grant {
+    fn validate(&self, at: &str) -> Result<(), ValidationError> {
+        if self.actions.is_empty() {
+            return Err(ValidationError::new(
+                format!("{at}.actions"),
+                "must list at least one action (or \"*\")",
+            ));
+        }
+        for (k, a) in self.actions.iter().enumerate() {
+            if a != ANY && Action::from_name(a).is_none() {
+                let known: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+                return Err(ValidationError::new(
+                    format!("{at}.actions[{k}]"),
+                    format!(
+                        "unknown action {a:?}; expected \"*\" or one of {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        check_patterns(&format!("{at}.commands"), &self.commands)?;
+        check_patterns(&format!("{at}.targets"), &self.targets)?;
+        for (k, p) in self.targets.iter().enumerate() {
+            if p != ANY && !p.starts_with("thing/") && !p.starts_with("client/") {
+                return Err(ValidationError::new(
+                    format!("{at}.targets[{k}]"),
+                    format!(
+                        "target pattern {p:?} must start with \"thing/\" or \"client/\", or be \"*\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn covers(&self, action: Action, command: Option<&str>, target: Option<&str>) -> bool {
+        let covered = |patterns: &[String], value: Option<&str>| match value {
+            Some(v) => patterns.iter().any(|p| glob_match(p, v)),
+            None => patterns.iter().any(|p| p == ANY),
+        };
+        self.actions.iter().any(|a| a == ANY || a == action.name())
+            && covered(&self.commands, command)
+            && covered(&self.targets, target)
+    }
+}
+
+fn check_patterns(field: &str, patterns: &[String]) -> Result<(), ValidationError> {
+    if patterns.is_empty() {
+        return Err(ValidationError::new(
+            field,
+            "must list at least one pattern (omit the field for \"*\")",
+        ));
+    }
+    for (k, p) in patterns.iter().enumerate() {
+        if p.is_empty() {
+            return Err(ValidationError::new(
+                format!("{field}[{k}]"),
+                "a pattern must not be empty",
+            ));
+        }
+        if let Some(c) = p.chars().find(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ValidationError::new(
+                format!("{field}[{k}]"),
+                format!(
+                    "pattern {p:?} must not contain whitespace or control characters, found {c:?}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Compares two byte strings in time that depends only on the length of `expected` (the
+/// secret), never on where the first difference is or on the length of `given`.
+pub fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
+    let mut diff = u8::from(expected.len() != given.len());
+    for (i, e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(0);
+        diff |= std::hint::black_box(e ^ g);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 impl TokenPolicy {
     /// Whether this caller may perform `action` on `command` and `target`. `None` means the
     /// call is not narrowed to one command (or target), which only a `*` pattern covers.
-    pub fn allows(
-        &self,
-        _action: Action,
-        _command: Option<&str>,
-        _target: Option<&Target>,
-    ) -> bool {
-        todo!("implemented by the policy work")
+    pub fn allows(&self, action: Action, command: Option<&str>, target: Option<&Target>) -> bool {
+        let target = target.map(Target::resource_name);
+        self.allow
+            .iter()
+            .any(|g| g.covers(action, command, target.as_deref()))
     }
 }
 
 /// `*` matches any run of characters (also empty), `?` exactly one.
-pub fn glob_match(_pattern: &str, _text: &str) -> bool {
-    todo!("implemented by the policy work")
+///
+/// Iterative with a single backtrack point (the last `*` seen), so it runs in
+/// O(pattern × text) at worst, never exponentially, whatever the pattern.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it currently stands for up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                // Let the last `*` swallow one more character and retry from there.
+                Some((sp, st)) => {
+                    star = Some((sp, st + 1));
+                    pi = sp + 1;
+                    ti = st + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OPS_TOKEN: &str = "ops-0123456789abcdef";
+    const LAB_TOKEN: &str = "lab-0123456789abcdef";
+
+    fn grant(actions: &[&str], commands: &[&str], targets: &[&str]) -> Grant {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect();
+        Grant {
+            actions: v(actions),
+            commands: v(commands),
+            targets: v(targets),
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            tokens: vec![
+                TokenPolicy {
+                    name: "ops".into(),
+                    token: OPS_TOKEN.into(),
+                    allow: vec![grant(&["*"], &["*"], &["*"])],
+                },
+                TokenPolicy {
+                    name: "lab".into(),
+                    token: LAB_TOKEN.into(),
+                    allow: vec![
+                        grant(&["StartCommandExecution"], &["reboot"], &["thing/lab-*"]),
+                        grant(&["GetCommand", "ListCommands"], &["*"], &["*"]),
+                    ],
+                },
+            ],
+        }
+    }
+
+    fn thing(id: &str) -> Target {
+        Target::thing(id).unwrap()
+    }
+
+    #[test]
+    fn action_names_are_the_rpc_names_and_parse_back() {
+        assert_eq!(
+            Action::StartCommandExecution.name(),
+            "StartCommandExecution"
+        );
+        assert_eq!(Action::ListCommands.name(), "ListCommands");
+        let names: std::collections::HashSet<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+        assert_eq!(names.len(), Action::ALL.len(), "names are unique");
+        for a in Action::ALL {
+            assert_eq!(Action::from_name(a.name()), Some(a));
+        }
+        assert_eq!(Action::from_name("startCommandExecution"), None);
+        assert_eq!(Action::from_name("*"), None);
+    }
+
+    #[test]
+    fn reboot_only_on_lab_things() {
+        let p = policy();
+        let lab = p.authenticate(LAB_TOKEN).unwrap();
+        assert_eq!(lab.name, "lab");
+        let start = Action::StartCommandExecution;
+        assert!(lab.allows(start, Some("reboot"), Some(&thing("lab-1"))));
+        assert!(lab.allows(start, Some("reboot"), Some(&thing("lab-"))));
+        assert!(!lab.allows(start, Some("reboot"), Some(&thing("prod-1"))));
+        assert!(!lab.allows(start, Some("reboot"), Some(&thing("xlab-1"))));
+        // A client with the same id is another target.
+        assert!(!lab.allows(
+            start,
+            Some("reboot"),
+            Some(&Target::client("lab-1").unwrap())
+        ));
+        assert!(!lab.allows(start, Some("reboot2"), Some(&thing("lab-1"))));
+        assert!(!lab.allows(start, Some("factory-reset"), Some(&thing("lab-1"))));
+        // Not narrowed to one command or target: only `*` covers that.
+        assert!(!lab.allows(start, None, Some(&thing("lab-1"))));
+        assert!(!lab.allows(start, Some("reboot"), None));
+        // Other actions come from other grants only.
+        assert!(!lab.allows(
+            Action::CancelCommandExecution,
+            Some("reboot"),
+            Some(&thing("lab-1"))
+        ));
+        assert!(lab.allows(Action::ListCommands, None, None));
+        assert!(lab.allows(Action::GetCommand, Some("anything"), None));
+        assert!(!lab.allows(Action::DeleteCommand, Some("reboot"), None));
+
+        let ops = p.authenticate(OPS_TOKEN).unwrap();
+        assert_eq!(ops.name, "ops");
+        for a in Action::ALL {
+            assert!(ops.allows(a, None, None), "{a:?}");
+            assert!(ops.allows(a, Some("x"), Some(&Target::client("c").unwrap())));
+        }
+    }
+
+    #[test]
+    fn a_grant_must_cover_action_command_and_target_at_once() {
+        // Two grants that each cover part of the request do not add up.
+        let t = TokenPolicy {
+            name: "split".into(),
+            token: "x".repeat(16),
+            allow: vec![
+                grant(&["StartCommandExecution"], &["reboot"], &["thing/a"]),
+                grant(&["StartCommandExecution"], &["update"], &["thing/b"]),
+            ],
+        };
+        let start = Action::StartCommandExecution;
+        assert!(t.allows(start, Some("reboot"), Some(&thing("a"))));
+        assert!(t.allows(start, Some("update"), Some(&thing("b"))));
+        assert!(!t.allows(start, Some("reboot"), Some(&thing("b"))));
+        assert!(!t.allows(start, Some("update"), Some(&thing("a"))));
+        let nothing = TokenPolicy {
+            allow: vec![],
+            ..t.clone()
+        };
+        assert!(!nothing.allows(Action::ListCommands, None, None));
+        // A pattern that matches every string still does not cover "not narrowed".
+        let starstar = TokenPolicy {
+            allow: vec![grant(&["*"], &["**"], &["*"])],
+            ..t
+        };
+        assert!(starstar.allows(start, Some("reboot"), None));
+        assert!(!starstar.allows(start, None, None));
+    }
+
+    #[test]
+    fn authenticate_needs_the_exact_token() {
+        let p = policy();
+        assert_eq!(
+            p.authenticate(OPS_TOKEN).map(|t| t.name.as_str()),
+            Some("ops")
+        );
+        assert!(p.authenticate("").is_none());
+        assert!(p.authenticate(&OPS_TOKEN[..OPS_TOKEN.len() - 1]).is_none());
+        assert!(p.authenticate(&format!("{OPS_TOKEN}x")).is_none());
+        assert!(p.authenticate(&OPS_TOKEN.to_uppercase()).is_none());
+        assert!(p.authenticate(&format!("{OPS_TOKEN}\0")).is_none());
+    }
+
+    #[test]
+    fn constant_time_eq_agrees_with_equality() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(!constant_time_eq(b"a", b""));
+        // Padding the shorter side with zero bytes must not make them equal.
+        assert!(!constant_time_eq(b"ab\0", b"ab"));
+        assert!(!constant_time_eq(b"ab", b"ab\0"));
+    }
+
+    #[test]
+    fn validate_accepts_a_good_policy_and_fills_default_patterns() {
+        assert_eq!(policy().validate(), Ok(()));
+        let p: Policy = serde_json::from_value(serde_json::json!({
+            "tokens": [{"name": "ci", "token": "c".repeat(16), "allow": [{"actions": ["GetCommand"]}]}]
+        }))
+        .unwrap();
+        assert_eq!(p.tokens[0].allow[0].commands, vec!["*"]);
+        assert_eq!(p.tokens[0].allow[0].targets, vec!["*"]);
+        assert_eq!(p.validate(), Ok(()));
+        assert!(p.tokens[0].allows(Action::GetCommand, None, None));
+        let unknown_field = serde_json::from_value::<Policy>(serde_json::json!({
+            "tokens": [{"name": "ci", "token": "c".repeat(16), "allow": [], "admin": true}]
+        }));
+        assert!(unknown_field.is_err());
+    }
+
+    #[test]
+    fn validate_names_every_mistake() {
+        let check = |p: &Policy| p.validate().unwrap_err();
+        let err = check(&Policy { tokens: vec![] });
+        assert_eq!(err.field, "tokens");
+
+        let mut p = policy();
+        p.tokens[1].token = "short-token".into();
+        let err = check(&p);
+        assert_eq!(err.field, "tokens[1].token");
+        assert!(err.message.contains("16"), "{}", err.message);
+        assert!(!err.message.contains("short-token"), "never echo a token");
+        p.tokens[1].token = "x".repeat(16);
+        assert_eq!(p.validate(), Ok(()), "exactly 16 is enough");
+        p.tokens[1].token = format!("{} with space", "x".repeat(16));
+        assert_eq!(check(&p).field, "tokens[1].token");
+
+        let mut p = policy();
+        p.tokens[1].token = OPS_TOKEN.into();
+        let err = check(&p);
+        assert_eq!(err.field, "tokens[1].token");
+        assert!(err.message.contains("\"ops\"") && err.message.contains("unique"));
+        assert!(!err.message.contains(OPS_TOKEN), "never echo a token");
+
+        let mut p = policy();
+        p.tokens[1].name = "ops".into();
+        let err = check(&p);
+        assert_eq!(err.field, "tokens[1].name");
+        assert!(err.message.contains("duplicate"));
+        p.tokens[1].name = " ".into();
+        assert_eq!(check(&p).field, "tokens[1].name");
+
+        let mut p = policy();
+        p.tokens[1].allow[1].actions[1] = "ListThings".into();
+        let err = check(&p);
+        assert_eq!(err.field, "tokens[1].allow[1].actions[1]");
+        assert!(
+            err.message.contains("ListThings") && err.message.contains("StartCommandExecution")
+        );
+        p.tokens[1].allow[1].actions.clear();
+        assert_eq!(check(&p).field, "tokens[1].allow[1].actions");
+
+        let mut p = policy();
+        p.tokens[1].allow[0].targets = vec!["thing/lab-*".into(), "lab-*".into()];
+        let err = check(&p);
+        assert_eq!(err.field, "tokens[1].allow[0].targets[1]");
+        assert!(err.message.contains("thing/"));
+        p.tokens[1].allow[0].targets = vec!["client/*".into()];
+        assert_eq!(p.validate(), Ok(()));
+        p.tokens[1].allow[0].targets = vec![];
+        assert_eq!(check(&p).field, "tokens[1].allow[0].targets");
+
+        let mut p = policy();
+        p.tokens[1].allow[0].commands = vec!["".into()];
+        assert_eq!(check(&p).field, "tokens[1].allow[0].commands[0]");
+        p.tokens[1].allow[0].commands = vec!["re boot".into()];
+        assert_eq!(check(&p).field, "tokens[1].allow[0].commands[0]");
+        p.tokens[1].allow[0].commands = vec![];
+        assert_eq!(check(&p).field, "tokens[1].allow[0].commands");
+    }
+
+    #[test]
+    fn glob_edge_cases() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*", "anything/at all"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "a"));
+        assert!(!glob_match("?", ""));
+        assert!(glob_match("?", "é"), "? is one character, not one byte");
+        assert!(!glob_match("??", "é"));
+        assert!(glob_match("thing/lab-*", "thing/lab-"));
+        assert!(glob_match("thing/lab-*", "thing/lab-1/x"));
+        assert!(!glob_match("thing/lab-*", "thing/lab"));
+        assert!(glob_match("a*b*c", "abc"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("a*c", "abcbc"), "backtracks past an early c");
+        assert!(!glob_match("a*c", "abcb"));
+        assert!(glob_match("*?", "x"));
+        assert!(!glob_match("*?", ""));
+        assert!(glob_match("**", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(!glob_match("abc", "ABC"), "case-sensitive");
+        assert!(!glob_match("reboot", "reboot2"));
+        assert!(!glob_match("reboot", "reboo"));
+    }
+
+    #[test]
+    fn glob_has_no_exponential_backtracking() {
+        let text = "a".repeat(5_000);
+        let pattern = format!("{}b", "a*".repeat(50));
+        let started = std::time::Instant::now();
+        assert!(!glob_match(&pattern, &text));
+        assert!(glob_match(&"a*".repeat(50), &text));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    /// The obvious recursive definition, exponential but fine for tiny inputs.
+    fn reference(p: &[char], t: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('*', rest)) => (0..=t.len()).any(|i| reference(rest, &t[i..])),
+            Some((&c, rest)) => t
+                .split_first()
+                .is_some_and(|(&x, tr)| (c == '?' || c == x) && reference(rest, tr)),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn glob_agrees_with_the_recursive_definition(p in "[ab*?]{0,8}", t in "[abc]{0,10}") {
+            let pc: Vec<char> = p.chars().collect();
+            let tc: Vec<char> = t.chars().collect();
+            prop_assert_eq!(glob_match(&p, &t), reference(&pc, &tc));
+        }
+
+        #[test]
+        fn literal_patterns_match_only_themselves(a in "[a-z/-]{0,12}", b in "[a-z/-]{0,12}") {
+            prop_assert!(glob_match(&a, &a));
+            prop_assert_eq!(glob_match(&a, &b), a == b);
+            let prefix = format!("{a}*");
+            prop_assert_eq!(glob_match(&prefix, &b), b.starts_with(&a));
+        }
+
+        #[test]
+        fn constant_time_eq_is_equality(a in prop::collection::vec(any::<u8>(), 0..40), b in prop::collection::vec(any::<u8>(), 0..40)) {
+            prop_assert_eq!(constant_time_eq(&a, &b), a == b);
+            prop_assert!(constant_time_eq(&a, &a));
+        }
+    }
 }

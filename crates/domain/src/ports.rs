@@ -162,8 +162,8 @@ impl TimeRange {
     }
 }
 
-/// ListCommandExecutions filters. At most one of `command_id` / `target`, and at most one of
-/// `started` / `completed`, as in the reference (the API layer enforces it).
+/// ListCommandExecutions filters. Unlike the reference, fleetcmd allows filtering by command
+/// and target together, and by both time ranges at once.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecutionQuery {
     pub command_id: Option<CommandId>,
@@ -180,6 +180,8 @@ pub struct ExecutionQuery {
 }
 
 /// A write to the read model's commands.
+// Batches are short-lived; boxing would cost an allocation per write.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandWrite {
     Upsert(Command),
@@ -187,6 +189,7 @@ pub enum CommandWrite {
 }
 
 /// A write to the read model's executions.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecutionWrite {
     Upsert(Execution),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Rejection, RejectionCode, ValidationError};
 use crate::ids::{CommandId, ExecutionId, Target};
@@ -15,14 +15,14 @@ use crate::shard::hash_key;
 use crate::template;
 
 /// A start request, converted from the API.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartRequest {
     pub command_id: CommandId,
     pub target: Target,
     pub parameters: BTreeMap<String, ParameterValue>,
     /// `None` or 0: the default (10 s).
     pub timeout_secs: Option<u64>,
-    #[serde(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
 }
 

@@ -1,1 +1,243 @@
-//! placeholder
+//! The status projector: folds the event log into the read model and then announces what
+//! changed. It reads each partition from the position the read model recorded, applies a
+//! batch of events in one commit (writes and position together, so a crash resumes at a
+//! consistent point and a replay changes nothing), and only after the commit publishes
+//! `fleetcmd.events.<command>` notifications and its progress on `fleetcmd.projected`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetcmd_domain::command;
+use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
+use fleetcmd_domain::execution;
+use fleetcmd_domain::ids::{CommandId, ExecutionId};
+use fleetcmd_domain::model::{Command, Execution};
+use fleetcmd_domain::ports::{
+    Bus, BusMessage, CommandWrite, EventLog, ExecutionWrite, LogRecord, PortError, ProjectionBatch, ReadModel,
+};
+use fleetcmd_domain::protocol::{ExecutionChanged, PROJECTED_SUBJECT, Projected, events_subject};
+use tokio::sync::watch;
+
+/// Projector settings.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// Most log records folded into one commit.
+    pub batch_max: usize,
+    /// How many tasks share the partitions.
+    pub workers: usize,
+    /// How often expired execution records are purged.
+    pub purge_interval: Duration,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self { batch_max: 2048, workers: 2, purge_interval: Duration::from_secs(60) }
+    }
+}
+
+/// The engines the projector works with.
+#[derive(Clone)]
+pub struct ProjectorDeps {
+    pub log: Arc<dyn EventLog>,
+    pub read_model: Arc<dyn ReadModel>,
+    pub bus: Arc<dyn Bus>,
+    pub clock: Arc<dyn fleetcmd_domain::ports::Clock>,
+}
+
+/// Projects `partitions` until `shutdown` turns true, restarting workers after failures.
+pub async fn run(deps: ProjectorDeps, config: ProjectorConfig, partitions: Vec<u32>, shutdown: watch::Receiver<bool>) {
+    let workers = config.workers.max(1).min(partitions.len().max(1));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let mine: Vec<u32> = partitions.iter().copied().filter(|p| *p as usize % workers == w).collect();
+        let deps = deps.clone();
+        let config = config.clone();
+        let mut shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match project(&deps, &config, &mine, &mut shutdown).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, partitions = ?mine, "projector worker failed; restarting");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }));
+    }
+    let purge = {
+        let deps = deps.clone();
+        let mut shutdown = shutdown.clone();
+        let every = config.purge_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => return,
+                }
+                match deps.read_model.purge_expired(deps.clock.now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "expired execution records purged"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired executions failed"),
+                }
+            }
+        })
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    purge.abort();
+}
+
+async fn project(
+    deps: &ProjectorDeps,
+    config: &ProjectorConfig,
+    partitions: &[u32],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), PortError> {
+    let mut positions: Vec<(u32, u64)> = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        positions.push((*p, deps.read_model.position(*p).await?));
+    }
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let mut progressed = false;
+        for (partition, position) in positions.iter_mut() {
+            let records = deps.log.read(*partition, *position, config.batch_max).await?;
+            if records.is_empty() {
+                continue;
+            }
+            progressed = true;
+            let next = records.last().map_or(*position, |r| r.offset + 1);
+            let changes = fold(deps.read_model.as_ref(), *partition, next, &records).await?;
+            deps.read_model.commit(changes.batch).await?;
+            *position = next;
+            announce(deps.bus.as_ref(), *partition, next, &changes.changed).await;
+        }
+        if !progressed {
+            tokio::select! {
+                r = deps.log.wait_for_records(&positions, Duration::from_secs(1)) => r?,
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// What one batch writes, and the status changes to announce after the commit.
+pub struct Folded {
+    pub batch: ProjectionBatch,
+    pub changed: Vec<ExecutionChanged>,
+}
+
+/// Folds log records into read-model writes, starting from the stored records.
+pub async fn fold(read_model: &dyn ReadModel, partition: u32, next_offset: u64, records: &[LogRecord]) -> Result<Folded, PortError> {
+    let mut envelopes = Vec::with_capacity(records.len());
+    for r in records {
+        let env: EventEnvelope = serde_json::from_slice(&r.payload)
+            .map_err(|e| PortError::Corrupt(format!("partition {partition} offset {}: {e}", r.offset)))?;
+        envelopes.push(env);
+    }
+    // Load the stored state of every execution the batch touches but does not create.
+    let mut needed: Vec<ExecutionId> = Vec::new();
+    let mut created: std::collections::HashSet<&ExecutionId> = std::collections::HashSet::new();
+    for env in &envelopes {
+        if let Aggregate::Execution { execution_id, .. } = &env.aggregate {
+            if matches!(env.event, Event::ExecutionStarted { .. }) {
+                created.insert(execution_id);
+            } else if !created.contains(execution_id) && !needed.contains(execution_id) {
+                needed.push(execution_id.clone());
+            }
+        }
+    }
+    let mut executions: HashMap<ExecutionId, Option<Execution>> = HashMap::new();
+    for e in read_model.get_executions(&needed).await? {
+        executions.insert(e.execution_id.clone(), Some(e));
+    }
+    let mut commands: HashMap<CommandId, Option<Command>> = HashMap::new();
+    let mut order_e: Vec<ExecutionId> = Vec::new();
+    let mut order_c: Vec<CommandId> = Vec::new();
+    let mut changed = Vec::new();
+    for env in &envelopes {
+        match &env.aggregate {
+            Aggregate::Execution { execution_id, .. } => {
+                let slot = executions.entry(execution_id.clone()).or_insert(None);
+                if !order_e.contains(execution_id) {
+                    order_e.push(execution_id.clone());
+                }
+                match (&env.event, slot.as_mut()) {
+                    (Event::ExecutionStarted { execution, .. }, None) => {
+                        let mut e = (**execution).clone();
+                        e.seq = env.seq;
+                        changed.push(ExecutionChanged::from_execution(&e, env.at));
+                        *slot = Some(e);
+                    }
+                    // Replayed events (seq not above the stored one) change nothing.
+                    (_, Some(e)) if env.seq <= e.seq => {}
+                    (event, Some(e)) => {
+                        if execution::apply(e, event, env.at, env.seq) {
+                            if event.new_status().is_some() {
+                                changed.push(ExecutionChanged::from_execution(e, env.at));
+                            }
+                        } else {
+                            *slot = None;
+                        }
+                    }
+                    (_, None) => {
+                        tracing::debug!(%execution_id, seq = env.seq, "event for an unknown or deleted execution skipped");
+                    }
+                }
+            }
+            Aggregate::Command(id) => {
+                if !commands.contains_key(id) {
+                    commands.insert(id.clone(), read_model.get_command(id).await?);
+                    order_c.push(id.clone());
+                }
+                let slot = commands.get_mut(id).expect("inserted above");
+                command::apply(slot, &env.event, env.at);
+            }
+        }
+    }
+    let mut batch = ProjectionBatch { partition, next_offset, commands: Vec::new(), executions: Vec::new() };
+    for id in order_e {
+        match executions.remove(&id) {
+            Some(Some(e)) => batch.executions.push(ExecutionWrite::Upsert(e)),
+            _ => batch.executions.push(ExecutionWrite::Delete(id)),
+        }
+    }
+    for id in order_c {
+        match commands.remove(&id) {
+            Some(Some(c)) => batch.commands.push(CommandWrite::Upsert(c)),
+            _ => batch.commands.push(CommandWrite::Delete(id)),
+        }
+    }
+    Ok(Folded { batch, changed })
+}
+
+async fn announce(bus: &dyn Bus, partition: u32, next_offset: u64, changed: &[ExecutionChanged]) {
+    for c in changed {
+        match serde_json::to_vec(c) {
+            Ok(bytes) => {
+                if let Err(e) = bus.publish(BusMessage::new(events_subject(&c.command_id), bytes)).await {
+                    tracing::warn!(error = %e, "publishing a status notification failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "encoding a status notification"),
+        }
+    }
+    match serde_json::to_vec(&Projected { partition, next_offset }) {
+        Ok(bytes) => {
+            if let Err(e) = bus.publish(BusMessage::new(PROJECTED_SUBJECT, bytes)).await {
+                tracing::warn!(error = %e, "publishing projection progress failed");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "encoding projection progress"),
+    }
+}

@@ -1,1 +1,296 @@
-//! placeholder
+//! The command registry: the control plane's gRPC API. Commands are created, updated and
+//! deleted through the owner of the command's shard (event-sourced like executions); reads
+//! of commands and executions are served from the read model; WatchCommandExecutions streams
+//! the projector's status-change notifications.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fleetcmd_contracts::auth::Auth;
+use fleetcmd_contracts::convert::{
+    Arns, command_summary_to_pb, command_to_pb, create_command_response, execution_summary_to_pb, execution_to_pb,
+    optional_target, port_status, rejection_status, results_to_pb, status_from_pb, status_to_pb, timestamp_from_ms,
+    update_command_response, validation_status,
+};
+use fleetcmd_contracts::pb;
+use fleetcmd_dispatcher::grpc::{await_projection, call_status, unexpected};
+use fleetcmd_dispatcher::{ProjectionWatch, ShardClient};
+use fleetcmd_domain::command::{CommandInput, CreateCommand, UpdateCommand};
+use fleetcmd_domain::execution::ExecutionInput;
+use fleetcmd_domain::ids::{CommandId, ExecutionId};
+use fleetcmd_domain::model::{Command, Execution};
+use fleetcmd_domain::policy::Action;
+use fleetcmd_domain::ports::{Bus, CommandQuery, ExecutionQuery, ReadModel};
+use fleetcmd_domain::protocol::{EVENTS_ALL, ExecutionChanged, LogPosition, ShardReply, ShardRequest, events_subject};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+/// What the registry needs.
+pub struct RegistryDeps {
+    pub read_model: Arc<dyn ReadModel>,
+    pub bus: Arc<dyn Bus>,
+    pub shards: ShardClient,
+    pub projection: Arc<ProjectionWatch>,
+    pub auth: Auth,
+    pub arns: Arns,
+}
+
+pub struct RegistryService {
+    deps: Arc<RegistryDeps>,
+}
+
+impl RegistryService {
+    pub fn new(deps: RegistryDeps) -> Self {
+        Self { deps: Arc::new(deps) }
+    }
+
+    async fn command_call(
+        &self,
+        command_id: &CommandId,
+        input: CommandInput,
+    ) -> Result<(Option<Box<Command>>, bool, Option<LogPosition>), Status> {
+        let request = ShardRequest::Command { command_id: command_id.as_str().to_string(), input };
+        match self.deps.shards.call(&request).await.map_err(call_status)? {
+            ShardReply::Command { command, deleted, position } => {
+                await_projection(&self.deps.projection, position).await;
+                Ok((command, deleted, position))
+            }
+            ShardReply::Rejected(r) => Err(rejection_status(r)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Loads an execution, checking the optional target given by the caller.
+    async fn load_execution(&self, id: &str, target: Option<pb::Target>) -> Result<Execution, Status> {
+        let execution_id = ExecutionId::parse(id).map_err(validation_status)?;
+        let target = optional_target(target).map_err(validation_status)?;
+        self.deps
+            .read_model
+            .get_execution(&execution_id)
+            .await
+            .map_err(port_status)?
+            .filter(|e| target.as_ref().is_none_or(|t| *t == e.target))
+            .ok_or_else(|| match &target {
+                Some(t) => Status::not_found(format!("execution {execution_id} not found for target {t}")),
+                None => Status::not_found(format!("execution {execution_id} not found")),
+            })
+    }
+}
+
+fn command_id(id: &str) -> Result<CommandId, Status> {
+    CommandId::parse(id).map_err(validation_status)
+}
+
+/// A read-model listing error: a bad page token is the caller's mistake.
+fn list_status(e: fleetcmd_domain::ports::PortError) -> Status {
+    match &e {
+        fleetcmd_domain::ports::PortError::Backend(m) if m.starts_with("invalid next_token") => {
+            Status::invalid_argument(m.clone())
+        }
+        _ => port_status(e),
+    }
+}
+
+fn changed_to_pb(c: ExecutionChanged) -> pb::CommandExecutionEvent {
+    pb::CommandExecutionEvent {
+        execution_id: c.execution_id.into_string(),
+        command_id: c.command_id.into_string(),
+        target: Some(c.target.into()),
+        status: status_to_pb(c.status),
+        status_reason: c.status_reason.map(Into::into),
+        result: results_to_pb(c.result),
+        timestamp: Some(timestamp_from_ms(c.timestamp)),
+        terminal: c.terminal,
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::CommandExecutionEvent, Status>> + Send>>;
+
+/// How many events a Watch stream may fall behind before it is ended (the bus must never
+/// wait on a slow watcher).
+const WATCH_BUFFER: usize = 4096;
+
+#[tonic::async_trait]
+impl pb::command_registry_server::CommandRegistry for RegistryService {
+    async fn create_command(
+        &self,
+        request: Request<pb::CreateCommandRequest>,
+    ) -> Result<Response<pb::CreateCommandResponse>, Status> {
+        let id = command_id(&request.get_ref().command_id)?;
+        self.deps.auth.check(request.metadata(), Action::CreateCommand, Some(id.as_str()), None)?;
+        let create = CreateCommand::try_from(request.into_inner()).map_err(validation_status)?;
+        fleetcmd_domain::command::validate_create(&create, 0).map_err(validation_status)?;
+        self.command_call(&id, CommandInput::Create(Box::new(create))).await?;
+        Ok(Response::new(create_command_response(&id, &self.deps.arns)))
+    }
+
+    async fn get_command(&self, request: Request<pb::GetCommandRequest>) -> Result<Response<pb::Command>, Status> {
+        let id = command_id(&request.get_ref().command_id)?;
+        self.deps.auth.check(request.metadata(), Action::GetCommand, Some(id.as_str()), None)?;
+        let command = self
+            .deps
+            .read_model
+            .get_command(&id)
+            .await
+            .map_err(port_status)?
+            .ok_or_else(|| Status::not_found(format!("command {id} not found")))?;
+        Ok(Response::new(command_to_pb(command, &self.deps.arns)))
+    }
+
+    async fn list_commands(
+        &self,
+        request: Request<pb::ListCommandsRequest>,
+    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
+        self.deps.auth.check(request.metadata(), Action::ListCommands, None, None)?;
+        let query = CommandQuery::try_from(request.into_inner()).map_err(validation_status)?;
+        let page = self.deps.read_model.list_commands(&query).await.map_err(list_status)?;
+        Ok(Response::new(pb::ListCommandsResponse {
+            commands: page.items.into_iter().map(|c| command_summary_to_pb(c, &self.deps.arns)).collect(),
+            next_token: page.next_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_command(
+        &self,
+        request: Request<pb::UpdateCommandRequest>,
+    ) -> Result<Response<pb::UpdateCommandResponse>, Status> {
+        let id = command_id(&request.get_ref().command_id)?;
+        self.deps.auth.check(request.metadata(), Action::UpdateCommand, Some(id.as_str()), None)?;
+        let update = UpdateCommand::from(request.into_inner());
+        let (command, _, _) = self.command_call(&id, CommandInput::Update(update)).await?;
+        let command = command.ok_or_else(|| Status::not_found(format!("command {id} not found")))?;
+        Ok(Response::new(update_command_response(*command)))
+    }
+
+    async fn delete_command(
+        &self,
+        request: Request<pb::DeleteCommandRequest>,
+    ) -> Result<Response<pb::DeleteCommandResponse>, Status> {
+        let id = command_id(&request.get_ref().command_id)?;
+        self.deps.auth.check(request.metadata(), Action::DeleteCommand, Some(id.as_str()), None)?;
+        let (command, deleted, _) = self.command_call(&id, CommandInput::Delete).await?;
+        Ok(Response::new(if deleted {
+            pb::DeleteCommandResponse { status_code: 204, deletion_scheduled_at: None }
+        } else {
+            pb::DeleteCommandResponse {
+                status_code: 202,
+                deletion_scheduled_at: command.and_then(|c| c.delete_at).map(timestamp_from_ms),
+            }
+        }))
+    }
+
+    async fn get_command_execution(
+        &self,
+        request: Request<pb::GetCommandExecutionRequest>,
+    ) -> Result<Response<pb::CommandExecution>, Status> {
+        let caller = self.deps.auth.authenticate(request.metadata())?;
+        let req = request.get_ref();
+        let execution = self.load_execution(&req.execution_id, req.target.clone()).await?;
+        caller.authorize(Action::GetCommandExecution, Some(execution.command_id.as_str()), Some(&execution.target))?;
+        Ok(Response::new(execution_to_pb(execution, &self.deps.arns, req.include_result)))
+    }
+
+    async fn list_command_executions(
+        &self,
+        request: Request<pb::ListCommandExecutionsRequest>,
+    ) -> Result<Response<pb::ListCommandExecutionsResponse>, Status> {
+        let caller = self.deps.auth.authenticate(request.metadata())?;
+        let query = ExecutionQuery::try_from(request.into_inner()).map_err(validation_status)?;
+        caller.authorize(
+            Action::ListCommandExecutions,
+            query.command_id.as_ref().map(CommandId::as_str),
+            query.target.as_ref(),
+        )?;
+        let page = self.deps.read_model.list_executions(&query).await.map_err(list_status)?;
+        Ok(Response::new(pb::ListCommandExecutionsResponse {
+            command_executions: page.items.into_iter().map(|e| execution_summary_to_pb(e, &self.deps.arns)).collect(),
+            next_token: page.next_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_command_execution(
+        &self,
+        request: Request<pb::DeleteCommandExecutionRequest>,
+    ) -> Result<Response<pb::DeleteCommandExecutionResponse>, Status> {
+        let caller = self.deps.auth.authenticate(request.metadata())?;
+        let req = request.get_ref();
+        let execution = self.load_execution(&req.execution_id, req.target.clone()).await?;
+        caller.authorize(Action::DeleteCommandExecution, Some(execution.command_id.as_str()), Some(&execution.target))?;
+        let request = ShardRequest::Execution {
+            execution_id: execution.execution_id.clone(),
+            target: execution.target.clone(),
+            input: ExecutionInput::Delete,
+        };
+        match self.deps.shards.call(&request).await.map_err(call_status)? {
+            ShardReply::Execution { position, .. } => {
+                await_projection(&self.deps.projection, position).await;
+                Ok(Response::new(pb::DeleteCommandExecutionResponse {}))
+            }
+            ShardReply::Rejected(r) => Err(rejection_status(r)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    type WatchCommandExecutionsStream = WatchStream;
+
+    async fn watch_command_executions(
+        &self,
+        request: Request<pb::WatchCommandExecutionsRequest>,
+    ) -> Result<Response<Self::WatchCommandExecutionsStream>, Status> {
+        let caller = self.deps.auth.authenticate(request.metadata())?;
+        let req = request.into_inner();
+        let command = if req.command_id.is_empty() { None } else { Some(command_id(&req.command_id)?) };
+        let target = optional_target(req.target).map_err(validation_status)?;
+        let statuses = req
+            .statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| status_from_pb(&format!("statuses[{i}]"), *s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(validation_status)?;
+        caller.authorize(Action::WatchCommandExecutions, command.as_ref().map(CommandId::as_str), target.as_ref())?;
+        let subject = command.as_ref().map_or_else(|| EVENTS_ALL.to_string(), events_subject);
+        let mut sub = self.deps.bus.subscribe(&subject, None).await.map_err(port_status)?;
+        let (tx, rx) = mpsc::channel::<Result<pb::CommandExecutionEvent, Status>>(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = sub.next() => m,
+                    _ = tx.closed() => return,
+                };
+                let Some(msg) = msg else {
+                    let _ = tx.try_send(Err(Status::unavailable("the server is shutting down; reconnect")));
+                    return;
+                };
+                let changed: ExecutionChanged = match serde_json::from_slice(&msg.payload) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "malformed status notification");
+                        continue;
+                    }
+                };
+                if target.as_ref().is_some_and(|t| *t != changed.target)
+                    || (!statuses.is_empty() && !statuses.contains(&changed.status))
+                {
+                    continue;
+                }
+                match tx.try_send(Ok(changed_to_pb(changed))) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Never stall the bus for one slow reader: end its stream instead.
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(format!(
+                                "the watcher fell more than {WATCH_BUFFER} events behind and was disconnected; reconnect and list to resynchronise"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,393 @@
+//! The bus suite.
+//!
+//! "Nothing else arrived" is checked with a marker: per-publisher order means that once a
+//! subscriber sees a marker published after some messages, everything it was going to get
+//! from those messages is already in front of it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetcmd_domain::ports::{BoxStream, Bus, BusMessage, PortError};
+use futures::StreamExt;
+
+use super::{WAIT, unique, within};
+
+async fn next(what: &str, s: &mut BoxStream<BusMessage>) -> BusMessage {
+    within(what, s.next())
+        .await
+        .unwrap_or_else(|| panic!("{what}: the subscription ended"))
+}
+
+async fn sub(bus: &dyn Bus, subject: &str, group: Option<&str>) -> BoxStream<BusMessage> {
+    within("subscribe", bus.subscribe(subject, group))
+        .await
+        .unwrap_or_else(|e| panic!("subscribe {subject} ({group:?}): {e}"))
+}
+
+async fn publish(bus: &dyn Bus, subject: &str, payload: impl Into<Bytes>) {
+    within("publish", bus.publish(BusMessage::new(subject, payload)))
+        .await
+        .unwrap_or_else(|e| panic!("publish {subject}: {e}"));
+}
+
+/// Reads `s` up to the marker payload; returns what came before it.
+async fn until_marker(what: &str, s: &mut BoxStream<BusMessage>, marker: &[u8]) -> Vec<BusMessage> {
+    let mut before = Vec::new();
+    loop {
+        let m = next(what, s).await;
+        if m.payload.as_ref() == marker {
+            return before;
+        }
+        before.push(m);
+    }
+}
+
+/// Runs the bus suite against `bus`.
+pub async fn run(bus: Arc<dyn Bus>) {
+    let r = unique("bus");
+    exact_delivery(&*bus, &r).await;
+    wildcards(&*bus, &r).await;
+    queue_groups(&*bus, &r).await;
+    request_reply(&bus, &r).await;
+    no_responders_and_timeout(&*bus, &r).await;
+    unsubscribe_on_drop(&*bus, &r).await;
+    per_publisher_order(&bus, &r).await;
+}
+
+async fn exact_delivery(bus: &dyn Bus, r: &str) {
+    let subject = format!("{r}.exact.a");
+    let mut a = sub(bus, &subject, None).await;
+    let mut b = sub(bus, &subject, None).await;
+    let mut other = sub(bus, &format!("{r}.exact.b"), None).await;
+    let msg = BusMessage {
+        subject: subject.clone(),
+        reply: None,
+        headers: vec![("traceparent".into(), "00-abc-def-01".into())],
+        payload: Bytes::from_static(b"hello\0world"),
+    };
+    within("publish", bus.publish(msg.clone()))
+        .await
+        .expect("publish");
+    for (name, s) in [("first", &mut a), ("second", &mut b)] {
+        let got = next("exact delivery", s).await;
+        assert_eq!(
+            got.subject, subject,
+            "{name} plain subscriber: subject must be kept"
+        );
+        assert_eq!(
+            got.payload, msg.payload,
+            "{name} plain subscriber: payload must be kept"
+        );
+        assert_eq!(
+            got.headers, msg.headers,
+            "{name} plain subscriber: headers must be kept"
+        );
+    }
+    publish(bus, &format!("{r}.exact.b"), "marker").await;
+    let before = until_marker("other subject", &mut other, b"marker").await;
+    assert!(
+        before.is_empty(),
+        "a subscriber of {r}.exact.b must not get messages on {subject}: {before:?}"
+    );
+}
+
+async fn wildcards(bus: &dyn Bus, r: &str) {
+    let mut star = sub(bus, &format!("{r}.w.*.x"), None).await;
+    let mut rest = sub(bus, &format!("{r}.w.>"), None).await;
+    let mut exact = sub(bus, &format!("{r}.w.m"), None).await;
+
+    for s in ["a.x", "a.b.x", "x", "m"] {
+        publish(bus, &format!("{r}.w.{s}"), s.to_owned()).await;
+    }
+    // Markers on subjects each subscription matches.
+    publish(bus, &format!("{r}.w.end.x"), "marker").await;
+    publish(bus, &format!("{r}.w.m"), "marker").await;
+
+    let got = |v: Vec<BusMessage>| {
+        v.into_iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        got(until_marker("'*' subscription", &mut star, b"marker").await),
+        vec!["a.x"],
+        "'*' matches exactly one token: {r}.w.*.x gets a.x, not a.b.x or x"
+    );
+    assert_eq!(
+        got(until_marker("'>' subscription", &mut rest, b"marker").await),
+        vec!["a.x", "a.b.x", "x", "m"],
+        "'>' matches one or more tokens, in publish order"
+    );
+    // The '>' subscription also gets the second marker; the exact one only its subject.
+    assert_eq!(
+        next("'>' subscription", &mut rest).await.payload.as_ref(),
+        b"marker"
+    );
+    assert_eq!(
+        got(until_marker("exact beside wildcards", &mut exact, b"marker").await),
+        vec!["m"],
+        "an exact subscription gets only its subject"
+    );
+
+    // '>' needs at least one token after the prefix.
+    let mut root = sub(bus, &format!("{r}.w2.>"), None).await;
+    let mut bare = sub(bus, &format!("{r}.w2"), None).await;
+    publish(bus, &format!("{r}.w2"), "bare").await;
+    publish(bus, &format!("{r}.w2.z"), "marker").await;
+    assert!(
+        until_marker("'>' with no tokens", &mut root, b"marker")
+            .await
+            .is_empty(),
+        "{r}.w2.> must not match {r}.w2"
+    );
+    assert_eq!(
+        next("bare subject", &mut bare).await.payload.as_ref(),
+        b"bare"
+    );
+}
+
+async fn queue_groups(bus: &dyn Bus, r: &str) {
+    let subject = format!("{r}.q.job");
+    let a = sub(bus, &subject, Some("workers")).await;
+    let b = sub(bus, &subject, Some("workers")).await;
+    let mut plain = sub(bus, &format!("{r}.q.*"), None).await;
+    let mut other_group = sub(bus, &subject, Some("auditors")).await;
+
+    let n = 40;
+    for i in 0..n {
+        publish(bus, &subject, format!("job-{i}")).await;
+    }
+    let mut members = futures::stream::select(a.map(|m| (0usize, m)), b.map(|m| (1usize, m)));
+    let mut seen = BTreeSet::new();
+    let mut per_member = [0usize; 2];
+    while seen.len() < n {
+        let (who, m) = within("queue group delivery", members.next())
+            .await
+            .expect("queue members ended");
+        let p = String::from_utf8_lossy(&m.payload).into_owned();
+        assert!(
+            seen.insert(p.clone()),
+            "queue group delivered {p} twice (exactly one member per message)"
+        );
+        per_member[who] += 1;
+    }
+    // Markers until both members have seen one: anything else that shows up is an extra copy.
+    let mut marked = [false; 2];
+    for k in 0.. {
+        if marked == [true, true] {
+            break;
+        }
+        assert!(k < 200, "markers never reached both queue members");
+        publish(bus, &subject, "marker").await;
+        let (who, m) = within("queue marker", members.next())
+            .await
+            .expect("queue members ended");
+        assert_eq!(
+            m.payload.as_ref(),
+            b"marker",
+            "member {who} got an extra message: {:?}",
+            m.payload
+        );
+        marked[who] = true;
+    }
+    assert_eq!(
+        per_member.iter().sum::<usize>(),
+        n,
+        "the group as a whole gets each message once"
+    );
+
+    let plain_got = until_marker("plain beside a queue group", &mut plain, b"marker").await;
+    assert_eq!(
+        plain_got.len(),
+        n,
+        "a plain subscriber gets every message, whatever queue groups exist"
+    );
+    let audit = until_marker("second queue group", &mut other_group, b"marker").await;
+    assert_eq!(
+        audit.len(),
+        n,
+        "each queue group gets every message once (a single-member group gets all)"
+    );
+}
+
+async fn request_reply(bus: &Arc<dyn Bus>, r: &str) {
+    let subject = format!("{r}.svc.echo");
+    let mut requests = sub(&**bus, &subject, Some("svc")).await;
+    let responder = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            while let Some(m) = requests.next().await {
+                let Some(reply) = m.reply.clone() else {
+                    continue;
+                };
+                let mut answer = BusMessage::new(reply, [b"re:".as_ref(), &m.payload].concat());
+                answer.headers = m.headers.clone();
+                if bus.publish(answer).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let mut msg = BusMessage::new(subject.clone(), "ping");
+    msg.headers = vec![("h".into(), "v".into())];
+    let reply = within("request", bus.request(msg, WAIT))
+        .await
+        .expect("request with a responder must get its reply");
+    assert_eq!(reply.payload.as_ref(), b"re:ping", "the reply's payload");
+    assert_eq!(
+        reply.headers,
+        vec![("h".to_owned(), "v".to_owned())],
+        "headers travel both ways"
+    );
+
+    // Concurrent requests each get their own answer.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let bus = bus.clone();
+        let subject = subject.clone();
+        tasks.push(tokio::spawn(async move {
+            let reply = bus
+                .request(BusMessage::new(subject, format!("q{i}")), WAIT)
+                .await
+                .expect("concurrent request");
+            (i, reply)
+        }));
+    }
+    for t in tasks {
+        let (i, reply) = within("concurrent requests", t).await.expect("task");
+        assert_eq!(
+            reply.payload,
+            Bytes::from(format!("re:q{i}")),
+            "each request gets the answer to itself"
+        );
+    }
+    responder.abort();
+}
+
+async fn no_responders_and_timeout(bus: &dyn Bus, r: &str) {
+    let t = Instant::now();
+    let err = within(
+        "request with no responder",
+        bus.request(
+            BusMessage::new(format!("{r}.nobody"), "x"),
+            Duration::from_secs(3600),
+        ),
+    )
+    .await
+    .expect_err("a request nobody listens to must fail");
+    assert!(
+        matches!(err, PortError::NoResponders(_)),
+        "no subscriber must give NoResponders, got {err:?}"
+    );
+    assert!(err.is_retryable(), "NoResponders is retryable");
+    assert!(t.elapsed() < WAIT, "NoResponders must come fast");
+
+    let _silent = sub(bus, &format!("{r}.silent"), None).await;
+    let timeout = Duration::from_millis(200);
+    let t = Instant::now();
+    let err = within(
+        "request to a silent subscriber",
+        bus.request(BusMessage::new(format!("{r}.silent"), "x"), timeout),
+    )
+    .await
+    .expect_err("an unanswered request must fail");
+    assert!(
+        matches!(err, PortError::Timeout(_)),
+        "an unanswered request must time out, got {err:?}"
+    );
+    assert!(
+        t.elapsed() >= timeout / 2,
+        "the request gave up after {:?}, before its timeout {timeout:?}",
+        t.elapsed()
+    );
+}
+
+async fn unsubscribe_on_drop(bus: &dyn Bus, r: &str) {
+    let subject = format!("{r}.unsub");
+    let dropped = sub(bus, &subject, None).await;
+    let mut kept = sub(bus, &format!("{r}.unsub2"), None).await;
+    drop(dropped);
+    // Unsubscribing may travel to a server: retry until it has taken effect.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match bus
+            .request(
+                BusMessage::new(subject.clone(), "x"),
+                Duration::from_millis(100),
+            )
+            .await
+        {
+            Err(PortError::NoResponders(_)) => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "dropping the only subscription must unsubscribe it, request gave {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    publish(bus, &format!("{r}.unsub2"), "still here").await;
+    assert_eq!(
+        next("a subscription beside a dropped one", &mut kept)
+            .await
+            .payload
+            .as_ref(),
+        b"still here"
+    );
+
+    // A dropped queue member stops getting messages; the rest of the group gets them all.
+    let qs = format!("{r}.unsubq");
+    let gone = sub(bus, &qs, Some("g")).await;
+    let mut stays = sub(bus, &qs, Some("g")).await;
+    drop(gone);
+    let n = 10;
+    for i in 0..n {
+        publish(bus, &qs, format!("m{i}")).await;
+    }
+    for i in 0..n {
+        let m = next("remaining queue member", &mut stays).await;
+        assert_eq!(
+            m.payload,
+            Bytes::from(format!("m{i}")),
+            "after a member is dropped, the remaining member gets every message"
+        );
+    }
+}
+
+async fn per_publisher_order(bus: &Arc<dyn Bus>, r: &str) {
+    let subject = format!("{r}.order");
+    let n = 10_000u32;
+    let plain = sub(&**bus, &subject, None).await;
+    let grouped = sub(&**bus, &subject, Some("one")).await;
+    let consume = |mut s: BoxStream<BusMessage>, name: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..n {
+                let m = within(name, s.next())
+                    .await
+                    .unwrap_or_else(|| panic!("{name}: subscription ended"));
+                let got = u32::from_be_bytes(
+                    m.payload
+                        .as_ref()
+                        .try_into()
+                        .unwrap_or_else(|_| panic!("{name}: bad payload {:?}", m.payload)),
+                );
+                assert_eq!(got, i, "{name}: messages must arrive in publish order");
+            }
+        })
+    };
+    let a = consume(plain, "plain subscriber");
+    let b = consume(grouped, "single-member queue group");
+    for i in 0..n {
+        bus.publish(BusMessage::new(subject.clone(), i.to_be_bytes().to_vec()))
+            .await
+            .expect("publish");
+    }
+    within("ordered consumer", a).await.expect("plain consumer");
+    within("ordered consumer", b)
+        .await
+        .expect("grouped consumer");
+}

@@ -1,0 +1,925 @@
+//! The embedded store: the event log and the read model in ONE SQLite file.
+//!
+//! One writer connection (behind a mutex, used from `spawn_blocking`) performs every write,
+//! so appends to a partition and projector commits are serialized without SQLite busy
+//! retries; a small pool of reader connections serves reads concurrently (WAL mode lets
+//! readers run beside the writer and see every committed transaction).
+//!
+//! The event log keeps each partition's end offset in memory. It is advanced only after the
+//! append's transaction committed, and reads never go past it, so a reader can never see a
+//! record that `append` has not acknowledged. Waiters in `wait_for_records` are woken through
+//! a [`Notify`] after every append.
+//!
+//! Page tokens are base64url of `kind|sort_time|id`; a token that does not decode is rejected
+//! with [`crate::invalid_page_token`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use fleetcmd_domain::ports::{
+    CommandQuery, CommandWrite, EventLog, ExecutionQuery, ExecutionWrite, LogRecord, Page,
+    PortError, PortResult, ProjectionBatch, ReadModel,
+};
+use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, TimestampMs};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::{effective_page_size, invalid_page_token};
+
+/// How far an acknowledged write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: an acknowledged write survives a crash or kill of the
+    /// process, but the last transactions may be lost if the machine loses power.
+    #[default]
+    Process,
+    /// WAL with `synchronous=FULL`: every commit is fsynced; an acknowledged write survives an
+    /// OS crash or power loss. Slower.
+    Os,
+}
+
+/// How many reader connections the pool holds.
+const READERS: usize = 4;
+/// How long a connection waits for a lock held by another one (checkpoints, other processes).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Schema version recorded in `meta`; bump with a migration when the tables change.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS events (
+    "partition" INTEGER NOT NULL,
+    "offset"    INTEGER NOT NULL,
+    key         TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    PRIMARY KEY ("partition", "offset")
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS positions (
+    "partition" INTEGER PRIMARY KEY NOT NULL,
+    next_offset INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY NOT NULL,
+    namespace  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_by_created ON commands (created_at, command_id);
+CREATE INDEX IF NOT EXISTS commands_by_namespace ON commands (namespace, created_at, command_id);
+
+CREATE TABLE IF NOT EXISTS command_parameters (
+    command_id TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    PRIMARY KEY (command_id, name)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS executions (
+    execution_id TEXT PRIMARY KEY NOT NULL,
+    command_id   TEXT NOT NULL,
+    target_kind  TEXT NOT NULL,
+    target_id    TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    started_at   INTEGER NOT NULL,
+    completed_at INTEGER,
+    time_to_live INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    data         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_by_command_started
+    ON executions (command_id, started_at, execution_id);
+CREATE INDEX IF NOT EXISTS executions_by_command_completed
+    ON executions (command_id, completed_at, execution_id) WHERE completed_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS executions_by_target_started
+    ON executions (target_kind, target_id, started_at, execution_id);
+CREATE INDEX IF NOT EXISTS executions_by_target_completed
+    ON executions (target_kind, target_id, completed_at, execution_id)
+    WHERE completed_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS executions_by_started ON executions (started_at, execution_id);
+CREATE INDEX IF NOT EXISTS executions_by_completed
+    ON executions (completed_at, execution_id) WHERE completed_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS executions_by_ttl ON executions (time_to_live);
+"#;
+
+/// The event log and the read model in one SQLite file. Cheap to share: open once, hand out
+/// the `Arc` as `Arc<dyn EventLog>` and `Arc<dyn ReadModel>`.
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    partitions: u32,
+    /// The only connection that writes; holding the lock serializes appends and commits.
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    /// Per partition: the offset the next append gets. Stored only after the append's
+    /// transaction committed, so everything below it is acknowledged and readable.
+    ends: Vec<AtomicU64>,
+    /// Woken after every append.
+    appended: Notify,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.path)
+            .field("partitions", &self.shared.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path`, creating its directory if needed.
+    ///
+    /// The partition count is recorded on creation; reopening with another count fails
+    /// (`PortError::Backend`, naming both counts). `path` must be a file, not `:memory:`
+    /// (the reader connections open it too). Blocking: call it at startup, or from
+    /// `spawn_blocking`.
+    pub fn open(path: &Path, partitions: u32, durability: Durability) -> PortResult<Arc<Self>> {
+        Self::open_inner(path, partitions, durability)
+            .map(|shared| {
+                Arc::new(Self {
+                    shared: Arc::new(shared),
+                })
+            })
+            .map_err(PortError::from)
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn open_inner(path: &Path, partitions: u32, durability: Durability) -> Result<Shared> {
+        if partitions == 0 {
+            return Err(Error::Config(
+                "the partition count must be at least 1".into(),
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+        let writer = Connection::open(path)?;
+        let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Config(format!(
+                "{} cannot use WAL journaling (got {mode})",
+                path.display()
+            )));
+        }
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Os => "FULL",
+        };
+        writer.pragma_update(None, "synchronous", sync)?;
+        writer.busy_timeout(BUSY_TIMEOUT)?;
+        writer.set_prepared_statement_cache_capacity(64);
+        writer.execute_batch(SCHEMA)?;
+
+        let stored: Option<i64> = writer
+            .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match stored {
+            None => {
+                writer.execute(
+                    "INSERT INTO meta (key, value) VALUES ('partitions', ?1), ('schema_version', ?2)",
+                    params![i64::from(partitions), SCHEMA_VERSION],
+                )?;
+            }
+            Some(n) if n == i64::from(partitions) => {}
+            Some(n) => {
+                return Err(Error::Config(format!(
+                    "{} was created with {n} partitions but is opened with {partitions}; \
+                     the partition count is fixed for the life of the log",
+                    path.display()
+                )));
+            }
+        }
+
+        let mut ends = Vec::with_capacity(partitions as usize);
+        {
+            let mut stmt =
+                writer.prepare(r#"SELECT MAX("offset") FROM events WHERE "partition" = ?1"#)?;
+            for p in 0..partitions {
+                let max: Option<i64> = stmt.query_row([p], |r| r.get(0))?;
+                ends.push(AtomicU64::new(max.map_or(0, |m| m as u64 + 1)));
+            }
+        }
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.set_prepared_statement_cache_capacity(64);
+            readers.push(Mutex::new(conn));
+        }
+
+        Ok(Shared {
+            path: path.to_path_buf(),
+            partitions,
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            ends,
+            appended: Notify::new(),
+        })
+    }
+
+    fn check_partition(&self, partition: u32) -> PortResult<()> {
+        if partition < self.shared.partitions {
+            Ok(())
+        } else {
+            Err(PortError::Backend(format!(
+                "partition {partition} out of range (the log has {})",
+                self.shared.partitions
+            )))
+        }
+    }
+
+    fn end(&self, partition: u32) -> u64 {
+        self.shared.ends[partition as usize].load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the writer connection on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> PortResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared, &mut Connection) -> Result<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock unwinds through rusqlite's `Transaction` drop,
+            // which rolls back, so the connection is still usable.
+            let mut conn = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&shared, &mut conn)
+        })
+        .await;
+        joined
+            .map_err(Error::from)
+            .and_then(|r| r)
+            .map_err(PortError::from)
+    }
+
+    /// Runs `f` on a pooled reader connection on the blocking pool.
+    async fn read_with<T, F>(&self, f: F) -> PortResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared, &mut Connection) -> Result<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut conn = shared.reader();
+            f(&shared, &mut conn)
+        })
+        .await;
+        joined
+            .map_err(Error::from)
+            .and_then(|r| r)
+            .map_err(PortError::from)
+    }
+}
+
+impl Shared {
+    /// A free reader connection, or (all busy) waits for one in round-robin order.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let n = self.readers.len();
+        for i in 0..n {
+            if let Ok(guard) = self.readers[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        self.readers[start % n]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Config(format!("{what} {v} exceeds the SQLite range")))
+}
+
+#[async_trait::async_trait]
+impl EventLog for SqliteStore {
+    fn partitions(&self) -> u32 {
+        self.shared.partitions
+    }
+
+    async fn append(&self, partition: u32, records: Vec<(String, Bytes)>) -> PortResult<u64> {
+        self.check_partition(partition)?;
+        if records.is_empty() {
+            return Ok(self.end(partition));
+        }
+        let first = self
+            .write(move |shared, conn| {
+                let end = &shared.ends[partition as usize];
+                // Only the writer (whose lock we hold) moves `end`, so it cannot change under us.
+                let first = end.load(Ordering::Acquire);
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        r#"INSERT INTO events ("partition", "offset", key, payload)
+                           VALUES (?1, ?2, ?3, ?4)"#,
+                    )?;
+                    for (i, (key, payload)) in records.iter().enumerate() {
+                        let offset = to_i64(first + i as u64, "offset")?;
+                        stmt.execute(params![partition, offset, key, payload.as_ref()])?;
+                    }
+                }
+                tx.commit()?;
+                end.store(first + records.len() as u64, Ordering::Release);
+                Ok(first)
+            })
+            .await?;
+        self.shared.appended.notify_waiters();
+        Ok(first)
+    }
+
+    async fn read(&self, partition: u32, from: u64, max: usize) -> PortResult<Vec<LogRecord>> {
+        self.check_partition(partition)?;
+        let end = self.end(partition);
+        if from >= end || max == 0 {
+            return Ok(Vec::new());
+        }
+        self.read_with(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                r#"SELECT "offset", key, payload FROM events
+                   WHERE "partition" = ?1 AND "offset" >= ?2 AND "offset" < ?3
+                   ORDER BY "offset" LIMIT ?4"#,
+            )?;
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(
+                params![
+                    partition,
+                    to_i64(from, "offset")?,
+                    to_i64(end, "offset")?,
+                    limit
+                ],
+                |r| {
+                    Ok(LogRecord {
+                        offset: r.get::<_, i64>(0)? as u64,
+                        key: r.get(1)?,
+                        payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn end_offset(&self, partition: u32) -> PortResult<u64> {
+        self.check_partition(partition)?;
+        Ok(self.end(partition))
+    }
+
+    async fn wait_for_records(
+        &self,
+        positions: &[(u32, u64)],
+        timeout: Duration,
+    ) -> PortResult<()> {
+        for &(p, _) in positions {
+            self.check_partition(p)?;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register interest before checking, so an append between the check and the
+            // await still wakes us.
+            let notified = self.shared.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if positions.iter().any(|&(p, off)| self.end(p) > off) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+// ---- read model ---------------------------------------------------------------------------
+
+fn upsert_command(tx: &rusqlite::Transaction<'_>, c: &Command) -> Result<()> {
+    let data = serde_json::to_string(c)
+        .map_err(|e| Error::Encode(format!("command {}: {e}", c.command_id)))?;
+    tx.prepare_cached(
+        "INSERT INTO commands (command_id, namespace, created_at, data) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (command_id) DO UPDATE SET
+             namespace = excluded.namespace, created_at = excluded.created_at, data = excluded.data",
+    )?
+    .execute(params![
+        c.command_id.as_str(),
+        c.namespace,
+        c.created_at,
+        data
+    ])?;
+    tx.prepare_cached("DELETE FROM command_parameters WHERE command_id = ?1")?
+        .execute([c.command_id.as_str()])?;
+    let mut ins = tx.prepare_cached(
+        "INSERT OR IGNORE INTO command_parameters (command_id, name) VALUES (?1, ?2)",
+    )?;
+    for p in &c.parameters {
+        ins.execute(params![c.command_id.as_str(), p.name])?;
+    }
+    Ok(())
+}
+
+fn delete_command(tx: &rusqlite::Transaction<'_>, id: &CommandId) -> Result<()> {
+    tx.prepare_cached("DELETE FROM commands WHERE command_id = ?1")?
+        .execute([id.as_str()])?;
+    tx.prepare_cached("DELETE FROM command_parameters WHERE command_id = ?1")?
+        .execute([id.as_str()])?;
+    Ok(())
+}
+
+fn upsert_execution(tx: &rusqlite::Transaction<'_>, e: &Execution) -> Result<()> {
+    let data = serde_json::to_string(e)
+        .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
+    // The WHERE makes replays and overlapping batches harmless: an older or equal `seq`
+    // never overwrites what is stored.
+    tx.prepare_cached(
+        "INSERT INTO executions (execution_id, command_id, target_kind, target_id, status,
+                                 started_at, completed_at, time_to_live, seq, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (execution_id) DO UPDATE SET
+             command_id = excluded.command_id, target_kind = excluded.target_kind,
+             target_id = excluded.target_id, status = excluded.status,
+             started_at = excluded.started_at, completed_at = excluded.completed_at,
+             time_to_live = excluded.time_to_live, seq = excluded.seq, data = excluded.data
+         WHERE excluded.seq > executions.seq",
+    )?
+    .execute(params![
+        e.execution_id.as_str(),
+        e.command_id.as_str(),
+        e.target.kind.resource(),
+        e.target.id,
+        e.status.as_str(),
+        e.started_at,
+        e.completed_at,
+        e.time_to_live,
+        to_i64(e.seq, "seq")?,
+        data
+    ])?;
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, id: &str, data: &str) -> Result<T> {
+    serde_json::from_str(data).map_err(|e| Error::Corrupt(format!("{what} {id}: {e}")))
+}
+
+/// A position in a sorted listing: the sort time and the id that breaks ties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageKey {
+    time: TimestampMs,
+    id: String,
+}
+
+const COMMAND_TOKEN: &str = "c";
+const EXECUTION_TOKEN: &str = "e";
+
+fn encode_token(kind: &str, key: &PageKey) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}|{}|{}", key.time, key.id))
+}
+
+fn decode_token(kind: &str, token: &str) -> PortResult<PageKey> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid_page_token("not base64url"))?;
+    let text = String::from_utf8(raw).map_err(|_| invalid_page_token("not UTF-8"))?;
+    let mut parts = text.splitn(3, '|');
+    let (Some(k), Some(time), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid_page_token("missing fields"));
+    };
+    if k != kind {
+        return Err(invalid_page_token("issued for another listing"));
+    }
+    let time = time
+        .parse::<i64>()
+        .map_err(|_| invalid_page_token("bad sort key"))?;
+    if id.is_empty() {
+        return Err(invalid_page_token("empty id"));
+    }
+    Ok(PageKey {
+        time,
+        id: id.to_owned(),
+    })
+}
+
+/// SQL and parameters of one listing page.
+struct PageQuery {
+    sql: String,
+    params: Vec<Value>,
+    limit: usize,
+}
+
+fn command_page_query(q: &CommandQuery) -> PortResult<PageQuery> {
+    let mut sql = String::from("SELECT data, created_at, command_id FROM commands c WHERE 1 = 1");
+    let mut params = Vec::new();
+    if let Some(ns) = &q.namespace {
+        params.push(Value::Text(ns.clone()));
+        sql.push_str(&format!(" AND namespace = ?{}", params.len()));
+    }
+    if let Some(name) = &q.parameter_name {
+        params.push(Value::Text(name.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM command_parameters p
+                          WHERE p.command_id = c.command_id AND p.name = ?{})",
+            params.len()
+        ));
+    }
+    let (cmp, dir) = if q.ascending {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
+    if let Some(token) = &q.page_token {
+        let key = decode_token(COMMAND_TOKEN, token)?;
+        params.push(Value::Integer(key.time));
+        params.push(Value::Text(key.id));
+        let n = params.len();
+        sql.push_str(&format!(
+            " AND (created_at, command_id) {cmp} (?{}, ?{n})",
+            n - 1
+        ));
+    }
+    let limit = effective_page_size(q.page_size) as usize;
+    params.push(Value::Integer(limit as i64 + 1));
+    sql.push_str(&format!(
+        " ORDER BY created_at {dir}, command_id {dir} LIMIT ?{}",
+        params.len()
+    ));
+    Ok(PageQuery { sql, params, limit })
+}
+
+fn execution_page_query(q: &ExecutionQuery) -> PortResult<PageQuery> {
+    let by_completion = q.completed.is_some();
+    let sort = if by_completion {
+        "completed_at"
+    } else {
+        "started_at"
+    };
+    let mut sql = format!("SELECT data, {sort}, execution_id FROM executions WHERE 1 = 1");
+    let mut params = Vec::new();
+    let mut push = |sql: &mut String, cond: &str, v: Value| {
+        params.push(v);
+        sql.push_str(&format!(" AND {cond} ?{}", params.len()));
+    };
+    if let Some(c) = &q.command_id {
+        push(&mut sql, "command_id =", Value::Text(c.as_str().to_owned()));
+    }
+    if let Some(t) = &q.target {
+        push(
+            &mut sql,
+            "target_kind =",
+            Value::Text(t.kind.resource().to_owned()),
+        );
+        push(&mut sql, "target_id =", Value::Text(t.id.clone()));
+    }
+    if let Some(r) = &q.started {
+        if let Some(a) = r.after {
+            push(&mut sql, "started_at >=", Value::Integer(a));
+        }
+        if let Some(b) = r.before {
+            push(&mut sql, "started_at <=", Value::Integer(b));
+        }
+    }
+    if let Some(r) = &q.completed {
+        // Spelled out so SQLite can use the partial `completed_at` indexes.
+        sql.push_str(" AND completed_at IS NOT NULL");
+        if let Some(a) = r.after {
+            push(&mut sql, "completed_at >=", Value::Integer(a));
+        }
+        if let Some(b) = r.before {
+            push(&mut sql, "completed_at <=", Value::Integer(b));
+        }
+    }
+    if !q.statuses.is_empty() {
+        let mut list = String::new();
+        for s in &q.statuses {
+            params.push(Value::Text(s.as_str().to_owned()));
+            if !list.is_empty() {
+                list.push_str(", ");
+            }
+            list.push_str(&format!("?{}", params.len()));
+        }
+        sql.push_str(&format!(" AND status IN ({list})"));
+    }
+    let (cmp, dir) = if q.ascending {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
+    if let Some(token) = &q.page_token {
+        let key = decode_token(EXECUTION_TOKEN, token)?;
+        params.push(Value::Integer(key.time));
+        params.push(Value::Text(key.id));
+        let n = params.len();
+        sql.push_str(&format!(
+            " AND ({sort}, execution_id) {cmp} (?{}, ?{n})",
+            n - 1
+        ));
+    }
+    let limit = effective_page_size(q.page_size) as usize;
+    params.push(Value::Integer(limit as i64 + 1));
+    sql.push_str(&format!(
+        " ORDER BY {sort} {dir}, execution_id {dir} LIMIT ?{}",
+        params.len()
+    ));
+    Ok(PageQuery { sql, params, limit })
+}
+
+/// Runs a page query whose columns are `(data, sort_time, id)`.
+fn run_page<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    what: &str,
+    token_kind: &str,
+    q: &PageQuery,
+) -> Result<Page<T>> {
+    let mut stmt = conn.prepare_cached(&q.sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(q.params.iter()), |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut items = Vec::with_capacity(q.limit.min(128));
+    let mut last = None;
+    let mut more = false;
+    for row in rows {
+        let (data, time, id) = row?;
+        if items.len() == q.limit {
+            more = true;
+            break;
+        }
+        items.push(decode(what, &id, &data)?);
+        last = Some(PageKey { time, id });
+    }
+    let next_token = match (more, last) {
+        (true, Some(key)) => Some(encode_token(token_kind, &key)),
+        _ => None,
+    };
+    Ok(Page { items, next_token })
+}
+
+#[async_trait::async_trait]
+impl ReadModel for SqliteStore {
+    async fn commit(&self, batch: ProjectionBatch) -> PortResult<()> {
+        self.check_partition(batch.partition)?;
+        self.write(move |_, conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for w in &batch.commands {
+                match w {
+                    CommandWrite::Upsert(c) => upsert_command(&tx, c)?,
+                    CommandWrite::Delete(id) => delete_command(&tx, id)?,
+                }
+            }
+            for w in &batch.executions {
+                match w {
+                    ExecutionWrite::Upsert(e) => upsert_execution(&tx, e)?,
+                    ExecutionWrite::Delete(id) => {
+                        tx.prepare_cached("DELETE FROM executions WHERE execution_id = ?1")?
+                            .execute([id.as_str()])?;
+                    }
+                }
+            }
+            tx.prepare_cached(
+                r#"INSERT INTO positions ("partition", next_offset) VALUES (?1, ?2)
+                   ON CONFLICT ("partition") DO UPDATE SET next_offset = excluded.next_offset"#,
+            )?
+            .execute(params![
+                batch.partition,
+                to_i64(batch.next_offset, "next_offset")?
+            ])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn position(&self, partition: u32) -> PortResult<u64> {
+        self.check_partition(partition)?;
+        self.read_with(move |_, conn| {
+            let pos: Option<i64> = conn
+                .prepare_cached(r#"SELECT next_offset FROM positions WHERE "partition" = ?1"#)?
+                .query_row([partition], |r| r.get(0))
+                .optional()?;
+            Ok(pos.map_or(0, |p| p as u64))
+        })
+        .await
+    }
+
+    async fn get_command(&self, id: &CommandId) -> PortResult<Option<Command>> {
+        let id = id.clone();
+        self.read_with(move |_, conn| {
+            let data: Option<String> = conn
+                .prepare_cached("SELECT data FROM commands WHERE command_id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?;
+            data.map(|d| decode("command", id.as_str(), &d)).transpose()
+        })
+        .await
+    }
+
+    async fn list_commands(&self, query: &CommandQuery) -> PortResult<Page<Command>> {
+        let q = command_page_query(query)?;
+        self.read_with(move |_, conn| run_page(conn, "command", COMMAND_TOKEN, &q))
+            .await
+    }
+
+    async fn get_execution(&self, id: &ExecutionId) -> PortResult<Option<Execution>> {
+        let id = id.clone();
+        self.read_with(move |_, conn| {
+            let data: Option<String> = conn
+                .prepare_cached("SELECT data FROM executions WHERE execution_id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?;
+            data.map(|d| decode("execution", id.as_str(), &d))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn get_executions(&self, ids: &[ExecutionId]) -> PortResult<Vec<Execution>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.to_vec();
+        self.read_with(move |_, conn| {
+            // One read transaction: every execution comes from the same snapshot.
+            let tx = conn.transaction()?;
+            let mut out = Vec::with_capacity(ids.len());
+            {
+                let mut stmt =
+                    tx.prepare_cached("SELECT data FROM executions WHERE execution_id = ?1")?;
+                for id in &ids {
+                    let data: Option<String> =
+                        stmt.query_row([id.as_str()], |r| r.get(0)).optional()?;
+                    if let Some(d) = data {
+                        out.push(decode("execution", id.as_str(), &d)?);
+                    }
+                }
+            }
+            tx.finish()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_executions(&self, query: &ExecutionQuery) -> PortResult<Page<Execution>> {
+        let q = execution_page_query(query)?;
+        self.read_with(move |_, conn| run_page(conn, "execution", EXECUTION_TOKEN, &q))
+            .await
+    }
+
+    async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
+        self.write(move |_, conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM executions WHERE time_to_live < ?1")?
+                .execute([now])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetcmd_domain::ports::TimeRange;
+    use fleetcmd_domain::{ExecutionStatus, Target};
+
+    fn plan(conn: &Connection, q: &PageQuery) -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", q.sql))
+            .expect("explain");
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(q.params.iter()), |r| {
+                r.get::<_, String>(3)
+            })
+            .expect("plan rows");
+        rows.map(|r| r.expect("plan row"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn schema_conn() -> Connection {
+        let conn = Connection::open_in_memory().expect("in-memory db");
+        conn.execute_batch(SCHEMA).expect("schema");
+        conn
+    }
+
+    #[test]
+    fn every_execution_query_shape_uses_an_index_without_sorting() {
+        let conn = schema_conn();
+        let cmd = Some(CommandId::parse("c").expect("id"));
+        let target = Some(Target::thing("t").expect("target"));
+        let range = Some(TimeRange {
+            after: Some(1),
+            before: Some(2),
+        });
+        let token = Some(encode_token(
+            EXECUTION_TOKEN,
+            &PageKey {
+                time: 5,
+                id: "x".into(),
+            },
+        ));
+        let mut shapes = Vec::new();
+        for (command_id, target) in [(cmd.clone(), None), (None, target.clone()), (None, None)] {
+            for (started, completed) in [(None, None), (range, None), (None, range)] {
+                for ascending in [false, true] {
+                    for page_token in [None, token.clone()] {
+                        shapes.push(ExecutionQuery {
+                            command_id: command_id.clone(),
+                            target: target.clone(),
+                            statuses: vec![ExecutionStatus::Succeeded, ExecutionStatus::Failed],
+                            started,
+                            completed,
+                            ascending,
+                            page_size: 10,
+                            page_token: page_token.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for q in &shapes {
+            let pq = execution_page_query(q).expect("query");
+            let plan = plan(&conn, &pq);
+            assert!(
+                !plan.contains("TEMP B-TREE"),
+                "query {q:?} sorts in memory: {plan}"
+            );
+            assert!(plan.contains("USING INDEX"), "query {q:?} scans: {plan}");
+        }
+    }
+
+    #[test]
+    fn command_queries_use_an_index_without_sorting() {
+        let conn = schema_conn();
+        for namespace in [None, Some("AWS-IoT".to_owned())] {
+            for parameter_name in [None, Some("p".to_owned())] {
+                for ascending in [false, true] {
+                    let q = CommandQuery {
+                        namespace: namespace.clone(),
+                        parameter_name: parameter_name.clone(),
+                        ascending,
+                        page_size: 0,
+                        page_token: Some(encode_token(
+                            COMMAND_TOKEN,
+                            &PageKey {
+                                time: 1,
+                                id: "c".into(),
+                            },
+                        )),
+                    };
+                    let pq = command_page_query(&q).expect("query");
+                    assert_eq!(pq.limit, crate::DEFAULT_PAGE_SIZE as usize);
+                    let plan = plan(&conn, &pq);
+                    assert!(!plan.contains("TEMP B-TREE"), "{q:?} sorts: {plan}");
+                    assert!(plan.contains("USING"), "{q:?} scans: {plan}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let key = PageKey {
+            time: -42,
+            id: "exec-1_a".into(),
+        };
+        let t = encode_token(EXECUTION_TOKEN, &key);
+        assert_eq!(decode_token(EXECUTION_TOKEN, &t), Ok(key));
+        let foreign = decode_token(COMMAND_TOKEN, &t).expect_err("foreign token");
+        assert!(crate::is_invalid_page_token(&foreign), "{foreign}");
+        for bad in ["", "!!!", "Zm9v", &URL_SAFE_NO_PAD.encode("e|x|id")] {
+            let err = decode_token(EXECUTION_TOKEN, bad).expect_err(bad);
+            assert!(crate::is_invalid_page_token(&err), "{bad}: {err}");
+        }
+    }
+}

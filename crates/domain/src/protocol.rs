@@ -1,0 +1,144 @@
+//! Messages between fleetcmd's services on the bus, and the subjects they travel on.
+//!
+//! ```text
+//! fleetcmd.shard.<n>        request/reply: inputs for shard n (start, cancel, device update, ...)
+//! fleetcmd.deliver          queue group "edge": an MQTT publish for a device
+//! fleetcmd.events.<cmd>     a projected status change of an execution of command <cmd>
+//! fleetcmd.projected        a projector committed a partition up to an offset
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::CommandInput;
+use crate::error::Rejection;
+use crate::execution::ExecutionInput;
+use crate::ids::{CommandId, ExecutionId, Target};
+use crate::model::{Command, Execution, ExecutionStatus, ResultValue, StatusReason, TimestampMs};
+use crate::start::StartRequest;
+
+pub const DELIVER_SUBJECT: &str = "fleetcmd.deliver";
+pub const EDGE_QUEUE_GROUP: &str = "edge";
+pub const EVENTS_PREFIX: &str = "fleetcmd.events";
+pub const EVENTS_ALL: &str = "fleetcmd.events.>";
+pub const PROJECTED_SUBJECT: &str = "fleetcmd.projected";
+
+/// The request subject of a shard.
+pub fn shard_subject(shard: u32) -> String {
+    format!("fleetcmd.shard.{shard}")
+}
+
+/// The notification subject of a command's executions.
+pub fn events_subject(command_id: &CommandId) -> String {
+    format!("{EVENTS_PREFIX}.{command_id}")
+}
+
+/// An input for the owner of a shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardRequest {
+    Start(StartRequest),
+    Execution {
+        execution_id: ExecutionId,
+        target: Target,
+        input: ExecutionInput,
+    },
+    Command {
+        command_id: String,
+        input: CommandInput,
+    },
+}
+
+impl ShardRequest {
+    /// The routing key that picks the shard.
+    pub fn routing_key(&self) -> String {
+        match self {
+            Self::Start(r) => r.target.resource_name(),
+            Self::Execution { target, .. } => target.resource_name(),
+            Self::Command { command_id, .. } => format!("command/{command_id}"),
+        }
+    }
+}
+
+/// Where the owner wrote an input's events: callers wait for the projector to pass it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub partition: u32,
+    /// The offset just past the last event written.
+    pub next_offset: u64,
+}
+
+/// The owner's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardReply {
+    /// A start was accepted (or recognised as a retry of an earlier one).
+    Started {
+        execution_id: ExecutionId,
+        position: Option<LogPosition>,
+        replayed: bool,
+    },
+    /// An execution input was applied; `execution` is the state after it (before it, for a delete).
+    Execution {
+        execution: Box<Execution>,
+        position: Option<LogPosition>,
+    },
+    /// A command input was applied; `command` is the state after it (`None` once deleted).
+    Command {
+        command: Option<Box<Command>>,
+        deleted: bool,
+        position: Option<LogPosition>,
+    },
+    /// The domain refused the input.
+    Rejected(Rejection),
+    /// The owner cannot serve now (starting up, shard moving, log unavailable): retry.
+    Unavailable(String),
+}
+
+/// An MQTT publish the edge performs for the dispatcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub topic: String,
+    #[serde(with = "crate::model::b64")]
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    /// When the message stops being useful (the execution deadline): MQTT 5 message expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<TimestampMs>,
+}
+
+/// A projected status change of an execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionChanged {
+    pub execution_id: ExecutionId,
+    pub command_id: CommandId,
+    pub target: Target,
+    pub status: ExecutionStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<StatusReason>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub result: BTreeMap<String, ResultValue>,
+    pub terminal: bool,
+    pub timestamp: TimestampMs,
+}
+
+impl ExecutionChanged {
+    pub fn from_execution(e: &Execution, at: TimestampMs) -> Self {
+        Self {
+            execution_id: e.execution_id.clone(),
+            command_id: e.command_id.clone(),
+            target: e.target.clone(),
+            status: e.status,
+            status_reason: e.status_reason.clone(),
+            result: e.result.clone(),
+            terminal: e.terminal,
+            timestamp: at,
+        }
+    }
+}
+
+/// A projector's progress on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projected {
+    pub partition: u32,
+    pub next_offset: u64,
+}

@@ -1,0 +1,143 @@
+//! Reaching a shard's owner over the bus, and waiting for the projector to catch up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetcmd_domain::ports::{Bus, BusMessage, PortError, ReadModel};
+use fleetcmd_domain::protocol::{
+    LogPosition, PROJECTED_SUBJECT, Projected, ShardReply, ShardRequest, shard_subject,
+};
+use fleetcmd_domain::shard::shard_of;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+/// Why a call to a shard owner failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No owner answered within the retry budget (shard moving, owner starting): retry later.
+    #[error("shard {shard} is unavailable ({why}); retry")]
+    Unavailable { shard: u32, why: String },
+    /// The owner did not answer in time; the outcome is unknown.
+    #[error("shard {shard} did not answer within {timeout_ms} ms; the outcome is unknown, retry with the same client token")]
+    Timeout { shard: u32, timeout_ms: u64 },
+    /// The bus or the reply was broken.
+    #[error("shard {shard}: {why}")]
+    Internal { shard: u32, why: String },
+}
+
+/// Sends inputs to shard owners: request/reply on the shard's subject, retrying with
+/// backoff while no owner answers (a fast, retryable condition).
+#[derive(Clone)]
+pub struct ShardClient {
+    bus: Arc<dyn Bus>,
+    shards: u32,
+    /// How long one request may wait for its owner's answer.
+    pub request_timeout: Duration,
+    /// How long to keep retrying while the shard has no owner.
+    pub retry_budget: Duration,
+}
+
+impl ShardClient {
+    pub fn new(bus: Arc<dyn Bus>, shards: u32) -> Self {
+        Self { bus, shards, request_timeout: Duration::from_secs(5), retry_budget: Duration::from_secs(2) }
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// The shard that owns a routing key.
+    pub fn shard_of(&self, key: &str) -> u32 {
+        shard_of(key, self.shards)
+    }
+
+    /// Sends `request` to its shard's owner and returns the owner's reply. `Unavailable`
+    /// replies and missing owners are retried within the retry budget.
+    pub async fn call(&self, request: &ShardRequest) -> Result<ShardReply, CallError> {
+        let shard = self.shard_of(&request.routing_key());
+        let payload = Bytes::from(
+            serde_json::to_vec(request).map_err(|e| CallError::Internal { shard, why: e.to_string() })?,
+        );
+        let subject = shard_subject(shard);
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let why = match self.bus.request(BusMessage::new(subject.clone(), payload.clone()), self.request_timeout).await {
+                Ok(reply) => match serde_json::from_slice::<ShardReply>(&reply.payload) {
+                    Ok(ShardReply::Unavailable(why)) => why,
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => return Err(CallError::Internal { shard, why: format!("malformed reply: {e}") }),
+                },
+                Err(PortError::Timeout(_)) => {
+                    return Err(CallError::Timeout { shard, timeout_ms: self.request_timeout.as_millis() as u64 });
+                }
+                Err(e) if e.is_retryable() => e.to_string(),
+                Err(e) => return Err(CallError::Internal { shard, why: e.to_string() }),
+            };
+            if started.elapsed() + backoff > self.retry_budget {
+                return Err(CallError::Unavailable { shard, why });
+            }
+            tracing::debug!(shard, %why, "shard unavailable, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Tracks how far the projector got in each partition, so API calls can return only once
+/// their writes are readable (read-your-writes).
+pub struct ProjectionWatch {
+    positions: Vec<watch::Sender<u64>>,
+}
+
+impl ProjectionWatch {
+    /// Subscribes to projector progress first, then seeds positions from the read model, so
+    /// no progress message is missed.
+    pub async fn start(bus: Arc<dyn Bus>, read_model: Arc<dyn ReadModel>, partitions: u32) -> Result<Arc<Self>, PortError> {
+        let mut sub = bus.subscribe(PROJECTED_SUBJECT, None).await?;
+        let mut positions = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            positions.push(watch::Sender::new(read_model.position(p).await?));
+        }
+        let this = Arc::new(Self { positions });
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(this) = weak.upgrade() else { break };
+                match serde_json::from_slice::<Projected>(&msg.payload) {
+                    Ok(p) => this.advance(p.partition, p.next_offset),
+                    Err(e) => tracing::warn!(error = %e, "malformed projection progress message"),
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    /// Records that `partition` is projected up to `next_offset`.
+    pub fn advance(&self, partition: u32, next_offset: u64) {
+        if let Some(tx) = self.positions.get(partition as usize) {
+            tx.send_if_modified(|cur| {
+                let moved = next_offset > *cur;
+                if moved {
+                    *cur = next_offset;
+                }
+                moved
+            });
+        }
+    }
+
+    /// The projected position of a partition.
+    pub fn position(&self, partition: u32) -> u64 {
+        self.positions.get(partition as usize).map_or(0, |tx| *tx.borrow())
+    }
+
+    /// Waits until `position` is projected; false if `timeout` passed first.
+    pub async fn wait(&self, position: LogPosition, timeout: Duration) -> bool {
+        let Some(tx) = self.positions.get(position.partition as usize) else { return false };
+        let mut rx = tx.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position.next_offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}

@@ -1,0 +1,130 @@
+//! The `CommandDispatcher` gRPC service: start and cancel, routed to the shard owner of the
+//! target, answered once the owner has appended and the projector has made it readable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetcmd_contracts::auth::Auth;
+use fleetcmd_contracts::convert::{
+    optional_status_reason, optional_target, rejection_status, status_to_pb, validation_status,
+};
+use fleetcmd_contracts::pb;
+use fleetcmd_domain::error::Rejection;
+use fleetcmd_domain::execution::ExecutionInput;
+use fleetcmd_domain::ids::ExecutionId;
+use fleetcmd_domain::policy::Action;
+use fleetcmd_domain::ports::ReadModel;
+use fleetcmd_domain::protocol::{LogPosition, ShardReply, ShardRequest};
+use fleetcmd_domain::start::StartRequest;
+use tonic::{Request, Response, Status};
+
+use crate::client::{CallError, ProjectionWatch, ShardClient};
+
+/// How long an API call waits for its write to become readable before answering anyway.
+pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the dispatcher's API needs.
+pub struct DispatcherDeps {
+    pub read_model: Arc<dyn ReadModel>,
+    pub shards: ShardClient,
+    pub projection: Arc<ProjectionWatch>,
+    pub auth: Auth,
+}
+
+pub struct DispatcherService {
+    deps: Arc<DispatcherDeps>,
+}
+
+impl DispatcherService {
+    pub fn new(deps: DispatcherDeps) -> Self {
+        Self { deps: Arc::new(deps) }
+    }
+}
+
+/// A failed call to a shard owner as a gRPC status.
+pub fn call_status(e: CallError) -> Status {
+    match e {
+        CallError::Unavailable { .. } | CallError::Timeout { .. } => Status::unavailable(e.to_string()),
+        CallError::Internal { .. } => Status::internal(e.to_string()),
+    }
+}
+
+/// A reply the caller did not expect (a bug if it happens).
+pub fn unexpected(reply: &ShardReply) -> Status {
+    tracing::error!(?reply, "unexpected shard reply");
+    Status::internal("unexpected reply from the shard owner")
+}
+
+/// Waits until the write at `position` is readable (read-your-writes for API callers).
+pub async fn await_projection(projection: &ProjectionWatch, position: Option<LogPosition>) {
+    if let Some(p) = position
+        && !projection.wait(p, READ_YOUR_WRITES_TIMEOUT).await
+    {
+        tracing::warn!(partition = p.partition, offset = p.next_offset, "projection lags; answering before the write is readable");
+    }
+}
+
+fn rejected(r: Rejection) -> Status {
+    rejection_status(r)
+}
+
+#[tonic::async_trait]
+impl pb::command_dispatcher_server::CommandDispatcher for DispatcherService {
+    async fn start_command_execution(
+        &self,
+        request: Request<pb::StartCommandExecutionRequest>,
+    ) -> Result<Response<pb::StartCommandExecutionResponse>, Status> {
+        let caller = self.deps.auth.authenticate(request.metadata())?;
+        let req = StartRequest::try_from(request.get_ref().clone()).map_err(validation_status)?;
+        caller.authorize(Action::StartCommandExecution, Some(req.command_id.as_str()), Some(&req.target))?;
+        fleetcmd_domain::start::validate_request(&req).map_err(validation_status)?;
+        let reply = self.deps.shards.call(&ShardRequest::Start(req)).await.map_err(call_status)?;
+        match reply {
+            ShardReply::Started { execution_id, position, .. } => {
+                await_projection(&self.deps.projection, position).await;
+                Ok(Response::new(pb::StartCommandExecutionResponse { execution_id: execution_id.into_string() }))
+            }
+            ShardReply::Rejected(r) => Err(rejected(r)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn cancel_command_execution(
+        &self,
+        request: Request<pb::CancelCommandExecutionRequest>,
+    ) -> Result<Response<pb::CancelCommandExecutionResponse>, Status> {
+        let caller = self.deps.auth.authenticate(request.metadata())?;
+        let req = request.get_ref().clone();
+        let execution_id = ExecutionId::parse(req.execution_id).map_err(validation_status)?;
+        let target = optional_target(req.target).map_err(validation_status)?;
+        let reason = optional_status_reason(req.status_reason).map_err(validation_status)?;
+        if let Some(r) = &reason {
+            fleetcmd_domain::device::validate_status_reason("status_reason", r).map_err(validation_status)?;
+        }
+        let execution = self
+            .deps
+            .read_model
+            .get_execution(&execution_id)
+            .await
+            .map_err(fleetcmd_contracts::convert::port_status)?
+            .filter(|e| target.as_ref().is_none_or(|t| *t == e.target))
+            .ok_or_else(|| Status::not_found(format!("execution {execution_id} not found")))?;
+        caller.authorize(Action::CancelCommandExecution, Some(execution.command_id.as_str()), Some(&execution.target))?;
+        let request = ShardRequest::Execution {
+            execution_id: execution_id.clone(),
+            target: execution.target.clone(),
+            input: ExecutionInput::Cancel { status_reason: reason },
+        };
+        match self.deps.shards.call(&request).await.map_err(call_status)? {
+            ShardReply::Execution { execution, position } => {
+                await_projection(&self.deps.projection, position).await;
+                Ok(Response::new(pb::CancelCommandExecutionResponse {
+                    execution_id: execution_id.into_string(),
+                    status: status_to_pb(execution.status),
+                }))
+            }
+            ShardReply::Rejected(r) => Err(rejected(r)),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! API client verbs: the `command` and `exec` subcommands of the `fleetcmd` binary.
+//!
+//! Each verb is one `pub async fn` over the generated tonic clients (so tests and tools can
+//! call it directly) plus a `run` that turns parsed flags into a request and prints the
+//! answer as an aligned table or, with `--json`, as JSON objects keyed by the proto field
+//! names. Every call goes through [`retry_unavailable`]: UNAVAILABLE means "try again"
+//! (no shard owner yet, a server restarting), so it is retried with capped exponential
+//! backoff; every other status is final and is printed as `CODE: message`.
+
+pub mod command;
+pub mod exec;
+pub mod params;
+pub mod render;
+pub mod timefmt;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleetcmd_contracts::pb;
+use pb::command_dispatcher_client::CommandDispatcherClient;
+use pb::command_registry_client::CommandRegistryClient;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Where the API is when neither `--endpoint` nor `FLEETCMD_ENDPOINT` says otherwise.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+
+/// The global client flags (accepted before or after the subcommand).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Client options")]
+pub struct ClientArgs {
+    /// gRPC endpoint of the fleetcmd API (`http://host:port`; the scheme may be left out).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCMD_ENDPOINT",
+        default_value = DEFAULT_ENDPOINT,
+        value_name = "URL"
+    )]
+    pub endpoint: String,
+    /// Bearer token, sent as `authorization: Bearer <token>`.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCMD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Machine output: JSON objects with the proto field names (snake_case, bytes in base64).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    pub fn output(&self) -> Output {
+        if self.json {
+            Output::Json
+        } else {
+            Output::Text
+        }
+    }
+
+    /// A lazily connecting API handle: nothing is dialed until the first call, so a server
+    /// that is down shows up as a (retried) UNAVAILABLE rather than a separate error path.
+    pub fn api(&self) -> anyhow::Result<Api> {
+        Api::connect_lazy(&self.endpoint, self.token.as_deref())
+    }
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned tables and `key  value` blocks for people.
+    Text,
+    /// One JSON object per result (per line for streams).
+    Json,
+}
+
+/// Adds `authorization: Bearer <token>` to every request when a token is configured.
+#[derive(Debug, Clone, Default)]
+pub struct BearerAuth {
+    header: Option<AsciiMetadataValue>,
+}
+
+impl BearerAuth {
+    /// `None` or an empty token sends no header. A token that cannot be a header value
+    /// (non-visible ASCII) is refused here rather than failing every call later.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(Self::default());
+        };
+        let mut header = AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            anyhow::anyhow!("invalid --token: only visible ASCII characters are allowed")
+        })?;
+        header.set_sensitive(true);
+        Ok(Self {
+            header: Some(header),
+        })
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel every client uses: one HTTP/2 connection with the bearer token added.
+pub type AuthChannel = InterceptedService<Channel, BearerAuth>;
+
+/// Both API clients over one connection, plus the retry policy for UNAVAILABLE.
+/// Cheap to clone (clients share the channel).
+#[derive(Debug, Clone)]
+pub struct Api {
+    registry: CommandRegistryClient<AuthChannel>,
+    dispatcher: CommandDispatcherClient<AuthChannel>,
+    retry: RetryPolicy,
+}
+
+impl Api {
+    /// Builds the clients without dialing; the first call connects. `endpoint` may omit
+    /// the scheme (`127.0.0.1:50051` means `http://127.0.0.1:50051`).
+    pub fn connect_lazy(endpoint: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let uri = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .with_context(|| format!("invalid --endpoint {endpoint:?}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self::from_channel(channel, BearerAuth::new(token)?))
+    }
+
+    /// Wraps an existing channel (e.g. one connected in a test).
+    pub fn from_channel(channel: Channel, auth: BearerAuth) -> Self {
+        Self {
+            registry: CommandRegistryClient::with_interceptor(channel.clone(), auth.clone()),
+            dispatcher: CommandDispatcherClient::with_interceptor(channel, auth),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// A registry client (a cheap clone sharing the connection).
+    pub fn registry(&self) -> CommandRegistryClient<AuthChannel> {
+        self.registry.clone()
+    }
+
+    /// A dispatcher client (a cheap clone sharing the connection).
+    pub fn dispatcher(&self) -> CommandDispatcherClient<AuthChannel> {
+        self.dispatcher.clone()
+    }
+}
+
+/// Capped exponential backoff for UNAVAILABLE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Calls in all, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// The wait before the first retry.
+    pub initial_backoff: Duration,
+    /// No wait is longer than this.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One attempt, no retry.
+    pub const NONE: Self = Self {
+        max_attempts: 1,
+        initial_backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+    };
+
+    /// The backoff ceiling before retry number `retry` (0-based): `initial · 2^retry`,
+    /// capped at `max_backoff`.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+        self.initial_backoff
+            .checked_mul(factor)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+
+    /// The actual wait: "equal jitter", between half the ceiling and the ceiling, so that
+    /// many clients refused at once do not come back at once.
+    fn jittered(&self, retry: u32) -> Duration {
+        let ceiling = self.backoff(retry);
+        let half = ceiling / 2;
+        let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        if spread == 0 {
+            return ceiling;
+        }
+        // Eight random bytes from a v4 UUID are plenty for jitter.
+        let random = uuid::Uuid::new_v4().as_u64_pair().0;
+        half + Duration::from_nanos(random % spread)
+    }
+}
+
+/// Runs `call` until it returns something other than UNAVAILABLE or the attempts are used
+/// up; the last status is returned as is. Only safe for idempotent calls (all of ours are,
+/// StartCommandExecution thanks to its client token).
+pub async fn retry_unavailable<T, F, Fut>(policy: &RetryPolicy, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut retry = 0;
+    loop {
+        match call().await {
+            Err(status)
+                if status.code() == Code::Unavailable && retry + 1 < policy.max_attempts.max(1) =>
+            {
+                let wait = policy.jittered(retry);
+                tracing::debug!(?wait, message = status.message(), "UNAVAILABLE, retrying");
+                tokio::time::sleep(wait).await;
+                retry += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The gRPC name of a status code (`INVALID_ARGUMENT`), as grpcurl and the gRPC docs spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// `CODE: message`, with the causes of transport failures appended (a refused connection
+/// otherwise reads only "tcp connect error").
+pub fn describe_status(status: &Status) -> String {
+    let message = if status.message().is_empty() {
+        status.code().description()
+    } else {
+        status.message()
+    };
+    let mut text = format!("{}: {message}", code_name(status.code()));
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `--thing NAME | --client ID`, optional (a filter).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+#[group(multiple = false)]
+pub struct TargetFilter {
+    /// Only this thing (by thing name).
+    #[arg(long, value_name = "NAME")]
+    pub thing: Option<String>,
+    /// Only this MQTT client (by client id).
+    #[arg(long, value_name = "ID")]
+    pub client: Option<String>,
+}
+
+impl TargetFilter {
+    pub fn to_pb(&self) -> Option<pb::Target> {
+        match (&self.thing, &self.client) {
+            (Some(thing), _) => Some(target(pb::TargetKind::Thing, thing)),
+            (None, Some(client)) => Some(target(pb::TargetKind::Client, client)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// `--thing NAME | --client ID`, exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct RequiredTarget {
+    /// The target thing (by thing name).
+    #[arg(long, value_name = "NAME")]
+    pub thing: Option<String>,
+    /// The target MQTT client (by client id).
+    #[arg(long, value_name = "ID")]
+    pub client: Option<String>,
+}
+
+impl RequiredTarget {
+    pub fn to_pb(&self) -> pb::Target {
+        match (&self.thing, &self.client) {
+            (Some(thing), _) => target(pb::TargetKind::Thing, thing),
+            // clap's group guarantees one of the two; an empty client id is refused by the server.
+            (None, client) => target(pb::TargetKind::Client, client.as_deref().unwrap_or("")),
+        }
+    }
+}
+
+fn target(kind: pb::TargetKind, id: &str) -> pb::Target {
+    pb::Target {
+        kind: kind as i32,
+        id: id.to_string(),
+    }
+}
+
+/// `--sort asc|desc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortArg {
+    #[value(alias = "ascending")]
+    Asc,
+    #[value(alias = "descending")]
+    Desc,
+}
+
+impl From<SortArg> for pb::SortOrder {
+    fn from(sort: SortArg) -> Self {
+        match sort {
+            SortArg::Asc => Self::Ascending,
+            SortArg::Desc => Self::Descending,
+        }
+    }
+}
+
+/// Parses an execution status: the proto name in any case, `-` for `_` (`in-progress`).
+pub fn parse_status(text: &str) -> Result<pb::ExecutionStatus, String> {
+    let name = text.trim().to_ascii_uppercase().replace('-', "_");
+    match pb::ExecutionStatus::from_str_name(&name) {
+        Some(status) if status != pb::ExecutionStatus::Unspecified => Ok(status),
+        _ => Err(
+            "expected one of CREATED, IN_PROGRESS, SUCCEEDED, FAILED, REJECTED, \
+                  TIMED_OUT, CANCELED (any case, - for _)"
+                .to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn code_names_match_grpc_spelling() {
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+        let status = Status::invalid_argument(
+            "invalid execution_timeout_seconds: must be between 1 and 43200 seconds, got 0",
+        );
+        assert_eq!(
+            describe_status(&status),
+            "INVALID_ARGUMENT: invalid execution_timeout_seconds: must be between 1 and 43200 \
+             seconds, got 0"
+        );
+        assert_eq!(
+            describe_status(&Status::new(Code::NotFound, "")),
+            "NOT_FOUND: Some requested entity was not found"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(0), Duration::from_millis(100));
+        assert_eq!(p.backoff(1), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(800));
+        assert_eq!(p.backoff(5), Duration::from_secs(2));
+        assert_eq!(p.backoff(40), Duration::from_secs(2));
+        for retry in 0..6 {
+            let wait = p.jittered(retry);
+            assert!(
+                wait >= p.backoff(retry) / 2 && wait <= p.backoff(retry),
+                "{wait:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_is_retried_until_attempts_run_out() {
+        let calls = AtomicU32::new(0);
+        let policy = RetryPolicy::default();
+        let result: Result<(), Status> = retry_unavailable(&policy, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(Status::unavailable("no shard owner")) }
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        assert_eq!(result.unwrap_err().code(), Code::Unavailable);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_stops_at_success_or_a_final_code() {
+        let calls = AtomicU32::new(0);
+        let result = retry_unavailable(&RetryPolicy::default(), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(Status::unavailable("moving"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let calls = AtomicU32::new(0);
+        let result: Result<(), Status> = retry_unavailable(&RetryPolicy::default(), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(Status::not_found("no command reboot")) }
+        })
+        .await;
+        assert_eq!(result.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "final codes are not retried"
+        );
+
+        let calls = AtomicU32::new(0);
+        let _ = retry_unavailable(&RetryPolicy::NONE, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(Status::unavailable("x")) }
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn bearer_tokens_are_checked() {
+        assert!(BearerAuth::new(None).unwrap().header.is_none());
+        assert!(BearerAuth::new(Some("  ")).unwrap().header.is_none());
+        let auth = BearerAuth::new(Some("s3cret")).unwrap();
+        assert_eq!(auth.header.unwrap().to_str().unwrap(), "Bearer s3cret");
+        let err = BearerAuth::new(Some("bad\ntoken")).unwrap_err();
+        assert!(err.to_string().contains("--token"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn interceptor_adds_the_header() {
+        use tonic::service::Interceptor as _;
+        let mut auth = BearerAuth::new(Some("t0k")).unwrap();
+        let request = auth.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer t0k"
+        );
+        let mut none = BearerAuth::default();
+        let request = none.call(tonic::Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+    }
+
+    #[tokio::test]
+    async fn endpoints_without_scheme_are_accepted() {
+        assert!(Api::connect_lazy("127.0.0.1:50051", None).is_ok());
+        assert!(Api::connect_lazy("http://[::1]:50051", Some("t")).is_ok());
+        let err = Api::connect_lazy("http://bad host:1", None).unwrap_err();
+        assert!(err.to_string().contains("--endpoint"), "{err}");
+    }
+
+    #[test]
+    fn statuses_parse_leniently() {
+        assert_eq!(
+            parse_status("succeeded").unwrap(),
+            pb::ExecutionStatus::Succeeded
+        );
+        assert_eq!(
+            parse_status("in-progress").unwrap(),
+            pb::ExecutionStatus::InProgress
+        );
+        assert_eq!(
+            parse_status("TIMED_OUT").unwrap(),
+            pb::ExecutionStatus::TimedOut
+        );
+        assert_eq!(
+            parse_status("canceled").unwrap(),
+            pb::ExecutionStatus::Canceled
+        );
+        let err = parse_status("done").unwrap_err();
+        assert!(
+            err.contains("IN_PROGRESS") && err.contains("CANCELED"),
+            "{err}"
+        );
+        assert!(parse_status("EXECUTION_STATUS_UNSPECIFIED").is_err());
+    }
+
+    #[test]
+    fn targets_convert() {
+        let t = RequiredTarget {
+            thing: Some("lamp".into()),
+            client: None,
+        };
+        assert_eq!(t.to_pb(), target(pb::TargetKind::Thing, "lamp"));
+        let f = TargetFilter {
+            thing: None,
+            client: Some("c-1".into()),
+        };
+        assert_eq!(f.to_pb(), Some(target(pb::TargetKind::Client, "c-1")));
+        assert_eq!(TargetFilter::default().to_pb(), None);
+    }
+}

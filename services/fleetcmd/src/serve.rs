@@ -1,0 +1,257 @@
+//! `fleetcmd serve`: the registry, dispatcher, edge and projector in one process on the
+//! embedded adapters (SQLite file, in-process bus, embedded MQTT broker).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fleetcmd_adapters::clock::SystemClock;
+use fleetcmd_adapters::embedded::broker::EmbeddedBroker;
+use fleetcmd_adapters::embedded::bus::InProcessBus;
+use fleetcmd_adapters::embedded::sqlite::{Durability, SqliteStore};
+use fleetcmd_contracts::auth::Auth;
+use fleetcmd_contracts::pb;
+use fleetcmd_dispatcher::owner::OwnerDeps;
+use fleetcmd_dispatcher::{OwnerConfig, ProjectionWatch, ShardClient};
+use fleetcmd_domain::command::CommandSettings;
+use fleetcmd_domain::policy::Policy;
+use fleetcmd_domain::ports::{Bus, Clock, EventLog, ReadModel};
+use fleetcmd_domain::topics::TopicRoot;
+use tokio::sync::watch;
+
+/// Flags of `fleetcmd serve` (each also readable from a `FLEETCMD_*` environment variable).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Where the gRPC API listens.
+    #[arg(long, env = "FLEETCMD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Where the embedded MQTT broker listens for devices.
+    #[arg(long, env = "FLEETCMD_MQTT_ADDR", default_value = "127.0.0.1:1883")]
+    pub mqtt_addr: SocketAddr,
+    /// Directory of the SQLite file that holds the event log and the read model.
+    #[arg(long, env = "FLEETCMD_DATA_DIR", default_value = "./fleetcmd-data")]
+    pub data_dir: PathBuf,
+    /// Policy file (TOML) with bearer tokens and grants. Without one, the API is open and
+    /// listens on loopback only.
+    #[arg(long, env = "FLEETCMD_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Allow a non-loopback gRPC address without a policy (anyone who can reach it may do anything).
+    #[arg(long, env = "FLEETCMD_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Topic root of the device protocol.
+    #[arg(long, env = "FLEETCMD_TOPIC_ROOT", default_value = "$aws")]
+    pub topic_root: String,
+    /// Number of shards (= event-log partitions); fixed for the life of the data directory.
+    #[arg(long, env = "FLEETCMD_SHARDS", default_value_t = 16)]
+    pub shards: u32,
+    /// How long a command that is not deprecated (or was deprecated recently) waits before deletion.
+    #[arg(long, env = "FLEETCMD_DELETION_WAIT_SECS", default_value_t = 43_200)]
+    pub deletion_wait_secs: u64,
+    /// How long execution records are kept.
+    #[arg(long, env = "FLEETCMD_RETENTION_SECS", default_value_t = 183 * 24 * 3600)]
+    pub retention_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "FLEETCMD_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Reads and validates a policy file.
+pub fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {}", path.display()))?;
+    let policy: Policy = toml::from_str(&text).with_context(|| format!("parsing policy file {}", path.display()))?;
+    policy.validate().with_context(|| format!("policy file {}", path.display()))?;
+    Ok(policy)
+}
+
+/// A running `fleetcmd serve`: its real addresses, and the handle that stops it.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    broker: EmbeddedBroker,
+    bus: Arc<InProcessBus>,
+}
+
+impl Running {
+    /// Stops accepting calls, lets in-flight ones finish, then stops the services and the broker.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.send_replace(true);
+        let served = self.server.await.context("gRPC server task")?;
+        for t in self.background {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.bus.shutdown();
+        drop(self.broker);
+        served.context("gRPC server")
+    }
+}
+
+/// Checks flags that clap cannot check by itself.
+fn validate(args: &ServeArgs, policy: Option<&Policy>) -> anyhow::Result<TopicRoot> {
+    let root = TopicRoot::new(args.topic_root.clone()).context("--topic-root")?;
+    if !(1..=1024).contains(&args.shards) {
+        bail!("--shards must be between 1 and 1024, got {}", args.shards);
+    }
+    if args.deletion_wait_secs < fleetcmd_domain::limits::TIMEOUT_MAX_SECS {
+        // Allowed (tests and demos want it), but executions may then outlive their command.
+        tracing::warn!(
+            deletion_wait_secs = args.deletion_wait_secs,
+            "the deletion wait is shorter than the longest execution timeout (43200 s)"
+        );
+    }
+    if args.retention_secs < 60 {
+        bail!("--retention-secs must be at least 60, got {}", args.retention_secs);
+    }
+    if policy.is_none() && !args.grpc_addr.ip().is_loopback() && !args.allow_unauthenticated {
+        bail!(
+            "refusing to serve the API on {} without a policy: pass --policy FILE, or --allow-unauthenticated to let anyone who can reach it do anything",
+            args.grpc_addr
+        );
+    }
+    Ok(root)
+}
+
+/// Starts everything and returns once the API and the broker accept connections.
+pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    let policy = args.policy.as_deref().map(load_policy).transpose()?;
+    let topic_root = validate(&args, policy.as_ref())?;
+    if policy.is_none() {
+        if args.grpc_addr.ip().is_loopback() {
+            tracing::warn!("no --policy given: the API is open to every local caller and listens on loopback only");
+        } else {
+            tracing::warn!(addr = %args.grpc_addr, "no --policy given and --allow-unauthenticated set: the API is open to anyone who can reach it");
+        }
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let db = args.data_dir.join("fleetcmd.sqlite");
+    let store = SqliteStore::open(&db, args.shards, Durability::Process)
+        .with_context(|| format!("opening {}", db.display()))?;
+    let log: Arc<dyn EventLog> = store.clone();
+    let read_model: Arc<dyn ReadModel> = store;
+    let in_process = Arc::new(InProcessBus::new());
+    let bus: Arc<dyn Bus> = in_process.clone();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+    let broker = EmbeddedBroker::start(args.mqtt_addr).with_context(|| format!("starting the MQTT broker on {}", args.mqtt_addr))?;
+    let mqtt_addr = broker.local_addr();
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shards: Vec<u32> = (0..args.shards).collect();
+    let mut background = Vec::new();
+
+    let owner_config = Arc::new(OwnerConfig {
+        shards: args.shards,
+        retention_secs: args.retention_secs,
+        command_settings: CommandSettings { deletion_wait_secs: args.deletion_wait_secs },
+        topic_root: topic_root.clone(),
+        ..OwnerConfig::default()
+    });
+    let owner_deps = OwnerDeps { log: log.clone(), bus: bus.clone(), read_model: read_model.clone(), clock: clock.clone() };
+    background.push(tokio::spawn(fleetcmd_dispatcher::run_owners(owner_deps, owner_config, shards.clone(), shutdown_rx.clone())));
+
+    let projector_deps = fleetcmd_projector::ProjectorDeps { log: log.clone(), read_model: read_model.clone(), bus: bus.clone(), clock: clock.clone() };
+    background.push(tokio::spawn(fleetcmd_projector::run(
+        projector_deps,
+        fleetcmd_projector::ProjectorConfig::default(),
+        shards.clone(),
+        shutdown_rx.clone(),
+    )));
+
+    let projection = ProjectionWatch::start(bus.clone(), read_model.clone(), args.shards).await?;
+    let shard_client = ShardClient::new(bus.clone(), args.shards);
+
+    let broker_host = if mqtt_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { mqtt_addr.ip().to_string() };
+    let edge_config = fleetcmd_edge::EdgeConfig {
+        broker_host,
+        broker_port: mqtt_addr.port(),
+        client_id: "fleetcmd-edge-0".into(),
+        topic_root: topic_root.clone(),
+        ..fleetcmd_edge::EdgeConfig::default()
+    };
+    let edge_deps = fleetcmd_edge::EdgeDeps { bus: bus.clone(), shards: shard_client.clone(), clock: clock.clone() };
+    let mut link = fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
+    tokio::time::timeout(Duration::from_secs(10), link.wait_for(|s| *s == fleetcmd_edge::LinkState::Connected))
+        .await
+        .context("the edge did not connect to the embedded broker within 10 s")?
+        .context("edge stopped")?;
+
+    let auth = Auth::new(policy.map(Arc::new));
+    let registry = fleetcmd_registry::RegistryService::new(fleetcmd_registry::RegistryDeps {
+        read_model: read_model.clone(),
+        bus: bus.clone(),
+        shards: shard_client.clone(),
+        projection: projection.clone(),
+        auth: auth.clone(),
+        arns: Default::default(),
+    });
+    let dispatcher = fleetcmd_dispatcher::grpc::DispatcherService::new(fleetcmd_dispatcher::grpc::DispatcherDeps {
+        read_model: read_model.clone(),
+        shards: shard_client,
+        projection,
+        auth,
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::command_registry_server::CommandRegistryServer<fleetcmd_registry::RegistryService>>().await;
+    health_reporter
+        .set_serving::<pb::command_dispatcher_server::CommandDispatcherServer<fleetcmd_dispatcher::grpc::DispatcherService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleetcmd_contracts::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+
+    let listener = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC API on {}", args.grpc_addr))?;
+    let grpc_addr = listener.local_addr()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut stop = shutdown_rx.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(pb::command_registry_server::CommandRegistryServer::new(registry))
+            .add_service(pb::command_dispatcher_server::CommandDispatcherServer::new(dispatcher))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+    );
+    tracing::info!(%grpc_addr, %mqtt_addr, data = %db.display(), shards = args.shards, "fleetcmd serving");
+    Ok(Running { grpc_addr, mqtt_addr, shutdown, server, background, broker, bus: in_process })
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    fleetcmd_telemetry::init(args.log_json);
+    let running = start(args).await?;
+    eprintln!("fleetcmd: gRPC API on {}, MQTT broker on {}", running.grpc_addr, running.mqtt_addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
