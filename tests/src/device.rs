@@ -46,11 +46,21 @@ pub struct DeviceOptions {
 
 impl DeviceOptions {
     pub fn v5(client_id: impl Into<String>) -> Self {
-        Self { client_id: client_id.into(), version: Version::V5, clean_start: true, session_expiry_secs: None }
+        Self {
+            client_id: client_id.into(),
+            version: Version::V5,
+            clean_start: true,
+            session_expiry_secs: None,
+        }
     }
 
     pub fn v311(client_id: impl Into<String>) -> Self {
-        Self { client_id: client_id.into(), version: Version::V311, clean_start: true, session_expiry_secs: None }
+        Self {
+            client_id: client_id.into(),
+            version: Version::V311,
+            clean_start: true,
+            session_expiry_secs: None,
+        }
     }
 
     /// A persistent session that survives a disconnect for `expiry_secs`.
@@ -75,14 +85,24 @@ pub struct Message {
 impl Message {
     /// The payload as JSON.
     pub fn json(&self) -> anyhow::Result<Json> {
-        serde_json::from_slice(&self.payload)
-            .with_context(|| format!("payload on {} is not JSON: {:?}", self.topic, String::from_utf8_lossy(&self.payload)))
+        serde_json::from_slice(&self.payload).with_context(|| {
+            format!(
+                "payload on {} is not JSON: {:?}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
     }
 
     /// The payload as CBOR.
     pub fn cbor(&self) -> anyhow::Result<ciborium::Value> {
-        ciborium::de::from_reader(self.payload.as_ref())
-            .with_context(|| format!("payload on {} is not CBOR: {:02x?}", self.topic, self.payload.as_ref()))
+        ciborium::de::from_reader(self.payload.as_ref()).with_context(|| {
+            format!(
+                "payload on {} is not CBOR: {:02x?}",
+                self.topic,
+                self.payload.as_ref()
+            )
+        })
     }
 
     /// The execution id of a device-protocol topic: the level after `executions`.
@@ -111,8 +131,13 @@ impl fmt::Debug for Message {
 /// Acknowledgements and connection changes, from the event-loop task.
 #[derive(Debug)]
 enum Control {
-    ConnAck { session_present: bool, refused: Option<String> },
-    SubAck { refused: Vec<String> },
+    ConnAck {
+        session_present: bool,
+        refused: Option<String>,
+    },
+    SubAck {
+        refused: Vec<String>,
+    },
     PubAck,
     Closed(String),
 }
@@ -158,7 +183,8 @@ impl Device {
         let (control_tx, mut control) = mpsc::channel(256);
         let (link, task) = match options.version {
             Version::V5 => {
-                let mut o = rumqttc::v5::MqttOptions::new(options.client_id.clone(), "127.0.0.1", port);
+                let mut o =
+                    rumqttc::v5::MqttOptions::new(options.client_id.clone(), "127.0.0.1", port);
                 o.set_keep_alive(Duration::from_secs(30))
                     .set_clean_start(options.clean_start)
                     .set_session_expiry_interval(options.session_expiry_secs)
@@ -167,7 +193,10 @@ impl Device {
                 net.set_tcp_nodelay(true);
                 o.set_network_options(net);
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, 256);
-                (Link::V5(client), tokio::spawn(run_v5(eventloop, messages_tx, control_tx)))
+                (
+                    Link::V5(client),
+                    tokio::spawn(run_v5(eventloop, messages_tx, control_tx)),
+                )
             }
             Version::V311 => {
                 let mut o = rumqttc::MqttOptions::new(options.client_id.clone(), "127.0.0.1", port);
@@ -178,14 +207,25 @@ impl Device {
                 let mut net = eventloop.network_options();
                 net.set_tcp_nodelay(true);
                 eventloop.set_network_options(net);
-                (Link::V311(client), tokio::spawn(run_v311(eventloop, messages_tx, control_tx)))
+                (
+                    Link::V311(client),
+                    tokio::spawn(run_v311(eventloop, messages_tx, control_tx)),
+                )
             }
         };
         let who = options.client_id.clone();
         let session_present = match tokio::time::timeout(ACK_TIMEOUT, control.recv()).await {
-            Ok(Some(Control::ConnAck { session_present, refused: None })) => session_present,
-            Ok(Some(Control::ConnAck { refused: Some(code), .. })) => bail!("device {who}: connection refused: {code}"),
-            Ok(Some(Control::Closed(why))) => bail!("device {who}: could not connect to 127.0.0.1:{port}: {why}"),
+            Ok(Some(Control::ConnAck {
+                session_present,
+                refused: None,
+            })) => session_present,
+            Ok(Some(Control::ConnAck {
+                refused: Some(code),
+                ..
+            })) => bail!("device {who}: connection refused: {code}"),
+            Ok(Some(Control::Closed(why))) => {
+                bail!("device {who}: could not connect to 127.0.0.1:{port}: {why}")
+            }
             Ok(other) => bail!("device {who}: expected a CONNACK first, got {other:?}"),
             Err(_) => bail!("device {who}: no CONNACK within {ACK_TIMEOUT:?}"),
         };
@@ -203,10 +243,19 @@ impl Device {
     /// Waits for the next acknowledgement (or failure) from the event loop.
     async fn next_control(&mut self, what: &str) -> anyhow::Result<Control> {
         match tokio::time::timeout(ACK_TIMEOUT, self.control.recv()).await {
-            Ok(Some(Control::Closed(why))) => bail!("device {}: connection closed while waiting for {what}: {why}", self.client_id),
+            Ok(Some(Control::Closed(why))) => bail!(
+                "device {}: connection closed while waiting for {what}: {why}",
+                self.client_id
+            ),
             Ok(Some(c)) => Ok(c),
-            Ok(None) => bail!("device {}: event loop gone while waiting for {what}", self.client_id),
-            Err(_) => bail!("device {}: no {what} within {ACK_TIMEOUT:?}", self.client_id),
+            Ok(None) => bail!(
+                "device {}: event loop gone while waiting for {what}",
+                self.client_id
+            ),
+            Err(_) => bail!(
+                "device {}: no {what} within {ACK_TIMEOUT:?}",
+                self.client_id
+            ),
         }
     }
 
@@ -217,40 +266,73 @@ impl Device {
         match &self.link {
             Link::V5(c) => {
                 let f = filters.iter().map(|t| {
-                    rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                    rumqttc::v5::mqttbytes::v5::Filter::new(
+                        t.clone(),
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    )
                 });
                 c.subscribe_many(f).await?;
             }
             Link::V311(c) => {
-                let f = filters.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), rumqttc::QoS::AtLeastOnce));
+                let f = filters
+                    .iter()
+                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), rumqttc::QoS::AtLeastOnce));
                 c.subscribe_many(f).await?;
             }
         }
         match self.next_control("SUBACK").await? {
             Control::SubAck { refused } if refused.is_empty() => Ok(()),
             Control::SubAck { refused } => {
-                bail!("device {}: subscription to {filters:?} refused: {refused:?}", self.client_id)
+                bail!(
+                    "device {}: subscription to {filters:?} refused: {refused:?}",
+                    self.client_id
+                )
             }
-            other => bail!("device {}: expected a SUBACK, got {other:?}", self.client_id),
+            other => bail!(
+                "device {}: expected a SUBACK, got {other:?}",
+                self.client_id
+            ),
         }
     }
 
     /// Publishes QoS 1 (MQTT 5: no properties); returns once the broker's PUBACK arrived.
-    pub async fn publish(&mut self, topic: impl Into<String>, payload: impl Into<Bytes>) -> anyhow::Result<()> {
+    pub async fn publish(
+        &mut self,
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> anyhow::Result<()> {
         let topic = topic.into();
         let payload = payload.into();
         match &self.link {
-            Link::V5(c) => c.publish(topic.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, payload).await?,
-            Link::V311(c) => c.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload).await?,
+            Link::V5(c) => {
+                c.publish(
+                    topic.clone(),
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await?
+            }
+            Link::V311(c) => {
+                c.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload)
+                    .await?
+            }
         }
         match self.next_control(&format!("PUBACK for {topic}")).await? {
             Control::PubAck => Ok(()),
-            other => bail!("device {}: expected a PUBACK for {topic}, got {other:?}", self.client_id),
+            other => bail!(
+                "device {}: expected a PUBACK for {topic}, got {other:?}",
+                self.client_id
+            ),
         }
     }
 
     /// Publishes a JSON value.
-    pub async fn publish_json(&mut self, topic: impl Into<String>, body: &Json) -> anyhow::Result<()> {
+    pub async fn publish_json(
+        &mut self,
+        topic: impl Into<String>,
+        body: &Json,
+    ) -> anyhow::Result<()> {
         self.publish(topic, Bytes::from(body.to_string())).await
     }
 
@@ -290,8 +372,17 @@ impl Device {
     }
 
     /// Waits for a message on exactly `topic`.
-    pub async fn expect_topic(&mut self, topic: &str, timeout: Duration) -> anyhow::Result<Message> {
-        self.expect(&format!("a message on {topic}"), |m| m.topic == topic, timeout).await
+    pub async fn expect_topic(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Message> {
+        self.expect(
+            &format!("a message on {topic}"),
+            |m| m.topic == topic,
+            timeout,
+        )
+        .await
     }
 
     /// Everything received so far and not yet returned, without waiting.
@@ -302,8 +393,8 @@ impl Device {
         self.pending.drain(..).collect()
     }
 
-    /// Sends DISCONNECT and returns once the broker closed the connection (so the broker
-    /// has taken the device offline before anything else happens).
+    /// Sends DISCONNECT and returns once it was flushed and the connection closed (the
+    /// event loop ends, dropping the socket, as the client must after a DISCONNECT).
     pub async fn disconnect(mut self) -> anyhow::Result<()> {
         match &self.link {
             Link::V5(c) => c.disconnect().await?,
@@ -314,7 +405,10 @@ impl Device {
             match tokio::time::timeout_at(deadline, self.control.recv()).await {
                 Ok(Some(Control::Closed(_)) | None) => return Ok(()),
                 Ok(Some(_)) => continue,
-                Err(_) => bail!("device {}: the broker did not close the connection after DISCONNECT", self.client_id),
+                Err(_) => bail!(
+                    "device {}: DISCONNECT was not sent within {ACK_TIMEOUT:?}",
+                    self.client_id
+                ),
             }
         }
     }
@@ -324,14 +418,20 @@ fn closed(control: &mpsc::Sender<Control>, why: String) {
     let _ = control.try_send(Control::Closed(why));
 }
 
-async fn run_v5(mut eventloop: rumqttc::v5::EventLoop, messages: mpsc::Sender<Message>, control: mpsc::Sender<Control>) {
+async fn run_v5(
+    mut eventloop: rumqttc::v5::EventLoop,
+    messages: mpsc::Sender<Message>,
+    control: mpsc::Sender<Control>,
+) {
     use rumqttc::v5::Event;
     use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
     loop {
         let sent = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let (content_type, message_expiry_secs) =
-                    p.properties.map_or((None, None), |props| (props.content_type, props.message_expiry_interval));
+                    p.properties.map_or((None, None), |props| {
+                        (props.content_type, props.message_expiry_interval)
+                    });
                 let m = Message {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload,
@@ -341,8 +441,15 @@ async fn run_v5(mut eventloop: rumqttc::v5::EventLoop, messages: mpsc::Sender<Me
                 messages.send(m).await.is_ok()
             }
             Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                let refused = (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code));
-                control.send(Control::ConnAck { session_present: c.session_present, refused }).await.is_ok()
+                let refused =
+                    (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code));
+                control
+                    .send(Control::ConnAck {
+                        session_present: c.session_present,
+                        refused,
+                    })
+                    .await
+                    .is_ok()
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
                 let refused = s
@@ -355,7 +462,15 @@ async fn run_v5(mut eventloop: rumqttc::v5::EventLoop, messages: mpsc::Sender<Me
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => control.send(Control::PubAck).await.is_ok(),
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                closed(&control, format!("the broker disconnected: {:?}", d.reason_code));
+                closed(
+                    &control,
+                    format!("the broker disconnected: {:?}", d.reason_code),
+                );
+                return;
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                // DISCONNECT is flushed; the client closes the connection (MQTT 5 §3.14.4).
+                closed(&control, "disconnected".into());
                 return;
             }
             Ok(_) => true,
@@ -370,17 +485,33 @@ async fn run_v5(mut eventloop: rumqttc::v5::EventLoop, messages: mpsc::Sender<Me
     }
 }
 
-async fn run_v311(mut eventloop: rumqttc::EventLoop, messages: mpsc::Sender<Message>, control: mpsc::Sender<Control>) {
+async fn run_v311(
+    mut eventloop: rumqttc::EventLoop,
+    messages: mpsc::Sender<Message>,
+    control: mpsc::Sender<Control>,
+) {
     use rumqttc::{ConnectReturnCode, Event, Packet, SubscribeReasonCode};
     loop {
         let sent = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let m = Message { topic: p.topic, payload: p.payload, content_type: None, message_expiry_secs: None };
+                let m = Message {
+                    topic: p.topic,
+                    payload: p.payload,
+                    content_type: None,
+                    message_expiry_secs: None,
+                };
                 messages.send(m).await.is_ok()
             }
             Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                let refused = (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code));
-                control.send(Control::ConnAck { session_present: c.session_present, refused }).await.is_ok()
+                let refused =
+                    (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code));
+                control
+                    .send(Control::ConnAck {
+                        session_present: c.session_present,
+                        refused,
+                    })
+                    .await
+                    .is_ok()
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
                 let refused = s
@@ -392,6 +523,11 @@ async fn run_v311(mut eventloop: rumqttc::EventLoop, messages: mpsc::Sender<Mess
                 control.send(Control::SubAck { refused }).await.is_ok()
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => control.send(Control::PubAck).await.is_ok(),
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                // DISCONNECT is flushed; the client closes the connection (MQTT 3.1.1 §3.14.4).
+                closed(&control, "disconnected".into());
+                return;
+            }
             Ok(_) => true,
             Err(e) => {
                 closed(&control, e.to_string());
@@ -429,11 +565,15 @@ pub struct Topics {
 
 impl Topics {
     pub fn thing(name: &str) -> Self {
-        Self { base: format!("$aws/commands/things/{name}") }
+        Self {
+            base: format!("$aws/commands/things/{name}"),
+        }
     }
 
     pub fn client(id: &str) -> Self {
-        Self { base: format!("$aws/commands/clients/{id}") }
+        Self {
+            base: format!("$aws/commands/clients/{id}"),
+        }
     }
 
     fn execution(&self, execution_id: &str) -> String {
@@ -443,14 +583,21 @@ impl Topics {
     /// The three request filters an AWS device SDK subscribes to (json, cbor, raw).
     pub fn request_filters(&self) -> Vec<String> {
         let any = self.execution("+");
-        vec![format!("{any}/request/json"), format!("{any}/request/cbor"), format!("{any}/request")]
+        vec![
+            format!("{any}/request/json"),
+            format!("{any}/request/cbor"),
+            format!("{any}/request"),
+        ]
     }
 
     /// Accepted and rejected replies in both formats (`.../response/+/{json,cbor}`), which
     /// do not match the device's own updates on `.../response/{json,cbor}`.
     pub fn reply_filters(&self) -> Vec<String> {
         let any = self.execution("+");
-        vec![format!("{any}/response/+/json"), format!("{any}/response/+/cbor")]
+        vec![
+            format!("{any}/response/+/json"),
+            format!("{any}/response/+/cbor"),
+        ]
     }
 
     /// fleetcmd's cancel notices.
@@ -466,6 +613,17 @@ impl Topics {
         f
     }
 
+    /// True for `<base>/executions/<id>/request[/json|/cbor]`.
+    pub fn is_request(&self, topic: &str) -> bool {
+        let Some(rest) = topic.strip_prefix(&format!("{}/executions/", self.base)) else {
+            return false;
+        };
+        matches!(
+            rest.split('/').collect::<Vec<_>>().as_slice(),
+            [_, "request"] | [_, "request", "json" | "cbor"]
+        )
+    }
+
     /// `.../executions/<id>/request[/json|/cbor]`; `suffix` is `"json"`, `"cbor"` or `""`.
     pub fn request(&self, execution_id: &str, suffix: &str) -> String {
         if suffix.is_empty() {
@@ -476,15 +634,27 @@ impl Topics {
     }
 
     pub fn update(&self, execution_id: &str, format: Format) -> String {
-        format!("{}/response/{}", self.execution(execution_id), format.suffix())
+        format!(
+            "{}/response/{}",
+            self.execution(execution_id),
+            format.suffix()
+        )
     }
 
     pub fn accepted(&self, execution_id: &str, format: Format) -> String {
-        format!("{}/response/accepted/{}", self.execution(execution_id), format.suffix())
+        format!(
+            "{}/response/accepted/{}",
+            self.execution(execution_id),
+            format.suffix()
+        )
     }
 
     pub fn rejected(&self, execution_id: &str, format: Format) -> String {
-        format!("{}/response/rejected/{}", self.execution(execution_id), format.suffix())
+        format!(
+            "{}/response/rejected/{}",
+            self.execution(execution_id),
+            format.suffix()
+        )
     }
 
     pub fn cancel(&self, execution_id: &str) -> String {
@@ -513,7 +683,10 @@ impl Reply {
     /// The `error` code of a rejection.
     pub fn error(&self) -> anyhow::Result<String> {
         let body = self.body()?;
-        body["error"].as_str().map(str::to_string).ok_or_else(|| anyhow!("reply without an error code: {body}"))
+        body["error"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("reply without an error code: {body}"))
     }
 }
 
@@ -528,15 +701,26 @@ pub fn cbor_to_json(v: &ciborium::Value) -> anyhow::Result<Json> {
         C::Text(s) => Json::String(s.clone()),
         C::Integer(i) => {
             let i: i128 = (*i).into();
-            serde_json::Number::from_i128(i).map(Json::Number).ok_or_else(|| anyhow!("integer {i} out of JSON range"))?
+            serde_json::Number::from_i128(i)
+                .map(Json::Number)
+                .ok_or_else(|| anyhow!("integer {i} out of JSON range"))?
         }
-        C::Float(f) => serde_json::Number::from_f64(*f).map(Json::Number).ok_or_else(|| anyhow!("float {f} not JSON"))?,
+        C::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .ok_or_else(|| anyhow!("float {f} not JSON"))?,
         C::Bytes(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        C::Array(items) => Json::Array(items.iter().map(cbor_to_json).collect::<anyhow::Result<_>>()?),
+        C::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(cbor_to_json)
+                .collect::<anyhow::Result<_>>()?,
+        ),
         C::Map(entries) => {
             let mut m = serde_json::Map::new();
             for (k, v) in entries {
-                let C::Text(k) = k else { bail!("CBOR map key {k:?} is not text") };
+                let C::Text(k) = k else {
+                    bail!("CBOR map key {k:?} is not text")
+                };
                 m.insert(k.clone(), cbor_to_json(v)?);
             }
             Json::Object(m)
@@ -554,12 +738,14 @@ pub fn to_cbor(v: &ciborium::Value) -> Vec<u8> {
 
 impl Device {
     /// Waits for a request (any format) of this device; returns the message.
-    pub async fn expect_request(&mut self, topics: &Topics, timeout: Duration) -> anyhow::Result<Message> {
-        let prefix = format!("{}/", topics.execution(""));
-        let prefix = prefix.trim_end_matches('/').to_string();
+    pub async fn expect_request(
+        &mut self,
+        topics: &Topics,
+        timeout: Duration,
+    ) -> anyhow::Result<Message> {
         self.expect(
-            &format!("a request under {prefix}"),
-            |m| m.topic.starts_with(&prefix) && m.topic.split('/').nth(6) == Some("request"),
+            &format!("a request under {}", topics.base),
+            |m| topics.is_request(&m.topic),
             timeout,
         )
         .await
@@ -574,7 +760,8 @@ impl Device {
         format: Format,
         body: impl Into<Bytes>,
     ) -> anyhow::Result<Reply> {
-        self.publish(topics.update(execution_id, format), body).await?;
+        self.publish(topics.update(execution_id, format), body)
+            .await?;
         let accepted = topics.accepted(execution_id, format);
         let rejected = topics.rejected(execution_id, format);
         let message = self
@@ -584,11 +771,25 @@ impl Device {
                 EXPECT_TIMEOUT,
             )
             .await?;
-        Ok(Reply { accepted: message.topic == accepted, message })
+        Ok(Reply {
+            accepted: message.topic == accepted,
+            message,
+        })
     }
 
     /// [`Self::report`] with a JSON body on `/response/json`.
-    pub async fn report_json(&mut self, topics: &Topics, execution_id: &str, body: &Json) -> anyhow::Result<Reply> {
-        self.report(topics, execution_id, Format::Json, Bytes::from(body.to_string())).await
+    pub async fn report_json(
+        &mut self,
+        topics: &Topics,
+        execution_id: &str,
+        body: &Json,
+    ) -> anyhow::Result<Reply> {
+        self.report(
+            topics,
+            execution_id,
+            Format::Json,
+            Bytes::from(body.to_string()),
+        )
+        .await
     }
 }

@@ -66,7 +66,10 @@ impl Server {
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.grpc_endpoint())?.tcp_nodelay(true).connect().await?)
+        Ok(Channel::from_shared(self.grpc_endpoint())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?)
     }
 
     pub async fn registry(&self) -> anyhow::Result<CommandRegistryClient<Channel>> {
@@ -86,19 +89,28 @@ impl Server {
 
 /// A thing target.
 pub fn thing(id: &str) -> pb::Target {
-    pb::Target { kind: pb::TargetKind::Thing as i32, id: id.into() }
+    pb::Target {
+        kind: pb::TargetKind::Thing as i32,
+        id: id.into(),
+    }
 }
 
 /// A client target.
 pub fn client(id: &str) -> pb::Target {
-    pb::Target { kind: pb::TargetKind::Client as i32, id: id.into() }
+    pb::Target {
+        kind: pb::TargetKind::Client as i32,
+        id: id.into(),
+    }
 }
 
 /// A CreateCommandRequest with a static JSON payload.
 pub fn static_json_command(id: &str, payload: &str) -> pb::CreateCommandRequest {
     pb::CreateCommandRequest {
         command_id: id.into(),
-        payload: Some(pb::Payload { content: payload.as_bytes().to_vec(), content_type: "application/json".into() }),
+        payload: Some(pb::Payload {
+            content: payload.as_bytes().to_vec(),
+            content_type: "application/json".into(),
+        }),
         ..Default::default()
     }
 }
@@ -116,7 +128,10 @@ impl Server {
 pub fn static_command(id: &str, content: &[u8], content_type: &str) -> pb::CreateCommandRequest {
     pb::CreateCommandRequest {
         command_id: id.into(),
-        payload: Some(pb::Payload { content: content.to_vec(), content_type: content_type.into() }),
+        payload: Some(pb::Payload {
+            content: content.to_vec(),
+            content_type: content_type.into(),
+        }),
         ..Default::default()
     }
 }
@@ -132,7 +147,9 @@ pub fn template_command(
         command_id: id.into(),
         payload_template: template.into(),
         preprocessor: Some(pb::Preprocessor {
-            aws_json_substitution: Some(pb::AwsJsonSubstitution { output_format: format as i32 }),
+            aws_json_substitution: Some(pb::AwsJsonSubstitution {
+                output_format: format as i32,
+            }),
         }),
         mandatory_parameters: parameters,
         ..Default::default()
@@ -140,7 +157,11 @@ pub fn template_command(
 }
 
 /// A template parameter of `kind`, optionally with a default value.
-pub fn parameter(name: &str, kind: pb::ParameterType, default: Option<pb::parameter_value::Value>) -> pb::CommandParameter {
+pub fn parameter(
+    name: &str,
+    kind: pb::ParameterType,
+    default: Option<pb::parameter_value::Value>,
+) -> pb::CommandParameter {
     pb::CommandParameter {
         name: name.into(),
         r#type: kind as i32,

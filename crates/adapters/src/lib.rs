@@ -23,6 +23,12 @@ pub mod clock;
 pub mod conformance;
 pub mod embedded;
 pub mod error;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 
 pub use error::{Error, Result};
 

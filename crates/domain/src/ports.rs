@@ -235,3 +235,37 @@ pub trait ReadModel: Send + Sync + 'static {
     /// Removes execution records whose `time_to_live` is before `now`; returns how many.
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64>;
 }
+
+/// A change of the shards (= log partitions) this instance owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentChange {
+    /// These shards are now ours: rebuild their state, then serve them.
+    Assigned(Vec<u32>),
+    /// These shards are no longer ours: stop serving them before the handler returns.
+    Revoked(Vec<u32>),
+}
+
+/// Called on every assignment change. It runs on the membership's own thread and may block
+/// (e.g. with `futures::executor::block_on`) until revoked shards have stopped.
+pub type AssignmentHandler = std::sync::Arc<dyn Fn(AssignmentChange) + Send + Sync>;
+
+/// Group membership that spreads shards over the live instances of a service.
+///
+/// Contract:
+/// - Every shard is assigned to at most one member of a group at a time: a `Revoked` handler
+///   call returns before the shard is assigned to another member. A member that dies loses
+///   its shards after a bounded session timeout.
+/// - When a member joins or leaves, shards move by themselves (rebalance).
+#[async_trait::async_trait]
+pub trait ShardMembership: Send + Sync + 'static {
+    /// Joins `group`; `handler` is called with every change until the returned guard is dropped
+    /// (leaving the group, which revokes everything first).
+    async fn join(
+        &self,
+        group: &str,
+        handler: AssignmentHandler,
+    ) -> PortResult<Box<dyn MembershipGuard>>;
+}
+
+/// Keeps a membership alive; dropping it leaves the group.
+pub trait MembershipGuard: Send + Sync {}

@@ -459,7 +459,7 @@ pub fn resolve(
         .find(|name| !parameters.iter().any(|p| &p.name == *name))
     {
         return Err(ValidationError::new(
-            format!("parameters.{}", snippet(unknown)),
+            format!("parameters[\"{}\"]", snippet(unknown)),
             format!(
                 "the command declares no parameter {:?} ({})",
                 snippet(unknown),
@@ -469,7 +469,7 @@ pub fn resolve(
     }
     let mut resolved = BTreeMap::new();
     for p in parameters {
-        let field = format!("parameters.{}", p.name);
+        let field = format!("parameters[\"{}\"]", p.name);
         let value = match (given.get(&p.name), &p.value, &p.default_value) {
             (Some(v), _, _) | (None, Some(v), _) | (None, None, Some(v)) => v,
             (None, None, None) => {
@@ -787,7 +787,7 @@ impl Renderer<'_> {
     fn value(&self, name: &str) -> Result<&ParameterValue, ValidationError> {
         let v = self.values.get(name).ok_or_else(|| {
             ValidationError::new(
-                format!("parameters.{}", snippet(name)),
+                format!("parameters[\"{}\"]", snippet(name)),
                 "the template uses this parameter but no value was resolved for it",
             )
         })?;
@@ -795,7 +795,7 @@ impl Renderer<'_> {
             && !d.is_finite()
         {
             return Err(ValidationError::new(
-                format!("parameters.{}", snippet(name)),
+                format!("parameters[\"{}\"]", snippet(name)),
                 format!("a DOUBLE value must be finite, got {d}"),
             ));
         }
@@ -1471,7 +1471,7 @@ mod tests {
 
         assert_err(
             resolve(&params, &given(&[])),
-            "parameters.name",
+            "parameters[\"name\"]",
             &["\"name\"", "STRING", "required"],
         );
         assert_err(
@@ -1479,7 +1479,7 @@ mod tests {
                 &params,
                 &given(&[("name", V::S("n".into())), ("nme", V::S("x".into()))]),
             ),
-            "parameters.nme",
+            "parameters[\"nme\"]",
             &["no parameter \"nme\"", "level, mode, name"],
         );
         assert_err(
@@ -1487,7 +1487,7 @@ mod tests {
                 &params,
                 &given(&[("name", V::S("n".into())), ("level", V::L(2))]),
             ),
-            "parameters.level",
+            "parameters[\"level\"]",
             &["INTEGER", "got LONG"],
         );
         assert_err(
@@ -1495,18 +1495,18 @@ mod tests {
                 &params,
                 &given(&[("name", V::S("n".into())), ("level", V::I(6))]),
             ),
-            "parameters.level",
+            "parameters[\"level\"]",
             &["\"level\"", "6", "IN_RANGE", "[1, 5]"],
         );
         assert_err(
             resolve(&params, &given(&[("name", V::S(String::new()))])),
-            "parameters.name",
+            "parameters[\"name\"]",
             &["at least 1"],
         );
         let d = vec![param("d", T::Double)];
         assert_err(
             resolve(&d, &given(&[("d", V::D(f64::NAN))])),
-            "parameters.d",
+            "parameters[\"d\"]",
             &["finite"],
         );
         assert_eq!(
@@ -1516,7 +1516,7 @@ mod tests {
         assert_eq!(resolve(&[], &given(&[])).unwrap(), BTreeMap::new());
         assert_err(
             resolve(&[], &given(&[("x", V::B(true))])),
-            "parameters.x",
+            "parameters[\"x\"]",
             &["declares none"],
         );
     }
@@ -1755,7 +1755,7 @@ mod tests {
         let t = |s: String| tpl(s, OutputFormat::Json);
         assert_err(
             render(&t(format!(r#"["{}"]"#, ph("missing"))), &all_values(), 1),
-            "parameters.missing",
+            "parameters[\"missing\"]",
             &["no value"],
         );
         assert_err(
@@ -1764,7 +1764,7 @@ mod tests {
                 &given(&[("d", V::D(f64::INFINITY))]),
                 1,
             ),
-            "parameters.d",
+            "parameters[\"d\"]",
             &["finite"],
         );
         assert_err(

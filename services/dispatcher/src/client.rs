@@ -19,7 +19,9 @@ pub enum CallError {
     #[error("shard {shard} is unavailable ({why}); retry")]
     Unavailable { shard: u32, why: String },
     /// The owner did not answer in time; the outcome is unknown.
-    #[error("shard {shard} did not answer within {timeout_ms} ms; the outcome is unknown, retry with the same client token")]
+    #[error(
+        "shard {shard} did not answer within {timeout_ms} ms; the outcome is unknown, retry with the same client token"
+    )]
     Timeout { shard: u32, timeout_ms: u64 },
     /// The bus or the reply was broken.
     #[error("shard {shard}: {why}")]
@@ -40,7 +42,12 @@ pub struct ShardClient {
 
 impl ShardClient {
     pub fn new(bus: Arc<dyn Bus>, shards: u32) -> Self {
-        Self { bus, shards, request_timeout: Duration::from_secs(5), retry_budget: Duration::from_secs(2) }
+        Self {
+            bus,
+            shards,
+            request_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(2),
+        }
     }
 
     pub fn shards(&self) -> u32 {
@@ -56,24 +63,48 @@ impl ShardClient {
     /// replies and missing owners are retried within the retry budget.
     pub async fn call(&self, request: &ShardRequest) -> Result<ShardReply, CallError> {
         let shard = self.shard_of(&request.routing_key());
-        let payload = Bytes::from(
-            serde_json::to_vec(request).map_err(|e| CallError::Internal { shard, why: e.to_string() })?,
-        );
+        let payload =
+            Bytes::from(
+                serde_json::to_vec(request).map_err(|e| CallError::Internal {
+                    shard,
+                    why: e.to_string(),
+                })?,
+            );
         let subject = shard_subject(shard);
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(2);
         loop {
-            let why = match self.bus.request(BusMessage::new(subject.clone(), payload.clone()), self.request_timeout).await {
+            let why = match self
+                .bus
+                .request(
+                    BusMessage::new(subject.clone(), payload.clone()),
+                    self.request_timeout,
+                )
+                .await
+            {
                 Ok(reply) => match serde_json::from_slice::<ShardReply>(&reply.payload) {
                     Ok(ShardReply::Unavailable(why)) => why,
                     Ok(reply) => return Ok(reply),
-                    Err(e) => return Err(CallError::Internal { shard, why: format!("malformed reply: {e}") }),
+                    Err(e) => {
+                        return Err(CallError::Internal {
+                            shard,
+                            why: format!("malformed reply: {e}"),
+                        });
+                    }
                 },
                 Err(PortError::Timeout(_)) => {
-                    return Err(CallError::Timeout { shard, timeout_ms: self.request_timeout.as_millis() as u64 });
+                    return Err(CallError::Timeout {
+                        shard,
+                        timeout_ms: self.request_timeout.as_millis() as u64,
+                    });
                 }
                 Err(e) if e.is_retryable() => e.to_string(),
-                Err(e) => return Err(CallError::Internal { shard, why: e.to_string() }),
+                Err(e) => {
+                    return Err(CallError::Internal {
+                        shard,
+                        why: e.to_string(),
+                    });
+                }
             };
             if started.elapsed() + backoff > self.retry_budget {
                 return Err(CallError::Unavailable { shard, why });
@@ -94,7 +125,11 @@ pub struct ProjectionWatch {
 impl ProjectionWatch {
     /// Subscribes to projector progress first, then seeds positions from the read model, so
     /// no progress message is missed.
-    pub async fn start(bus: Arc<dyn Bus>, read_model: Arc<dyn ReadModel>, partitions: u32) -> Result<Arc<Self>, PortError> {
+    pub async fn start(
+        bus: Arc<dyn Bus>,
+        read_model: Arc<dyn ReadModel>,
+        partitions: u32,
+    ) -> Result<Arc<Self>, PortError> {
         let mut sub = bus.subscribe(PROJECTED_SUBJECT, None).await?;
         let mut positions = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
@@ -129,12 +164,16 @@ impl ProjectionWatch {
 
     /// The projected position of a partition.
     pub fn position(&self, partition: u32) -> u64 {
-        self.positions.get(partition as usize).map_or(0, |tx| *tx.borrow())
+        self.positions
+            .get(partition as usize)
+            .map_or(0, |tx| *tx.borrow())
     }
 
     /// Waits until `position` is projected; false if `timeout` passed first.
     pub async fn wait(&self, position: LogPosition, timeout: Duration) -> bool {
-        let Some(tx) = self.positions.get(position.partition as usize) else { return false };
+        let Some(tx) = self.positions.get(position.partition as usize) else {
+            return false;
+        };
         let mut rx = tx.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position.next_offset))
             .await

@@ -37,14 +37,18 @@ pub struct DispatcherService {
 
 impl DispatcherService {
     pub fn new(deps: DispatcherDeps) -> Self {
-        Self { deps: Arc::new(deps) }
+        Self {
+            deps: Arc::new(deps),
+        }
     }
 }
 
 /// A failed call to a shard owner as a gRPC status.
 pub fn call_status(e: CallError) -> Status {
     match e {
-        CallError::Unavailable { .. } | CallError::Timeout { .. } => Status::unavailable(e.to_string()),
+        CallError::Unavailable { .. } | CallError::Timeout { .. } => {
+            Status::unavailable(e.to_string())
+        }
         CallError::Internal { .. } => Status::internal(e.to_string()),
     }
 }
@@ -60,7 +64,11 @@ pub async fn await_projection(projection: &ProjectionWatch, position: Option<Log
     if let Some(p) = position
         && !projection.wait(p, READ_YOUR_WRITES_TIMEOUT).await
     {
-        tracing::warn!(partition = p.partition, offset = p.next_offset, "projection lags; answering before the write is readable");
+        tracing::warn!(
+            partition = p.partition,
+            offset = p.next_offset,
+            "projection lags; answering before the write is readable"
+        );
     }
 }
 
@@ -76,13 +84,28 @@ impl pb::command_dispatcher_server::CommandDispatcher for DispatcherService {
     ) -> Result<Response<pb::StartCommandExecutionResponse>, Status> {
         let caller = self.deps.auth.authenticate(request.metadata())?;
         let req = StartRequest::try_from(request.get_ref().clone()).map_err(validation_status)?;
-        caller.authorize(Action::StartCommandExecution, Some(req.command_id.as_str()), Some(&req.target))?;
+        caller.authorize(
+            Action::StartCommandExecution,
+            Some(req.command_id.as_str()),
+            Some(&req.target),
+        )?;
         fleetcmd_domain::start::validate_request(&req).map_err(validation_status)?;
-        let reply = self.deps.shards.call(&ShardRequest::Start(req)).await.map_err(call_status)?;
+        let reply = self
+            .deps
+            .shards
+            .call(&ShardRequest::Start(req))
+            .await
+            .map_err(call_status)?;
         match reply {
-            ShardReply::Started { execution_id, position, .. } => {
+            ShardReply::Started {
+                execution_id,
+                position,
+                ..
+            } => {
                 await_projection(&self.deps.projection, position).await;
-                Ok(Response::new(pb::StartCommandExecutionResponse { execution_id: execution_id.into_string() }))
+                Ok(Response::new(pb::StartCommandExecutionResponse {
+                    execution_id: execution_id.into_string(),
+                }))
             }
             ShardReply::Rejected(r) => Err(rejected(r)),
             other => Err(unexpected(&other)),
@@ -99,24 +122,52 @@ impl pb::command_dispatcher_server::CommandDispatcher for DispatcherService {
         let target = optional_target(req.target).map_err(validation_status)?;
         let reason = optional_status_reason(req.status_reason).map_err(validation_status)?;
         if let Some(r) = &reason {
-            fleetcmd_domain::device::validate_status_reason("status_reason", r).map_err(validation_status)?;
+            fleetcmd_domain::device::validate_status_reason("status_reason", r).map_err(
+                |mut e| {
+                    // The device rules name the MQTT body's camelCase keys; the API's fields are snake_case.
+                    e.field = e
+                        .field
+                        .replace("reasonCode", "reason_code")
+                        .replace("reasonDescription", "reason_description");
+                    validation_status(e)
+                },
+            )?;
         }
-        let execution = self
+        let found = self
             .deps
             .read_model
             .get_execution(&execution_id)
             .await
             .map_err(fleetcmd_contracts::convert::port_status)?
-            .filter(|e| target.as_ref().is_none_or(|t| *t == e.target))
-            .ok_or_else(|| Status::not_found(format!("execution {execution_id} not found")))?;
-        caller.authorize(Action::CancelCommandExecution, Some(execution.command_id.as_str()), Some(&execution.target))?;
+            .filter(|e| target.as_ref().is_none_or(|t| *t == e.target));
+        let Some(execution) = found else {
+            // Narrow callers get PERMISSION_DENIED for unknown ids too, so ids cannot be probed.
+            if !caller.allows(Action::CancelCommandExecution, None, None) {
+                return Err(Status::permission_denied(format!(
+                    "the caller may not CancelCommandExecution on execution {execution_id}"
+                )));
+            }
+            return Err(Status::not_found(format!(
+                "execution {execution_id} not found"
+            )));
+        };
+        caller.authorize(
+            Action::CancelCommandExecution,
+            Some(execution.command_id.as_str()),
+            Some(&execution.target),
+        )?;
         let request = ShardRequest::Execution {
             execution_id: execution_id.clone(),
             target: execution.target.clone(),
-            input: ExecutionInput::Cancel { status_reason: reason },
+            input: ExecutionInput::Cancel {
+                status_reason: reason,
+            },
         };
         match self.deps.shards.call(&request).await.map_err(call_status)? {
-            ShardReply::Execution { execution, position } => {
+            ShardReply::Execution {
+                execution,
+                position,
+            } => {
                 await_projection(&self.deps.projection, position).await;
                 Ok(Response::new(pb::CancelCommandExecutionResponse {
                     execution_id: execution_id.into_string(),

@@ -68,13 +68,20 @@ pub struct OwnerDeps {
 
 /// Runs the owners of `shards` until `shutdown` turns true. Each owner retries its startup
 /// (rebuild, subscribe) with backoff while the engines are unavailable.
-pub async fn run_owners(deps: OwnerDeps, config: Arc<OwnerConfig>, shards: Vec<u32>, shutdown: watch::Receiver<bool>) {
+pub async fn run_owners(
+    deps: OwnerDeps,
+    config: Arc<OwnerConfig>,
+    shards: Vec<u32>,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut tasks = Vec::new();
     for shard in shards {
         let deps = deps.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move { run_owner(deps, config, shard, shutdown).await }));
+        tasks.push(tokio::spawn(async move {
+            run_owner(deps, config, shard, shutdown).await
+        }));
     }
     for t in tasks {
         if let Err(e) = t.await {
@@ -83,7 +90,14 @@ pub async fn run_owners(deps: OwnerDeps, config: Arc<OwnerConfig>, shards: Vec<u
     }
 }
 
-async fn run_owner(deps: OwnerDeps, config: Arc<OwnerConfig>, shard: u32, mut shutdown: watch::Receiver<bool>) {
+/// Runs the owner of one shard until `shutdown` turns true, restarting it (rebuild first)
+/// after failures with backoff.
+pub async fn run_owner(
+    deps: OwnerDeps,
+    config: Arc<OwnerConfig>,
+    shard: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
@@ -135,15 +149,27 @@ impl ShardState {
     fn apply(&mut self, env: &EventEnvelope, offset: u64) {
         match &env.aggregate {
             Aggregate::Execution { execution_id, .. } => {
-                if let Event::ExecutionStarted { execution, request_fingerprint, .. } = &env.event {
+                if let Event::ExecutionStarted {
+                    execution,
+                    request_fingerprint,
+                    ..
+                } = &env.event
+                {
                     let e = (**execution).clone();
-                    self.timers.push(Reverse((e.deadline(), TimerKey::Execution(e.execution_id.clone()))));
+                    self.timers.push(Reverse((
+                        e.deadline(),
+                        TimerKey::Execution(e.execution_id.clone()),
+                    )));
                     if let Some(token) = &e.client_token {
                         let key = (e.target.clone(), token.clone());
                         let expires_at = e.deadline() + (CLIENT_TOKEN_WINDOW_SECS as i64) * 1000;
                         self.tokens.insert(
                             key.clone(),
-                            TokenEntry { fingerprint: *request_fingerprint, execution_id: e.execution_id.clone(), expires_at },
+                            TokenEntry {
+                                fingerprint: *request_fingerprint,
+                                execution_id: e.execution_id.clone(),
+                                expires_at,
+                            },
                         );
                         self.token_order.push_back((key, expires_at));
                     }
@@ -151,7 +177,9 @@ impl ShardState {
                     self.last_offsets.insert(execution_id.clone(), offset);
                     return;
                 }
-                let Some(e) = self.executions.get_mut(execution_id) else { return };
+                let Some(e) = self.executions.get_mut(execution_id) else {
+                    return;
+                };
                 let was_terminal = e.terminal;
                 if execution::apply(e, &env.event, env.at, env.seq) {
                     self.last_offsets.insert(execution_id.clone(), offset);
@@ -169,7 +197,10 @@ impl ShardState {
                 command::apply(&mut state, &env.event, env.at);
                 if let Some(c) = state {
                     if let Event::CommandDeletionScheduled { delete_at } = &env.event {
-                        self.timers.push(Reverse((*delete_at, TimerKey::CommandDeletion(key.clone()))));
+                        self.timers.push(Reverse((
+                            *delete_at,
+                            TimerKey::CommandDeletion(key.clone()),
+                        )));
                     }
                     self.commands.insert(key, (c, env.seq));
                 }
@@ -181,7 +212,9 @@ impl ShardState {
     /// (they can be read back from the read model), and expired client tokens.
     fn evict(&mut self, cache: usize, projected: u64, now: TimestampMs) {
         while self.terminal_order.len() > cache {
-            let Some(id) = self.terminal_order.front() else { break };
+            let Some(id) = self.terminal_order.front() else {
+                break;
+            };
             if self.last_offsets.get(id).is_some_and(|o| *o >= projected) {
                 break;
             }
@@ -196,7 +229,11 @@ impl ShardState {
                 break;
             }
             let (key, expires_at) = self.token_order.pop_front().expect("front exists");
-            if self.tokens.get(&key).is_some_and(|t| t.expires_at == expires_at) {
+            if self
+                .tokens
+                .get(&key)
+                .is_some_and(|t| t.expires_at == expires_at)
+            {
                 self.tokens.remove(&key);
             }
         }
@@ -207,9 +244,16 @@ impl ShardState {
 enum Outcome {
     Reply(ShardReply),
     /// Reply with the position of the batch once appended.
-    Started { execution_id: ExecutionId },
-    Execution { execution_id: ExecutionId, before: Option<Box<Execution>> },
-    Command { command_id: String },
+    Started {
+        execution_id: ExecutionId,
+    },
+    Execution {
+        execution_id: ExecutionId,
+        before: Option<Box<Execution>>,
+    },
+    Command {
+        command_id: String,
+    },
 }
 
 struct Owner {
@@ -221,7 +265,12 @@ struct Owner {
 
 impl Owner {
     fn new(deps: OwnerDeps, config: Arc<OwnerConfig>, shard: u32) -> Self {
-        Self { deps, config, shard, state: ShardState::default() }
+        Self {
+            deps,
+            config,
+            shard,
+            state: ShardState::default(),
+        }
     }
 
     /// Rebuilds the shard's state from its log partition.
@@ -233,12 +282,17 @@ impl Owner {
             let Some(last) = records.last() else { break };
             from = last.offset + 1;
             for r in &records {
-                let env: EventEnvelope = serde_json::from_slice(&r.payload)
-                    .map_err(|e| PortError::Corrupt(format!("partition {} offset {}: {e}", self.shard, r.offset)))?;
+                let env: EventEnvelope = serde_json::from_slice(&r.payload).map_err(|e| {
+                    PortError::Corrupt(format!("partition {} offset {}: {e}", self.shard, r.offset))
+                })?;
                 self.state.apply(&env, r.offset);
             }
             let projected = self.deps.read_model.position(self.shard).await?;
-            self.state.evict(self.config.terminal_cache, projected, self.deps.clock.now_ms());
+            self.state.evict(
+                self.config.terminal_cache,
+                projected,
+                self.deps.clock.now_ms(),
+            );
         }
         self.state.next_offset = from;
         Ok(())
@@ -246,8 +300,17 @@ impl Owner {
 
     async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), PortError> {
         self.rebuild().await?;
-        let mut sub = self.deps.bus.subscribe(&shard_subject(self.shard), Some("dispatcher")).await?;
-        tracing::debug!(shard = self.shard, next_offset = self.state.next_offset, live = self.state.executions.len(), "shard owner ready");
+        let mut sub = self
+            .deps
+            .bus
+            .subscribe(&shard_subject(self.shard), Some("dispatcher"))
+            .await?;
+        tracing::debug!(
+            shard = self.shard,
+            next_offset = self.state.next_offset,
+            live = self.state.executions.len(),
+            "shard owner ready"
+        );
         let mut batches_since_evict = 0u32;
         loop {
             let next_timer = self.state.timers.peek().map(|Reverse((at, _))| *at);
@@ -286,7 +349,13 @@ impl Owner {
         }
     }
 
-    fn envelope(&self, aggregate: Aggregate, seq: u64, event: Event, now: TimestampMs) -> EventEnvelope {
+    fn envelope(
+        &self,
+        aggregate: Aggregate,
+        seq: u64,
+        event: Event,
+        now: TimestampMs,
+    ) -> EventEnvelope {
         EventEnvelope {
             event_id: uuid::Uuid::now_v7().to_string(),
             schema: SCHEMA_VERSION,
@@ -309,13 +378,19 @@ impl Owner {
                     RejectionCode::InvalidRequest,
                     format!("malformed shard request: {e}"),
                 ))),
-                Ok(req) if shard_of(&req.routing_key(), self.config.shards) != self.shard => Outcome::Reply(
-                    ShardReply::Unavailable(format!("request for {} reached shard {}", req.routing_key(), self.shard)),
-                ),
+                Ok(req) if shard_of(&req.routing_key(), self.config.shards) != self.shard => {
+                    Outcome::Reply(ShardReply::Unavailable(format!(
+                        "request for {} reached shard {}",
+                        req.routing_key(),
+                        self.shard
+                    )))
+                }
                 Ok(req) => match self.decide(req, now, &mut command_memo, &mut events).await {
                     Ok(o) => o,
                     Err(DecideError::Rejected(r)) => Outcome::Reply(ShardReply::Rejected(r)),
-                    Err(DecideError::Port(e)) => Outcome::Reply(ShardReply::Unavailable(e.to_string())),
+                    Err(DecideError::Port(e)) => {
+                        Outcome::Reply(ShardReply::Unavailable(e.to_string()))
+                    }
                 },
             };
             outcomes.push((msg.reply, outcome));
@@ -337,8 +412,15 @@ impl Owner {
         for (reply, outcome) in outcomes {
             let answer = match outcome {
                 Outcome::Reply(r) => r,
-                Outcome::Started { execution_id } => ShardReply::Started { execution_id, position, replayed: false },
-                Outcome::Execution { execution_id, before } => {
+                Outcome::Started { execution_id } => ShardReply::Started {
+                    execution_id,
+                    position,
+                    replayed: false,
+                },
+                Outcome::Execution {
+                    execution_id,
+                    before,
+                } => {
                     let execution = match before {
                         Some(b) => b,
                         None => match self.state.executions.get(&execution_id) {
@@ -346,12 +428,23 @@ impl Owner {
                             None => continue,
                         },
                     };
-                    ShardReply::Execution { execution, position }
+                    ShardReply::Execution {
+                        execution,
+                        position,
+                    }
                 }
                 Outcome::Command { command_id } => {
-                    let command = self.state.commands.get(&command_id).map(|(c, _)| Box::new(c.clone()));
+                    let command = self
+                        .state
+                        .commands
+                        .get(&command_id)
+                        .map(|(c, _)| Box::new(c.clone()));
                     let deleted = command.is_none();
-                    ShardReply::Command { command, deleted, position }
+                    ShardReply::Command {
+                        command,
+                        deleted,
+                        position,
+                    }
                 }
             };
             self.reply(reply, &answer).await;
@@ -367,18 +460,27 @@ impl Owner {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, key))) = self.state.timers.pop() else { break };
+            let Some(Reverse((_, key))) = self.state.timers.pop() else {
+                break;
+            };
             match key {
                 TimerKey::Execution(id) => {
                     if let Some(e) = self.state.executions.get(&id) {
-                        let decided = execution::decide(e, &ExecutionInput::CloudTimeout).unwrap_or_default();
+                        let decided =
+                            execution::decide(e, &ExecutionInput::CloudTimeout).unwrap_or_default();
                         self.stage_execution_events(&id, decided, now, &mut events);
                     }
                 }
                 TimerKey::CommandDeletion(id) => {
                     if let Some((c, _)) = self.state.commands.get(&id) {
-                        let decided = command::decide(&id, Some(c), &CommandInput::Expire, now, self.config.command_settings)
-                            .unwrap_or_default();
+                        let decided = command::decide(
+                            &id,
+                            Some(c),
+                            &CommandInput::Expire,
+                            now,
+                            self.config.command_settings,
+                        )
+                        .unwrap_or_default();
                         self.stage_command_events(&id, decided, now, &mut events);
                     }
                 }
@@ -396,7 +498,8 @@ impl Owner {
         }
         let mut records = Vec::with_capacity(events.len());
         for env in events {
-            let payload = serde_json::to_vec(env).map_err(|e| PortError::Backend(format!("encoding event: {e}")))?;
+            let payload = serde_json::to_vec(env)
+                .map_err(|e| PortError::Backend(format!("encoding event: {e}")))?;
             records.push((env.aggregate.routing_key(), Bytes::from(payload)));
         }
         let n = records.len() as u64;
@@ -415,28 +518,45 @@ impl Owner {
                 self.state.last_offsets.insert(execution_id.clone(), offset);
             }
         }
-        Ok(Some(LogPosition { partition: self.shard, next_offset: first + n }))
+        Ok(Some(LogPosition {
+            partition: self.shard,
+            next_offset: first + n,
+        }))
     }
 
     /// Deliveries and cancel notices go to the edge once the events are durable.
     async fn after_append(&self, events: &[EventEnvelope], _now: TimestampMs) {
         for env in events {
             let delivery = match (&env.event, &env.aggregate) {
-                (Event::ExecutionStarted { execution, payload, .. }, _) => Some(self.delivery(execution, payload)),
-                (Event::ExecutionCanceled { status_reason }, Aggregate::Execution { execution_id, target }) => {
-                    Some(Delivery {
-                        topic: self.config.topic_root.cancel(target, execution_id),
-                        payload: encode_cancel_notice(execution_id, status_reason.as_ref()),
-                        content_type: "application/json".into(),
-                        expires_at: None,
-                    })
-                }
+                (
+                    Event::ExecutionStarted {
+                        execution, payload, ..
+                    },
+                    _,
+                ) => Some(self.delivery(execution, payload)),
+                (
+                    Event::ExecutionCanceled { status_reason },
+                    Aggregate::Execution {
+                        execution_id,
+                        target,
+                    },
+                ) => Some(Delivery {
+                    topic: self.config.topic_root.cancel(target, execution_id),
+                    payload: encode_cancel_notice(execution_id, status_reason.as_ref()),
+                    content_type: "application/json".into(),
+                    expires_at: None,
+                }),
                 _ => None,
             };
             if let Some(d) = delivery {
                 match serde_json::to_vec(&d) {
                     Ok(bytes) => {
-                        if let Err(e) = self.deps.bus.publish(BusMessage::new(DELIVER_SUBJECT, bytes)).await {
+                        if let Err(e) = self
+                            .deps
+                            .bus
+                            .publish(BusMessage::new(DELIVER_SUBJECT, bytes))
+                            .await
+                        {
                             tracing::warn!(topic = %d.topic, error = %e, "could not hand a delivery to the edge");
                         }
                     }
@@ -449,7 +569,10 @@ impl Owner {
     fn delivery(&self, e: &Execution, payload: &Payload) -> Delivery {
         let format = RequestFormat::from_content_type(&payload.content_type);
         Delivery {
-            topic: self.config.topic_root.request(&e.target, &e.execution_id, format),
+            topic: self
+                .config
+                .topic_root
+                .request(&e.target, &e.execution_id, format),
             payload: payload.content.clone(),
             content_type: payload.content_type.clone(),
             expires_at: Some(e.deadline()),
@@ -468,20 +591,39 @@ impl Owner {
         }
     }
 
-    fn stage_execution_events(&mut self, id: &ExecutionId, decided: Vec<Event>, now: TimestampMs, out: &mut Vec<EventEnvelope>) {
+    fn stage_execution_events(
+        &mut self,
+        id: &ExecutionId,
+        decided: Vec<Event>,
+        now: TimestampMs,
+        out: &mut Vec<EventEnvelope>,
+    ) {
         for event in decided {
-            let Some(e) = self.state.executions.get(id) else { return };
-            let aggregate = Aggregate::Execution { execution_id: id.clone(), target: e.target.clone() };
+            let Some(e) = self.state.executions.get(id) else {
+                return;
+            };
+            let aggregate = Aggregate::Execution {
+                execution_id: id.clone(),
+                target: e.target.clone(),
+            };
             let env = self.envelope(aggregate, e.seq + 1, event, now);
             self.state.apply(&env, self.state.next_offset);
             out.push(env);
         }
     }
 
-    fn stage_command_events(&mut self, id: &str, decided: Vec<Event>, now: TimestampMs, out: &mut Vec<EventEnvelope>) {
+    fn stage_command_events(
+        &mut self,
+        id: &str,
+        decided: Vec<Event>,
+        now: TimestampMs,
+        out: &mut Vec<EventEnvelope>,
+    ) {
         for event in decided {
             let seq = self.state.commands.get(id).map_or(0, |(_, s)| *s) + 1;
-            let Ok(command_id) = CommandId::parse(id) else { return };
+            let Ok(command_id) = CommandId::parse(id) else {
+                return;
+            };
             let env = self.envelope(Aggregate::Command(command_id), seq, event, now);
             self.state.apply(&env, self.state.next_offset);
             out.push(env);
@@ -497,7 +639,11 @@ impl Owner {
     ) -> Result<Outcome, DecideError> {
         match req {
             ShardRequest::Start(req) => self.decide_start(req, now, memo, out).await,
-            ShardRequest::Execution { execution_id, target, input } => {
+            ShardRequest::Execution {
+                execution_id,
+                target,
+                input,
+            } => {
                 if !self.state.executions.contains_key(&execution_id) {
                     // Evicted (terminal and projected) or unknown: read it back.
                     match self.deps.read_model.get_execution(&execution_id).await? {
@@ -508,18 +654,31 @@ impl Owner {
                         _ => return Err(not_found(&execution_id, &target).into()),
                     }
                 }
-                let e = self.state.executions.get(&execution_id).ok_or_else(|| not_found(&execution_id, &target))?;
+                let e = self
+                    .state
+                    .executions
+                    .get(&execution_id)
+                    .ok_or_else(|| not_found(&execution_id, &target))?;
                 if e.target != target {
                     return Err(not_found(&execution_id, &target).into());
                 }
                 let decided = execution::decide(e, &input)?;
                 let before = matches!(input, ExecutionInput::Delete).then(|| Box::new(e.clone()));
                 self.stage_execution_events(&execution_id, decided, now, out);
-                Ok(Outcome::Execution { execution_id, before })
+                Ok(Outcome::Execution {
+                    execution_id,
+                    before,
+                })
             }
             ShardRequest::Command { command_id, input } => {
                 let state = self.state.commands.get(&command_id).map(|(c, _)| c);
-                let decided = command::decide(&command_id, state, &input, now, self.config.command_settings)?;
+                let decided = command::decide(
+                    &command_id,
+                    state,
+                    &input,
+                    now,
+                    self.config.command_settings,
+                )?;
                 self.stage_command_events(&command_id, decided, now, out);
                 Ok(Outcome::Command { command_id })
             }
@@ -563,15 +722,33 @@ impl Owner {
             }
         };
         let Some(command) = command else {
-            return Err(Rejection::new(RejectionCode::ResourceNotFound, format!("command {} not found", req.command_id)).into());
+            return Err(Rejection::new(
+                RejectionCode::ResourceNotFound,
+                format!("command {} not found", req.command_id),
+            )
+            .into());
         };
-        let execution_id = ExecutionId::parse(uuid::Uuid::now_v7().to_string()).map_err(Rejection::from)?;
-        let (execution, payload) = start::plan(&command, &req, execution_id.clone(), now, self.config.retention_secs)?;
-        let aggregate = Aggregate::Execution { execution_id: execution_id.clone(), target: execution.target.clone() };
+        let execution_id =
+            ExecutionId::parse(uuid::Uuid::now_v7().to_string()).map_err(Rejection::from)?;
+        let (execution, payload) = start::plan(
+            &command,
+            &req,
+            execution_id.clone(),
+            now,
+            self.config.retention_secs,
+        )?;
+        let aggregate = Aggregate::Execution {
+            execution_id: execution_id.clone(),
+            target: execution.target.clone(),
+        };
         let env = self.envelope(
             aggregate,
             1,
-            Event::ExecutionStarted { execution: Box::new(execution), payload, request_fingerprint: fingerprint },
+            Event::ExecutionStarted {
+                execution: Box::new(execution),
+                payload,
+                request_fingerprint: fingerprint,
+            },
             now,
         );
         self.state.apply(&env, self.state.next_offset);
@@ -581,7 +758,10 @@ impl Owner {
 }
 
 fn not_found(id: &ExecutionId, target: &Target) -> Rejection {
-    Rejection::new(RejectionCode::ResourceNotFound, format!("execution {id} not found for target {target}"))
+    Rejection::new(
+        RejectionCode::ResourceNotFound,
+        format!("execution {id} not found for target {target}"),
+    )
 }
 
 enum DecideError {

@@ -23,7 +23,8 @@ use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::{command_arn, target_arn};
 use fleetcmd_domain::ports::{Bus, Clock, PortError};
 use fleetcmd_domain::protocol::{
-    DELIVER_SUBJECT, Delivery, EDGE_QUEUE_GROUP, EVENTS_ALL, ExecutionChanged, ShardReply, ShardRequest,
+    DELIVER_SUBJECT, Delivery, EDGE_QUEUE_GROUP, EVENTS_ALL, ExecutionChanged, ShardReply,
+    ShardRequest,
 };
 use fleetcmd_domain::shard::hash_key;
 use fleetcmd_domain::topics::TopicRoot;
@@ -89,7 +90,11 @@ pub async fn run(
     deps: EdgeDeps,
     shutdown: watch::Receiver<bool>,
 ) -> Result<watch::Receiver<LinkState>, PortError> {
-    let mut options = MqttOptions::new(config.client_id.clone(), config.broker_host.clone(), config.broker_port);
+    let mut options = MqttOptions::new(
+        config.client_id.clone(),
+        config.broker_host.clone(),
+        config.broker_port,
+    );
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_start(false)
@@ -108,12 +113,24 @@ pub async fn run(
     for _ in 0..config.lanes.max(1) {
         let (tx, rx) = mpsc::channel::<Publish>(1024);
         lanes.push(tx);
-        tokio::spawn(lane(rx, client.clone(), config.clone(), deps.shards.clone()));
+        tokio::spawn(lane(
+            rx,
+            client.clone(),
+            config.clone(),
+            deps.shards.clone(),
+        ));
     }
 
     // Deliveries and events from the bus.
-    let deliveries = deps.bus.subscribe(DELIVER_SUBJECT, Some(EDGE_QUEUE_GROUP)).await?;
-    tokio::spawn(forward_deliveries(deliveries, client.clone(), deps.clock.clone()));
+    let deliveries = deps
+        .bus
+        .subscribe(DELIVER_SUBJECT, Some(EDGE_QUEUE_GROUP))
+        .await?;
+    tokio::spawn(forward_deliveries(
+        deliveries,
+        client.clone(),
+        deps.clock.clone(),
+    ));
     let events = deps.bus.subscribe(EVENTS_ALL, Some("edge-events")).await?;
     tokio::spawn(forward_events(events, client.clone(), config.clone()));
 
@@ -146,15 +163,21 @@ async fn mqtt_loop(
                 backoff = Duration::from_millis(100);
                 link.send_replace(LinkState::Connected);
                 tracing::info!(client_id = %config.client_id, "edge connected to the MQTT broker");
-                let filters: Vec<Filter> =
-                    config.topic_root.update_filters().into_iter().map(|f| Filter::new(f, QoS::AtLeastOnce)).collect();
+                let filters: Vec<Filter> = config
+                    .topic_root
+                    .update_filters()
+                    .into_iter()
+                    .map(|f| Filter::new(f, QoS::AtLeastOnce))
+                    .collect();
                 if let Err(e) = client.subscribe_many(filters).await {
                     tracing::error!(error = %e, "subscribing to device updates failed");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let key = target_key(&publish.topic);
-                if config.instances > 1 && hash_key(&key) % u64::from(config.instances) != u64::from(config.instance) {
+                if config.instances > 1
+                    && hash_key(&key) % u64::from(config.instances) != u64::from(config.instance)
+                {
                     // Another edge instance handles this target.
                     if let Err(e) = client.ack(&publish).await {
                         tracing::warn!(error = %e, "acknowledging a device update failed");
@@ -184,11 +207,24 @@ async fn mqtt_loop(
 /// it, so one device's updates stay in order on one instance and lane.
 fn target_key(topic: &[u8]) -> String {
     let topic = String::from_utf8_lossy(topic);
-    let mut parts = topic.split("/commands/").nth(1).unwrap_or("").splitn(3, '/');
-    format!("{}/{}", parts.next().unwrap_or(""), parts.next().unwrap_or(""))
+    let mut parts = topic
+        .split("/commands/")
+        .nth(1)
+        .unwrap_or("")
+        .splitn(3, '/');
+    format!(
+        "{}/{}",
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("")
+    )
 }
 
-async fn lane(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, config: Arc<EdgeConfig>, shards: ShardClient) {
+async fn lane(
+    mut rx: mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    config: Arc<EdgeConfig>,
+    shards: ShardClient,
+) {
     while let Some(publish) = rx.recv().await {
         handle_update(&publish, &client, &config, &shards).await;
         if let Err(e) = client.ack(&publish).await {
@@ -197,7 +233,12 @@ async fn lane(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, config: Arc<
     }
 }
 
-async fn handle_update(publish: &Publish, client: &AsyncClient, config: &EdgeConfig, shards: &ShardClient) {
+async fn handle_update(
+    publish: &Publish,
+    client: &AsyncClient,
+    config: &EdgeConfig,
+    shards: &ShardClient,
+) {
     let Ok(topic) = std::str::from_utf8(&publish.topic) else {
         tracing::debug!("device update on a non-UTF-8 topic ignored");
         return;
@@ -210,11 +251,20 @@ async fn handle_update(publish: &Publish, client: &AsyncClient, config: &EdgeCon
             return;
         }
     };
-    let reply = |accepted: bool| config.topic_root.reply(&target, &execution_id, accepted, format);
+    let reply = |accepted: bool| {
+        config
+            .topic_root
+            .reply(&target, &execution_id, accepted, format)
+    };
     let update = match device::parse_update(format, &publish.payload) {
         Ok(u) => u,
         Err(rejection) => {
-            let body = device::encode_rejected(format, execution_id.as_str(), device::peek_client_token(format, &publish.payload).as_deref(), &rejection);
+            let body = device::encode_rejected(
+                format,
+                execution_id.as_str(),
+                device::peek_client_token(format, &publish.payload).as_deref(),
+                &rejection,
+            );
             publish_reply(client, reply(false), body).await;
             return;
         }
@@ -223,27 +273,50 @@ async fn handle_update(publish: &Publish, client: &AsyncClient, config: &EdgeCon
     let request = ShardRequest::Execution {
         execution_id: execution_id.clone(),
         target: target.clone(),
-        input: ExecutionInput::Report { status: update.status, status_reason: update.status_reason, result: update.result },
+        input: ExecutionInput::Report {
+            status: update.status,
+            status_reason: update.status_reason,
+            result: update.result,
+        },
     };
     let (accepted, body) = match shards.call(&request).await {
-        Ok(ShardReply::Execution { .. }) => (true, device::encode_accepted(format, &execution_id, token.as_deref())),
-        Ok(ShardReply::Rejected(r)) => (false, device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r)),
+        Ok(ShardReply::Execution { .. }) => (
+            true,
+            device::encode_accepted(format, &execution_id, token.as_deref()),
+        ),
+        Ok(ShardReply::Rejected(r)) => (
+            false,
+            device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r),
+        ),
         Ok(other) => {
             tracing::error!(reply = ?other, "unexpected shard reply to a device update");
             let r = Rejection::new(RejectionCode::InternalError, "unexpected reply; retry");
-            (false, device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r))
+            (
+                false,
+                device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r),
+            )
         }
-        Err(e @ (CallError::Unavailable { .. } | CallError::Timeout { .. } | CallError::Internal { .. })) => {
+        Err(
+            e @ (CallError::Unavailable { .. }
+            | CallError::Timeout { .. }
+            | CallError::Internal { .. }),
+        ) => {
             tracing::warn!(error = %e, "device update could not reach its shard");
             let r = Rejection::new(RejectionCode::InternalError, format!("{e}"));
-            (false, device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r))
+            (
+                false,
+                device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r),
+            )
         }
     };
     publish_reply(client, reply(accepted), body).await;
 }
 
 async fn publish_reply(client: &AsyncClient, topic: String, body: Vec<u8>) {
-    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, Bytes::from(body)).await {
+    if let Err(e) = client
+        .publish(topic, QoS::AtLeastOnce, false, Bytes::from(body))
+        .await
+    {
         tracing::warn!(error = %e, "publishing a reply failed");
     }
 }
@@ -261,17 +334,31 @@ async fn forward_deliveries(
                 continue;
             }
         };
-        let mut props = PublishProperties { content_type: Some(d.content_type.clone()), ..Default::default() };
+        let mut props = PublishProperties {
+            content_type: Some(d.content_type.clone()),
+            ..Default::default()
+        };
         if let Some(expires_at) = d.expires_at {
             let remaining_ms = expires_at - clock.now_ms();
             if remaining_ms <= 0 {
                 tracing::debug!(topic = %d.topic, "delivery expired before it could be sent");
                 continue;
             }
-            // Whole seconds left, rounded down as AWS does (a 10 s timeout arrives as 9).
-            props.message_expiry_interval = Some(((remaining_ms / 1000).max(1)) as u32);
+            // Whole seconds left, rounded up here: brokers count down from it and round down
+            // themselves, so a 10 s timeout arrives as 9 as with AWS, and a 1 s timeout is not
+            // rounded away to "no expiry".
+            props.message_expiry_interval = Some(((remaining_ms + 999) / 1000) as u32);
         }
-        if let Err(e) = client.publish_with_properties(d.topic, QoS::AtLeastOnce, false, Bytes::from(d.payload), props).await {
+        if let Err(e) = client
+            .publish_with_properties(
+                d.topic,
+                QoS::AtLeastOnce,
+                false,
+                Bytes::from(d.payload),
+                props,
+            )
+            .await
+        {
             tracing::warn!(error = %e, "publishing a delivery failed");
         }
     }
@@ -302,7 +389,10 @@ async fn forward_events(
             result: (!c.result.is_empty()).then_some(&c.result),
         });
         let topic = config.topic_root.event(c.command_id.as_str(), c.status);
-        if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, Bytes::from(body)).await {
+        if let Err(e) = client
+            .publish(topic, QoS::AtLeastOnce, false, Bytes::from(body))
+            .await
+        {
             tracing::warn!(error = %e, "publishing a status event failed");
         }
     }

@@ -25,6 +25,10 @@ enum Cmd {
     /// Run registry, dispatcher, edge and projector in one process on the embedded
     /// adapters (SQLite, in-process bus, embedded MQTT broker).
     Serve(ServeArgs),
+    /// Run one service (registry, dispatcher, edge or projector) on the cluster engines:
+    /// NATS, Kafka, ScyllaDB and an external MQTT broker.
+    #[cfg(feature = "cluster")]
+    Run(fleetcmd::cluster::RunArgs),
     /// Manage commands: create, get, list, update, delete.
     #[command(subcommand)]
     Command(CommandCmd),
@@ -34,6 +38,9 @@ enum Cmd {
     /// Device tools.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Load generator: simulated devices over MQTT plus start calls over gRPC; reports
+    /// executions/s, latency percentiles, errors, memory and CPU (see BENCHMARKS.md).
+    Bench(fleetcmd::bench::BenchArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,9 +49,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = stdout.lock();
     match cli.command {
         Cmd::Serve(args) => fleetcmd::serve::run(args).await,
+        #[cfg(feature = "cluster")]
+        Cmd::Run(args) => fleetcmd::cluster::run(args).await,
         Cmd::Command(cmd) => client::command::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Exec(cmd) => client::exec::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Device(cmd) => simulator::run_cli(cmd, output, &mut out).await,
+        Cmd::Bench(args) => fleetcmd::bench::run(args, &cli.client, &mut out).await,
     }?;
     out.flush()?;
     Ok(())
@@ -154,6 +164,16 @@ mod tests {
             vec!["exec", "cancel", "e"],
             vec!["exec", "delete", "e"],
             vec!["exec", "watch", "--client", "c"],
+            vec![
+                "bench",
+                "--devices",
+                "10",
+                "--executions",
+                "100",
+                "--rate",
+                "500",
+            ],
+            vec!["bench", "--raw-mqtt", "--mqtt", "127.0.0.1:1884"],
             vec![
                 "device",
                 "simulate",

@@ -59,9 +59,13 @@ pub struct ServeArgs {
 
 /// Reads and validates a policy file.
 pub fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {}", path.display()))?;
-    let policy: Policy = toml::from_str(&text).with_context(|| format!("parsing policy file {}", path.display()))?;
-    policy.validate().with_context(|| format!("policy file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading policy file {}", path.display()))?;
+    let policy: Policy =
+        toml::from_str(&text).with_context(|| format!("parsing policy file {}", path.display()))?;
+    policy
+        .validate()
+        .with_context(|| format!("policy file {}", path.display()))?;
     Ok(policy)
 }
 
@@ -104,7 +108,10 @@ fn validate(args: &ServeArgs, policy: Option<&Policy>) -> anyhow::Result<TopicRo
         );
     }
     if args.retention_secs < 60 {
-        bail!("--retention-secs must be at least 60, got {}", args.retention_secs);
+        bail!(
+            "--retention-secs must be at least 60, got {}",
+            args.retention_secs
+        );
     }
     if policy.is_none() && !args.grpc_addr.ip().is_loopback() && !args.allow_unauthenticated {
         bail!(
@@ -121,12 +128,15 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let topic_root = validate(&args, policy.as_ref())?;
     if policy.is_none() {
         if args.grpc_addr.ip().is_loopback() {
-            tracing::warn!("no --policy given: the API is open to every local caller and listens on loopback only");
+            tracing::warn!(
+                "no --policy given: the API is open to every local caller and listens on loopback only"
+            );
         } else {
             tracing::warn!(addr = %args.grpc_addr, "no --policy given and --allow-unauthenticated set: the API is open to anyone who can reach it");
         }
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let db = args.data_dir.join("fleetcmd.sqlite");
     let store = SqliteStore::open(&db, args.shards, Durability::Process)
         .with_context(|| format!("opening {}", db.display()))?;
@@ -136,7 +146,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let bus: Arc<dyn Bus> = in_process.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    let broker = EmbeddedBroker::start(args.mqtt_addr).with_context(|| format!("starting the MQTT broker on {}", args.mqtt_addr))?;
+    let broker = EmbeddedBroker::start(args.mqtt_addr)
+        .with_context(|| format!("starting the MQTT broker on {}", args.mqtt_addr))?;
     let mqtt_addr = broker.local_addr();
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -146,14 +157,31 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let owner_config = Arc::new(OwnerConfig {
         shards: args.shards,
         retention_secs: args.retention_secs,
-        command_settings: CommandSettings { deletion_wait_secs: args.deletion_wait_secs },
+        command_settings: CommandSettings {
+            deletion_wait_secs: args.deletion_wait_secs,
+        },
         topic_root: topic_root.clone(),
         ..OwnerConfig::default()
     });
-    let owner_deps = OwnerDeps { log: log.clone(), bus: bus.clone(), read_model: read_model.clone(), clock: clock.clone() };
-    background.push(tokio::spawn(fleetcmd_dispatcher::run_owners(owner_deps, owner_config, shards.clone(), shutdown_rx.clone())));
+    let owner_deps = OwnerDeps {
+        log: log.clone(),
+        bus: bus.clone(),
+        read_model: read_model.clone(),
+        clock: clock.clone(),
+    };
+    background.push(tokio::spawn(fleetcmd_dispatcher::run_owners(
+        owner_deps,
+        owner_config,
+        shards.clone(),
+        shutdown_rx.clone(),
+    )));
 
-    let projector_deps = fleetcmd_projector::ProjectorDeps { log: log.clone(), read_model: read_model.clone(), bus: bus.clone(), clock: clock.clone() };
+    let projector_deps = fleetcmd_projector::ProjectorDeps {
+        log: log.clone(),
+        read_model: read_model.clone(),
+        bus: bus.clone(),
+        clock: clock.clone(),
+    };
     background.push(tokio::spawn(fleetcmd_projector::run(
         projector_deps,
         fleetcmd_projector::ProjectorConfig::default(),
@@ -164,7 +192,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let projection = ProjectionWatch::start(bus.clone(), read_model.clone(), args.shards).await?;
     let shard_client = ShardClient::new(bus.clone(), args.shards);
 
-    let broker_host = if mqtt_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { mqtt_addr.ip().to_string() };
+    let broker_host = if mqtt_addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        mqtt_addr.ip().to_string()
+    };
     let edge_config = fleetcmd_edge::EdgeConfig {
         broker_host,
         broker_port: mqtt_addr.port(),
@@ -172,12 +204,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         topic_root: topic_root.clone(),
         ..fleetcmd_edge::EdgeConfig::default()
     };
-    let edge_deps = fleetcmd_edge::EdgeDeps { bus: bus.clone(), shards: shard_client.clone(), clock: clock.clone() };
+    let edge_deps = fleetcmd_edge::EdgeDeps {
+        bus: bus.clone(),
+        shards: shard_client.clone(),
+        clock: clock.clone(),
+    };
     let mut link = fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
-    tokio::time::timeout(Duration::from_secs(10), link.wait_for(|s| *s == fleetcmd_edge::LinkState::Connected))
-        .await
-        .context("the edge did not connect to the embedded broker within 10 s")?
-        .context("edge stopped")?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        link.wait_for(|s| *s == fleetcmd_edge::LinkState::Connected),
+    )
+    .await
+    .context("the edge did not connect to the embedded broker within 10 s")?
+    .context("edge stopped")?;
 
     let auth = Auth::new(policy.map(Arc::new));
     let registry = fleetcmd_registry::RegistryService::new(fleetcmd_registry::RegistryDeps {
@@ -187,18 +226,23 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         projection: projection.clone(),
         auth: auth.clone(),
         arns: Default::default(),
+        shutdown: shutdown_rx.clone(),
     });
-    let dispatcher = fleetcmd_dispatcher::grpc::DispatcherService::new(fleetcmd_dispatcher::grpc::DispatcherDeps {
-        read_model: read_model.clone(),
-        shards: shard_client,
-        projection,
-        auth,
-    });
+    let dispatcher = fleetcmd_dispatcher::grpc::DispatcherService::new(
+        fleetcmd_dispatcher::grpc::DispatcherDeps {
+            read_model: read_model.clone(),
+            shards: shard_client,
+            projection,
+            auth,
+        },
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::command_registry_server::CommandRegistryServer<fleetcmd_registry::RegistryService>>().await;
     health_reporter
-        .set_serving::<pb::command_dispatcher_server::CommandDispatcherServer<fleetcmd_dispatcher::grpc::DispatcherService>>()
+        .set_serving::<pb::command_dispatcher_server::CommandDispatcherServer<
+            fleetcmd_dispatcher::grpc::DispatcherService,
+        >>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fleetcmd_contracts::FILE_DESCRIPTOR_SET)
@@ -216,37 +260,53 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(pb::command_registry_server::CommandRegistryServer::new(registry))
-            .add_service(pb::command_dispatcher_server::CommandDispatcherServer::new(dispatcher))
+            .add_service(pb::command_registry_server::CommandRegistryServer::new(
+                registry,
+            ))
+            .add_service(pb::command_dispatcher_server::CommandDispatcherServer::new(
+                dispatcher,
+            ))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             }),
     );
     tracing::info!(%grpc_addr, %mqtt_addr, data = %db.display(), shards = args.shards, "fleetcmd serving");
-    Ok(Running { grpc_addr, mqtt_addr, shutdown, server, background, broker, bus: in_process })
+    Ok(Running {
+        grpc_addr,
+        mqtt_addr,
+        shutdown,
+        server,
+        background,
+        broker,
+        bus: in_process,
+    })
 }
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     fleetcmd_telemetry::init(args.log_json);
     let running = start(args).await?;
-    eprintln!("fleetcmd: gRPC API on {}, MQTT broker on {}", running.grpc_addr, running.mqtt_addr);
+    eprintln!(
+        "fleetcmd: gRPC API on {}, MQTT broker on {}",
+        running.grpc_addr, running.mqtt_addr
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

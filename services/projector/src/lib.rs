@@ -14,7 +14,8 @@ use fleetcmd_domain::execution;
 use fleetcmd_domain::ids::{CommandId, ExecutionId};
 use fleetcmd_domain::model::{Command, Execution};
 use fleetcmd_domain::ports::{
-    Bus, BusMessage, CommandWrite, EventLog, ExecutionWrite, LogRecord, PortError, ProjectionBatch, ReadModel,
+    Bus, BusMessage, CommandWrite, EventLog, ExecutionWrite, LogRecord, PortError, ProjectionBatch,
+    ReadModel,
 };
 use fleetcmd_domain::protocol::{ExecutionChanged, PROJECTED_SUBJECT, Projected, events_subject};
 use tokio::sync::watch;
@@ -32,7 +33,11 @@ pub struct ProjectorConfig {
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { batch_max: 2048, workers: 2, purge_interval: Duration::from_secs(60) }
+        Self {
+            batch_max: 2048,
+            workers: 2,
+            purge_interval: Duration::from_secs(60),
+        }
     }
 }
 
@@ -46,53 +51,75 @@ pub struct ProjectorDeps {
 }
 
 /// Projects `partitions` until `shutdown` turns true, restarting workers after failures.
-pub async fn run(deps: ProjectorDeps, config: ProjectorConfig, partitions: Vec<u32>, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    deps: ProjectorDeps,
+    config: ProjectorConfig,
+    partitions: Vec<u32>,
+    shutdown: watch::Receiver<bool>,
+) {
     let workers = config.workers.max(1).min(partitions.len().max(1));
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let mine: Vec<u32> = partitions.iter().copied().filter(|p| *p as usize % workers == w).collect();
-        let deps = deps.clone();
-        let config = config.clone();
-        let mut shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match project(&deps, &config, &mine, &mut shutdown).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, partitions = ?mine, "projector worker failed; restarting");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        }));
+        let mine: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| *p as usize % workers == w)
+            .collect();
+        tasks.push(tokio::spawn(run_partitions(
+            deps.clone(),
+            config.clone(),
+            mine,
+            shutdown.clone(),
+        )));
     }
-    let purge = {
-        let deps = deps.clone();
-        let mut shutdown = shutdown.clone();
-        let every = config.purge_interval;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = shutdown.changed() => return,
-                }
-                match deps.read_model.purge_expired(deps.clock.now_ms()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(purged = n, "expired execution records purged"),
-                    Err(e) => tracing::warn!(error = %e, "purging expired executions failed"),
-                }
-            }
-        })
-    };
+    let purge = tokio::spawn(run_purger(
+        deps.clone(),
+        config.purge_interval,
+        shutdown.clone(),
+    ));
     for t in tasks {
         let _ = t.await;
     }
     purge.abort();
+}
+
+/// Projects one group of partitions in one task until `shutdown` turns true, restarting
+/// after failures with backoff (a restart resumes from the read model's positions).
+pub async fn run_partitions(
+    deps: ProjectorDeps,
+    config: ProjectorConfig,
+    partitions: Vec<u32>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match project(&deps, &config, &partitions, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, ?partitions, "projector worker failed; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Purges expired execution records every `every` until `shutdown` turns true.
+pub async fn run_purger(deps: ProjectorDeps, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        match deps.read_model.purge_expired(deps.clock.now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired execution records purged"),
+            Err(e) => tracing::warn!(error = %e, "purging expired executions failed"),
+        }
+    }
 }
 
 async fn project(
@@ -111,7 +138,10 @@ async fn project(
         }
         let mut progressed = false;
         for (partition, position) in positions.iter_mut() {
-            let records = deps.log.read(*partition, *position, config.batch_max).await?;
+            let records = deps
+                .log
+                .read(*partition, *position, config.batch_max)
+                .await?;
             if records.is_empty() {
                 continue;
             }
@@ -138,11 +168,17 @@ pub struct Folded {
 }
 
 /// Folds log records into read-model writes, starting from the stored records.
-pub async fn fold(read_model: &dyn ReadModel, partition: u32, next_offset: u64, records: &[LogRecord]) -> Result<Folded, PortError> {
+pub async fn fold(
+    read_model: &dyn ReadModel,
+    partition: u32,
+    next_offset: u64,
+    records: &[LogRecord],
+) -> Result<Folded, PortError> {
     let mut envelopes = Vec::with_capacity(records.len());
     for r in records {
-        let env: EventEnvelope = serde_json::from_slice(&r.payload)
-            .map_err(|e| PortError::Corrupt(format!("partition {partition} offset {}: {e}", r.offset)))?;
+        let env: EventEnvelope = serde_json::from_slice(&r.payload).map_err(|e| {
+            PortError::Corrupt(format!("partition {partition} offset {}: {e}", r.offset))
+        })?;
         envelopes.push(env);
     }
     // Load the stored state of every execution the batch touches but does not create.
@@ -205,7 +241,12 @@ pub async fn fold(read_model: &dyn ReadModel, partition: u32, next_offset: u64, 
             }
         }
     }
-    let mut batch = ProjectionBatch { partition, next_offset, commands: Vec::new(), executions: Vec::new() };
+    let mut batch = ProjectionBatch {
+        partition,
+        next_offset,
+        commands: Vec::new(),
+        executions: Vec::new(),
+    };
     for id in order_e {
         match executions.remove(&id) {
             Some(Some(e)) => batch.executions.push(ExecutionWrite::Upsert(e)),
@@ -225,14 +266,20 @@ async fn announce(bus: &dyn Bus, partition: u32, next_offset: u64, changed: &[Ex
     for c in changed {
         match serde_json::to_vec(c) {
             Ok(bytes) => {
-                if let Err(e) = bus.publish(BusMessage::new(events_subject(&c.command_id), bytes)).await {
+                if let Err(e) = bus
+                    .publish(BusMessage::new(events_subject(&c.command_id), bytes))
+                    .await
+                {
                     tracing::warn!(error = %e, "publishing a status notification failed");
                 }
             }
             Err(e) => tracing::error!(error = %e, "encoding a status notification"),
         }
     }
-    match serde_json::to_vec(&Projected { partition, next_offset }) {
+    match serde_json::to_vec(&Projected {
+        partition,
+        next_offset,
+    }) {
         Ok(bytes) => {
             if let Err(e) = bus.publish(BusMessage::new(PROJECTED_SUBJECT, bytes)).await {
                 tracing::warn!(error = %e, "publishing projection progress failed");

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use fleetcmd_contracts::auth::Auth;
 use fleetcmd_contracts::convert::{
-    Arns, command_summary_to_pb, command_to_pb, create_command_response, execution_summary_to_pb, execution_to_pb,
-    optional_target, port_status, rejection_status, results_to_pb, status_from_pb, status_to_pb, timestamp_from_ms,
-    update_command_response, validation_status,
+    Arns, command_summary_to_pb, command_to_pb, create_command_response, execution_summary_to_pb,
+    execution_to_pb, optional_target, port_status, rejection_status, results_to_pb, status_from_pb,
+    status_to_pb, timestamp_from_ms, update_command_response, validation_status,
 };
 use fleetcmd_contracts::pb;
 use fleetcmd_dispatcher::grpc::{await_projection, call_status, unexpected};
@@ -21,7 +21,9 @@ use fleetcmd_domain::ids::{CommandId, ExecutionId};
 use fleetcmd_domain::model::{Command, Execution};
 use fleetcmd_domain::policy::Action;
 use fleetcmd_domain::ports::{Bus, CommandQuery, ExecutionQuery, ReadModel};
-use fleetcmd_domain::protocol::{EVENTS_ALL, ExecutionChanged, LogPosition, ShardReply, ShardRequest, events_subject};
+use fleetcmd_domain::protocol::{
+    EVENTS_ALL, ExecutionChanged, LogPosition, ShardReply, ShardRequest, events_subject,
+};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -34,6 +36,9 @@ pub struct RegistryDeps {
     pub projection: Arc<ProjectionWatch>,
     pub auth: Auth,
     pub arns: Arns,
+    /// Turns true when the process shuts down: open Watch streams end with UNAVAILABLE, so
+    /// a graceful shutdown does not wait on them.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub struct RegistryService {
@@ -42,7 +47,9 @@ pub struct RegistryService {
 
 impl RegistryService {
     pub fn new(deps: RegistryDeps) -> Self {
-        Self { deps: Arc::new(deps) }
+        Self {
+            deps: Arc::new(deps),
+        }
     }
 
     async fn command_call(
@@ -50,9 +57,16 @@ impl RegistryService {
         command_id: &CommandId,
         input: CommandInput,
     ) -> Result<(Option<Box<Command>>, bool, Option<LogPosition>), Status> {
-        let request = ShardRequest::Command { command_id: command_id.as_str().to_string(), input };
+        let request = ShardRequest::Command {
+            command_id: command_id.as_str().to_string(),
+            input,
+        };
         match self.deps.shards.call(&request).await.map_err(call_status)? {
-            ShardReply::Command { command, deleted, position } => {
+            ShardReply::Command {
+                command,
+                deleted,
+                position,
+            } => {
                 await_projection(&self.deps.projection, position).await;
                 Ok((command, deleted, position))
             }
@@ -61,8 +75,39 @@ impl RegistryService {
         }
     }
 
+    /// Loads an execution, checking the optional target given by the caller and the caller's
+    /// right to `action` on it. A caller whose grants are narrower than `*` gets
+    /// PERMISSION_DENIED rather than NOT_FOUND for an unknown id, so ids cannot be probed.
+    async fn authorized_execution(
+        &self,
+        caller: &fleetcmd_contracts::auth::Caller<'_>,
+        action: Action,
+        id: &str,
+        target: Option<pb::Target>,
+    ) -> Result<Execution, Status> {
+        match self.load_execution(id, target).await {
+            Ok(e) => {
+                caller.authorize(action, Some(e.command_id.as_str()), Some(&e.target))?;
+                Ok(e)
+            }
+            Err(status)
+                if status.code() == tonic::Code::NotFound && !caller.allows(action, None, None) =>
+            {
+                Err(Status::permission_denied(format!(
+                    "the caller may not {} on execution {id}",
+                    action.name()
+                )))
+            }
+            Err(status) => Err(status),
+        }
+    }
+
     /// Loads an execution, checking the optional target given by the caller.
-    async fn load_execution(&self, id: &str, target: Option<pb::Target>) -> Result<Execution, Status> {
+    async fn load_execution(
+        &self,
+        id: &str,
+        target: Option<pb::Target>,
+    ) -> Result<Execution, Status> {
         let execution_id = ExecutionId::parse(id).map_err(validation_status)?;
         let target = optional_target(target).map_err(validation_status)?;
         self.deps
@@ -72,7 +117,9 @@ impl RegistryService {
             .map_err(port_status)?
             .filter(|e| target.as_ref().is_none_or(|t| *t == e.target))
             .ok_or_else(|| match &target {
-                Some(t) => Status::not_found(format!("execution {execution_id} not found for target {t}")),
+                Some(t) => {
+                    Status::not_found(format!("execution {execution_id} not found for target {t}"))
+                }
                 None => Status::not_found(format!("execution {execution_id} not found")),
             })
     }
@@ -118,16 +165,30 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         request: Request<pb::CreateCommandRequest>,
     ) -> Result<Response<pb::CreateCommandResponse>, Status> {
         let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(request.metadata(), Action::CreateCommand, Some(id.as_str()), None)?;
+        self.deps.auth.check(
+            request.metadata(),
+            Action::CreateCommand,
+            Some(id.as_str()),
+            None,
+        )?;
         let create = CreateCommand::try_from(request.into_inner()).map_err(validation_status)?;
         fleetcmd_domain::command::validate_create(&create, 0).map_err(validation_status)?;
-        self.command_call(&id, CommandInput::Create(Box::new(create))).await?;
+        self.command_call(&id, CommandInput::Create(Box::new(create)))
+            .await?;
         Ok(Response::new(create_command_response(&id, &self.deps.arns)))
     }
 
-    async fn get_command(&self, request: Request<pb::GetCommandRequest>) -> Result<Response<pb::Command>, Status> {
+    async fn get_command(
+        &self,
+        request: Request<pb::GetCommandRequest>,
+    ) -> Result<Response<pb::Command>, Status> {
         let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(request.metadata(), Action::GetCommand, Some(id.as_str()), None)?;
+        self.deps.auth.check(
+            request.metadata(),
+            Action::GetCommand,
+            Some(id.as_str()),
+            None,
+        )?;
         let command = self
             .deps
             .read_model
@@ -142,11 +203,22 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         &self,
         request: Request<pb::ListCommandsRequest>,
     ) -> Result<Response<pb::ListCommandsResponse>, Status> {
-        self.deps.auth.check(request.metadata(), Action::ListCommands, None, None)?;
+        self.deps
+            .auth
+            .check(request.metadata(), Action::ListCommands, None, None)?;
         let query = CommandQuery::try_from(request.into_inner()).map_err(validation_status)?;
-        let page = self.deps.read_model.list_commands(&query).await.map_err(list_status)?;
+        let page = self
+            .deps
+            .read_model
+            .list_commands(&query)
+            .await
+            .map_err(list_status)?;
         Ok(Response::new(pb::ListCommandsResponse {
-            commands: page.items.into_iter().map(|c| command_summary_to_pb(c, &self.deps.arns)).collect(),
+            commands: page
+                .items
+                .into_iter()
+                .map(|c| command_summary_to_pb(c, &self.deps.arns))
+                .collect(),
             next_token: page.next_token.unwrap_or_default(),
         }))
     }
@@ -156,10 +228,16 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         request: Request<pb::UpdateCommandRequest>,
     ) -> Result<Response<pb::UpdateCommandResponse>, Status> {
         let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(request.metadata(), Action::UpdateCommand, Some(id.as_str()), None)?;
+        self.deps.auth.check(
+            request.metadata(),
+            Action::UpdateCommand,
+            Some(id.as_str()),
+            None,
+        )?;
         let update = UpdateCommand::from(request.into_inner());
         let (command, _, _) = self.command_call(&id, CommandInput::Update(update)).await?;
-        let command = command.ok_or_else(|| Status::not_found(format!("command {id} not found")))?;
+        let command =
+            command.ok_or_else(|| Status::not_found(format!("command {id} not found")))?;
         Ok(Response::new(update_command_response(*command)))
     }
 
@@ -168,10 +246,18 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         request: Request<pb::DeleteCommandRequest>,
     ) -> Result<Response<pb::DeleteCommandResponse>, Status> {
         let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(request.metadata(), Action::DeleteCommand, Some(id.as_str()), None)?;
+        self.deps.auth.check(
+            request.metadata(),
+            Action::DeleteCommand,
+            Some(id.as_str()),
+            None,
+        )?;
         let (command, deleted, _) = self.command_call(&id, CommandInput::Delete).await?;
         Ok(Response::new(if deleted {
-            pb::DeleteCommandResponse { status_code: 204, deletion_scheduled_at: None }
+            pb::DeleteCommandResponse {
+                status_code: 204,
+                deletion_scheduled_at: None,
+            }
         } else {
             pb::DeleteCommandResponse {
                 status_code: 202,
@@ -186,9 +272,19 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
     ) -> Result<Response<pb::CommandExecution>, Status> {
         let caller = self.deps.auth.authenticate(request.metadata())?;
         let req = request.get_ref();
-        let execution = self.load_execution(&req.execution_id, req.target.clone()).await?;
-        caller.authorize(Action::GetCommandExecution, Some(execution.command_id.as_str()), Some(&execution.target))?;
-        Ok(Response::new(execution_to_pb(execution, &self.deps.arns, req.include_result)))
+        let execution = self
+            .authorized_execution(
+                &caller,
+                Action::GetCommandExecution,
+                &req.execution_id,
+                req.target.clone(),
+            )
+            .await?;
+        Ok(Response::new(execution_to_pb(
+            execution,
+            &self.deps.arns,
+            req.include_result,
+        )))
     }
 
     async fn list_command_executions(
@@ -202,9 +298,18 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
             query.command_id.as_ref().map(CommandId::as_str),
             query.target.as_ref(),
         )?;
-        let page = self.deps.read_model.list_executions(&query).await.map_err(list_status)?;
+        let page = self
+            .deps
+            .read_model
+            .list_executions(&query)
+            .await
+            .map_err(list_status)?;
         Ok(Response::new(pb::ListCommandExecutionsResponse {
-            command_executions: page.items.into_iter().map(|e| execution_summary_to_pb(e, &self.deps.arns)).collect(),
+            command_executions: page
+                .items
+                .into_iter()
+                .map(|e| execution_summary_to_pb(e, &self.deps.arns))
+                .collect(),
             next_token: page.next_token.unwrap_or_default(),
         }))
     }
@@ -215,8 +320,14 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
     ) -> Result<Response<pb::DeleteCommandExecutionResponse>, Status> {
         let caller = self.deps.auth.authenticate(request.metadata())?;
         let req = request.get_ref();
-        let execution = self.load_execution(&req.execution_id, req.target.clone()).await?;
-        caller.authorize(Action::DeleteCommandExecution, Some(execution.command_id.as_str()), Some(&execution.target))?;
+        let execution = self
+            .authorized_execution(
+                &caller,
+                Action::DeleteCommandExecution,
+                &req.execution_id,
+                req.target.clone(),
+            )
+            .await?;
         let request = ShardRequest::Execution {
             execution_id: execution.execution_id.clone(),
             target: execution.target.clone(),
@@ -240,7 +351,11 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
     ) -> Result<Response<Self::WatchCommandExecutionsStream>, Status> {
         let caller = self.deps.auth.authenticate(request.metadata())?;
         let req = request.into_inner();
-        let command = if req.command_id.is_empty() { None } else { Some(command_id(&req.command_id)?) };
+        let command = if req.command_id.is_empty() {
+            None
+        } else {
+            Some(command_id(&req.command_id)?)
+        };
         let target = optional_target(req.target).map_err(validation_status)?;
         let statuses = req
             .statuses
@@ -249,18 +364,33 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
             .map(|(i, s)| status_from_pb(&format!("statuses[{i}]"), *s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(validation_status)?;
-        caller.authorize(Action::WatchCommandExecutions, command.as_ref().map(CommandId::as_str), target.as_ref())?;
-        let subject = command.as_ref().map_or_else(|| EVENTS_ALL.to_string(), events_subject);
-        let mut sub = self.deps.bus.subscribe(&subject, None).await.map_err(port_status)?;
+        caller.authorize(
+            Action::WatchCommandExecutions,
+            command.as_ref().map(CommandId::as_str),
+            target.as_ref(),
+        )?;
+        let subject = command
+            .as_ref()
+            .map_or_else(|| EVENTS_ALL.to_string(), events_subject);
+        let mut sub = self
+            .deps
+            .bus
+            .subscribe(&subject, None)
+            .await
+            .map_err(port_status)?;
+        let mut shutdown = self.deps.shutdown.clone();
         let (tx, rx) = mpsc::channel::<Result<pb::CommandExecutionEvent, Status>>(WATCH_BUFFER);
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
                     m = sub.next() => m,
                     _ = tx.closed() => return,
+                    _ = shutdown.wait_for(|s| *s) => None,
                 };
                 let Some(msg) = msg else {
-                    let _ = tx.try_send(Err(Status::unavailable("the server is shutting down; reconnect")));
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "the server is shutting down; reconnect",
+                    )));
                     return;
                 };
                 let changed: ExecutionChanged = match serde_json::from_slice(&msg.payload) {

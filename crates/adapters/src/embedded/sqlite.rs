@@ -1,9 +1,15 @@
 //! The embedded store: the event log and the read model in ONE SQLite file.
 //!
-//! One writer connection (behind a mutex, used from `spawn_blocking`) performs every write,
-//! so appends to a partition and projector commits are serialized without SQLite busy
-//! retries; a small pool of reader connections serves reads concurrently (WAL mode lets
-//! readers run beside the writer and see every committed transaction).
+//! One writer connection, owned by a dedicated writer thread, performs every write, so
+//! appends to a partition and projector commits are serialized without SQLite busy retries;
+//! a small pool of reader connections serves reads concurrently (WAL mode lets readers run
+//! beside the writer and see every committed transaction).
+//!
+//! Group commit: the writer thread takes every write queued at that moment (up to
+//! [`MAX_GROUP`]) and runs them in ONE transaction, each under a savepoint of its own so a
+//! failing write is rolled back alone. Nobody is answered before the group's COMMIT, so an
+//! acknowledged write is as durable as before; but sixteen shard owners and the projector
+//! now share a commit (and its WAL page writes) instead of paying one each.
 //!
 //! The event log keeps each partition's end offset in memory. It is advanced only after the
 //! append's transaction committed, and reads never go past it, so a reader can never see a
@@ -13,6 +19,8 @@
 //! Page tokens are base64url of `kind|sort_time|id`; a token that does not decode is rejected
 //! with [`crate::invalid_page_token`].
 
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,7 +36,7 @@ use fleetcmd_domain::ports::{
 use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, TimestampMs};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::{effective_page_size, invalid_page_token};
@@ -47,6 +55,10 @@ pub enum Durability {
 
 /// How many reader connections the pool holds.
 const READERS: usize = 4;
+/// Most writes folded into one transaction by the writer thread.
+pub const MAX_GROUP: usize = 512;
+/// Writes queued for the writer thread (callers wait when it is full).
+const WRITE_QUEUE: usize = 4096;
 /// How long a connection waits for a lock held by another one (checkpoints, other processes).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Schema version recorded in `meta`; bump with a migration when the tables change.
@@ -117,13 +129,14 @@ CREATE INDEX IF NOT EXISTS executions_by_ttl ON executions (time_to_live);
 /// the `Arc` as `Arc<dyn EventLog>` and `Arc<dyn ReadModel>`.
 pub struct SqliteStore {
     shared: Arc<Shared>,
+    /// To the writer thread, which owns the only connection that writes. Dropping the
+    /// store closes the queue and so ends the thread.
+    writes: mpsc::Sender<Box<dyn Job>>,
 }
 
 struct Shared {
     path: PathBuf,
     partitions: u32,
-    /// The only connection that writes; holding the lock serializes appends and commits.
-    writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     /// Per partition: the offset the next append gets. Stored only after the append's
@@ -150,13 +163,18 @@ impl SqliteStore {
     /// (the reader connections open it too). Blocking: call it at startup, or from
     /// `spawn_blocking`.
     pub fn open(path: &Path, partitions: u32, durability: Durability) -> PortResult<Arc<Self>> {
-        Self::open_inner(path, partitions, durability)
-            .map(|shared| {
-                Arc::new(Self {
-                    shared: Arc::new(shared),
-                })
-            })
-            .map_err(PortError::from)
+        let (shared, writer) = Self::open_inner(path, partitions, durability)?;
+        let shared = Arc::new(shared);
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("fleetcmd-sqlite-writer".into())
+            .spawn(move || writer_loop(&thread_shared, writer, queue))
+            .map_err(|source| Error::Io {
+                context: "spawning the SQLite writer thread".into(),
+                source,
+            })?;
+        Ok(Arc::new(Self { shared, writes }))
     }
 
     /// The file this store lives in.
@@ -164,7 +182,11 @@ impl SqliteStore {
         &self.shared.path
     }
 
-    fn open_inner(path: &Path, partitions: u32, durability: Durability) -> Result<Shared> {
+    fn open_inner(
+        path: &Path,
+        partitions: u32,
+        durability: Durability,
+    ) -> Result<(Shared, Connection)> {
         if partitions == 0 {
             return Err(Error::Config(
                 "the partition count must be at least 1".into(),
@@ -236,15 +258,15 @@ impl SqliteStore {
             readers.push(Mutex::new(conn));
         }
 
-        Ok(Shared {
+        let shared = Shared {
             path: path.to_path_buf(),
             partitions,
-            writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
             ends,
             appended: Notify::new(),
-        })
+        };
+        Ok((shared, writer))
     }
 
     fn check_partition(&self, partition: u32) -> PortResult<()> {
@@ -262,24 +284,22 @@ impl SqliteStore {
         self.shared.ends[partition as usize].load(Ordering::Acquire)
     }
 
-    /// Runs `f` on the writer connection on the blocking pool.
+    /// Runs `f` on the writer thread inside a group transaction (under a savepoint of its
+    /// own) and returns its result once the group has committed.
     async fn write<T, F>(&self, f: F) -> PortResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Shared, &mut Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Shared, &Connection, &mut GroupEnds) -> Result<T> + Send + 'static,
     {
-        let shared = self.shared.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock unwinds through rusqlite's `Transaction` drop,
-            // which rolls back, so the connection is still usable.
-            let mut conn = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&shared, &mut conn)
-        })
-        .await;
-        joined
-            .map_err(Error::from)
-            .and_then(|r| r)
-            .map_err(PortError::from)
+        let (done, answer) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(TypedJob {
+            work: Some(f),
+            output: None,
+            done,
+        });
+        let closed = || PortError::Unavailable("the SQLite writer thread has stopped".into());
+        self.writes.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     /// Runs `f` on a pooled reader connection on the blocking pool.
@@ -317,6 +337,144 @@ impl Shared {
     }
 }
 
+// ---- the writer thread ---------------------------------------------------------------------
+
+/// Partition ends handed out by the current group: visible to later appends of the group,
+/// published to [`Shared::ends`] only after the group committed.
+#[derive(Default)]
+struct GroupEnds {
+    /// Ends of writes whose savepoint was released.
+    group: HashMap<u32, u64>,
+    /// Ends staged by the write running now (dropped if it fails).
+    staged: Vec<(u32, u64)>,
+}
+
+impl GroupEnds {
+    /// The offset the next append to `partition` gets.
+    fn next(&self, shared: &Shared, partition: u32) -> u64 {
+        if let Some(&(_, end)) = self.staged.iter().rev().find(|(p, _)| *p == partition) {
+            return end;
+        }
+        self.group
+            .get(&partition)
+            .copied()
+            .unwrap_or_else(|| shared.ends[partition as usize].load(Ordering::Acquire))
+    }
+
+    fn stage(&mut self, partition: u32, end: u64) {
+        self.staged.push((partition, end));
+    }
+}
+
+/// A write waiting for the writer thread.
+trait Job: Send {
+    /// Runs the write on the group's transaction.
+    fn run(&mut self, shared: &Shared, conn: &Connection, ends: &mut GroupEnds) -> Result<()>;
+    /// Answers the caller: `Ok` once the group committed, or the error.
+    fn finish(self: Box<Self>, result: PortResult<()>);
+}
+
+struct TypedJob<T, F> {
+    work: Option<F>,
+    output: Option<T>,
+    done: oneshot::Sender<PortResult<T>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Shared, &Connection, &mut GroupEnds) -> Result<T> + Send,
+{
+    fn run(&mut self, shared: &Shared, conn: &Connection, ends: &mut GroupEnds) -> Result<()> {
+        let work = self
+            .work
+            .take()
+            .ok_or_else(|| Error::Task("a write ran twice".into()))?;
+        self.output = Some(work(shared, conn, ends)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, result: PortResult<()>) {
+        let this = *self;
+        let answer = result.and_then(|()| {
+            this.output
+                .ok_or_else(|| PortError::Backend("a write finished without a result".into()))
+        });
+        // The caller may have given up (dropped its future); nothing to do then.
+        let _ = this.done.send(answer);
+    }
+}
+
+/// The writer thread: takes every queued write, runs them in one transaction, commits,
+/// publishes the new partition ends, then answers. Ends when the store is dropped.
+fn writer_loop(shared: &Shared, mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+    let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = queue.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        write_group(shared, &mut conn, &mut group);
+    }
+}
+
+fn write_group(shared: &Shared, conn: &mut Connection, group: &mut Vec<Box<dyn Job>>) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = PortError::from(Error::from(e));
+            for job in group.drain(..) {
+                job.finish(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut ends = GroupEnds::default();
+    let mut written: Vec<Box<dyn Job>> = Vec::with_capacity(group.len());
+    for mut job in group.drain(..) {
+        ends.staged.clear();
+        let outcome = tx.savepoint().map_err(Error::from).and_then(|sp| {
+            // A panicking write is that write's failure, not the writer thread's end; the
+            // savepoint's drop rolls its changes back.
+            std::panic::catch_unwind(AssertUnwindSafe(|| job.run(shared, &sp, &mut ends)))
+                .map_err(|_| Error::Task("a write panicked".into()))??;
+            sp.commit()?;
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                for (p, end) in ends.staged.drain(..) {
+                    ends.group.insert(p, end);
+                }
+                written.push(job);
+            }
+            Err(e) => job.finish(Err(PortError::from(e))),
+        }
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (p, end) in &ends.group {
+                shared.ends[*p as usize].store(*end, Ordering::Release);
+            }
+            for job in written {
+                job.finish(Ok(()));
+            }
+            if !ends.group.is_empty() {
+                shared.appended.notify_waiters();
+            }
+        }
+        Err(e) => {
+            let e = PortError::from(Error::from(e));
+            for job in written {
+                job.finish(Err(e.clone()));
+            }
+        }
+    }
+}
+
 fn to_i64(v: u64, what: &str) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::Config(format!("{what} {v} exceeds the SQLite range")))
 }
@@ -333,27 +491,22 @@ impl EventLog for SqliteStore {
             return Ok(self.end(partition));
         }
         let first = self
-            .write(move |shared, conn| {
-                let end = &shared.ends[partition as usize];
-                // Only the writer (whose lock we hold) moves `end`, so it cannot change under us.
-                let first = end.load(Ordering::Acquire);
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                {
-                    let mut stmt = tx.prepare_cached(
-                        r#"INSERT INTO events ("partition", "offset", key, payload)
-                           VALUES (?1, ?2, ?3, ?4)"#,
-                    )?;
-                    for (i, (key, payload)) in records.iter().enumerate() {
-                        let offset = to_i64(first + i as u64, "offset")?;
-                        stmt.execute(params![partition, offset, key, payload.as_ref()])?;
-                    }
+            .write(move |shared, conn, ends| {
+                // Only the writer thread moves ends, so nothing changes them under us; an
+                // earlier append of this group may have handed out offsets already.
+                let first = ends.next(shared, partition);
+                let mut stmt = conn.prepare_cached(
+                    r#"INSERT INTO events ("partition", "offset", key, payload)
+                       VALUES (?1, ?2, ?3, ?4)"#,
+                )?;
+                for (i, (key, payload)) in records.iter().enumerate() {
+                    let offset = to_i64(first + i as u64, "offset")?;
+                    stmt.execute(params![partition, offset, key, payload.as_ref()])?;
                 }
-                tx.commit()?;
-                end.store(first + records.len() as u64, Ordering::Release);
+                ends.stage(partition, first + records.len() as u64);
                 Ok(first)
             })
             .await?;
-        self.shared.appended.notify_waiters();
         Ok(first)
     }
 
@@ -422,7 +575,7 @@ impl EventLog for SqliteStore {
 
 // ---- read model ---------------------------------------------------------------------------
 
-fn upsert_command(tx: &rusqlite::Transaction<'_>, c: &Command) -> Result<()> {
+fn upsert_command(tx: &Connection, c: &Command) -> Result<()> {
     let data = serde_json::to_string(c)
         .map_err(|e| Error::Encode(format!("command {}: {e}", c.command_id)))?;
     tx.prepare_cached(
@@ -447,7 +600,7 @@ fn upsert_command(tx: &rusqlite::Transaction<'_>, c: &Command) -> Result<()> {
     Ok(())
 }
 
-fn delete_command(tx: &rusqlite::Transaction<'_>, id: &CommandId) -> Result<()> {
+fn delete_command(tx: &Connection, id: &CommandId) -> Result<()> {
     tx.prepare_cached("DELETE FROM commands WHERE command_id = ?1")?
         .execute([id.as_str()])?;
     tx.prepare_cached("DELETE FROM command_parameters WHERE command_id = ?1")?
@@ -455,7 +608,7 @@ fn delete_command(tx: &rusqlite::Transaction<'_>, id: &CommandId) -> Result<()> 
     Ok(())
 }
 
-fn upsert_execution(tx: &rusqlite::Transaction<'_>, e: &Execution) -> Result<()> {
+fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
     let data = serde_json::to_string(e)
         .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
     // The WHERE makes replays and overlapping batches harmless: an older or equal `seq`
@@ -689,8 +842,7 @@ fn run_page<T: serde::de::DeserializeOwned>(
 impl ReadModel for SqliteStore {
     async fn commit(&self, batch: ProjectionBatch) -> PortResult<()> {
         self.check_partition(batch.partition)?;
-        self.write(move |_, conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.write(move |_, tx, _| {
             for w in &batch.commands {
                 match w {
                     CommandWrite::Upsert(c) => upsert_command(&tx, c)?,
@@ -714,7 +866,6 @@ impl ReadModel for SqliteStore {
                 batch.partition,
                 to_i64(batch.next_offset, "next_offset")?
             ])?;
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -796,7 +947,7 @@ impl ReadModel for SqliteStore {
     }
 
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
-        self.write(move |_, conn| {
+        self.write(move |_, conn, _| {
             let n = conn
                 .prepare_cached("DELETE FROM executions WHERE time_to_live < ?1")?
                 .execute([now])?;
@@ -824,6 +975,63 @@ mod tests {
         rows.map(|r| r.expect("plan row"))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// Concurrent writes share group transactions: appends to one partition still get
+    /// contiguous, distinct offsets, and a failing write is rolled back alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_writes_keep_offsets_contiguous_and_fail_alone() {
+        let dir = std::env::temp_dir().join(format!(
+            "fleetcmd-group-commit-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        let store = SqliteStore::open(&dir.join("s.sqlite"), 2, Durability::Process).expect("open");
+        let mut tasks = Vec::new();
+        for i in 0..64u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let records = vec![
+                    (format!("k{i}"), Bytes::from(format!("a{i}"))),
+                    (format!("k{i}"), Bytes::from(format!("b{i}"))),
+                ];
+                (
+                    i,
+                    store.append((i % 2) as u32, records).await.expect("append"),
+                )
+            }));
+        }
+        // A write that fails (no such table) in the middle of the others.
+        let failing = store
+            .write(|_, conn, _| Ok(conn.execute("INSERT INTO no_such_table VALUES (1)", [])?))
+            .await;
+        assert!(failing.is_err());
+        let mut firsts = [Vec::new(), Vec::new()];
+        for t in tasks {
+            let (i, first) = t.await.expect("task");
+            firsts[(i % 2) as usize].push(first);
+        }
+        for (p, mut f) in firsts.into_iter().enumerate() {
+            f.sort_unstable();
+            assert_eq!(
+                f,
+                (0..32).map(|n| n * 2).collect::<Vec<u64>>(),
+                "partition {p}"
+            );
+            assert_eq!(store.end_offset(p as u32).await.expect("end"), 64);
+            let records = store.read(p as u32, 0, 1000).await.expect("read");
+            assert_eq!(records.len(), 64);
+            // Each append's two records are adjacent and in order.
+            for pair in records.chunks(2) {
+                assert_eq!(pair[0].key, pair[1].key);
+                assert!(pair[0].payload.starts_with(b"a") && pair[1].payload.starts_with(b"b"));
+            }
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn schema_conn() -> Connection {

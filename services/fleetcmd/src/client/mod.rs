@@ -13,6 +13,9 @@ pub mod params;
 pub mod render;
 pub mod timefmt;
 
+#[cfg(test)]
+mod fake_server_tests;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -656,7 +656,10 @@ pub fn execution_event_line(e: &pb::CommandExecutionEvent) -> String {
         },
         e.execution_id,
         e.command_id,
-        target_text(e.target.as_ref()),
+        match target_text(e.target.as_ref()) {
+            t if t.is_empty() => NONE.to_string(),
+            t => t,
+        },
         status_name(e.status),
     );
     if e.terminal {

@@ -570,6 +570,9 @@ impl SimulatedDevice {
 }
 
 #[cfg(test)]
+mod broker_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

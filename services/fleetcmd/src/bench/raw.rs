@@ -1,0 +1,344 @@
+//! The raw MQTT baseline: the same devices answering plain QoS 1 request/response through
+//! the same kind of broker, with no fleetcmd in between — the ceiling fleetcmd is compared
+//! against.
+//!
+//! `--raw-clients` requester connections (the stand-in for fleetcmd's edge) publish
+//! requests on `$aws/commands/things/<device>/executions/<id>/request/json` (QoS 1, with
+//! the content type and message expiry fleetcmd sets) and subscribe to the devices'
+//! `.../response/json`, keeping `--concurrency` requests in flight in total.
+//! - start→delivered: request published → it reaches the device;
+//! - start→terminal: request published → the device's response reaches the requester.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetcmd_adapters::embedded::broker::EmbeddedBroker;
+use fleetcmd_domain::topics::TopicRoot;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event};
+use tokio::sync::mpsc;
+
+use super::collector::{Collector, Expect, Note};
+use super::devices::{self, Behavior, FleetSpec, mqtt_options};
+use super::stats::{Report, per_sec};
+use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag};
+
+const RESPONSE_FILTER: &str = "$aws/commands/things/+/executions/+/response/json";
+
+/// The execution id of a response topic (`$aws/commands/things/<d>/executions/<id>/...`).
+pub fn response_id(topic: &str) -> Option<&str> {
+    let mut levels = topic.split('/');
+    let id = levels.nth(5)?;
+    (levels.next() == Some("response") && !id.is_empty()).then_some(id)
+}
+
+/// How many of `total` in-flight requests requester `k` of `clients` keeps.
+pub fn share(total: usize, clients: usize, k: usize) -> usize {
+    total / clients + usize::from(k < total % clients)
+}
+
+/// Runs the raw measurement: on `--mqtt`, or on a fresh embedded broker (rmqtt with the
+/// settings `fleetcmd serve` uses) in this process.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+    let (host, port, broker, pid) = match &args.mqtt {
+        Some(m) => {
+            let (h, p) = parse_host_port(m)?;
+            (h, p, None, args.server_pid)
+        }
+        None => {
+            let broker = EmbeddedBroker::start("127.0.0.1:0".parse()?)?;
+            let addr = broker.local_addr();
+            (
+                addr.ip().to_string(),
+                addr.port(),
+                Some(broker),
+                Some(std::process::id()),
+            )
+        }
+    };
+    let in_process = broker.is_some();
+    let result = drive(args, &host, port, pid, in_process).await;
+    if let Some(b) = broker {
+        tokio::task::spawn_blocking(move || b.shutdown()).await?;
+    }
+    result
+}
+
+async fn drive(
+    args: &BenchArgs,
+    host: &str,
+    port: u16,
+    pid: Option<u32>,
+    in_process: bool,
+) -> anyhow::Result<Report> {
+    let tag = run_tag();
+    let mut progress = Progress::new(args.quiet);
+    let collector = Collector::spawn(Expect {
+        end: true,
+        good_status: "SUCCEEDED",
+        sample: 0,
+    });
+    let counters = collector.counters.clone();
+    let spec = FleetSpec {
+        host: host.to_string(),
+        port,
+        prefix: format!("raw-{tag}"),
+        count: args.devices,
+        behavior: Behavior::Succeed,
+        delay: Duration::ZERO,
+        root: TopicRoot::default(),
+    };
+    let fleet = devices::start(
+        &spec,
+        collector.notes.clone(),
+        Duration::from_secs(120),
+        |n| {
+            progress.show(&format!("raw bench: {n}/{} devices subscribed", spec.count));
+        },
+    )
+    .await?;
+
+    let resources = Resources::start(pid, Duration::from_secs(args.sample_secs));
+    let budget = args.budget();
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut requesters = Vec::new();
+    for k in 0..args.raw_clients {
+        let in_flight = share(args.concurrency, args.raw_clients, k);
+        if in_flight == 0 {
+            continue;
+        }
+        let r = Requester {
+            client_id: format!("raw-{tag}-requester-{k}"),
+            host: host.to_string(),
+            port,
+            in_flight,
+            budget,
+            next: next.clone(),
+            stop: stop.clone(),
+            notes: collector.notes.clone(),
+            spec: spec.clone(),
+            timeout_secs: u32::try_from(args.timeout_secs.max(1)).unwrap_or(u32::MAX),
+        };
+        requesters.push(tokio::spawn(r.run()));
+    }
+    if let Some(d) = args.duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+
+    let begun = Instant::now();
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let issued = next.load(Ordering::Relaxed).min(budget);
+        let secs = begun.elapsed().as_secs_f64();
+        progress.show(&format!(
+            "raw bench: {} sent, {} delivered, {} answered | {:.0}/s over {:.0} s",
+            counters.started.load(Ordering::Relaxed),
+            counters.delivered.load(Ordering::Relaxed),
+            counters.completed.load(Ordering::Relaxed),
+            per_sec(counters.completed.load(Ordering::Relaxed), secs),
+            secs,
+        ));
+        let all_sent = issued >= budget || stop.load(Ordering::Relaxed);
+        if all_sent {
+            let deadline = *drain_deadline
+                .get_or_insert_with(|| Instant::now() + Duration::from_secs(args.drain_secs));
+            if counters.finished() >= issued || Instant::now() >= deadline {
+                break;
+            }
+        }
+        if requesters.iter().all(|r| r.is_finished()) && drain_deadline.is_none() {
+            // Every requester gave up (e.g. could not connect): nothing more will come.
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress.done();
+    stop.store(true, Ordering::Relaxed);
+    let attempted = next.load(Ordering::Relaxed).min(budget);
+    let mut report = Report {
+        mode: "raw-mqtt",
+        server: if in_process { "in-process" } else { "external" },
+        devices: args.devices,
+        behavior: Behavior::Succeed.name(),
+        concurrency: args.concurrency,
+        rate: None,
+        attempted,
+        ..Report::default()
+    };
+    resources.finish(&mut report, in_process);
+    for r in requesters {
+        r.abort();
+    }
+    let collected = collector.finish().await?;
+    fleet.stop().await;
+    report.started = collected.started;
+    report.completed = collected.completed;
+    report.elapsed_secs = match (collected.first_start, collected.last_end) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    report.delivered = collected.delivered.summary();
+    report.terminal = collected.terminal.summary();
+    report.errors = collected.errors;
+    report.what = vec![
+        format!(
+            "raw QoS 1 request/response, {} requester connection(s), no fleetcmd; always flat out (--rate is not applied)",
+            args.raw_clients
+        ),
+        "start->delivered: request published -> it reaches the device".into(),
+        "start->terminal: request published -> the device's response reaches the requester".into(),
+        "executions/s: answered requests / (last answer - first request)".into(),
+    ];
+    Ok(report)
+}
+
+/// One requester connection keeping `in_flight` requests outstanding.
+struct Requester {
+    client_id: String,
+    host: String,
+    port: u16,
+    in_flight: usize,
+    budget: u64,
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    notes: mpsc::Sender<Note>,
+    spec: FleetSpec,
+    timeout_secs: u32,
+}
+
+impl Requester {
+    async fn run(self) {
+        let inflight = u16::try_from(self.in_flight).unwrap_or(u16::MAX);
+        let options = mqtt_options(&self.client_id, &self.host, self.port, inflight);
+        let (client, mut eventloop) = AsyncClient::new(options, self.in_flight * 2 + 16);
+        let body = Bytes::from_static(br#"{"bench":true}"#);
+        let mut started = false;
+        loop {
+            let event = match eventloop.poll().await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(error = %e, "raw requester connection lost; reconnecting");
+                    let _ = self
+                        .notes
+                        .send(Note::Incident {
+                            kind: "requester_connection_lost".into(),
+                        })
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match event {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    if let Err(e) =
+                        client.try_subscribe_many([Filter::new(RESPONSE_FILTER, QoS::AtLeastOnce)])
+                    {
+                        tracing::debug!(error = %e, "raw requester could not subscribe");
+                    }
+                }
+                Event::Incoming(Packet::SubAck(_)) if !started => {
+                    started = true;
+                    for _ in 0..self.in_flight {
+                        self.send_next(&client, &body).await;
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let at = Instant::now();
+                    let Some(id) = std::str::from_utf8(&p.topic).ok().and_then(response_id) else {
+                        continue;
+                    };
+                    let _ = self
+                        .notes
+                        .send(Note::Ended {
+                            id: id.to_string(),
+                            at,
+                            status: "SUCCEEDED",
+                        })
+                        .await;
+                    self.send_next(&client, &body).await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn send_next(&self, client: &AsyncClient, body: &Bytes) {
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.budget {
+            return;
+        }
+        let id = format!("r{i}");
+        let topic = format!(
+            "$aws/commands/things/{}/executions/{id}/request/json",
+            self.spec.thing(i as usize)
+        );
+        let props = PublishProperties {
+            content_type: Some("application/json".into()),
+            message_expiry_interval: Some(self.timeout_secs),
+            ..Default::default()
+        };
+        let at = Instant::now();
+        match client.try_publish_with_properties(
+            topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            body.clone(),
+            props.clone(),
+        ) {
+            Ok(()) => {}
+            Err(_) => {
+                let client = client.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let _ = client
+                        .publish_with_properties(topic, QoS::AtLeastOnce, false, body, props)
+                        .await;
+                });
+            }
+        }
+        let _ = self.notes.send(Note::Started { id, at, rpc: None }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_topics_give_their_execution_id() {
+        assert_eq!(
+            response_id("$aws/commands/things/raw-1-7/executions/r42/response/json"),
+            Some("r42")
+        );
+        assert_eq!(
+            response_id("$aws/commands/things/d/executions/r1/request/json"),
+            None
+        );
+        assert_eq!(
+            response_id("$aws/commands/things/d/executions//response/json"),
+            None
+        );
+        assert_eq!(response_id("short/topic"), None);
+    }
+
+    #[test]
+    fn in_flight_requests_are_split_evenly() {
+        assert_eq!(
+            (0..3).map(|k| share(256, 3, k)).collect::<Vec<_>>(),
+            vec![86, 85, 85]
+        );
+        assert_eq!((0..4).map(|k| share(2, 4, k)).sum::<usize>(), 2);
+        assert_eq!(share(256, 1, 0), 256);
+    }
+}

@@ -1,0 +1,392 @@
+//! `fleetcmd run <service>`: one service per process on the cluster engines — NATS (bus),
+//! Kafka (event log and shard membership), ScyllaDB (read model) and an external MQTT broker.
+//!
+//! Each process connects to its engines with retries (engines may come up after it), serves
+//! gRPC health whose status follows its engines (NOT_SERVING until they are reachable), and
+//! drains on SIGTERM.
+
+pub mod config;
+pub mod pool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleetcmd_adapters::clock::SystemClock;
+use fleetcmd_adapters::kafka::{KafkaLog, KafkaMembership};
+use fleetcmd_adapters::nats::NatsBus;
+use fleetcmd_adapters::scylla::ScyllaReadModel;
+use fleetcmd_contracts::auth::Auth;
+use fleetcmd_contracts::pb;
+use fleetcmd_dispatcher::owner::OwnerDeps;
+use fleetcmd_dispatcher::{OwnerConfig, ProjectionWatch, ShardClient};
+use fleetcmd_domain::command::CommandSettings;
+use fleetcmd_domain::ports::{Bus, Clock, EventLog, ReadModel, ShardMembership};
+use fleetcmd_domain::topics::TopicRoot;
+use tokio::sync::watch;
+
+pub use config::ClusterConfig;
+
+/// The services `fleetcmd run` can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Registry,
+    Dispatcher,
+    Edge,
+    Projector,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Registry => "registry",
+            Self::Dispatcher => "dispatcher",
+            Self::Edge => "edge",
+            Self::Projector => "projector",
+        }
+    }
+}
+
+/// Flags of `fleetcmd run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Which service this process runs.
+    #[arg(value_enum)]
+    pub service: Service,
+    /// TOML configuration file (see `--dump-config` for every key).
+    #[arg(long, env = "FLEETCMD_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Override one key, e.g. `--set kafka.brokers=k1:9092` (repeatable; applied last).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+}
+
+/// Connects with retries until it works or shutdown.
+async fn connect<T, F, Fut>(
+    what: &str,
+    mut shutdown: watch::Receiver<bool>,
+    mut f: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, fleetcmd_domain::ports::PortError>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => {
+                tracing::info!(engine = what, "connected");
+                return Ok(v);
+            }
+            Err(e) => {
+                tracing::warn!(engine = what, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => anyhow::bail!("shut down while connecting to {what}"),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs one service until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = config::load(args.config.as_deref(), &env, &args.sets)?;
+    if args.dump_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
+    fleetcmd_telemetry::init(config.log_json);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::serve::shutdown_signal().await;
+        tracing::info!("shutting down");
+        shutdown_tx.send_replace(true);
+    });
+    start(args.service, config, shutdown).await
+}
+
+/// Runs `service` with `config` until `shutdown` turns true.
+pub async fn start(
+    service: Service,
+    config: ClusterConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let topic_root = TopicRoot::new(config.topic_root.clone()).context("topic_root")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_not_serving::<HealthAll>().await;
+    tracing::info!(service = service.name(), "starting");
+
+    let nats_name = format!("fleetcmd-{}", service.name());
+    let url = config.nats.url.clone();
+    let bus_impl = connect("nats", shutdown.clone(), || {
+        NatsBus::connect(&url, &nats_name)
+    })
+    .await?;
+    let bus: Arc<dyn Bus> = bus_impl.clone();
+
+    match service {
+        Service::Registry => {
+            let read_model = scylla(&config, shutdown.clone()).await?;
+            let projection =
+                ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
+            let shards = ShardClient::new(bus.clone(), config.shards);
+            let auth = auth(&config)?;
+            let registry =
+                fleetcmd_registry::RegistryService::new(fleetcmd_registry::RegistryDeps {
+                    read_model,
+                    bus: bus.clone(),
+                    shards,
+                    projection,
+                    auth,
+                    arns: Default::default(),
+                    shutdown: shutdown.clone(),
+                });
+            health_reporter.set_serving::<HealthAll>().await;
+            health_reporter
+                .set_serving::<pb::command_registry_server::CommandRegistryServer<
+                    fleetcmd_registry::RegistryService,
+                >>()
+                .await;
+            let router = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection()?)
+                .add_service(pb::command_registry_server::CommandRegistryServer::new(
+                    registry,
+                ));
+            serve_grpc(router, config.grpc.addr, shutdown).await
+        }
+        Service::Dispatcher => {
+            let log = kafka_log(&config, shutdown.clone()).await?;
+            let read_model = scylla(&config, shutdown.clone()).await?;
+            let owner_config = Arc::new(OwnerConfig {
+                shards: config.shards,
+                retention_secs: config.retention_secs,
+                command_settings: CommandSettings {
+                    deletion_wait_secs: config.deletion_wait_secs,
+                },
+                topic_root: topic_root.clone(),
+                ..OwnerConfig::default()
+            });
+            let deps = OwnerDeps {
+                log,
+                bus: bus.clone(),
+                read_model: read_model.clone(),
+                clock: clock.clone(),
+            };
+            let pool = pool::ShardTasks::new(shutdown.clone(), move |shard, stop| {
+                Box::pin(fleetcmd_dispatcher::owner::run_owner(
+                    deps.clone(),
+                    owner_config.clone(),
+                    shard,
+                    stop,
+                ))
+            });
+            let membership = kafka_membership(&config, shutdown.clone()).await?;
+            let _guard = membership
+                .join(
+                    &format!("{}-dispatchers", config.kafka.group_prefix),
+                    pool.handler(),
+                )
+                .await
+                .context("joining the dispatcher group")?;
+            let projection =
+                ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
+            let dispatcher = fleetcmd_dispatcher::grpc::DispatcherService::new(
+                fleetcmd_dispatcher::grpc::DispatcherDeps {
+                    read_model,
+                    shards: ShardClient::new(bus.clone(), config.shards),
+                    projection,
+                    auth: auth(&config)?,
+                },
+            );
+            health_reporter.set_serving::<HealthAll>().await;
+            health_reporter
+                .set_serving::<pb::command_dispatcher_server::CommandDispatcherServer<
+                    fleetcmd_dispatcher::grpc::DispatcherService,
+                >>()
+                .await;
+            let router = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection()?)
+                .add_service(pb::command_dispatcher_server::CommandDispatcherServer::new(
+                    dispatcher,
+                ));
+            let served = serve_grpc(router, config.grpc.addr, shutdown).await;
+            pool.stop_all();
+            served
+        }
+        Service::Edge => {
+            let edge_config = fleetcmd_edge::EdgeConfig {
+                broker_host: config.mqtt.host.clone(),
+                broker_port: config.mqtt.port,
+                client_id: config.mqtt.client_id.clone(),
+                topic_root,
+                instances: config.mqtt.instances,
+                instance: config.mqtt.instance,
+                ..fleetcmd_edge::EdgeConfig::default()
+            };
+            let deps = fleetcmd_edge::EdgeDeps {
+                bus: bus.clone(),
+                shards: ShardClient::new(bus.clone(), config.shards),
+                clock,
+            };
+            let mut link = fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
+            // Readiness follows the MQTT link.
+            let reporter = health_reporter.clone();
+            tokio::spawn(async move {
+                loop {
+                    let connected =
+                        *link.borrow_and_update() == fleetcmd_edge::LinkState::Connected;
+                    if connected {
+                        reporter.set_serving::<HealthAll>().await;
+                    } else {
+                        reporter.set_not_serving::<HealthAll>().await;
+                    }
+                    if link.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let router = tonic::transport::Server::builder().add_service(health_service);
+            serve_grpc(router, config.health.addr, shutdown).await
+        }
+        Service::Projector => {
+            let log = kafka_log(&config, shutdown.clone()).await?;
+            let read_model = scylla(&config, shutdown.clone()).await?;
+            let deps = fleetcmd_projector::ProjectorDeps {
+                log,
+                read_model,
+                bus: bus.clone(),
+                clock,
+            };
+            let projector_config = fleetcmd_projector::ProjectorConfig::default();
+            let purger = tokio::spawn(fleetcmd_projector::run_purger(
+                deps.clone(),
+                projector_config.purge_interval,
+                shutdown.clone(),
+            ));
+            let pool = pool::ShardTasks::new(shutdown.clone(), move |partition, stop| {
+                Box::pin(fleetcmd_projector::run_partitions(
+                    deps.clone(),
+                    projector_config.clone(),
+                    vec![partition],
+                    stop,
+                ))
+            });
+            let membership = kafka_membership(&config, shutdown.clone()).await?;
+            let _guard = membership
+                .join(
+                    &format!("{}-projectors", config.kafka.group_prefix),
+                    pool.handler(),
+                )
+                .await
+                .context("joining the projector group")?;
+            health_reporter.set_serving::<HealthAll>().await;
+            let router = tonic::transport::Server::builder().add_service(health_service);
+            let served = serve_grpc(router, config.health.addr, shutdown).await;
+            pool.stop_all();
+            purger.abort();
+            served
+        }
+    }
+}
+
+/// The overall health entry (service name "").
+struct HealthAll;
+
+impl tonic::server::NamedService for HealthAll {
+    const NAME: &'static str = "";
+}
+
+fn auth(config: &ClusterConfig) -> anyhow::Result<Auth> {
+    let policy = config
+        .auth
+        .policy
+        .as_deref()
+        .map(crate::serve::load_policy)
+        .transpose()?;
+    if policy.is_none()
+        && !config.grpc.addr.ip().is_loopback()
+        && !config.auth.allow_unauthenticated
+    {
+        anyhow::bail!(
+            "refusing to serve the API on {} without a policy: set auth.policy, or auth.allow_unauthenticated = true",
+            config.grpc.addr
+        );
+    }
+    Ok(Auth::new(policy.map(Arc::new)))
+}
+
+fn reflection() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleetcmd_contracts::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")
+}
+
+async fn serve_grpc(
+    router: tonic::transport::server::Router,
+    addr: std::net::SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving gRPC");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    router
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .context("gRPC server")
+}
+
+async fn scylla(
+    config: &ClusterConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<dyn ReadModel>> {
+    let c = config.scylla.clone();
+    let store = connect("scylla", shutdown, || {
+        ScyllaReadModel::connect(&c.nodes, &c.keyspace, c.replication_factor)
+    })
+    .await?;
+    Ok(store)
+}
+
+async fn kafka_log(
+    config: &ClusterConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    let c = config.kafka.clone();
+    let shards = config.shards;
+    let log = connect("kafka", shutdown, || {
+        KafkaLog::connect(&c.brokers, &c.topic, shards)
+    })
+    .await?;
+    Ok(log)
+}
+
+async fn kafka_membership(
+    config: &ClusterConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<dyn ShardMembership>> {
+    let c = config.kafka.clone();
+    let m = connect("kafka membership", shutdown, || async {
+        KafkaMembership::new(&c.brokers, &c.topic)
+    })
+    .await?;
+    Ok(m)
+}
