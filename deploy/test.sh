@@ -1,13 +1,46 @@
 #!/usr/bin/env bash
-# Runs the whole test suite from a clean checkout: formatting, lints, then every test
-# (unit, property, in-process gRPC and end-to-end tests with real MQTT clients against
-# `fleetcmd serve` on the embedded adapters).
+# Runs the whole test suite from a clean checkout:
+#   1. installs (cached in ~/.cache/fleetcmd-engines) and starts the engines the cluster tests
+#      use: NATS, Mosquitto, the tansu Kafka-protocol broker and the CQL test server;
+#   2. formatting, clippy on every crate and feature;
+#   3. every test: unit, property, conformance suites of each adapter against its real
+#      engine, in-process gRPC and end-to-end tests with real MQTT clients, and the
+#      multi-process cluster scenarios;
+#   4. validation of the deploy files (Dockerfile, docker-compose.yml, k8s/).
+# Engines this script started are stopped again when it ends under CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+engines=(nats mosquitto kafka cql)
+started=()
+cleanup() {
+    if [[ -n "${CI:-}" ]]; then
+        for e in "${started[@]}"; do deploy/engines/"$e".sh stop || true; done
+    fi
+}
+trap cleanup EXIT
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+
+echo "== engines"
+for e in "${engines[@]}"; do
+    deploy/engines/"$e".sh install
+    if ! deploy/engines/"$e".sh status >/dev/null 2>&1; then
+        deploy/engines/"$e".sh start
+        started+=("$e")
+    fi
+done
+export FLEETCMD_NATS_URL=nats://127.0.0.1:4222
+export FLEETCMD_MQTT_BROKER=127.0.0.1:1884
+export FLEETCMD_KAFKA_BROKERS=127.0.0.1:9092
+export FLEETCMD_CQL_URI=127.0.0.1:9042
+
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --all-features --locked
+
+echo "== deploy files"
+deploy/validate.sh

@@ -5,7 +5,7 @@
 # (see shared/ENGINES.md), and the adapter's full suite needs a real cluster
 # (FLEETCMD_SCYLLA_URI).
 #
-#   deploy/engines/cql.sh install   # cargo build --release -p fleetcmd-cql-test-server (fast when built)
+#   deploy/engines/cql.sh install   # cargo build -p fleetcmd-cql-test-server (fast when built)
 #   deploy/engines/cql.sh start     # start on 127.0.0.1:9042 unless already running
 #   deploy/engines/cql.sh stop      # stop the server started by `start` (pidfile)
 #   deploy/engines/cql.sh status    # exit 0 and print the address when running
@@ -28,14 +28,15 @@ case "$target_dir" in
     /*) ;;
     *) target_dir="$repo_root/$target_dir" ;;
 esac
-server_bin="$target_dir/release/fleetcmd-cql-test-server"
+# Debug profile: it shares its dependencies with the test build, so CI compiles them once.
+server_bin="$target_dir/debug/fleetcmd-cql-test-server"
 run_dir="${FLEETCMD_ENGINES_DIR:-$repo_root/.engines}/cql"
 pid_file="$run_dir/cql-test-server.pid"
 log_file="$run_dir/cql-test-server.log"
 
 cmd_install() {
-    echo "cql: building fleetcmd-cql-test-server (release)"
-    (cd "$repo_root" && cargo build --release -p fleetcmd-cql-test-server)
+    echo "cql: building fleetcmd-cql-test-server"
+    (cd "$repo_root" && cargo build --locked -p fleetcmd-cql-test-server)
     [[ -x "$server_bin" ]] || { echo "cql: $server_bin was not built" >&2; exit 1; }
     echo "cql: installed $server_bin"
 }

@@ -58,6 +58,7 @@ ENGINES = {
     "edge": {"nats", "mqtt"},
     "projector": {"nats", "kafka", "scylla"},
 }
+METRICS_PORT = 9464
 API_SERVICES = {"registry": "fleetcmd.v1.CommandRegistry", "dispatcher": "fleetcmd.v1.CommandDispatcher"}
 
 
@@ -700,6 +701,11 @@ def cmd_k8s(repo: Path, name: str, rendered: str, gateway_out: str, versions: st
                 addr = str(eff.get("health.addr", ""))
                 if addr.startswith("127.") or (int(addr.rsplit(":", 1)[1]) if ":" in addr else None) not in ports.values():
                     fail(f"{cn}: health.addr {addr} is a declared, reachable container port")
+            # Prometheus scrapes every pod: metrics.addr is a declared port, reachable from outside.
+            maddr = str(eff.get("metrics.addr", ""))
+            mport = int(maddr.rsplit(":", 1)[1]) if ":" in maddr else None
+            if maddr.startswith("127.") or mport not in ports.values():
+                fail(f"{cn}: metrics.addr {maddr or '(default 127.0.0.1:9464)'} is a declared, reachable container port")
             # engines named by Services of this kustomization (ExternalName) or by FQDN
             hosts = {"nats": [eff.get("nats.url")], "kafka": str(eff.get("kafka.brokers", "")).split(","),
                      "scylla": list(eff.get("scylla.nodes") or []) if isinstance(eff.get("scylla.nodes"), list)
@@ -768,7 +774,9 @@ def cmd_k8s(repo: Path, name: str, rendered: str, gateway_out: str, versions: st
         egress_ports = {pt.get("port") for p in nps if selector_matches(p["spec"]["podSelector"], labels)
                         for rule in p["spec"].get("egress", []) for pt in rule.get("ports", [])}
         want_in = {"registry": {50051}, "dispatcher": {50052}}.get(comp, set())
-        check(want_in <= ingress_ports and (bool(want_in) or not ingress_ports),
+        # Every pod's metrics port is open to Prometheus; beyond it, only the APIs.
+        api_in = ingress_ports - {METRICS_PORT}
+        check(want_in <= api_in and (bool(want_in) or not api_in),
               f"{where}: {comp} ingress allowed on {sorted(ingress_ports) or 'nothing'}")
         want_out = {53}
         for e in ENGINES.get(comp, set()):

@@ -80,6 +80,8 @@ pub struct Message {
     pub content_type: Option<String>,
     /// MQTT 5 message-expiry interval in seconds (always `None` for MQTT 3.1.1).
     pub message_expiry_secs: Option<u32>,
+    /// MQTT 5 user properties, e.g. `traceparent` (always empty for MQTT 3.1.1).
+    pub user_properties: Vec<(String, String)>,
 }
 
 impl Message {
@@ -124,6 +126,7 @@ impl fmt::Debug for Message {
             .field("payload", &payload)
             .field("content_type", &self.content_type)
             .field("message_expiry_secs", &self.message_expiry_secs)
+            .field("user_properties", &self.user_properties)
             .finish()
     }
 }
@@ -428,15 +431,20 @@ async fn run_v5(
     loop {
         let sent = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let (content_type, message_expiry_secs) =
-                    p.properties.map_or((None, None), |props| {
-                        (props.content_type, props.message_expiry_interval)
+                let (content_type, message_expiry_secs, user_properties) =
+                    p.properties.map_or((None, None, Vec::new()), |props| {
+                        (
+                            props.content_type,
+                            props.message_expiry_interval,
+                            props.user_properties,
+                        )
                     });
                 let m = Message {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload,
                     content_type,
                     message_expiry_secs,
+                    user_properties,
                 };
                 messages.send(m).await.is_ok()
             }
@@ -499,6 +507,7 @@ async fn run_v311(
                     payload: p.payload,
                     content_type: None,
                     message_expiry_secs: None,
+                    user_properties: Vec::new(),
                 };
                 messages.send(m).await.is_ok()
             }

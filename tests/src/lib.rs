@@ -36,6 +36,8 @@ pub fn test_args(name: &str) -> ServeArgs {
         deletion_wait_secs: 43_200,
         retention_secs: 183 * 24 * 3600,
         log_json: false,
+        metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
+        otlp_endpoint: None,
     }
 }
 

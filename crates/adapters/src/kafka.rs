@@ -46,7 +46,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -303,12 +303,21 @@ pub struct KafkaLogConfig {
     pub replication_factor: i32,
     /// How long an append waits for its delivery reports (`message.timeout.ms`).
     pub append_timeout: Duration,
-    /// How long metadata, watermark and admin requests, and a read of a record known to exist,
-    /// may take.
+    /// How long metadata and admin requests, and a read of a record known to exist, may take.
     pub request_timeout: Duration,
-    /// Upper bound of the broker's long poll on fetches (`fetch.wait.max.ms`); the wake-up
-    /// latency of `wait_for_records` when a broker does not answer a pending fetch early.
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch that found nothing. It bounds
+    /// the wake-up latency of `wait_for_records` on brokers that do not answer a pending fetch
+    /// as soon as data arrives (tansu holds every fetch this long), and it is the cost of an
+    /// exact `end_offset`.
     pub fetch_wait_max: Duration,
+    /// A partition nobody read or waited on for this long stops being fetched (its
+    /// prefetched records are dropped; the next read starts a new fetch).
+    pub idle_fetch: Duration,
+    /// How long a fetch that was just positioned may bring neither a record nor the end before
+    /// it is restarted further back. Kafka serves a fetch from inside a record batch; tansu
+    /// 0.6 only serves batches that *start* at or after the fetch offset, so a fetch inside a
+    /// batch skips it (or, inside the newest batch, gets nothing).
+    pub seek_retry: Duration,
 }
 
 impl KafkaLogConfig {
@@ -320,7 +329,9 @@ impl KafkaLogConfig {
             replication_factor: -1,
             append_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
-            fetch_wait_max: Duration::from_millis(10),
+            fetch_wait_max: Duration::from_millis(2),
+            idle_fetch: Duration::from_secs(30),
+            seek_retry: Duration::from_millis(100),
         }
     }
 }
@@ -328,7 +339,8 @@ impl KafkaLogConfig {
 /// Most records a waiter buffers while looking for a record past a far offset; older buffered
 /// records are dropped (a later read fetches them again).
 const WAIT_BUFFER_CAP: usize = 4096;
-/// How often the reader's main queue (errors, statistics) is served.
+/// How often the reader's main queue (errors, statistics) is served and idle fetches are
+/// stopped.
 const MAIN_QUEUE_POLL: Duration = Duration::from_millis(200);
 
 /// The event log on a Kafka topic. See the module docs for the guarantees.
@@ -351,10 +363,10 @@ struct Inner {
 struct Slot {
     /// Serializes the enqueueing of one append's records, so they are contiguous.
     append: tokio::sync::Mutex<()>,
-    /// The partition's reader state; created on the first read or wait.
+    /// The partition's fetch; created by the first read or wait, dropped when idle.
     fetch: Mutex<Option<Fetch>>,
-    /// A lower bound of the partition's end offset, from delivery reports, watermarks and
-    /// fetched records. Only grows.
+    /// A lower bound of the partition's end offset, from delivery reports, fetched records and
+    /// end-of-partition events. Only grows.
     end: AtomicU64,
     /// Woken when the partition's queue becomes non-empty, when `end` grows, and when a
     /// holder of `fetch` releases it while a waiter asked for it (`pump_wanted`).
@@ -362,12 +374,15 @@ struct Slot {
     /// Set by a waiter that found `fetch` taken: the holder wakes the waiters on release,
     /// since the queue may hold records whose non-empty wake-up already fired.
     pump_wanted: AtomicBool,
+    /// Tasks in `wait_for_records` on this partition (its fetch is not idle).
+    waiters: AtomicUsize,
 }
 
-/// A partition's split queue and the records taken from it but not handed out yet.
+/// A partition's split queue, fetching from where the reader stands.
 struct Fetch {
     queue: PartitionQueue<TracingContext>,
     buf: Buffered,
+    last_used: Instant,
 }
 
 /// Records taken off a partition queue, contiguous from `next`.
@@ -375,6 +390,18 @@ struct Buffered {
     /// Offset of `buffer[0]`; when the buffer is empty, the offset the queue delivers next.
     next: u64,
     buffer: VecDeque<LogRecord>,
+    /// The last event taken off the queue was librdkafka's end-of-partition: a fetch response
+    /// said the high watermark is `fetch_pos()`. Cleared by a record or a repositioning.
+    at_end: bool,
+    /// Set when the fetch was positioned, until its first record or end event.
+    seeking: Option<Seeking>,
+}
+
+/// Where a fetch was (re)started, and when.
+#[derive(Debug, Clone, Copy)]
+struct Seeking {
+    at: u64,
+    since: Instant,
 }
 
 impl Buffered {
@@ -385,6 +412,20 @@ impl Buffered {
 
     fn covers(&self, offset: u64) -> bool {
         offset >= self.next && offset < self.fetch_pos()
+    }
+
+    /// Drops the oldest records beyond `cap` (a later read fetches them again).
+    fn trim(&mut self, cap: usize) {
+        while self.buffer.len() > cap {
+            self.buffer.pop_front();
+            self.next += 1;
+        }
+    }
+
+    fn take(&mut self, max: usize) -> Vec<LogRecord> {
+        let n = max.min(self.buffer.len());
+        self.next += n as u64;
+        self.buffer.drain(..n).collect()
     }
 }
 
@@ -417,6 +458,22 @@ impl std::ops::DerefMut for FetchGuard<'_> {
             // The guard is only taken in `drop`.
             None => unreachable!("fetch guard used after release"),
         }
+    }
+}
+
+/// Counts a waiter on a slot for as long as it lives.
+struct Waiting<'a>(&'a Slot);
+
+impl<'a> Waiting<'a> {
+    fn new(slot: &'a Slot) -> Self {
+        slot.waiters.fetch_add(1, Ordering::AcqRel);
+        Self(slot)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -470,6 +527,7 @@ impl KafkaLog {
                 end: AtomicU64::new(0),
                 notify: Arc::new(Notify::new()),
                 pump_wanted: AtomicBool::new(false),
+                waiters: AtomicUsize::new(0),
             })
             .collect();
         let inner = Arc::new(Inner {
@@ -529,16 +587,18 @@ fn reader_config(config: &KafkaLogConfig) -> ClientConfig {
     c.set("group.id", "fleetcmd-log-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        // Never jump: reads only seek below the high watermark, anything else is an error.
+        // Never jump: the reader only positions at or below an end it saw.
         .set("auto.offset.reset", "error")
-        .set("enable.partition.eof", "false")
+        // How the reader learns the end: the high watermark of fetch responses.
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_uncommitted")
         .set("fetch.wait.max.ms", ms(config.fetch_wait_max))
         .set("fetch.min.bytes", "1")
         .set("fetch.error.backoff.ms", "50")
-        // Per partition, since every partition has its own queue.
-        .set("queued.min.messages", "1000")
+        // Per partition (each has its own queue); refetch soon after the reader drained it.
+        .set("queued.min.messages", "10000")
         .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "5")
         .set("reconnect.backoff.ms", "20")
         .set("allow.auto.create.topics", "false");
     c
@@ -698,8 +758,9 @@ impl Inner {
         }
     }
 
-    /// The high watermark of `partition` (a round trip to its leader).
-    fn fetch_end(&self, partition: u32) -> Result<u64> {
+    /// The end offset the broker lists (ListOffsets): exact on Kafka, but only a lower bound
+    /// on tansu 0.6, which answers the base offset of the newest record batch plus one.
+    fn listed_end(&self, partition: u32) -> Result<u64> {
         let (_, high) = self
             .reader
             .fetch_watermarks(
@@ -708,41 +769,51 @@ impl Inner {
                 self.config.request_timeout,
             )
             .map_err(client(format!(
-                "fetching the end of {}/{partition}",
+                "listing the end of {}/{partition}",
                 self.config.topic
             )))?;
-        let high = u64::try_from(high).map_err(|_| Error::Corrupt {
-            partition,
-            detail: format!("negative high watermark {high}"),
-        })?;
-        self.raise_end(partition, high);
-        Ok(high)
+        Ok(u64::try_from(high).unwrap_or(0))
     }
 
-    /// Makes the partition's queue deliver from `from` next, creating it on first use.
-    fn position(&self, partition: u32, fetch: &mut Option<Fetch>, from: u64) -> Result<()> {
+    /// Makes the partition's queue deliver from `from` next (`from` must not be past the
+    /// partition's end), creating the fetch on first use. `fresh`: restart the fetch even if it
+    /// stands there already, so the next end-of-partition event reflects the broker after now.
+    fn position(
+        &self,
+        partition: u32,
+        fetch: &mut Option<Fetch>,
+        from: u64,
+        fresh: bool,
+    ) -> Result<()> {
         let Some(f) = fetch.as_mut() else {
             *fetch = Some(self.open_fetch(partition, from)?);
             return Ok(());
         };
-        let b = &mut f.buf;
-        if b.covers(from) {
-            let skip = (from - b.next) as usize;
-            b.buffer.drain(..skip);
-            b.next = from;
+        f.last_used = Instant::now();
+        if !fresh && f.buf.covers(from) {
+            let skip = (from - f.buf.next) as usize;
+            f.buf.buffer.drain(..skip);
+            f.buf.next = from;
             return Ok(());
         }
-        if from != b.fetch_pos() {
-            self.seek(partition, from)?;
+        if !fresh && from == f.buf.fetch_pos() {
+            return Ok(());
         }
-        b.buffer.clear();
-        b.next = from;
+        self.seek(partition, from)?;
+        f.buf.buffer.clear();
+        f.buf.next = from;
+        f.buf.at_end = false;
+        f.buf.seeking = Some(Seeking {
+            at: from,
+            since: Instant::now(),
+        });
         Ok(())
     }
 
     fn open_fetch(&self, partition: u32, from: u64) -> Result<Fetch> {
         let topic = &self.config.topic;
-        // Split before assigning: the queue then never forwards to the consumer's main queue.
+        // Split before assigning: the queue then never forwards to the consumer's main queue
+        // (librdkafka keeps an application-set forward across reassignments).
         let mut queue = self
             .reader
             .split_partition_queue(topic, partition_i32(partition))
@@ -761,10 +832,30 @@ impl Inner {
             buf: Buffered {
                 next: from,
                 buffer: VecDeque::new(),
+                at_end: false,
+                seeking: Some(Seeking {
+                    at: from,
+                    since: Instant::now(),
+                }),
             },
+            last_used: Instant::now(),
         })
     }
 
+    /// Stops fetching the partition and forgets what was prefetched.
+    fn close_fetch(&self, partition: u32, fetch: &mut Option<Fetch>) {
+        if fetch.take().is_none() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.topic, partition_i32(partition));
+        if let Err(e) = self.reader.incremental_unassign(&tpl) {
+            tracing::warn!(partition, error = %e, "cannot unassign a Kafka partition");
+        }
+    }
+
+    /// Moves the partition's fetch to `to`; a new version for librdkafka, so nothing fetched
+    /// before (records or end-of-partition events) is delivered after this returns.
     fn seek(&self, partition: u32, to: u64) -> Result<()> {
         let topic = &self.config.topic;
         let p = partition_i32(partition);
@@ -774,7 +865,7 @@ impl Inner {
         {
             Ok(()) => Ok(()),
             Err(e) => {
-                // A fetcher that has not started yet cannot seek: assign it again instead.
+                // A fetch that has not started yet cannot seek: assign it again instead.
                 tracing::debug!(topic, partition, error = %e, "seek failed; reassigning");
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(topic, p);
@@ -791,21 +882,42 @@ impl Inner {
         }
     }
 
-    /// Takes one message off the queue into the buffer (stale ones from before a seek are
-    /// skipped; a gap is an error).
+    /// Takes one event off the queue: a record goes to the buffer (stale ones from before a
+    /// seek are skipped, a gap is an error), an end-of-partition sets `at_end`.
     fn accept(
         &self,
         partition: u32,
-        b: &mut Buffered,
-        msg: KafkaResult<BorrowedMessage<'_>>,
+        c: &mut Buffered,
+        event: KafkaResult<BorrowedMessage<'_>>,
     ) -> Result<()> {
-        let msg = msg.map_err(client(format!("reading {}/{partition}", self.config.topic)))?;
+        let msg = match event {
+            Ok(msg) => msg,
+            Err(KafkaError::PartitionEOF(_)) => {
+                c.seeking = None;
+                // An end event older than records known to exist (our own appends) is stale.
+                c.at_end = self.known_end(partition) <= c.fetch_pos();
+                self.raise_end(partition, c.fetch_pos());
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Error::Client {
+                    op: format!("reading {}/{partition}", self.config.topic),
+                    source: e,
+                });
+            }
+        };
         let offset = u64::try_from(msg.offset()).map_err(|_| Error::Corrupt {
             partition,
             detail: format!("negative offset {}", msg.offset()),
         })?;
-        let expected = b.fetch_pos();
+        let expected = c.fetch_pos();
+        if offset > expected && c.seeking.is_some() {
+            // The fetch started inside a batch the broker skipped (tansu): start earlier.
+            return self.back_off(partition, c);
+        }
+        c.seeking = None;
         if offset < expected {
+            // Before the wanted offset (the fetch started earlier, or before a seek).
             return Ok(());
         }
         if offset > expected {
@@ -825,107 +937,211 @@ impl Inner {
             .payload()
             .map(Bytes::copy_from_slice)
             .unwrap_or_default();
-        b.buffer.push_back(LogRecord {
+        c.buffer.push_back(LogRecord {
             offset,
             key,
             payload,
         });
+        c.at_end = false;
         self.raise_end(partition, offset + 1);
         Ok(())
     }
 
-    /// Moves what the queue holds into the buffer, without blocking, until it holds `limit`.
+    /// Restarts a positioned fetch that brought nothing usable further back: 8, 64, 512...
+    /// records before the first missing one (records before it are skipped on arrival).
+    fn back_off(&self, partition: u32, c: &mut Buffered) -> Result<()> {
+        let pos = c.fetch_pos();
+        let previous = c.seeking.map_or(pos, |s| s.at);
+        let at = pos.saturating_sub(pos.saturating_sub(previous).max(1).saturating_mul(8));
+        tracing::debug!(
+            partition,
+            pos,
+            at,
+            "the fetch brought nothing at its position; starting earlier"
+        );
+        self.seek(partition, at)?;
+        c.at_end = false;
+        c.seeking = Some(Seeking {
+            at,
+            since: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Restarts the fetch further back if it was positioned `seek_retry` ago and brought
+    /// nothing yet; returns when to check again while it is still positioning.
+    fn check_seeking(&self, partition: u32, c: &mut Buffered) -> Result<Option<Instant>> {
+        let Some(s) = c.seeking else {
+            return Ok(None);
+        };
+        let retry_at = s.since + self.config.seek_retry;
+        if Instant::now() < retry_at {
+            return Ok(Some(retry_at));
+        }
+        self.back_off(partition, c)?;
+        Ok(Some(Instant::now() + self.config.seek_retry))
+    }
+
+    /// Waits for the next event of the queue (until `deadline`) and takes it. False when the
+    /// deadline passed.
+    fn next_event(&self, partition: u32, f: &mut Fetch, deadline: Instant) -> Result<bool> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let until = self
+                .check_seeking(partition, &mut f.buf)?
+                .map_or(deadline, |t| t.min(deadline));
+            if let Some(event) = f.queue.poll(until.saturating_duration_since(now)) {
+                self.accept(partition, &mut f.buf, event)?;
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Takes what the queue holds, without blocking, until the buffer holds `limit` records.
     fn pump(&self, partition: u32, f: &mut Fetch, limit: usize) -> Result<()> {
         while f.buf.buffer.len() < limit {
-            let Some(msg) = f.queue.poll(Duration::ZERO) else {
+            let Some(event) = f.queue.poll(Duration::ZERO) else {
                 return Ok(());
             };
-            self.accept(partition, &mut f.buf, msg)?;
+            self.accept(partition, &mut f.buf, event)?;
         }
         Ok(())
     }
 
-    fn read_blocking(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>> {
-        let mut fetch = self.lock_fetch(partition);
-        let buffered = fetch.as_ref().is_some_and(|f| f.buf.covers(from));
-        if !buffered && from >= self.known_end(partition) && from >= self.fetch_end(partition)? {
-            return Ok(Vec::new());
+    /// Blocks until the buffer holds a record or the fetch reached the end.
+    fn fill(&self, partition: u32, f: &mut Fetch, limit: usize) -> Result<()> {
+        self.pump(partition, f, limit)?;
+        if self.known_end(partition) > f.buf.fetch_pos() {
+            // Records are known to exist past the last end event (e.g. our own appends).
+            f.buf.at_end = false;
         }
-        self.position(partition, &mut fetch, from)?;
-        let Some(f) = fetch.as_mut() else {
-            return Ok(Vec::new());
-        };
-        self.pump(partition, f, max)?;
-        // A record at `from` exists (below the end): wait for the fetcher to bring it.
         let deadline = Instant::now() + self.config.request_timeout;
-        while f.buf.buffer.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        while f.buf.buffer.is_empty() && !f.buf.at_end {
+            if !self.next_event(partition, f, deadline)? {
                 return Err(Error::Timeout(format!(
-                    "reading {}/{partition} at {from} (end {})",
+                    "reading {}/{partition} at {}",
                     self.config.topic,
-                    self.known_end(partition)
+                    f.buf.fetch_pos()
                 )));
             }
-            if let Some(msg) = f.queue.poll(left) {
-                self.accept(partition, &mut f.buf, msg)?;
-                self.pump(partition, f, max)?;
-            }
+            self.pump(partition, f, limit)?;
         }
-        let b = &mut f.buf;
-        let n = max.min(b.buffer.len());
-        b.next += n as u64;
-        Ok(b.buffer.drain(..n).collect())
+        Ok(())
     }
 
-    /// Prepares a wait at `(partition, offset)`: true if a record at or past it exists;
-    /// otherwise the partition's fetcher is left at `offset` (or at the end, when `offset`
-    /// is past it), so its queue wakes the slot when records arrive.
+    /// The exact end of the partition as of a fetch answered after this call started: the
+    /// fetch restarts at the highest offset known to exist and runs to the end-of-partition
+    /// event. Costs a ListOffsets and a fetch round trip (`fetch.wait.max.ms` on tansu).
+    fn probe_end(&self, partition: u32, fetch: &mut Option<Fetch>) -> Result<u64> {
+        let listed = self.listed_end(partition)?;
+        let from = self.known_end(partition).max(listed);
+        self.position(partition, fetch, from, true)?;
+        let Some(f) = fetch.as_mut() else {
+            return Err(Error::Task("the fetch vanished".into()));
+        };
+        let deadline = Instant::now() + self.config.request_timeout;
+        while !f.buf.at_end {
+            if !self.next_event(partition, f, deadline)? {
+                return Err(Error::Timeout(format!(
+                    "finding the end of {}/{partition}",
+                    self.config.topic
+                )));
+            }
+            f.buf.trim(WAIT_BUFFER_CAP);
+        }
+        Ok(f.buf.fetch_pos())
+    }
+
+    /// Runs `op` on the partition's fetch; an error closes the fetch, so the next call starts
+    /// a new one instead of waiting on a fetch librdkafka stopped.
+    fn with_fetch<T>(
+        &self,
+        partition: u32,
+        op: impl FnOnce(&mut Option<Fetch>) -> Result<T>,
+    ) -> Result<T> {
+        let mut fetch = self.lock_fetch(partition);
+        let result = op(&mut fetch);
+        if result.is_err() {
+            self.close_fetch(partition, &mut fetch);
+        }
+        result
+    }
+
+    fn read_blocking(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>> {
+        self.with_fetch(partition, |fetch| {
+            let positioned = fetch
+                .as_ref()
+                .is_some_and(|f| f.buf.covers(from) || f.buf.fetch_pos() == from);
+            if !positioned && from > self.known_end(partition) {
+                // Only position at offsets that exist: find the end first.
+                let end = self.probe_end(partition, fetch)?;
+                if from >= end {
+                    return Ok(Vec::new());
+                }
+            }
+            self.position(partition, fetch, from, false)?;
+            let Some(f) = fetch.as_mut() else {
+                return Ok(Vec::new());
+            };
+            // At the end (as of the fetch's last answer) this returns nothing at once.
+            self.fill(partition, f, max)?;
+            Ok(f.buf.take(max))
+        })
+    }
+
+    fn end_blocking(&self, partition: u32) -> Result<u64> {
+        self.with_fetch(partition, |fetch| self.probe_end(partition, fetch))
+    }
+
+    /// Prepares a wait at `(partition, offset)`: true if a record at or past it is known;
+    /// otherwise makes sure a fetch runs at or below `offset` (never past the known end), whose
+    /// queue wakes the slot when records arrive. No request to the broker.
     fn watch_blocking(&self, partition: u32, offset: u64) -> Result<bool> {
         if self.known_end(partition) > offset {
             return Ok(true);
         }
-        let mut fetch = self.lock_fetch(partition);
-        if fetch.as_ref().is_some_and(|f| f.buf.fetch_pos() == offset) {
-            return Ok(false);
-        }
-        let end = self.fetch_end(partition)?;
-        if end > offset {
-            return Ok(true);
-        }
-        let at = match fetch.as_ref().map(|f| f.buf.fetch_pos()) {
-            // Already fetching between the end and the offset: keep its buffer.
-            Some(pos) if pos >= end && pos <= offset => pos,
-            _ => end,
-        };
-        self.position(partition, &mut fetch, at)?;
-        Ok(false)
+        self.with_fetch(partition, |fetch| {
+            if let Some(f) = fetch.as_mut() {
+                // fetch_pos <= known end <= offset: it fetches towards the offset.
+                f.last_used = Instant::now();
+                return Ok(false);
+            }
+            let at = self.known_end(partition).min(offset);
+            *fetch = Some(self.open_fetch(partition, at)?);
+            Ok(false)
+        })
     }
 
-    /// Drains the partition's queue into its buffer without blocking (skipped when another
-    /// task holds the partition: it wakes the waiters when it releases it).
-    fn pump_for_wait(&self, partition: u32) -> Result<()> {
+    /// Takes what the partition's queue holds, without blocking (skipped when another task
+    /// holds the fetch: it wakes the waiters when it releases it). Returns when to look again
+    /// while the fetch is still being positioned.
+    fn pump_for_wait(&self, partition: u32) -> Result<Option<Instant>> {
         let Some(mut fetch) = self.try_lock_fetch(partition) else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(f) = fetch.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
-        loop {
-            let Some(msg) = f.queue.poll(Duration::ZERO) else {
-                return Ok(());
-            };
-            self.accept(partition, &mut f.buf, msg)?;
-            if f.buf.buffer.len() > WAIT_BUFFER_CAP {
-                f.buf.buffer.pop_front();
-                f.buf.next += 1;
+        let pumped = (|| {
+            while let Some(event) = f.queue.poll(Duration::ZERO) {
+                self.accept(partition, &mut f.buf, event)?;
+                f.buf.trim(WAIT_BUFFER_CAP);
             }
+            self.check_seeking(partition, &mut f.buf)
+        })();
+        if pumped.is_err() {
+            self.close_fetch(partition, &mut fetch);
         }
+        pumped
     }
 
-    /// Serves the reader's main queue (errors, statistics): partition messages go to their
-    /// own queues, so nothing else arrives here.
+    /// Serves the reader's main queue (errors, statistics: partition records go to their own
+    /// queues) and stops fetching partitions nobody uses.
     fn serve_main_queue(&self) {
+        let mut last_sweep = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             match self.reader.poll(MAIN_QUEUE_POLL) {
                 None => {}
@@ -935,6 +1151,29 @@ impl Inner {
                     "record on the reader's main queue ignored"
                 ),
                 Some(Err(e)) => tracing::debug!(error = %e, "Kafka reader"),
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                last_sweep = Instant::now();
+                self.close_idle_fetches();
+            }
+        }
+    }
+
+    fn close_idle_fetches(&self) {
+        for p in 0..self.config.partitions {
+            let slot = self.slot(p);
+            if slot.waiters.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let Ok(mut fetch) = slot.fetch.try_lock() else {
+                continue;
+            };
+            if fetch
+                .as_ref()
+                .is_some_and(|f| f.last_used.elapsed() >= self.config.idle_fetch)
+            {
+                tracing::debug!(partition = p, "closing an idle fetch");
+                self.close_fetch(p, &mut fetch);
             }
         }
     }
@@ -1011,8 +1250,6 @@ impl EventLog for KafkaLog {
             }
         }
 
-        let mut offsets = Vec::with_capacity(deliveries.len());
-        let mut failure = None;
         let waited = tokio::time::timeout(
             inner.config.append_timeout + Duration::from_secs(1),
             futures::future::join_all(deliveries),
@@ -1023,6 +1260,8 @@ impl EventLog for KafkaLog {
                 "appending to {topic}/{partition}: no delivery report"
             )));
         };
+        let mut offsets = Vec::with_capacity(results.len());
+        let mut failure = None;
         for result in results {
             match result {
                 Ok(Ok(delivery)) => offsets.push(delivery.offset),
@@ -1059,6 +1298,9 @@ impl EventLog for KafkaLog {
         })
     }
 
+    /// At the end this returns nothing at once; "the end" is the high watermark of the
+    /// partition fetch's last answer, at most one fetch cycle old (a read that repositions
+    /// the fetch, like the first read of a rebuild, sees the end as of after the call).
     async fn read(&self, partition: u32, from: u64, max: usize) -> PortResult<Vec<LogRecord>> {
         self.inner.check_partition(partition)?;
         if max == 0 {
@@ -1070,14 +1312,14 @@ impl EventLog for KafkaLog {
         .await?)
     }
 
+    /// Exact as of after the call started; costs a fetch round trip (see [`KafkaLogConfig`]).
     async fn end_offset(&self, partition: u32) -> PortResult<u64> {
         self.inner.check_partition(partition)?;
-        Ok(blocking(&self.inner, move |inner| inner.fetch_end(partition)).await?)
+        Ok(blocking(&self.inner, move |inner| inner.end_blocking(partition)).await?)
     }
 
-    /// Wakes within the fetch latency of a record landing (a few ms against a local broker;
-    /// at most `fetch_wait_max` plus a round trip when the broker does not answer a pending
-    /// fetch early).
+    /// Wakes within the fetch latency of a record landing: about a network round trip on
+    /// Kafka (long poll), between one and two `fetch_wait_max` on tansu (2–4 ms by default).
     async fn wait_for_records(
         &self,
         positions: &[(u32, u64)],
@@ -1096,6 +1338,10 @@ impl EventLog for KafkaLog {
         if satisfied() {
             return Ok(());
         }
+        let _waiting: Vec<Waiting<'_>> = positions
+            .iter()
+            .map(|&(p, _)| Waiting::new(inner.slot(p)))
+            .collect();
         let wanted = positions.to_vec();
         let found = tokio::time::timeout_at(
             deadline,
@@ -1122,15 +1368,19 @@ impl EventLog for KafkaLog {
             for n in &mut woken {
                 n.as_mut().enable();
             }
+            let mut recheck = deadline;
             for &(p, _) in positions {
-                inner.pump_for_wait(p)?;
+                if let Some(at) = inner.pump_for_wait(p)? {
+                    recheck = recheck.min(tokio::time::Instant::from_std(at));
+                }
             }
             if satisfied() {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, select_all(woken))
+            if tokio::time::timeout_at(recheck, select_all(woken))
                 .await
                 .is_err()
+                && recheck >= deadline
             {
                 return Ok(());
             }
@@ -1160,10 +1410,15 @@ pub struct KafkaMembershipConfig {
     pub session_timeout: Duration,
     /// `heartbeat.interval.ms`.
     pub heartbeat_interval: Duration,
-    /// How long `join` waits for the topic's metadata.
+    /// How long `join` waits for the topic's metadata, and the group check for its answer.
     pub request_timeout: Duration,
     /// How long dropping the guard waits for the revocation and the group leave.
     pub leave_timeout: Duration,
+    /// How often a member checks that its shards are its range share of the group's current
+    /// members, and rejoins when they are not, twice in a row (`None`: never). Never fires
+    /// on Kafka; it repairs tansu 0.6, whose SyncGroup in a formed group re-delivers the old
+    /// assignment after a member's session expired, leaving the dead member's shards unowned.
+    pub assignment_check: Option<Duration>,
 }
 
 impl KafkaMembershipConfig {
@@ -1175,6 +1430,7 @@ impl KafkaMembershipConfig {
             heartbeat_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             leave_timeout: Duration::from_secs(60),
+            assignment_check: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -1215,6 +1471,24 @@ impl ShardMembership for KafkaMembership {
     }
 }
 
+type MemberConsumer = BaseConsumer<MemberContext>;
+
+/// What a member's consumers share (a member recreates its consumer to rejoin).
+struct Member {
+    group: String,
+    topic: String,
+    config: ClientConfig,
+    handler: AssignmentHandler,
+    /// The shards handed to the handler and not revoked since.
+    owned: Mutex<BTreeSet<u32>>,
+    /// When `owned` last changed.
+    changed_at: Mutex<Instant>,
+    /// Set when the member leaves: assignments are no longer passed on.
+    leaving: AtomicBool,
+    /// Set when the handler panicked: the member leaves the group.
+    failed: AtomicBool,
+}
+
 impl KafkaMembership {
     async fn join_group(&self, group: &str, handler: AssignmentHandler) -> Result<MemberGuard> {
         let c = &self.config;
@@ -1233,28 +1507,30 @@ impl KafkaMembership {
             .set("fetch.message.max.bytes", "1024")
             .set("reconnect.backoff.ms", "50")
             .set("allow.auto.create.topics", "false");
-        let context = MemberContext {
+        let member = Arc::new(Member {
             group: group.to_owned(),
+            topic: c.topic.clone(),
+            config: cfg,
             handler,
             owned: Mutex::new(BTreeSet::new()),
+            changed_at: Mutex::new(Instant::now()),
             leaving: AtomicBool::new(false),
             failed: AtomicBool::new(false),
-        };
-        let consumer: BaseConsumer<MemberContext> = cfg
-            .create_with_context(context)
-            .map_err(client(format!("creating the member of {group}")))?;
-        let consumer = Arc::new(consumer);
+        });
+        let consumer = member.new_consumer(false)?;
 
         // Fail fast on unreachable brokers or a missing topic (which would never assign).
         let topic = c.topic.clone();
         let timeout = c.request_timeout;
         let checked = consumer.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let partitions = tokio::task::spawn_blocking(move || -> Result<u32> {
             let metadata = checked
                 .fetch_metadata(Some(&topic), timeout)
                 .map_err(client(format!("fetching the metadata of {topic}")))?;
             match metadata.topics().iter().find(|t| t.name() == topic) {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok(u32::try_from(t.partitions().len()).unwrap_or(u32::MAX))
+                }
                 other => Err(Error::Config(format!(
                     "topic {topic} does not exist ({:?}); KafkaLog::connect creates it",
                     other.and_then(|t| t.error()).map(RDKafkaErrorCode::from)
@@ -1262,19 +1538,25 @@ impl KafkaMembership {
             }
         })
         .await??;
+        member.subscribe(&consumer)?;
 
-        consumer
-            .subscribe(&[c.topic.as_str()])
-            .map_err(client(format!("subscribing {group} to {}", c.topic)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let check = c.assignment_check.map(|interval| AssignmentCheck {
+            interval,
+            timeout: c.request_timeout,
+            partitions,
+            next: Instant::now() + interval,
+            strikes: 0,
+            strike_mark: None,
+        });
         let thread = {
             let stop = stop.clone();
             let done = done.clone();
             std::thread::Builder::new()
                 .name(format!("kafka-member-{group}"))
                 .spawn(move || {
-                    run_member(consumer, &stop);
+                    member.run(consumer, &stop, check);
                     *lock(&done.0) = true;
                     done.1.notify_all();
                 })
@@ -1290,48 +1572,170 @@ impl KafkaMembership {
     }
 }
 
-/// Polls until told to stop (or the handler panicked), then revokes everything and leaves.
-fn run_member(consumer: Arc<BaseConsumer<MemberContext>>, stop: &AtomicBool) {
-    let ctx = consumer.context().clone();
-    while !stop.load(Ordering::Acquire) && !ctx.failed.load(Ordering::Acquire) {
-        match consumer.poll(MEMBER_POLL) {
-            None | Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::warn!(group = %ctx.group, error = %e, "Kafka membership"),
+/// The state of the stale-assignment check (see [`KafkaMembershipConfig::assignment_check`]).
+struct AssignmentCheck {
+    interval: Duration,
+    timeout: Duration,
+    partitions: u32,
+    next: Instant,
+    /// Consecutive checks that found the assignment stale, all since `strike_mark` (the
+    /// assignment's last change).
+    strikes: u32,
+    strike_mark: Option<Instant>,
+}
+
+/// The shards of member `i` of `members` (sorted by id) under the range assignor.
+fn range_share(partitions: u32, members: u32, i: u32) -> BTreeSet<u32> {
+    let (per, extra) = (partitions / members, partitions % members);
+    let start = i * per + i.min(extra);
+    let len = per + u32::from(i < extra);
+    (start..start + len).collect()
+}
+
+impl Member {
+    fn new_consumer(self: &Arc<Self>, subscribe: bool) -> Result<Arc<MemberConsumer>> {
+        let consumer: MemberConsumer = self
+            .config
+            .create_with_context(MemberContext(self.clone()))
+            .map_err(client(format!("creating the member of {}", self.group)))?;
+        let consumer = Arc::new(consumer);
+        if subscribe {
+            self.subscribe(&consumer)?;
         }
+        Ok(consumer)
     }
-    // Revoke before the group learns we leave, so nobody else is assigned our shards while
-    // the handler still serves them; later rebalance callbacks (during close) are ignored.
-    ctx.leaving.store(true, Ordering::Release);
-    let owned: Vec<u32> = std::mem::take(&mut *lock(&ctx.owned)).into_iter().collect();
-    if !owned.is_empty() {
-        ctx.call(AssignmentChange::Revoked(owned));
+
+    fn subscribe(&self, consumer: &MemberConsumer) -> Result<()> {
+        *lock(&self.changed_at) = Instant::now();
+        consumer
+            .subscribe(&[self.topic.as_str()])
+            .map_err(client(format!(
+                "subscribing {} to {}",
+                self.group, self.topic
+            )))
     }
-    // Dropping the last reference closes the consumer: it leaves the group.
-    drop(consumer);
-    tracing::info!(group = %ctx.group, "left the group");
-}
 
-struct MemberContext {
-    group: String,
-    handler: AssignmentHandler,
-    /// The shards handed to the handler and not revoked since.
-    owned: Mutex<BTreeSet<u32>>,
-    /// Set when the member leaves: assignments are no longer passed on.
-    leaving: AtomicBool,
-    /// Set when the handler panicked: the member leaves the group.
-    failed: AtomicBool,
-}
-
-impl MemberContext {
     fn call(&self, change: AssignmentChange) {
         tracing::info!(group = %self.group, ?change, "shard assignment change");
+        *lock(&self.changed_at) = Instant::now();
         let handler = &self.handler;
         if catch_unwind(AssertUnwindSafe(|| handler(change))).is_err() {
             tracing::error!(group = %self.group, "the assignment handler panicked; leaving the group");
             self.failed.store(true, Ordering::Release);
         }
     }
+
+    fn revoke_all(&self) {
+        let owned: Vec<u32> = std::mem::take(&mut *lock(&self.owned))
+            .into_iter()
+            .collect();
+        if !owned.is_empty() {
+            self.call(AssignmentChange::Revoked(owned));
+        }
+    }
+
+    /// Polls until told to stop (or the handler panicked), then revokes everything and
+    /// leaves. Rejoins with a new consumer (a new member id) when the check finds the
+    /// assignment stale.
+    fn run(
+        self: &Arc<Self>,
+        mut consumer: Arc<MemberConsumer>,
+        stop: &AtomicBool,
+        mut check: Option<AssignmentCheck>,
+    ) {
+        while !stop.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
+            match consumer.poll(MEMBER_POLL) {
+                None | Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::warn!(group = %self.group, error = %e, "Kafka membership"),
+            }
+            let Some(check) = check.as_mut() else {
+                continue;
+            };
+            if !self.assignment_is_stale(&consumer, check) {
+                continue;
+            }
+            tracing::warn!(
+                group = %self.group,
+                owned = ?*lock(&self.owned),
+                "the shards of this member are not its share of the group's members (a broker \
+                 that re-delivers a stale assignment, like tansu 0.6); rejoining"
+            );
+            // Revoke before the group learns we leave, as when the guard is dropped.
+            self.revoke_all();
+            drop(consumer);
+            consumer = loop {
+                match self.new_consumer(true) {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::error!(group = %self.group, error = %e, "cannot rejoin; retrying");
+                        if stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            };
+        }
+        // Revoke before the group learns we leave, so nobody else is assigned our shards while
+        // the handler still serves them; later rebalance callbacks (during close) are ignored.
+        self.leaving.store(true, Ordering::Release);
+        self.revoke_all();
+        // Dropping the last reference closes the consumer: it leaves the group.
+        drop(consumer);
+        tracing::info!(group = %self.group, "left the group");
+    }
+
+    /// True when the check is due and found the assignment stale a second time in a row with
+    /// no assignment change in between, the group being stable all along.
+    fn assignment_is_stale(&self, consumer: &MemberConsumer, check: &mut AssignmentCheck) -> bool {
+        let now = Instant::now();
+        if now < check.next {
+            return false;
+        }
+        check.next = now + check.interval;
+        let changed_at = *lock(&self.changed_at);
+        let stale = changed_at.elapsed() >= check.interval && self.share_mismatch(consumer, check);
+        if !stale {
+            check.strikes = 0;
+            return false;
+        }
+        if check.strike_mark != Some(changed_at) {
+            check.strike_mark = Some(changed_at);
+            check.strikes = 0;
+        }
+        check.strikes += 1;
+        if check.strikes < 2 {
+            return false;
+        }
+        check.strikes = 0;
+        check.strike_mark = None;
+        true
+    }
+
+    /// Whether the group is stable and this member's shards are none of the range shares of
+    /// its current members (errors count as "no").
+    fn share_mismatch(&self, consumer: &MemberConsumer, check: &AssignmentCheck) -> bool {
+        let groups = match consumer.fetch_group_list(Some(&self.group), check.timeout) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(group = %self.group, error = %e, "describing the group");
+                return false;
+            }
+        };
+        let Some(info) = groups.groups().iter().find(|g| g.name() == self.group) else {
+            return false;
+        };
+        let members = u32::try_from(info.members().len()).unwrap_or(0);
+        if info.state() != "Stable" || members == 0 || check.partitions == 0 {
+            return false;
+        }
+        let owned = lock(&self.owned).clone();
+        !(0..members).any(|i| range_share(check.partitions, members, i) == owned)
+    }
 }
+
+/// The consumer context of a member: rebalance callbacks reach its handler.
+struct MemberContext(Arc<Member>);
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<u32> {
     let mut v: Vec<u32> = tpl
@@ -1350,19 +1754,20 @@ impl ClientContext for MemberContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", group = %self.group, %error, "{reason}");
+        tracing::warn!(target: "librdkafka", group = %self.0.group, %error, "{reason}");
     }
 }
 
 impl ConsumerContext for MemberContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let m = &self.0;
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 if consumer.assignment_lost() {
-                    tracing::warn!(group = %self.group, "assignment lost (session timed out)");
+                    tracing::warn!(group = %m.group, "assignment lost (session timed out)");
                 }
                 let revoked: Vec<u32> = {
-                    let mut owned = lock(&self.owned);
+                    let mut owned = lock(&m.owned);
                     partitions_of(tpl)
                         .into_iter()
                         .filter(|p| owned.remove(p))
@@ -1371,35 +1776,37 @@ impl ConsumerContext for MemberContext {
                 if !revoked.is_empty() {
                     // Blocks the rebalance (and so every other member's assignment) until the
                     // handler has stopped serving these shards.
-                    self.call(AssignmentChange::Revoked(revoked));
+                    m.call(AssignmentChange::Revoked(revoked));
                 }
             }
             Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::warn!(group = %self.group, error = %e, "rebalance"),
+            Rebalance::Error(e) => tracing::warn!(group = %m.group, error = %e, "rebalance"),
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let m = &self.0;
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
         if tpl.count() > 0
             && let Err(e) = consumer.pause(tpl)
         {
-            tracing::warn!(group = %self.group, error = %e, "cannot pause the assigned partitions");
+            tracing::warn!(group = %m.group, error = %e, "cannot pause the assigned partitions");
         }
-        if self.leaving.load(Ordering::Acquire) {
+        *lock(&m.changed_at) = Instant::now();
+        if m.leaving.load(Ordering::Acquire) {
             return;
         }
         let assigned: Vec<u32> = {
-            let mut owned = lock(&self.owned);
+            let mut owned = lock(&m.owned);
             partitions_of(tpl)
                 .into_iter()
                 .filter(|p| owned.insert(*p))
                 .collect()
         };
         if !assigned.is_empty() {
-            self.call(AssignmentChange::Assigned(assigned));
+            m.call(AssignmentChange::Assigned(assigned));
         }
     }
 }
@@ -1449,5 +1856,64 @@ impl Drop for MemberGuard {
             tracing::error!(group = %self.group, timeout = ?self.leave_timeout,
                 "leaving the group did not finish in time; detaching");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_shares_cover_every_partition_once() {
+        for partitions in 1..10 {
+            for members in 1..12 {
+                let mut seen = Vec::new();
+                for i in 0..members {
+                    seen.extend(range_share(partitions, members, i));
+                }
+                assert_eq!(
+                    seen,
+                    (0..partitions).collect::<Vec<_>>(),
+                    "{partitions}/{members}"
+                );
+            }
+        }
+        assert_eq!(range_share(4, 3, 0), BTreeSet::from([0, 1]));
+        assert_eq!(range_share(4, 3, 2), BTreeSet::from([3]));
+        assert!(range_share(2, 3, 2).is_empty());
+    }
+
+    #[test]
+    fn errors_say_whether_a_retry_may_help() {
+        let down = Error::Client {
+            op: "appending".into(),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown),
+        };
+        assert!(matches!(PortError::from(down), PortError::Unavailable(_)));
+        let late = Error::Client {
+            op: "appending".into(),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+        };
+        assert!(matches!(PortError::from(late), PortError::Timeout(_)));
+        let count = Error::PartitionCount {
+            topic: "t".into(),
+            expected: 4,
+            actual: 3,
+        };
+        assert!(matches!(PortError::from(count), PortError::Backend(m) if m.contains('4')));
+        let gap = Error::Corrupt {
+            partition: 1,
+            detail: "gap".into(),
+        };
+        assert!(matches!(PortError::from(gap), PortError::Corrupt(_)));
+        let too_big = Error::Client {
+            op: "appending".into(),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+        };
+        assert!(!too_big.is_retryable());
+        assert!(
+            retryable(too_big).is_retryable(),
+            "an append's unknown outcome is retryable"
+        );
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ports::{Bus, BusMessage, PortError, ReadModel};
 use fleetcmd_domain::protocol::{
     LogPosition, PROJECTED_SUBJECT, Projected, ShardReply, ShardRequest, shard_subject,
@@ -11,6 +12,7 @@ use fleetcmd_domain::protocol::{
 use fleetcmd_domain::shard::shard_of;
 use futures::StreamExt;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 /// Why a call to a shard owner failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +65,29 @@ impl ShardClient {
     /// replies and missing owners are retried within the retry budget.
     pub async fn call(&self, request: &ShardRequest) -> Result<ShardReply, CallError> {
         let shard = self.shard_of(&request.routing_key());
+        if !fleetcmd_telemetry::context::enabled() {
+            return self.call_shard(shard, request, Vec::new()).await;
+        }
+        // The owner parents its work on this span: its context travels in the bus headers.
+        let span = tracing::info_span!(
+            "shard.request",
+            otel.kind = "client",
+            shard,
+            input = input_name(request),
+        );
+        let mut headers = Vec::with_capacity(1);
+        fleetcmd_telemetry::context::inject(&span, &mut headers);
+        self.call_shard(shard, request, headers)
+            .instrument(span)
+            .await
+    }
+
+    async fn call_shard(
+        &self,
+        shard: u32,
+        request: &ShardRequest,
+        headers: Vec<(String, String)>,
+    ) -> Result<ShardReply, CallError> {
         let payload =
             Bytes::from(
                 serde_json::to_vec(request).map_err(|e| CallError::Internal {
@@ -77,7 +102,10 @@ impl ShardClient {
             let why = match self
                 .bus
                 .request(
-                    BusMessage::new(subject.clone(), payload.clone()),
+                    BusMessage {
+                        headers: headers.clone(),
+                        ..BusMessage::new(subject.clone(), payload.clone())
+                    },
                     self.request_timeout,
                 )
                 .await
@@ -113,6 +141,20 @@ impl ShardClient {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
+    }
+}
+
+/// A short name of a shard input, for spans.
+pub fn input_name(request: &ShardRequest) -> &'static str {
+    match request {
+        ShardRequest::Start(_) => "start",
+        ShardRequest::Execution { input, .. } => match input {
+            ExecutionInput::Report { .. } => "report",
+            ExecutionInput::CloudTimeout => "timeout",
+            ExecutionInput::Cancel { .. } => "cancel",
+            ExecutionInput::Delete => "delete",
+        },
+        ShardRequest::Command { .. } => "command",
     }
 }
 

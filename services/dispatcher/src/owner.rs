@@ -28,8 +28,10 @@ use fleetcmd_domain::protocol::{
 use fleetcmd_domain::shard::shard_of;
 use fleetcmd_domain::start::{self, StartRequest};
 use fleetcmd_domain::topics::{RequestFormat, TopicRoot};
+use fleetcmd_telemetry::{context as trace_context, metrics};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tracing::{Instrument as _, Span};
 
 /// Settings every owner shares.
 #[derive(Debug, Clone)]
@@ -142,6 +144,9 @@ struct ShardState {
     commands: HashMap<String, (Command, u64)>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     next_offset: u64,
+    /// The `traceparent` each traced execution started under: later inputs (device updates,
+    /// timeouts, cancels) join that trace, so one execution is one trace.
+    traces: HashMap<ExecutionId, String>,
 }
 
 impl ShardState {
@@ -173,6 +178,9 @@ impl ShardState {
                         );
                         self.token_order.push_back((key, expires_at));
                     }
+                    if let Some(trace) = &env.trace {
+                        self.traces.insert(e.execution_id.clone(), trace.clone());
+                    }
                     self.executions.insert(e.execution_id.clone(), e);
                     self.last_offsets.insert(execution_id.clone(), offset);
                     return;
@@ -189,6 +197,7 @@ impl ShardState {
                 } else {
                     self.executions.remove(execution_id);
                     self.last_offsets.remove(execution_id);
+                    self.traces.remove(execution_id);
                 }
             }
             Aggregate::Command(id) => {
@@ -222,6 +231,7 @@ impl ShardState {
             if self.executions.get(&id).is_some_and(|e| e.terminal) {
                 self.executions.remove(&id);
                 self.last_offsets.remove(&id);
+                self.traces.remove(&id);
             }
         }
         while let Some((_, expires_at)) = self.token_order.front() {
@@ -261,6 +271,9 @@ struct Owner {
     config: Arc<OwnerConfig>,
     shard: u32,
     state: ShardState,
+    /// The `traceparent` written into the envelopes of the input being decided (set only
+    /// while a traced input is decided).
+    trace: Option<String>,
 }
 
 impl Owner {
@@ -270,6 +283,7 @@ impl Owner {
             config,
             shard,
             state: ShardState::default(),
+            trace: None,
         }
     }
 
@@ -311,6 +325,7 @@ impl Owner {
             live = self.state.executions.len(),
             "shard owner ready"
         );
+        let _owned = metrics::OwnedShard::acquire();
         let mut batches_since_evict = 0u32;
         loop {
             let next_timer = self.state.timers.peek().map(|Reverse((at, _))| *at);
@@ -362,7 +377,7 @@ impl Owner {
             aggregate,
             seq,
             at: now,
-            trace: None,
+            trace: self.trace.clone(),
             event,
         }
     }
@@ -372,6 +387,9 @@ impl Owner {
         let mut events: Vec<EventEnvelope> = Vec::new();
         let mut outcomes: Vec<(Option<String>, Outcome)> = Vec::with_capacity(batch.len());
         let mut command_memo: HashMap<CommandId, Option<Command>> = HashMap::new();
+        // Spans of the traced inputs: they end once their events are durable, answered and
+        // handed to the edge.
+        let mut spans: Vec<Span> = Vec::new();
         for msg in batch {
             let outcome = match serde_json::from_slice::<ShardRequest>(&msg.payload) {
                 Err(e) => Outcome::Reply(ShardReply::Rejected(Rejection::new(
@@ -385,13 +403,25 @@ impl Owner {
                         self.shard
                     )))
                 }
-                Ok(req) => match self.decide(req, now, &mut command_memo, &mut events).await {
-                    Ok(o) => o,
-                    Err(DecideError::Rejected(r)) => Outcome::Reply(ShardReply::Rejected(r)),
-                    Err(DecideError::Port(e)) => {
-                        Outcome::Reply(ShardReply::Unavailable(e.to_string()))
+                Ok(req) => {
+                    let span = self.input_span(&req, &msg.headers);
+                    self.trace = trace_context::traceparent(&span);
+                    let decided = self
+                        .decide(req, now, &mut command_memo, &mut events)
+                        .instrument(span.clone())
+                        .await;
+                    self.trace = None;
+                    if !span.is_none() {
+                        spans.push(span);
                     }
-                },
+                    match decided {
+                        Ok(o) => o,
+                        Err(DecideError::Rejected(r)) => Outcome::Reply(ShardReply::Rejected(r)),
+                        Err(DecideError::Port(e)) => {
+                            Outcome::Reply(ShardReply::Unavailable(e.to_string()))
+                        }
+                    }
+                }
             };
             outcomes.push((msg.reply, outcome));
         }
@@ -450,12 +480,14 @@ impl Owner {
             self.reply(reply, &answer).await;
         }
         self.after_append(&events, now).await;
+        drop(spans);
         Ok(())
     }
 
     async fn fire_timers(&mut self) -> Result<(), PortError> {
         let now = self.deps.clock.now_ms();
         let mut events = Vec::new();
+        let mut spans: Vec<Span> = Vec::new();
         while let Some(Reverse((at, _))) = self.state.timers.peek() {
             if *at > now {
                 break;
@@ -468,7 +500,13 @@ impl Owner {
                     if let Some(e) = self.state.executions.get(&id) {
                         let decided =
                             execution::decide(e, &ExecutionInput::CloudTimeout).unwrap_or_default();
+                        let span = self.execution_span("shard.owner timeout", &id, None);
+                        self.trace = trace_context::traceparent(&span);
                         self.stage_execution_events(&id, decided, now, &mut events);
+                        self.trace = None;
+                        if !span.is_none() {
+                            spans.push(span);
+                        }
                     }
                 }
                 TimerKey::CommandDeletion(id) => {
@@ -488,6 +526,7 @@ impl Owner {
         }
         self.append(&events).await?;
         self.after_append(&events, now).await;
+        drop(spans);
         Ok(())
     }
 
@@ -527,6 +566,9 @@ impl Owner {
     /// Deliveries and cancel notices go to the edge once the events are durable.
     async fn after_append(&self, events: &[EventEnvelope], _now: TimestampMs) {
         for env in events {
+            if let Some(status) = env.event.new_status() {
+                metrics::execution_transition(status.as_str());
+            }
             let delivery = match (&env.event, &env.aggregate) {
                 (
                     Event::ExecutionStarted {
@@ -551,12 +593,23 @@ impl Owner {
             if let Some(d) = delivery {
                 match serde_json::to_vec(&d) {
                     Ok(bytes) => {
-                        if let Err(e) = self
-                            .deps
-                            .bus
-                            .publish(BusMessage::new(DELIVER_SUBJECT, bytes))
-                            .await
-                        {
+                        let mut message = BusMessage::new(DELIVER_SUBJECT, bytes);
+                        // The edge's publish joins the execution's trace.
+                        let span = match &env.trace {
+                            Some(parent) if trace_context::enabled() => {
+                                let span = tracing::info_span!(
+                                    "shard.deliver",
+                                    otel.kind = "producer",
+                                    shard = self.shard,
+                                    topic = %d.topic,
+                                );
+                                trace_context::set_parent(&span, parent);
+                                trace_context::inject(&span, &mut message.headers);
+                                span
+                            }
+                            _ => Span::none(),
+                        };
+                        if let Err(e) = self.deps.bus.publish(message).instrument(span).await {
                             tracing::warn!(topic = %d.topic, error = %e, "could not hand a delivery to the edge");
                         }
                     }
@@ -564,6 +617,73 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// The span of one input, when traced. A start or command input is parented on its
+    /// caller's context (the bus headers). An execution input joins the trace its execution
+    /// started under, linked to its caller's context (a device update's edge span): devices
+    /// send no trace context, and one execution stays one trace.
+    fn input_span(&self, req: &ShardRequest, headers: &[(String, String)]) -> Span {
+        if !trace_context::enabled() {
+            return Span::none();
+        }
+        let caller = trace_context::find(headers);
+        match req {
+            ShardRequest::Execution {
+                execution_id,
+                input,
+                ..
+            } => {
+                let name = match input {
+                    ExecutionInput::Report { .. } => "shard.owner report",
+                    ExecutionInput::CloudTimeout => "shard.owner timeout",
+                    ExecutionInput::Cancel { .. } => "shard.owner cancel",
+                    ExecutionInput::Delete => "shard.owner delete",
+                };
+                self.execution_span(name, execution_id, caller)
+            }
+            ShardRequest::Start(_) | ShardRequest::Command { .. } => {
+                let name = if matches!(req, ShardRequest::Start(_)) {
+                    "shard.owner start"
+                } else {
+                    "shard.owner command"
+                };
+                let span = tracing::info_span!(
+                    "shard.owner",
+                    otel.name = name,
+                    otel.kind = "server",
+                    shard = self.shard,
+                    input = crate::client::input_name(req),
+                );
+                if let Some(parent) = caller {
+                    trace_context::set_parent(&span, parent);
+                }
+                span
+            }
+        }
+    }
+
+    /// A span in the trace of execution `id` (or of `caller` when the execution has none).
+    fn execution_span(&self, name: &'static str, id: &ExecutionId, caller: Option<&str>) -> Span {
+        if !trace_context::enabled() {
+            return Span::none();
+        }
+        let stored = self.state.traces.get(id).map(String::as_str);
+        let Some(parent) = stored.or(caller) else {
+            return Span::none();
+        };
+        let span = tracing::info_span!(
+            "shard.owner",
+            otel.name = name,
+            otel.kind = "server",
+            shard = self.shard,
+            execution_id = %id,
+        );
+        trace_context::set_parent(&span, parent);
+        if let (Some(_), Some(caller)) = (stored, caller) {
+            trace_context::add_link(&span, caller);
+        }
+        span
     }
 
     fn delivery(&self, e: &Execution, payload: &Payload) -> Delivery {

@@ -28,11 +28,17 @@ use fleetcmd_domain::protocol::{
 };
 use fleetcmd_domain::shard::hash_key;
 use fleetcmd_domain::topics::TopicRoot;
+use fleetcmd_telemetry::context as trace_context;
+use fleetcmd_telemetry::metrics::{self, DeliveryOutcome};
 use futures::StreamExt;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
+use tracing::{Instrument as _, Span};
+
+/// Most QoS 1 publishes the edge keeps unacknowledged (the broker may grant fewer).
+const EDGE_MAX_INFLIGHT: u16 = 1024;
 
 /// Edge settings.
 #[derive(Debug, Clone)]
@@ -100,7 +106,11 @@ pub async fn run(
         .set_clean_start(false)
         .set_session_expiry_interval(Some(3600))
         .set_manual_acks(true)
-        .set_max_packet_size(Some(1024 * 1024));
+        .set_max_packet_size(Some(1024 * 1024))
+        // rumqttc's v5 default upper limit (65535) allocates a slot per possible packet id
+        // up front, ~16 MiB; brokers grant far fewer (the embedded one 256, Mosquitto 20 by
+        // default), so a bounded window costs nothing.
+        .set_outgoing_inflight_upper_limit(EDGE_MAX_INFLIGHT);
     let mut net = options.network_options();
     net.set_tcp_nodelay(true);
     options.set_network_options(net);
@@ -150,6 +160,7 @@ async fn mqtt_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut connected = metrics::MqttLink::default();
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
@@ -162,6 +173,7 @@ async fn mqtt_loop(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
                 link.send_replace(LinkState::Connected);
+                connected.set(true);
                 tracing::info!(client_id = %config.client_id, "edge connected to the MQTT broker");
                 let filters: Vec<Filter> = config
                     .topic_root
@@ -192,6 +204,7 @@ async fn mqtt_loop(
             Ok(_) => {}
             Err(e) => {
                 link.send_replace(LinkState::Connecting);
+                connected.set(false);
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -226,7 +239,20 @@ async fn lane(
     shards: ShardClient,
 ) {
     while let Some(publish) = rx.recv().await {
-        handle_update(&publish, &client, &config, &shards).await;
+        // Devices send no trace context: this span starts a trace of its own, and the shard
+        // owner links it from the execution's trace, which the update joins.
+        let span = if trace_context::enabled() {
+            tracing::info_span!(
+                "edge.update",
+                otel.kind = "consumer",
+                topic = %String::from_utf8_lossy(&publish.topic),
+            )
+        } else {
+            Span::none()
+        };
+        handle_update(&publish, &client, &config, &shards)
+            .instrument(span)
+            .await;
         if let Err(e) = client.ack(&publish).await {
             tracing::warn!(error = %e, "acknowledging a device update failed");
         }
@@ -265,6 +291,7 @@ async fn handle_update(
                 device::peek_client_token(format, &publish.payload).as_deref(),
                 &rejection,
             );
+            metrics::device_update_rejected(rejection.code.device_code());
             publish_reply(client, reply(false), body).await;
             return;
         }
@@ -280,17 +307,24 @@ async fn handle_update(
         },
     };
     let (accepted, body) = match shards.call(&request).await {
-        Ok(ShardReply::Execution { .. }) => (
-            true,
-            device::encode_accepted(format, &execution_id, token.as_deref()),
-        ),
-        Ok(ShardReply::Rejected(r)) => (
-            false,
-            device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r),
-        ),
+        Ok(ShardReply::Execution { .. }) => {
+            metrics::device_update_accepted();
+            (
+                true,
+                device::encode_accepted(format, &execution_id, token.as_deref()),
+            )
+        }
+        Ok(ShardReply::Rejected(r)) => {
+            metrics::device_update_rejected(r.code.device_code());
+            (
+                false,
+                device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r),
+            )
+        }
         Ok(other) => {
             tracing::error!(reply = ?other, "unexpected shard reply to a device update");
             let r = Rejection::new(RejectionCode::InternalError, "unexpected reply; retry");
+            metrics::device_update_rejected(r.code.device_code());
             (
                 false,
                 device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r),
@@ -303,6 +337,7 @@ async fn handle_update(
         ) => {
             tracing::warn!(error = %e, "device update could not reach its shard");
             let r = Rejection::new(RejectionCode::InternalError, format!("{e}"));
+            metrics::device_update_rejected(r.code.device_code());
             (
                 false,
                 device::encode_rejected(format, execution_id.as_str(), token.as_deref(), &r),
@@ -342,6 +377,7 @@ async fn forward_deliveries(
             let remaining_ms = expires_at - clock.now_ms();
             if remaining_ms <= 0 {
                 tracing::debug!(topic = %d.topic, "delivery expired before it could be sent");
+                metrics::delivery(DeliveryOutcome::Expired);
                 continue;
             }
             // Whole seconds left, rounded up here: brokers count down from it and round down
@@ -349,7 +385,14 @@ async fn forward_deliveries(
             // rounded away to "no expiry".
             props.message_expiry_interval = Some(((remaining_ms + 999) / 1000) as u32);
         }
-        if let Err(e) = client
+        // The device sees the execution's trace as the MQTT 5 user property `traceparent`.
+        let span = publish_span("edge.deliver", &msg.headers, &d.topic);
+        if let Some(tp) = trace_context::traceparent(&span) {
+            props
+                .user_properties
+                .push((trace_context::TRACEPARENT.to_string(), tp));
+        }
+        match client
             .publish_with_properties(
                 d.topic,
                 QoS::AtLeastOnce,
@@ -357,9 +400,14 @@ async fn forward_deliveries(
                 Bytes::from(d.payload),
                 props,
             )
+            .instrument(span)
             .await
         {
-            tracing::warn!(error = %e, "publishing a delivery failed");
+            Ok(()) => metrics::delivery(DeliveryOutcome::Published),
+            Err(e) => {
+                metrics::delivery(DeliveryOutcome::Failed);
+                tracing::warn!(error = %e, "publishing a delivery failed");
+            }
         }
     }
 }
@@ -389,11 +437,49 @@ async fn forward_events(
             result: (!c.result.is_empty()).then_some(&c.result),
         });
         let topic = config.topic_root.event(c.command_id.as_str(), c.status);
-        if let Err(e) = client
-            .publish(topic, QoS::AtLeastOnce, false, Bytes::from(body))
-            .await
-        {
+        let span = publish_span("edge.status_event", &msg.headers, &topic);
+        let published = match trace_context::traceparent(&span) {
+            None => {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, Bytes::from(body))
+                    .await
+            }
+            Some(tp) => {
+                let props = PublishProperties {
+                    user_properties: vec![(trace_context::TRACEPARENT.to_string(), tp)],
+                    ..Default::default()
+                };
+                client
+                    .publish_with_properties(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        Bytes::from(body),
+                        props,
+                    )
+                    .instrument(span)
+                    .await
+            }
+        };
+        if let Err(e) = published {
             tracing::warn!(error = %e, "publishing a status event failed");
         }
+    }
+}
+
+/// The span of an MQTT publish on behalf of a traced bus message (none when untraced).
+fn publish_span(name: &'static str, headers: &[(String, String)], topic: &str) -> Span {
+    match trace_context::find(headers) {
+        Some(parent) if trace_context::enabled() => {
+            let span = tracing::info_span!(
+                "edge.publish",
+                otel.name = name,
+                otel.kind = "producer",
+                topic
+            );
+            trace_context::set_parent(&span, parent);
+            span
+        }
+        _ => Span::none(),
     }
 }

@@ -52,9 +52,16 @@ pub struct ServeArgs {
     /// How long execution records are kept.
     #[arg(long, env = "FLEETCMD_RETENTION_SECS", default_value_t = 183 * 24 * 3600)]
     pub retention_secs: u64,
-    /// Log as JSON lines.
+    /// Log as JSON lines (with `trace_id` and `span_id` while a traced span is active).
     #[arg(long, env = "FLEETCMD_LOG_JSON")]
     pub log_json: bool,
+    /// Where Prometheus metrics are served (`GET /metrics`); port 0 picks a free one.
+    #[arg(long, env = "FLEETCMD_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// OTLP/gRPC endpoint of a trace collector (e.g. `http://localhost:4317`); traces are
+    /// exported only when one is set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Reads and validates a policy file.
@@ -73,6 +80,8 @@ pub fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
+    /// Where `GET /metrics` is served.
+    pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -146,6 +155,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let bus: Arc<dyn Bus> = in_process.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
+    let metrics_listener = fleetcmd_telemetry::metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {}", args.metrics_addr))?;
+    let metrics_addr = metrics_listener.local_addr()?;
     let broker = EmbeddedBroker::start(args.mqtt_addr)
         .with_context(|| format!("starting the MQTT broker on {}", args.mqtt_addr))?;
     let mqtt_addr = broker.local_addr();
@@ -153,6 +166,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shards: Vec<u32> = (0..args.shards).collect();
     let mut background = Vec::new();
+    let mut stop_metrics = shutdown_rx.clone();
+    background.push(tokio::spawn(fleetcmd_telemetry::metrics::serve(
+        metrics_listener,
+        async move {
+            let _ = stop_metrics.wait_for(|s| *s).await;
+        },
+    )));
 
     let owner_config = Arc::new(OwnerConfig {
         shards: args.shards,
@@ -258,6 +278,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let mut stop = shutdown_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(fleetcmd_telemetry::grpc::GrpcLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pb::command_registry_server::CommandRegistryServer::new(
@@ -270,10 +291,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
                 let _ = stop.wait_for(|s| *s).await;
             }),
     );
-    tracing::info!(%grpc_addr, %mqtt_addr, data = %db.display(), shards = args.shards, "fleetcmd serving");
+    tracing::info!(%grpc_addr, %mqtt_addr, %metrics_addr, data = %db.display(), shards = args.shards, "fleetcmd serving");
     Ok(Running {
         grpc_addr,
         mqtt_addr,
+        metrics_addr,
         shutdown,
         server,
         background,
@@ -284,15 +306,21 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    fleetcmd_telemetry::init(args.log_json);
+    let telemetry = fleetcmd_telemetry::init(&fleetcmd_telemetry::TelemetryConfig {
+        service_name: "fleetcmd".into(),
+        log_json: args.log_json,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    })?;
     let running = start(args).await?;
     eprintln!(
-        "fleetcmd: gRPC API on {}, MQTT broker on {}",
-        running.grpc_addr, running.mqtt_addr
+        "fleetcmd: gRPC API on {}, MQTT broker on {}, metrics on http://{}/metrics",
+        running.grpc_addr, running.mqtt_addr, running.metrics_addr
     );
     shutdown_signal().await;
     tracing::info!("shutting down");
-    running.stop().await
+    let stopped = running.stop().await;
+    telemetry.shutdown().await;
+    stopped
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -18,7 +18,12 @@ use fleetcmd_domain::ports::{
     ReadModel,
 };
 use fleetcmd_domain::protocol::{ExecutionChanged, PROJECTED_SUBJECT, Projected, events_subject};
+use fleetcmd_telemetry::{context as trace_context, metrics};
 use tokio::sync::watch;
+use tracing::Span;
+
+/// How often a projector samples its partitions' lag (log end offset − projected position).
+pub const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Projector settings.
 #[derive(Debug, Clone)]
@@ -132,9 +137,16 @@ async fn project(
     for p in partitions {
         positions.push((*p, deps.read_model.position(*p).await?));
     }
+    let _lag = LagSeries(partitions);
+    let mut next_lag_sample = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_lag_sample {
+            next_lag_sample = now + LAG_SAMPLE_INTERVAL;
+            sample_lag(deps.log.as_ref(), &positions).await;
         }
         let mut progressed = false;
         for (partition, position) in positions.iter_mut() {
@@ -150,7 +162,15 @@ async fn project(
             let changes = fold(deps.read_model.as_ref(), *partition, next, &records).await?;
             deps.read_model.commit(changes.batch).await?;
             *position = next;
-            announce(deps.bus.as_ref(), *partition, next, &changes.changed).await;
+            announce(
+                deps.bus.as_ref(),
+                *partition,
+                next,
+                &changes.changed,
+                &changes.traces,
+            )
+            .await;
+            drop(changes.spans);
         }
         if !progressed {
             tokio::select! {
@@ -161,10 +181,38 @@ async fn project(
     }
 }
 
+/// Samples the lag of each partition; a failed read of the end offset skips that sample.
+async fn sample_lag(log: &dyn EventLog, positions: &[(u32, u64)]) {
+    for (partition, position) in positions {
+        match log.end_offset(*partition).await {
+            Ok(end) => metrics::projector_lag(*partition, end.saturating_sub(*position)),
+            Err(e) => tracing::debug!(partition, error = %e, "sampling projector lag"),
+        }
+    }
+}
+
+/// Removes the lag series of partitions this worker stops projecting (they may move to
+/// another process).
+struct LagSeries<'a>(&'a [u32]);
+
+impl Drop for LagSeries<'_> {
+    fn drop(&mut self) {
+        for p in self.0 {
+            metrics::forget_projector_partition(*p);
+        }
+    }
+}
+
 /// What one batch writes, and the status changes to announce after the commit.
 pub struct Folded {
     pub batch: ProjectionBatch,
     pub changed: Vec<ExecutionChanged>,
+    /// The `traceparent` of each change's projection span, aligned with `changed` (empty when
+    /// nothing is traced).
+    pub traces: Vec<Option<String>>,
+    /// One span per traced event, parented on the envelope's `trace`; they end after the
+    /// commit and the announcements.
+    pub spans: Vec<Span>,
 }
 
 /// Folds log records into read-model writes, starting from the stored records.
@@ -201,7 +249,15 @@ pub async fn fold(
     let mut order_e: Vec<ExecutionId> = Vec::new();
     let mut order_c: Vec<CommandId> = Vec::new();
     let mut changed = Vec::new();
+    let mut traces: Vec<Option<String>> = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     for env in &envelopes {
+        let span = project_span(env, partition);
+        let trace = trace_context::traceparent(&span);
+        if !span.is_none() {
+            spans.push(span);
+        }
+        let changes_before = changed.len();
         match &env.aggregate {
             Aggregate::Execution { execution_id, .. } => {
                 let slot = executions.entry(execution_id.clone()).or_insert(None);
@@ -240,6 +296,10 @@ pub async fn fold(
                 command::apply(slot, &env.event, env.at);
             }
         }
+        if trace.is_some() || !traces.is_empty() {
+            traces.resize(changes_before, None);
+            traces.resize(changed.len(), trace);
+        }
     }
     let mut batch = ProjectionBatch {
         partition,
@@ -259,17 +319,64 @@ pub async fn fold(
             _ => batch.commands.push(CommandWrite::Delete(id)),
         }
     }
-    Ok(Folded { batch, changed })
+    Ok(Folded {
+        batch,
+        changed,
+        traces,
+        spans,
+    })
 }
 
-async fn announce(bus: &dyn Bus, partition: u32, next_offset: u64, changed: &[ExecutionChanged]) {
-    for c in changed {
+/// The span of one event's projection, parented on the envelope's `trace` (none when the
+/// event is untraced or export is off).
+fn project_span(env: &EventEnvelope, partition: u32) -> Span {
+    match &env.trace {
+        Some(parent) if trace_context::enabled() => {
+            let span = tracing::info_span!(
+                "projector.project",
+                otel.kind = "consumer",
+                partition,
+                seq = env.seq,
+                event = event_name(&env.event),
+            );
+            trace_context::set_parent(&span, parent);
+            span
+        }
+        _ => Span::none(),
+    }
+}
+
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::CommandCreated { .. } => "CommandCreated",
+        Event::CommandUpdated { .. } => "CommandUpdated",
+        Event::CommandDeletionScheduled { .. } => "CommandDeletionScheduled",
+        Event::CommandDeleted => "CommandDeleted",
+        Event::ExecutionStarted { .. } => "ExecutionStarted",
+        Event::StatusReported { .. } => "StatusReported",
+        Event::ExecutionTimedOut => "ExecutionTimedOut",
+        Event::ExecutionCanceled { .. } => "ExecutionCanceled",
+        Event::ExecutionDeleted => "ExecutionDeleted",
+    }
+}
+
+async fn announce(
+    bus: &dyn Bus,
+    partition: u32,
+    next_offset: u64,
+    changed: &[ExecutionChanged],
+    traces: &[Option<String>],
+) {
+    for (i, c) in changed.iter().enumerate() {
         match serde_json::to_vec(c) {
             Ok(bytes) => {
-                if let Err(e) = bus
-                    .publish(BusMessage::new(events_subject(&c.command_id), bytes))
-                    .await
-                {
+                let mut message = BusMessage::new(events_subject(&c.command_id), bytes);
+                if let Some(Some(tp)) = traces.get(i) {
+                    message
+                        .headers
+                        .push((trace_context::TRACEPARENT.to_string(), tp.clone()));
+                }
+                if let Err(e) = bus.publish(message).await {
                     tracing::warn!(error = %e, "publishing a status notification failed");
                 }
             }

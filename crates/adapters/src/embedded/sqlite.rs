@@ -612,16 +612,17 @@ fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
     let data = serde_json::to_string(e)
         .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
     // The WHERE makes replays and overlapping batches harmless: an older or equal `seq`
-    // never overwrites what is stored.
+    // never overwrites what is stored. The update sets only the columns an execution's
+    // events can change (its command, target, start time and time to live are fixed when
+    // it starts): SQLite rewrites the entries of every index that covers a SET column, so
+    // naming the fixed ones too would rewrite all seven indexes on every status change.
     tx.prepare_cached(
         "INSERT INTO executions (execution_id, command_id, target_kind, target_id, status,
                                  started_at, completed_at, time_to_live, seq, data)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (execution_id) DO UPDATE SET
-             command_id = excluded.command_id, target_kind = excluded.target_kind,
-             target_id = excluded.target_id, status = excluded.status,
-             started_at = excluded.started_at, completed_at = excluded.completed_at,
-             time_to_live = excluded.time_to_live, seq = excluded.seq, data = excluded.data
+             status = excluded.status, completed_at = excluded.completed_at,
+             seq = excluded.seq, data = excluded.data
          WHERE excluded.seq > executions.seq",
     )?
     .execute(params![
@@ -845,13 +846,13 @@ impl ReadModel for SqliteStore {
         self.write(move |_, tx, _| {
             for w in &batch.commands {
                 match w {
-                    CommandWrite::Upsert(c) => upsert_command(&tx, c)?,
-                    CommandWrite::Delete(id) => delete_command(&tx, id)?,
+                    CommandWrite::Upsert(c) => upsert_command(tx, c)?,
+                    CommandWrite::Delete(id) => delete_command(tx, id)?,
                 }
             }
             for w in &batch.executions {
                 match w {
-                    ExecutionWrite::Upsert(e) => upsert_execution(&tx, e)?,
+                    ExecutionWrite::Upsert(e) => upsert_execution(tx, e)?,
                     ExecutionWrite::Delete(id) => {
                         tx.prepare_cached("DELETE FROM executions WHERE execution_id = ?1")?
                             .execute([id.as_str()])?;

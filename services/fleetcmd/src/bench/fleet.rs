@@ -79,6 +79,8 @@ pub async fn run(args: &BenchArgs, client: &ClientArgs) -> anyhow::Result<Report
         &dir_text,
         "--shards",
         &shards,
+        "--metrics-addr",
+        "127.0.0.1:0",
     ])
     .context("building the in-process server's flags")?
     .serve;

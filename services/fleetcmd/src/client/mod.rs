@@ -44,6 +44,10 @@ pub struct ClientArgs {
         value_name = "URL"
     )]
     pub endpoint: String,
+    /// gRPC endpoint of the dispatcher API (start, cancel) when it is not served at
+    /// `--endpoint` — in a cluster the registry and the dispatcher are separate services.
+    #[arg(long, global = true, env = "FLEETCMD_DISPATCHER_ENDPOINT", value_name = "URL")]
+    pub dispatcher_endpoint: Option<String>,
     /// Bearer token, sent as `authorization: Bearer <token>`.
     #[arg(
         long,
@@ -70,7 +74,10 @@ impl ClientArgs {
     /// A lazily connecting API handle: nothing is dialed until the first call, so a server
     /// that is down shows up as a (retried) UNAVAILABLE rather than a separate error path.
     pub fn api(&self) -> anyhow::Result<Api> {
-        Api::connect_lazy(&self.endpoint, self.token.as_deref())
+        match &self.dispatcher_endpoint {
+            None => Api::connect_lazy(&self.endpoint, self.token.as_deref()),
+            Some(d) => Api::connect_lazy_split(&self.endpoint, d, self.token.as_deref()),
+        }
     }
 }
 
@@ -117,6 +124,16 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
+/// A channel that dials on first use; `endpoint` may omit the scheme.
+fn lazy_channel(flag: &str, endpoint: &str) -> anyhow::Result<Channel> {
+    let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+    Ok(Endpoint::from_shared(uri)
+        .with_context(|| format!("invalid {flag} {endpoint:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
 /// The channel every client uses: one HTTP/2 connection with the bearer token added.
 pub type AuthChannel = InterceptedService<Channel, BearerAuth>;
 
@@ -133,17 +150,20 @@ impl Api {
     /// Builds the clients without dialing; the first call connects. `endpoint` may omit
     /// the scheme (`127.0.0.1:50051` means `http://127.0.0.1:50051`).
     pub fn connect_lazy(endpoint: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .with_context(|| format!("invalid --endpoint {endpoint:?}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = lazy_channel("--endpoint", endpoint)?;
         Ok(Self::from_channel(channel, BearerAuth::new(token)?))
+    }
+
+    /// Like [`connect_lazy`](Self::connect_lazy), with the dispatcher at its own endpoint.
+    pub fn connect_lazy_split(registry: &str, dispatcher: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let auth = BearerAuth::new(token)?;
+        let registry = lazy_channel("--endpoint", registry)?;
+        let dispatcher = lazy_channel("--dispatcher-endpoint", dispatcher)?;
+        Ok(Self {
+            registry: CommandRegistryClient::with_interceptor(registry, auth.clone()),
+            dispatcher: CommandDispatcherClient::with_interceptor(dispatcher, auth),
+            retry: RetryPolicy::default(),
+        })
     }
 
     /// Wraps an existing channel (e.g. one connected in a test).

@@ -21,10 +21,12 @@ pub struct ClusterConfig {
     pub retention_secs: u64,
     /// Wait before a command that is not (long) deprecated is deleted.
     pub deletion_wait_secs: u64,
-    /// Log as JSON lines.
+    /// Log as JSON lines (with `trace_id` and `span_id` while a traced span is active).
     pub log_json: bool,
     pub grpc: GrpcConfig,
     pub health: HealthConfig,
+    pub metrics: MetricsConfig,
+    pub otlp: OtlpConfig,
     pub auth: AuthConfig,
     pub nats: NatsConfig,
     pub kafka: KafkaConfig,
@@ -44,6 +46,21 @@ pub struct GrpcConfig {
 pub struct HealthConfig {
     /// Where the edge and the projector serve gRPC health (they have no API port).
     pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where Prometheus metrics are served (`GET /metrics`); port 0 picks a free one.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// OTLP/gRPC endpoint of a trace collector (e.g. `http://otel-collector:4317`); empty:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else traces are not exported.
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -105,6 +122,8 @@ impl Default for ClusterConfig {
             log_json: false,
             grpc: GrpcConfig::default(),
             health: HealthConfig::default(),
+            metrics: MetricsConfig::default(),
+            otlp: OtlpConfig::default(),
             auth: AuthConfig::default(),
             nats: NatsConfig::default(),
             kafka: KafkaConfig::default(),
@@ -126,6 +145,14 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 50061)),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }
@@ -397,6 +424,18 @@ mod tests {
         );
         assert_eq!(c.mqtt.port, 1884);
         assert_eq!(c.nats.url, NatsConfig::default().url, "untouched default");
+        assert_eq!(c.metrics.addr, SocketAddr::from(([127, 0, 0, 1], 9464)));
+        let c = load(
+            None,
+            &env(&[
+                ("FLEETCMD_METRICS_ADDR", "0.0.0.0:9464"),
+                ("FLEETCMD_OTLP_ENDPOINT", "http://collector:4317"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.metrics.addr, SocketAddr::from(([0, 0, 0, 0], 9464)));
+        assert_eq!(c.otlp.endpoint, "http://collector:4317");
     }
 
     #[test]

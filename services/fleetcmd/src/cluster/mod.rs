@@ -101,14 +101,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml()?);
         return Ok(());
     }
-    fleetcmd_telemetry::init(config.log_json);
+    let telemetry = fleetcmd_telemetry::init(&fleetcmd_telemetry::TelemetryConfig {
+        service_name: format!("fleetcmd-{}", args.service.name()),
+        log_json: config.log_json,
+        otlp_endpoint: Some(config.otlp.endpoint.clone()),
+    })?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         crate::serve::shutdown_signal().await;
         tracing::info!("shutting down");
         shutdown_tx.send_replace(true);
     });
-    start(args.service, config, shutdown).await
+    let served = start(args.service, config, shutdown).await;
+    telemetry.shutdown().await;
+    served
 }
 
 /// Runs `service` with `config` until `shutdown` turns true.
@@ -122,6 +128,17 @@ pub async fn start(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_not_serving::<HealthAll>().await;
     tracing::info!(service = service.name(), "starting");
+    let metrics_listener = fleetcmd_telemetry::metrics::bind(config.metrics.addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {}", config.metrics.addr))?;
+    tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics");
+    let mut stop_metrics = shutdown.clone();
+    tokio::spawn(fleetcmd_telemetry::metrics::serve(
+        metrics_listener,
+        async move {
+            let _ = stop_metrics.wait_for(|s| *s).await;
+        },
+    ));
 
     let nats_name = format!("fleetcmd-{}", service.name());
     let url = config.nats.url.clone();
@@ -154,7 +171,7 @@ pub async fn start(
                     fleetcmd_registry::RegistryService,
                 >>()
                 .await;
-            let router = tonic::transport::Server::builder()
+            let router = grpc_server()
                 .add_service(health_service)
                 .add_service(reflection()?)
                 .add_service(pb::command_registry_server::CommandRegistryServer::new(
@@ -212,7 +229,7 @@ pub async fn start(
                     fleetcmd_dispatcher::grpc::DispatcherService,
                 >>()
                 .await;
-            let router = tonic::transport::Server::builder()
+            let router = grpc_server()
                 .add_service(health_service)
                 .add_service(reflection()?)
                 .add_service(pb::command_dispatcher_server::CommandDispatcherServer::new(
@@ -254,7 +271,7 @@ pub async fn start(
                     }
                 }
             });
-            let router = tonic::transport::Server::builder().add_service(health_service);
+            let router = grpc_server().add_service(health_service);
             serve_grpc(router, config.health.addr, shutdown).await
         }
         Service::Projector => {
@@ -289,7 +306,7 @@ pub async fn start(
                 .await
                 .context("joining the projector group")?;
             health_reporter.set_serving::<HealthAll>().await;
-            let router = tonic::transport::Server::builder().add_service(health_service);
+            let router = grpc_server().add_service(health_service);
             let served = serve_grpc(router, config.health.addr, shutdown).await;
             pool.stop_all();
             purger.abort();
@@ -336,8 +353,13 @@ fn reflection() -> anyhow::Result<
         .context("building gRPC reflection")
 }
 
+/// A gRPC server whose calls are counted, timed and traced.
+fn grpc_server() -> tonic::transport::Server<fleetcmd_telemetry::grpc::Stack> {
+    tonic::transport::Server::builder().layer(fleetcmd_telemetry::grpc::GrpcLayer)
+}
+
 async fn serve_grpc(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<fleetcmd_telemetry::grpc::Stack>,
     addr: std::net::SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {

@@ -12,6 +12,9 @@ use tokio::task::JoinHandle;
 
 type Spawn = dyn Fn(u32, watch::Receiver<bool>) -> BoxFuture<'static, ()> + Send + Sync;
 
+/// Per shard: its stop signal and its task.
+type Tasks = HashMap<u32, (watch::Sender<bool>, JoinHandle<()>)>;
+
 /// How long a revoke waits for a shard's task to stop before giving up on it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -19,7 +22,7 @@ pub struct ShardTasks {
     runtime: tokio::runtime::Handle,
     spawn: Box<Spawn>,
     /// Per shard: its stop signal and its task.
-    tasks: Mutex<HashMap<u32, (watch::Sender<bool>, JoinHandle<()>)>>,
+    tasks: Mutex<Tasks>,
     /// The process-wide shutdown; new tasks are not started once it is set.
     shutdown: watch::Receiver<bool>,
 }
@@ -51,9 +54,7 @@ impl ShardTasks {
         v
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u32, (watch::Sender<bool>, JoinHandle<()>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tasks> {
         self.tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

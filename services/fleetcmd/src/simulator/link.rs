@@ -11,6 +11,8 @@ use super::{DeviceOptions, MqttVersion};
 
 /// The largest packet accepted either way: commands are at most 32 KB, with headroom.
 const MAX_PACKET_BYTES: usize = 256 * 1024;
+/// Unacknowledged QoS 1 publishes of one device (MQTT 5; 3.1.1 clients default to 100).
+const MAX_INFLIGHT: u16 = 64;
 /// Requests (publishes, subscribes) buffered between the device logic and the event loop.
 const REQUEST_CHANNEL_CAPACITY: usize = 128;
 
@@ -81,6 +83,9 @@ pub fn open(opts: &DeviceOptions) -> (Publisher, Link) {
                 .set_keep_alive(opts.keep_alive)
                 .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
                 .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY)
+                // rumqttc's v5 default (65535) pre-allocates ~16 MiB of packet slots per
+                // client; a device has a few updates in flight at most.
+                .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
                 .set_network_options(network_options());
             let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, REQUEST_CHANNEL_CAPACITY);
             (Publisher::V5(client), Link::V5(Box::new(eventloop)))

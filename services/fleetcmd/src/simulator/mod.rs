@@ -236,7 +236,17 @@ impl Emitter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reply {
     Accepted,
-    Rejected,
+    /// `retryable`: the error code says the same update may succeed later (reference §3.2).
+    Rejected { retryable: bool },
+}
+
+/// How often one update is sent again after retryable rejections (InternalError while a
+/// shard moves, DataConflict), with exponential backoff: together ~15 s, longer than a
+/// shard hand-over.
+const UPDATE_RETRIES: u32 = 10;
+
+fn update_retry_backoff(retry: u32) -> Duration {
+    Duration::from_millis((100u64 << retry.min(5)).min(2_000))
 }
 
 /// What responders share.
@@ -401,10 +411,11 @@ where
                         }
                         Some(Inbound::Rejected { execution_id }) => {
                             summary.rejected += 1;
-                            if let Some(p) = pending.get(&execution_id) {
-                                let _ = p.replies.try_send(Reply::Rejected);
-                            }
                             let (error, message) = protocol::parse_rejected(&message.payload);
+                            if let Some(p) = pending.get(&execution_id) {
+                                let retryable = protocol::is_retryable_error(error.as_deref());
+                                let _ = p.replies.try_send(Reply::Rejected { retryable });
+                            }
                             emitter
                                 .emit(DeviceEventKind::Rejected { execution_id, error, message })
                                 .await;
@@ -446,8 +457,9 @@ where
     Ok(summary)
 }
 
-/// One execution: wait, publish each update, and wait for its reply before the next.
-/// Returns the execution id (for the loop's bookkeeping).
+/// One execution: wait, publish each update, and wait for its reply before the next. An
+/// update rejected with a retryable error is sent again after a backoff, as the reference
+/// asks of devices. Returns the execution id (for the loop's bookkeeping).
 async fn respond(
     ctx: Arc<Responders>,
     execution_id: String,
@@ -458,27 +470,35 @@ async fn respond(
     }
     let topic = protocol::response_topic(&ctx.root, &ctx.target, &execution_id);
     for update in ctx.behavior.updates() {
-        if let Err(e) = ctx.publisher.publish(topic.clone(), update.body()).await {
-            tracing::debug!(error = %e, execution_id, "update not queued");
-            break;
-        }
-        ctx.emitter
-            .emit(DeviceEventKind::Responded {
-                execution_id: execution_id.clone(),
-                status: update.status(),
-            })
-            .await;
-        match tokio::time::timeout(ctx.reply_timeout, replies.recv()).await {
-            Ok(Some(Reply::Accepted)) => {}
-            // Rejected: the next update would be refused too (or is not ours to send).
-            Ok(Some(Reply::Rejected) | None) => break,
-            Err(_) => {
-                ctx.emitter
-                    .emit(DeviceEventKind::ReplyTimedOut {
-                        execution_id: execution_id.clone(),
-                    })
-                    .await;
-                break;
+        let mut retry = 0;
+        loop {
+            if let Err(e) = ctx.publisher.publish(topic.clone(), update.body()).await {
+                tracing::debug!(error = %e, execution_id, "update not queued");
+                return execution_id;
+            }
+            ctx.emitter
+                .emit(DeviceEventKind::Responded {
+                    execution_id: execution_id.clone(),
+                    status: update.status(),
+                })
+                .await;
+            match tokio::time::timeout(ctx.reply_timeout, replies.recv()).await {
+                Ok(Some(Reply::Accepted)) => break,
+                Ok(Some(Reply::Rejected { retryable: true })) if retry < UPDATE_RETRIES => {
+                    tokio::time::sleep(update_retry_backoff(retry)).await;
+                    retry += 1;
+                }
+                // Rejected for good: the next update would be refused too (or is not ours
+                // to send).
+                Ok(Some(Reply::Rejected { .. }) | None) => return execution_id,
+                Err(_) => {
+                    ctx.emitter
+                        .emit(DeviceEventKind::ReplyTimedOut {
+                            execution_id: execution_id.clone(),
+                        })
+                        .await;
+                    return execution_id;
+                }
             }
         }
     }
@@ -616,6 +636,13 @@ mod tests {
         assert!(ids.insert("c"));
         assert!(ids.insert("a"), "a was evicted");
         assert!(!ids.insert("c"));
+    }
+
+    #[test]
+    fn update_retry_backoff_grows_and_is_capped() {
+        assert_eq!(update_retry_backoff(0), Duration::from_millis(100));
+        assert_eq!(update_retry_backoff(3), Duration::from_millis(800));
+        assert_eq!(update_retry_backoff(9), Duration::from_secs(2));
     }
 
     #[test]

@@ -153,6 +153,12 @@ pub fn parse_rejected(body: &[u8]) -> (Option<String>, Option<String>) {
     (field("error"), field("errorMessage"))
 }
 
+/// Whether a `/rejected` error code invites the device to send the same update again
+/// (reference §3.2: InternalError and DataConflict are retryable; so is throttling).
+pub fn is_retryable_error(code: Option<&str>) -> bool {
+    matches!(code, Some("InternalError" | "DataConflict" | "RequestThrottled"))
+}
+
 /// The reason code of a cancel notice, if it has one.
 pub fn parse_cancel_reason(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Json>(body)
@@ -304,5 +310,9 @@ mod tests {
             Some("$CANCELED".into())
         );
         assert_eq!(parse_cancel_reason(br#"{"executionId":"e"}"#), None);
+        assert!(is_retryable_error(Some("InternalError")));
+        assert!(is_retryable_error(Some("DataConflict")));
+        assert!(!is_retryable_error(Some("TerminalStateReached")));
+        assert!(!is_retryable_error(None));
     }
 }
