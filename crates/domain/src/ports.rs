@@ -62,9 +62,13 @@ pub struct LogRecord {
 /// Contract:
 /// - The partition count is fixed for the life of the log.
 /// - Offsets in a partition start at 0 and are contiguous.
-/// - `append` is atomic and ordered: when it returns `Ok(first)`, all records are durable,
-///   readable, and hold offsets `first..first + n` in the order given. On `Err` none of them
-///   may be assumed written (callers that retry must be idempotent, and events carry ids).
+/// - `append` is ordered: when it returns `Ok(first)`, all records are durable, readable, and
+///   hold offsets `first..first + n` in the order given. On `Err` none of them may be assumed
+///   written — and, on engines without transactions (Kafka here), a prefix of them may have
+///   been: a writer that gets an error rebuilds its state from the log before going on, and
+///   events carry ids and sequence numbers so every consumer stays idempotent.
+/// - The log is never trimmed while it is the source of truth (Kafka topics are created with
+///   retention off).
 /// - Reads never return a record that was not acknowledged by `append`, and return records
 ///   in offset order.
 #[async_trait::async_trait]
@@ -210,7 +214,9 @@ pub struct ProjectionBatch {
 ///
 /// Contract:
 /// - `commit` applies every write of the batch and records the partition's position, such
-///   that after a crash the projector resumes at a position whose writes are all applied.
+///   that after a crash the projector resumes at a position whose writes are all applied
+///   (atomically in SQLite; in ScyllaDB writes go first and the position last, and write
+///   timestamps derived from `seq` make a replay change nothing).
 ///   Writes are idempotent: an execution upsert whose `seq` is not above the stored one
 ///   changes nothing, so replayed or overlapping batches cannot move a record backwards.
 /// - Reads see every committed batch (read-your-writes within one store).
@@ -232,7 +238,8 @@ pub trait ReadModel: Send + Sync + 'static {
 
     async fn list_executions(&self, query: &ExecutionQuery) -> PortResult<Page<Execution>>;
 
-    /// Removes execution records whose `time_to_live` is before `now`; returns how many.
+    /// Removes execution records whose `time_to_live` is before `now`; returns how many. A
+    /// store that expires records by itself (ScyllaDB TTLs) may return 0.
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64>;
 }
 

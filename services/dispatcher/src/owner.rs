@@ -336,7 +336,15 @@ impl Owner {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    if *shutdown.borrow() { return Ok(()); }
+                    if *shutdown.borrow() {
+                        // The shard is moving (or the process stops): answer what is queued
+                        // with a fast, retryable UNAVAILABLE instead of letting it time out.
+                        while let Some(Some(m)) = sub.next().now_or_never() {
+                            let why = format!("shard {} is moving to another owner", self.shard);
+                            self.reply(m.reply, &ShardReply::Unavailable(why)).await;
+                        }
+                        return Ok(());
+                    }
                 }
                 msg = sub.next() => {
                     let Some(first) = msg else {

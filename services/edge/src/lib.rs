@@ -57,6 +57,9 @@ pub struct EdgeConfig {
     /// hash modulo `instances` equals `instance` (1/0: handles all).
     pub instances: u32,
     pub instance: u32,
+    /// How long a device update keeps being retried while its shard has no owner (a shard
+    /// moving after a dispatcher died): the device is waiting for its reply meanwhile.
+    pub update_retry_budget: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -71,6 +74,7 @@ impl Default for EdgeConfig {
             arn_account: "000000000000".into(),
             instances: 1,
             instance: 0,
+            update_retry_budget: Duration::from_secs(30),
         }
     }
 }
@@ -119,6 +123,8 @@ pub async fn run(
     let config = Arc::new(config);
 
     // Update lanes.
+    let mut update_shards = deps.shards.clone();
+    update_shards.retry_budget = config.update_retry_budget;
     let mut lanes = Vec::with_capacity(config.lanes.max(1));
     for _ in 0..config.lanes.max(1) {
         let (tx, rx) = mpsc::channel::<Publish>(1024);
@@ -127,7 +133,7 @@ pub async fn run(
             rx,
             client.clone(),
             config.clone(),
-            deps.shards.clone(),
+            update_shards.clone(),
         ));
     }
 

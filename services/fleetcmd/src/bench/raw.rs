@@ -5,7 +5,10 @@
 //! `--raw-clients` requester connections (the stand-in for fleetcmd's edge) publish
 //! requests on `$aws/commands/things/<device>/executions/<id>/request/json` (QoS 1, with
 //! the content type and message expiry fleetcmd sets) and subscribe to the devices'
-//! `.../response/json`, keeping `--concurrency` requests in flight in total.
+//! `.../response/json`, keeping `--concurrency` requests in flight in total. With several
+//! requesters, each owns a share of the devices (device `i` belongs to requester
+//! `i mod clients`) and subscribes to those devices' responses only, so no response is
+//! delivered twice.
 //! - start→delivered: request published → it reaches the device;
 //! - start→terminal: request published → the device's response reaches the requester.
 
@@ -27,6 +30,8 @@ use super::stats::{Report, per_sec};
 use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag};
 
 const RESPONSE_FILTER: &str = "$aws/commands/things/+/executions/+/response/json";
+/// Filters per SUBSCRIBE when a requester subscribes device by device.
+const FILTERS_PER_SUBSCRIBE: usize = 100;
 
 /// The execution id of a response topic (`$aws/commands/things/<d>/executions/<id>/...`).
 pub fn response_id(topic: &str) -> Option<&str> {
@@ -113,6 +118,10 @@ async fn drive(
         }
         let r = Requester {
             client_id: format!("raw-{tag}-requester-{k}"),
+            devices: (0..args.devices)
+                .filter(|i| i % args.raw_clients == k)
+                .collect(),
+            clients: args.raw_clients,
             host: host.to_string(),
             port,
             in_flight,
@@ -203,6 +212,9 @@ async fn drive(
 /// One requester connection keeping `in_flight` requests outstanding.
 struct Requester {
     client_id: String,
+    /// The devices this requester sends to (all of them when it is the only one).
+    devices: Vec<usize>,
+    clients: usize,
     host: String,
     port: u16,
     in_flight: usize,
@@ -221,6 +233,8 @@ impl Requester {
         let (client, mut eventloop) = AsyncClient::new(options, self.in_flight * 2 + 16);
         let body = Bytes::from_static(br#"{"bench":true}"#);
         let mut started = false;
+        let mut suback_pending = 0usize;
+        let mut sent = 0usize;
         loop {
             let event = match eventloop.poll().await {
                 Ok(e) => e,
@@ -238,16 +252,40 @@ impl Requester {
             };
             match event {
                 Event::Incoming(Packet::ConnAck(_)) => {
-                    if let Err(e) =
-                        client.try_subscribe_many([Filter::new(RESPONSE_FILTER, QoS::AtLeastOnce)])
-                    {
-                        tracing::debug!(error = %e, "raw requester could not subscribe");
+                    let filters: Vec<Filter> = if self.clients == 1 {
+                        vec![Filter::new(RESPONSE_FILTER, QoS::AtLeastOnce)]
+                    } else {
+                        self.devices
+                            .iter()
+                            .map(|d| {
+                                let thing = self.spec.thing(*d);
+                                let topic = format!(
+                                    "$aws/commands/things/{thing}/executions/+/response/json"
+                                );
+                                Filter::new(topic, QoS::AtLeastOnce)
+                            })
+                            .collect()
+                    };
+                    suback_pending = 0;
+                    for chunk in filters.chunks(FILTERS_PER_SUBSCRIBE) {
+                        suback_pending += 1;
+                        let (c, chunk) = (client.clone(), chunk.to_vec());
+                        // From a task: the loop must keep polling for the requests to go out.
+                        tokio::spawn(async move {
+                            if let Err(e) = c.subscribe_many(chunk).await {
+                                tracing::debug!(error = %e, "raw requester could not subscribe");
+                            }
+                        });
                     }
                 }
                 Event::Incoming(Packet::SubAck(_)) if !started => {
+                    suback_pending = suback_pending.saturating_sub(1);
+                    if suback_pending > 0 {
+                        continue;
+                    }
                     started = true;
                     for _ in 0..self.in_flight {
-                        self.send_next(&client, &body).await;
+                        self.send_next(&client, &body, &mut sent).await;
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
@@ -263,14 +301,18 @@ impl Requester {
                             status: "SUCCEEDED",
                         })
                         .await;
-                    self.send_next(&client, &body).await;
+                    self.send_next(&client, &body, &mut sent).await;
                 }
                 _ => {}
             }
         }
     }
 
-    async fn send_next(&self, client: &AsyncClient, body: &Bytes) {
+    async fn send_next(&self, client: &AsyncClient, body: &Bytes, sent: &mut usize) {
+        // A requester without devices (more requesters than devices) sends nothing.
+        let Some(device) = self.devices.get(*sent % self.devices.len().max(1)) else {
+            return;
+        };
         if self.stop.load(Ordering::Relaxed) {
             return;
         }
@@ -279,9 +321,10 @@ impl Requester {
             return;
         }
         let id = format!("r{i}");
+        *sent += 1;
         let topic = format!(
             "$aws/commands/things/{}/executions/{id}/request/json",
-            self.spec.thing(i as usize)
+            self.spec.thing(*device)
         );
         let props = PublishProperties {
             content_type: Some("application/json".into()),

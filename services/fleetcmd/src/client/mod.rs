@@ -46,7 +46,12 @@ pub struct ClientArgs {
     pub endpoint: String,
     /// gRPC endpoint of the dispatcher API (start, cancel) when it is not served at
     /// `--endpoint` — in a cluster the registry and the dispatcher are separate services.
-    #[arg(long, global = true, env = "FLEETCMD_DISPATCHER_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCMD_DISPATCHER_ENDPOINT",
+        value_name = "URL"
+    )]
     pub dispatcher_endpoint: Option<String>,
     /// Bearer token, sent as `authorization: Bearer <token>`.
     #[arg(
@@ -126,7 +131,11 @@ impl tonic::service::Interceptor for BearerAuth {
 
 /// A channel that dials on first use; `endpoint` may omit the scheme.
 fn lazy_channel(flag: &str, endpoint: &str) -> anyhow::Result<Channel> {
-    let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+    let uri = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
     Ok(Endpoint::from_shared(uri)
         .with_context(|| format!("invalid {flag} {endpoint:?}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -155,7 +164,11 @@ impl Api {
     }
 
     /// Like [`connect_lazy`](Self::connect_lazy), with the dispatcher at its own endpoint.
-    pub fn connect_lazy_split(registry: &str, dispatcher: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    pub fn connect_lazy_split(
+        registry: &str,
+        dispatcher: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let auth = BearerAuth::new(token)?;
         let registry = lazy_channel("--endpoint", registry)?;
         let dispatcher = lazy_channel("--dispatcher-endpoint", dispatcher)?;

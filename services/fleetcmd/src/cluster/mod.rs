@@ -165,7 +165,12 @@ pub async fn start(
                     arns: Default::default(),
                     shutdown: shutdown.clone(),
                 });
-            health_reporter.set_serving::<HealthAll>().await;
+            spawn_readiness(
+                health_reporter.clone(),
+                bus_impl.clone(),
+                None,
+                shutdown.clone(),
+            );
             health_reporter
                 .set_serving::<pb::command_registry_server::CommandRegistryServer<
                     fleetcmd_registry::RegistryService,
@@ -223,7 +228,12 @@ pub async fn start(
                     auth: auth(&config)?,
                 },
             );
-            health_reporter.set_serving::<HealthAll>().await;
+            spawn_readiness(
+                health_reporter.clone(),
+                bus_impl.clone(),
+                None,
+                shutdown.clone(),
+            );
             health_reporter
                 .set_serving::<pb::command_dispatcher_server::CommandDispatcherServer<
                     fleetcmd_dispatcher::grpc::DispatcherService,
@@ -254,23 +264,14 @@ pub async fn start(
                 shards: ShardClient::new(bus.clone(), config.shards),
                 clock,
             };
-            let mut link = fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
-            // Readiness follows the MQTT link.
-            let reporter = health_reporter.clone();
-            tokio::spawn(async move {
-                loop {
-                    let connected =
-                        *link.borrow_and_update() == fleetcmd_edge::LinkState::Connected;
-                    if connected {
-                        reporter.set_serving::<HealthAll>().await;
-                    } else {
-                        reporter.set_not_serving::<HealthAll>().await;
-                    }
-                    if link.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
+            let link = fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
+            // Readiness follows the NATS connection and the MQTT link.
+            spawn_readiness(
+                health_reporter.clone(),
+                bus_impl.clone(),
+                Some(link),
+                shutdown.clone(),
+            );
             let router = grpc_server().add_service(health_service);
             serve_grpc(router, config.health.addr, shutdown).await
         }
@@ -305,7 +306,12 @@ pub async fn start(
                 )
                 .await
                 .context("joining the projector group")?;
-            health_reporter.set_serving::<HealthAll>().await;
+            spawn_readiness(
+                health_reporter.clone(),
+                bus_impl.clone(),
+                None,
+                shutdown.clone(),
+            );
             let router = grpc_server().add_service(health_service);
             let served = serve_grpc(router, config.health.addr, shutdown).await;
             pool.stop_all();
@@ -313,6 +319,39 @@ pub async fn start(
             served
         }
     }
+}
+
+/// Keeps the overall health entry in step with the engines: SERVING while the NATS
+/// connection (and, for the edge, the MQTT link) is up, NOT_SERVING otherwise.
+fn spawn_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    bus: Arc<NatsBus>,
+    link: Option<watch::Receiver<fleetcmd_edge::LinkState>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let ready = bus.connection_state()
+                == fleetcmd_adapters::nats::ConnectionState::Connected
+                && link
+                    .as_ref()
+                    .is_none_or(|l| *l.borrow() == fleetcmd_edge::LinkState::Connected);
+            if last != Some(ready) {
+                if ready {
+                    reporter.set_serving::<HealthAll>().await;
+                } else {
+                    tracing::warn!("an engine is unreachable: reporting NOT_SERVING");
+                    reporter.set_not_serving::<HealthAll>().await;
+                }
+                last = Some(ready);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    });
 }
 
 /// The overall health entry (service name "").

@@ -237,7 +237,9 @@ impl Emitter {
 enum Reply {
     Accepted,
     /// `retryable`: the error code says the same update may succeed later (reference §3.2).
-    Rejected { retryable: bool },
+    Rejected {
+        retryable: bool,
+    },
 }
 
 /// How often one update is sent again after retryable rejections (InternalError while a

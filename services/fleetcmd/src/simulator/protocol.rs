@@ -156,7 +156,10 @@ pub fn parse_rejected(body: &[u8]) -> (Option<String>, Option<String>) {
 /// Whether a `/rejected` error code invites the device to send the same update again
 /// (reference §3.2: InternalError and DataConflict are retryable; so is throttling).
 pub fn is_retryable_error(code: Option<&str>) -> bool {
-    matches!(code, Some("InternalError" | "DataConflict" | "RequestThrottled"))
+    matches!(
+        code,
+        Some("InternalError" | "DataConflict" | "RequestThrottled")
+    )
 }
 
 /// The reason code of a cancel notice, if it has one.
