@@ -16,15 +16,21 @@
 #
 # Every command is idempotent. The broker is anonymous and local: for a production
 # configuration with device ACLs see deploy/mosquitto-cluster.conf and deploy/mosquitto-acl.conf.
+# The pidfile, start, stop, status and dispatch machinery is in lib.sh.
 set -euo pipefail
 
-HOST=127.0.0.1
+ENGINE=mosquitto
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 PORT=${FLEETCMD_MOSQUITTO_PORT:-1884}
 START_TIMEOUT_SECS=${FLEETCMD_MOSQUITTO_START_TIMEOUT_SECS:-20}
+# SIGTERM: mosquitto saves its persistence file and exits.
 STOP_TIMEOUT_SECS=20
+PROCESS_MATCH=mosquitto
+NOT_INSTALLED="not installed"
+STATE_WORDING=verbose
 
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-run_dir="${FLEETCMD_ENGINES_DIR:-$repo_root/.engines}/mosquitto"
 conf_file="$run_dir/mosquitto.conf"
 data_dir="$run_dir/data"
 pid_file="$run_dir/mosquitto.pid"
@@ -66,22 +72,9 @@ cmd_install() {
     }
 }
 
-# The pid in the pidfile, when that process is alive and is a mosquitto.
-running_pid() {
-    [[ -f "$pid_file" ]] || return 1
-    local pid
-    pid=$(<"$pid_file")
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    grep -q mosquitto "/proc/$pid/cmdline" 2>/dev/null || return 1
-    echo "$pid"
-}
-
-port_answers() {
-    (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null
-}
-
-write_config() {
+# Writes the config (rewritten on every start) and sets the command line.
+prepare_start() {
+    mkdir -p "$data_dir"
     cat >"$conf_file" <<EOF
 # Written by deploy/engines/mosquitto.sh; rewritten on every start.
 listener $PORT $HOST
@@ -102,101 +95,7 @@ log_type warning
 log_type notice
 log_type information
 EOF
+    server_cmd=("$(mosquitto_bin)" -c "$conf_file")
 }
 
-cmd_start() {
-    local pid
-    if pid=$(running_pid); then
-        local running_port
-        running_port=$(cat "$port_file" 2>/dev/null || echo "$PORT")
-        if [[ "$running_port" != "$PORT" ]]; then
-            echo "mosquitto: already running from $run_dir on port $running_port, not $PORT; stop it first" >&2
-            exit 1
-        fi
-        echo "mosquitto: $HOST:$PORT (already running, pid $pid)"
-        return 0
-    fi
-    installed || {
-        echo "mosquitto: not installed; run '$0 install'" >&2
-        exit 1
-    }
-    if port_answers; then
-        echo "mosquitto: $HOST:$PORT is already taken by a process not started by this script" >&2
-        exit 1
-    fi
-    mkdir -p "$run_dir" "$data_dir"
-    write_config
-    : >"$log_file"
-    # setsid: the broker outlives this shell and is not killed with its process group.
-    setsid "$(mosquitto_bin)" -c "$conf_file" >>"$log_file" 2>&1 </dev/null &
-    pid=$!
-    echo "$pid" >"$pid_file"
-    echo "$PORT" >"$port_file"
-    local deadline=$((SECONDS + START_TIMEOUT_SECS))
-    until port_answers; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "mosquitto: exited during start; log tail ($log_file):" >&2
-            tail -n 40 "$log_file" >&2
-            rm -f "$pid_file"
-            exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "mosquitto: did not answer on $HOST:$PORT within ${START_TIMEOUT_SECS}s; log tail ($log_file):" >&2
-            tail -n 40 "$log_file" >&2
-            kill "$pid" 2>/dev/null || true
-            rm -f "$pid_file"
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "mosquitto: $HOST:$PORT"
-}
-
-cmd_stop() {
-    local pid
-    if ! pid=$(running_pid); then
-        rm -f "$pid_file"
-        echo "mosquitto: stopped (was not running)"
-        return 0
-    fi
-    # SIGTERM: mosquitto saves its persistence file and exits.
-    kill "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT_SECS))
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "mosquitto: pid $pid still running after ${STOP_TIMEOUT_SECS}s; killing it" >&2
-            kill -9 "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.1
-    done
-    rm -f "$pid_file" "$port_file"
-    echo "mosquitto: stopped"
-}
-
-cmd_status() {
-    local pid
-    if pid=$(running_pid); then
-        # The port it was started with (FLEETCMD_MOSQUITTO_PORT may differ now).
-        if [[ -f "$port_file" ]]; then
-            PORT=$(<"$port_file")
-        fi
-        if port_answers; then
-            echo "mosquitto: running at $HOST:$PORT (pid $pid)"
-            return 0
-        fi
-    fi
-    echo "mosquitto: stopped"
-    return 1
-}
-
-case "${1:-}" in
-    install) cmd_install ;;
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    *)
-        echo "usage: $0 install|start|stop|status" >&2
-        exit 2
-        ;;
-esac
+engine_main "$@"

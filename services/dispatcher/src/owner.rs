@@ -54,7 +54,7 @@ impl Default for OwnerConfig {
             command_settings: CommandSettings::default(),
             topic_root: TopicRoot::default(),
             max_batch: 512,
-            terminal_cache: 20_000,
+            terminal_cache: 2_048,
         }
     }
 }

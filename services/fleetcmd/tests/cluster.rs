@@ -22,7 +22,7 @@
 //! for e in nats mosquitto kafka cql; do deploy/engines/$e.sh install && deploy/engines/$e.sh start; done
 //! FLEETCMD_NATS_URL=nats://127.0.0.1:4222 FLEETCMD_KAFKA_BROKERS=127.0.0.1:9092 \
 //! FLEETCMD_CQL_URI=127.0.0.1:9042 FLEETCMD_MQTT_BROKER=127.0.0.1:1884 \
-//!   cargo test -p fleetcmd --features cluster --test cluster -- --test-threads=1
+//!   cargo test -p fleetcmd --features cluster --test cluster
 //! ```
 //!
 //! Without them every test prints a skip line and passes, unless `CI` is set, where a missing
@@ -30,9 +30,10 @@
 //! `deploy/engines/*.sh` scripts (and restart them even when they fail), so they need the
 //! engines those scripts manage. Each run is isolated: its own Kafka topic and group prefix,
 //! keyspace, MQTT topic root and device ids. Process logs go to a temp dir; on failure the
-//! tail of each is printed and the dir is kept. Run them with `--test-threads=1`: the outage
-//! tests stop shared engines, and libtest runs the tests in name order, so `s5` (which loses
-//! tansu's topics) comes last.
+//! tail of each is printed and the dir is kept. They run one at a time (a shared lock, so
+//! `cargo test --workspace` can run them in parallel with nothing else): the outage tests stop
+//! shared engines. `s5` loses tansu's topics (it keeps them in memory); every other scenario
+//! creates its own topic, so the order does not matter.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -1469,8 +1470,13 @@ const S1_DEVICES: usize = 200;
 const S1_PER_DEVICE: usize = 10;
 const S1_CONCURRENCY: usize = 64;
 
+/// The scenarios share the engines and stop some of them: they run one at a time even when
+/// the test harness runs tests in parallel (as `cargo test --workspace` does).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_failover_2000_executions_with_a_dispatcher_killed() {
+    let _serial = SERIAL.lock().await;
     let test = "s1_failover";
     let Some(engines) = engines(test) else { return };
     let t0 = Instant::now();
@@ -1790,6 +1796,7 @@ async fn s1_failover_2000_executions_with_a_dispatcher_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_projector_restart_catches_up() {
+    let _serial = SERIAL.lock().await;
     let test = "s2_projector_restart";
     let Some(engines) = engines(test) else { return };
     let t0 = Instant::now();
@@ -1910,6 +1917,7 @@ async fn s2_projector_restart_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_mqtt_broker_restart_edges_recover() {
+    let _serial = SERIAL.lock().await;
     let test = "s3_mqtt_broker_restart";
     let Some(engines) = engines(test) else { return };
     let broker = format!("{}:{}", engines.mqtt_host, engines.mqtt_port);
@@ -2090,6 +2098,7 @@ async fn outage_cluster(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_nats_outage_gives_unavailable_then_recovers() {
+    let _serial = SERIAL.lock().await;
     let test = "s4_nats_outage";
     let Some(engines) = engines(test) else { return };
     if !managed_by_script(test, "nats", host_port(&engines.nats_url)) {
@@ -2225,6 +2234,7 @@ async fn s4_nats_outage_gives_unavailable_then_recovers() {
 /// Runs last (tansu keeps its topics in memory: a restart loses them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5_kafka_outage_gives_unavailable() {
+    let _serial = SERIAL.lock().await;
     let test = "s5_kafka_outage";
     let Some(engines) = engines(test) else { return };
     if !managed_by_script(test, "kafka", host_port(&engines.kafka_brokers)) {
