@@ -10,6 +10,11 @@ use fleetcmd::client::{self, ClientArgs, command::CommandCmd, exec::ExecCmd};
 use fleetcmd::serve::ServeArgs;
 use fleetcmd::simulator::{self, DeviceCmd};
 
+/// mimalloc: the hot paths allocate many small, short-lived buffers across threads (MQTT
+/// packets, bus messages, JSON); glibc malloc showed up at ~10 % of CPU in the profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Send commands to IoT devices over MQTT and track every execution.
 #[derive(Debug, Parser)]
 #[command(name = "fleetcmd", version, propagate_version = true)]
