@@ -40,7 +40,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --all-features --locked
+# A hung test must fail the run, not eat the whole CI window.
+timeout 3000 cargo test --workspace --all-features --locked
 
 echo "== deploy files"
 deploy/validate.sh

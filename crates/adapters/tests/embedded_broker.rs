@@ -427,16 +427,22 @@ async fn an_offline_device_with_a_persistent_session_gets_its_requests_on_reconn
     })
     .await;
     assert!(session_present, "the broker kept the session");
-    for i in 0..n {
-        let p = wait_for("a queued request", &mut rx, |p| match p {
-            rumqttc::Packet::Publish(p) => Some(p),
-            _ => None,
-        })
-        .await;
-        assert_eq!(
-            p.payload,
-            format!("{i}").into_bytes(),
-            "queued requests arrive in order, none dropped"
-        );
-    }
+    // One overall deadline too, so a slow trickle fails instead of hanging the suite.
+    let all = async {
+        for i in 0..n {
+            let p = wait_for("a queued request", &mut rx, |p| match p {
+                rumqttc::Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .await;
+            assert_eq!(
+                p.payload,
+                format!("{i}").into_bytes(),
+                "queued requests arrive in order, none dropped"
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("all queued requests arrive within 60 s");
 }

@@ -161,6 +161,9 @@ async fn build_server(addr: SocketAddr) -> Result<(MqttServer, SocketAddr), Erro
         .max_mqueue_len(MAX_SESSION_QUEUE)
         .max_packet_size(MAX_PACKET_BYTES)
         .max_inflight(NonZeroU16::new(MAX_INFLIGHT).unwrap_or(NonZeroU16::MIN))
+        // A QoS 1 message not acknowledged within this is sent again (DUP). rmqtt's default is
+        // 20 s; on a session that just resumed, an in-flight message otherwise waits that long.
+        .message_retry_interval(std::time::Duration::from_secs(3))
         .bind()
         .map_err(|e| Error::Broker(format!("binding {addr}: {e}")))?
         .tcp()
