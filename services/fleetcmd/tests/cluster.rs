@@ -239,9 +239,20 @@ fn unique_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
 }
 
+/// A free port for a child process to listen on. Picked below the kernel's ephemeral range
+/// (32768–60999 by default), so the outgoing connections of the many clients in these tests
+/// (Kafka, NATS, MQTT) cannot take it between the check here and the child's bind.
 fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr")
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 500) as u16 * 20;
+    for _ in 0..10_000 {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 12_000;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + (start - 20_000 + offset) % 12_000));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 // ---- processes -------------------------------------------------------------------------------
