@@ -147,6 +147,9 @@ struct ShardState {
     /// The `traceparent` each traced execution started under: later inputs (device updates,
     /// timeouts, cancels) join that trace, so one execution is one trace.
     traces: HashMap<ExecutionId, String>,
+    /// The payloads of executions still CREATED: a new owner delivers them again after a
+    /// rebuild, since the previous owner may have died between its append and its delivery.
+    undelivered: HashMap<ExecutionId, Payload>,
 }
 
 impl ShardState {
@@ -181,6 +184,10 @@ impl ShardState {
                     if let Some(trace) = &env.trace {
                         self.traces.insert(e.execution_id.clone(), trace.clone());
                     }
+                    if let Event::ExecutionStarted { payload, .. } = &env.event {
+                        self.undelivered
+                            .insert(e.execution_id.clone(), payload.clone());
+                    }
                     self.executions.insert(e.execution_id.clone(), e);
                     self.last_offsets.insert(execution_id.clone(), offset);
                     return;
@@ -189,6 +196,8 @@ impl ShardState {
                     return;
                 };
                 let was_terminal = e.terminal;
+                // Any status change means the device got it, or it no longer matters.
+                self.undelivered.remove(execution_id);
                 if execution::apply(e, &env.event, env.at, env.seq) {
                     self.last_offsets.insert(execution_id.clone(), offset);
                     if e.terminal && !was_terminal {
@@ -314,6 +323,7 @@ impl Owner {
 
     async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), PortError> {
         self.rebuild().await?;
+        self.redeliver().await;
         let mut sub = self
             .deps
             .bus
@@ -572,6 +582,45 @@ impl Owner {
     }
 
     /// Deliveries and cancel notices go to the edge once the events are durable.
+    /// Delivers again every execution that is still CREATED and not expired: the previous
+    /// owner may have appended it and died before handing it to the edge. Devices see each
+    /// request at least once (as with any QoS 1 delivery) and recognise repeats by id.
+    async fn redeliver(&self) {
+        let now = self.deps.clock.now_ms();
+        let mut count = 0usize;
+        for (id, payload) in &self.state.undelivered {
+            let Some(e) = self.state.executions.get(id) else {
+                continue;
+            };
+            if e.status != fleetcmd_domain::model::ExecutionStatus::Created || e.deadline() <= now {
+                continue;
+            }
+            let d = self.delivery(e, payload);
+            match serde_json::to_vec(&d) {
+                Ok(bytes) => {
+                    if let Err(err) = self
+                        .deps
+                        .bus
+                        .publish(BusMessage::new(DELIVER_SUBJECT, bytes))
+                        .await
+                    {
+                        tracing::warn!(topic = %d.topic, error = %err, "could not hand a redelivery to the edge");
+                    } else {
+                        count += 1;
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "encoding a redelivery"),
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                shard = self.shard,
+                count,
+                "redelivered executions still CREATED after a rebuild"
+            );
+        }
+    }
+
     async fn after_append(&self, events: &[EventEnvelope], _now: TimestampMs) {
         for env in events {
             if let Some(status) = env.event.new_status() {
