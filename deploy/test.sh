@@ -41,13 +41,7 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== cargo test"
 # A hung test must fail the run, not eat the whole CI window.
-timeout 3000 cargo test --workspace --all-features --locked -- --skip s1_failover
-# The failover scenario (a dispatcher SIGKILLed mid-run) is known to be flaky (about one run in
-# four: a handful of the 2,000 executions end off their expected status; an open problem).
-# It runs on its own and gets one more attempt; a second failure fails the suite.
-echo "== failover scenario"
-failover() { timeout 600 cargo test --all-features --locked -p fleetcmd --test cluster s1_failover; }
-failover || { echo "== failover scenario failed; one more attempt"; failover; }
+timeout 3000 cargo test --workspace --all-features --locked
 
 echo "== deploy files"
 deploy/validate.sh

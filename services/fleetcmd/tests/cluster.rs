@@ -1700,9 +1700,10 @@ async fn s1_failover_2000_executions_with_a_dispatcher_killed() {
     );
 
     // What the devices saw: each execution delivered to its own device, answered once.
-    let (requests, duplicates, update_retries, resent_after_unknown) = {
+    let (requests, duplicates, update_retries, resent_after_unknown, expired_undelivered) = {
         let seen = fleet.seen();
         let mut problems = Vec::new();
+        let mut expired_undelivered = 0;
         let mut requests = 0;
         let mut duplicates = 0;
         let mut update_retries = 0;
@@ -1710,10 +1711,18 @@ async fn s1_failover_2000_executions_with_a_dispatcher_killed() {
         for s in &started {
             let spec = &fleet.devices[s.job.device];
             let Some(e) = seen.execs.get(&s.execution_id) else {
-                problems.push(format!(
-                    "{}: never delivered to {}",
-                    s.execution_id, spec.target.id
-                ));
+                // A silent device's execution has a 3 s timeout: one appended by the killed
+                // owner but not yet handed to the edge expires before its shard has a new
+                // owner (which takes longer), and an expired request is not delivered (its
+                // message expiry would drop it anyway). Its TIMED_OUT was checked above.
+                if spec.behavior == Behavior::Silent {
+                    expired_undelivered += 1;
+                } else {
+                    problems.push(format!(
+                        "{}: never delivered to {}",
+                        s.execution_id, spec.target.id
+                    ));
+                }
                 continue;
             };
             requests += e.requests;
@@ -1783,14 +1792,21 @@ async fn s1_failover_2000_executions_with_a_dispatcher_killed() {
             problems.len(),
             problems[..problems.len().min(10)].join("\n")
         );
-        (requests, duplicates, update_retries, resent_after_unknown)
+        (
+            requests,
+            duplicates,
+            update_retries,
+            resent_after_unknown,
+            expired_undelivered,
+        )
     };
     cluster.assert_alive("dispatcher-1");
     cluster.assert_alive("projector");
     let summary = fleet.stop().await;
     println!(
         "[s1] setup {:.1} s; {total} executions acknowledged in {:.1} s, all settled after {:.1} s; \
-         {} log events; {} watch events; devices: {requests} requests ({duplicates} duplicates), \
+         {} log events; {} watch events; devices: {requests} requests ({duplicates} duplicates, \
+         {expired_undelivered} silent executions expired before delivery), \
          {} updates accepted, {update_retries} resent after a retryable rejection ({resent_after_unknown} of them \
          had landed already); total {:.1} s",
         setup.as_secs_f64(),
