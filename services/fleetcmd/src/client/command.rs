@@ -10,7 +10,7 @@ use fleetcmd_contracts::pb;
 use tonic::Status;
 
 use super::render::{self, KeyValues};
-use super::{Api, Output, SortArg, params, retry_unavailable};
+use super::{Api, Output, SortArg, collect_pages, params};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CommandCmd {
@@ -257,10 +257,8 @@ pub async fn create(
     api: &Api,
     request: pb::CreateCommandRequest,
 ) -> Result<pb::CreateCommandResponse, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.create_command(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.create_command(request).await
     })
     .await
 }
@@ -269,10 +267,8 @@ pub async fn get(api: &Api, command_id: &str) -> Result<pb::Command, Status> {
     let request = pb::GetCommandRequest {
         command_id: command_id.to_string(),
     };
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.get_command(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.get_command(request).await
     })
     .await
 }
@@ -282,10 +278,8 @@ pub async fn list(
     api: &Api,
     request: pb::ListCommandsRequest,
 ) -> Result<pb::ListCommandsResponse, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.list_commands(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.list_commands(request).await
     })
     .await
 }
@@ -295,30 +289,24 @@ pub async fn list_all(
     api: &Api,
     mut request: pb::ListCommandsRequest,
 ) -> anyhow::Result<pb::ListCommandsResponse> {
-    let mut all = pb::ListCommandsResponse::default();
-    loop {
-        let page = list(api, request.clone()).await?;
-        all.commands.extend(page.commands);
-        if page.next_token.is_empty() {
-            return Ok(all);
-        }
-        anyhow::ensure!(
-            page.next_token != request.next_token,
-            "the server returned the same next_token twice ({:?}); stopping",
-            page.next_token
-        );
-        request.next_token = page.next_token;
-    }
+    let commands = collect_pages(request.next_token.clone(), |next_token| {
+        request.next_token = next_token;
+        let page = list(api, request.clone());
+        async move { page.await.map(|page| (page.commands, page.next_token)) }
+    })
+    .await?;
+    Ok(pb::ListCommandsResponse {
+        commands,
+        next_token: String::new(),
+    })
 }
 
 pub async fn update(
     api: &Api,
     request: pb::UpdateCommandRequest,
 ) -> Result<pb::UpdateCommandResponse, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.update_command(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.update_command(request).await
     })
     .await
 }
@@ -327,10 +315,8 @@ pub async fn delete(api: &Api, command_id: &str) -> Result<pb::DeleteCommandResp
     let request = pb::DeleteCommandRequest {
         command_id: command_id.to_string(),
     };
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.delete_command(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.delete_command(request).await
     })
     .await
 }

@@ -8,9 +8,7 @@ use tonic::Status;
 
 use super::command::print_json;
 use super::render;
-use super::{
-    Api, Output, RequiredTarget, SortArg, TargetFilter, params, retry_unavailable, timefmt,
-};
+use super::{Api, Output, RequiredTarget, SortArg, TargetFilter, collect_pages, params, timefmt};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ExecCmd {
@@ -240,11 +238,11 @@ pub async fn start(
     api: &Api,
     request: pb::StartCommandExecutionRequest,
 ) -> Result<pb::StartCommandExecutionResponse, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.dispatcher();
-        let request = request.clone();
-        async move { Ok(client.start_command_execution(request).await?.into_inner()) }
-    })
+    api.call(
+        api.dispatcher(),
+        request,
+        |mut client, request| async move { client.start_command_execution(request).await },
+    )
     .await
 }
 
@@ -252,10 +250,8 @@ pub async fn get(
     api: &Api,
     request: pb::GetCommandExecutionRequest,
 ) -> Result<pb::CommandExecution, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.get_command_execution(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.get_command_execution(request).await
     })
     .await
 }
@@ -265,10 +261,8 @@ pub async fn list(
     api: &Api,
     request: pb::ListCommandExecutionsRequest,
 ) -> Result<pb::ListCommandExecutionsResponse, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.list_command_executions(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.list_command_executions(request).await
     })
     .await
 }
@@ -278,31 +272,30 @@ pub async fn list_all(
     api: &Api,
     mut request: pb::ListCommandExecutionsRequest,
 ) -> anyhow::Result<pb::ListCommandExecutionsResponse> {
-    let mut all = pb::ListCommandExecutionsResponse::default();
-    loop {
-        let page = list(api, request.clone()).await?;
-        all.command_executions.extend(page.command_executions);
-        if page.next_token.is_empty() {
-            return Ok(all);
+    let command_executions = collect_pages(request.next_token.clone(), |next_token| {
+        request.next_token = next_token;
+        let page = list(api, request.clone());
+        async move {
+            page.await
+                .map(|page| (page.command_executions, page.next_token))
         }
-        anyhow::ensure!(
-            page.next_token != request.next_token,
-            "the server returned the same next_token twice ({:?}); stopping",
-            page.next_token
-        );
-        request.next_token = page.next_token;
-    }
+    })
+    .await?;
+    Ok(pb::ListCommandExecutionsResponse {
+        command_executions,
+        next_token: String::new(),
+    })
 }
 
 pub async fn cancel(
     api: &Api,
     request: pb::CancelCommandExecutionRequest,
 ) -> Result<pb::CancelCommandExecutionResponse, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.dispatcher();
-        let request = request.clone();
-        async move { Ok(client.cancel_command_execution(request).await?.into_inner()) }
-    })
+    api.call(
+        api.dispatcher(),
+        request,
+        |mut client, request| async move { client.cancel_command_execution(request).await },
+    )
     .await
 }
 
@@ -310,10 +303,8 @@ pub async fn delete(
     api: &Api,
     request: pb::DeleteCommandExecutionRequest,
 ) -> Result<pb::DeleteCommandExecutionResponse, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.delete_command_execution(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.delete_command_execution(request).await
     })
     .await
 }
@@ -324,10 +315,8 @@ pub async fn watch(
     api: &Api,
     request: pb::WatchCommandExecutionsRequest,
 ) -> Result<tonic::Streaming<pb::CommandExecutionEvent>, Status> {
-    retry_unavailable(api.retry_policy(), || {
-        let mut client = api.registry();
-        let request = request.clone();
-        async move { Ok(client.watch_command_executions(request).await?.into_inner()) }
+    api.call(api.registry(), request, |mut client, request| async move {
+        client.watch_command_executions(request).await
     })
     .await
 }

@@ -46,6 +46,7 @@ pub struct ClientArgs {
     pub endpoint: String,
     /// gRPC endpoint of the dispatcher API (start, cancel) when it is not served at
     /// `--endpoint` — in a cluster the registry and the dispatcher are separate services.
+    /// `bench` takes a comma-separated list and spreads its gRPC channels over it.
     #[arg(
         long,
         global = true,
@@ -206,6 +207,28 @@ impl Api {
     pub fn dispatcher(&self) -> CommandDispatcherClient<AuthChannel> {
         self.dispatcher.clone()
     }
+
+    /// One RPC under this handle's retry policy (see [`retry_unavailable`]): every attempt
+    /// hands `rpc` a fresh clone of `client` (cheap, the connection is shared) and of
+    /// `request`, and the answer's message is returned without its metadata.
+    pub async fn call<C, Req, Resp, F, Fut>(
+        &self,
+        client: C,
+        request: Req,
+        mut rpc: F,
+    ) -> Result<Resp, Status>
+    where
+        C: Clone,
+        Req: Clone,
+        F: FnMut(C, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        retry_unavailable(&self.retry, || {
+            let response = rpc(client.clone(), request.clone());
+            async move { Ok(response.await?.into_inner()) }
+        })
+        .await
+    }
 }
 
 /// Capped exponential backoff for UNAVAILABLE.
@@ -283,6 +306,35 @@ where
             }
             other => return other,
         }
+    }
+}
+
+/// Follows `next_token` from `first_token` to the end and concatenates the pages:
+/// `fetch_page` gets a page token and returns that page's items and the next token (empty on
+/// the last page). A server that hands back the token it was just given is an error rather
+/// than an endless loop.
+pub async fn collect_pages<T, F, Fut>(
+    first_token: String,
+    mut fetch_page: F,
+) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut items = Vec::new();
+    let mut token = first_token;
+    loop {
+        let (page, next_token) = fetch_page(token.clone()).await?;
+        items.extend(page);
+        if next_token.is_empty() {
+            return Ok(items);
+        }
+        anyhow::ensure!(
+            next_token != token,
+            "the server returned the same next_token twice ({:?}); stopping",
+            next_token
+        );
+        token = next_token;
     }
 }
 
@@ -415,6 +467,7 @@ pub fn parse_status(text: &str) -> Result<pb::ExecutionStatus, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
@@ -503,6 +556,45 @@ mod tests {
         })
         .await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn pages_are_followed_to_the_end_and_a_repeated_token_stops() {
+        let pages = HashMap::from([
+            (String::new(), (vec![1, 2], "p2")),
+            ("p2".to_string(), (vec![3], "p3")),
+            ("p3".to_string(), (vec![], "")),
+        ]);
+        let requested = std::sync::Mutex::new(Vec::new());
+        let fetch = |token: String| {
+            requested.lock().unwrap().push(token.clone());
+            let (items, next) = pages[&token].clone();
+            async move { Ok((items, next.to_string())) }
+        };
+        assert_eq!(
+            collect_pages(String::new(), fetch).await.unwrap(),
+            [1, 2, 3]
+        );
+        assert_eq!(*requested.lock().unwrap(), ["", "p2", "p3"]);
+        let from_p2 = collect_pages("p2".to_string(), fetch).await.unwrap();
+        assert_eq!(from_p2, [3], "a --next-token to start from is honoured");
+
+        let err = collect_pages(
+            "same".to_string(),
+            |token| async move { Ok((vec![0], token)) },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server returned the same next_token twice (\"same\"); stopping"
+        );
+        let err = collect_pages(String::new(), |_| async {
+            Err::<(Vec<u8>, String), _>(Status::not_found("gone"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.downcast_ref::<Status>().unwrap().code(), Code::NotFound);
     }
 
     #[test]
