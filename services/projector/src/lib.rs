@@ -4,7 +4,7 @@
 //! consistent point and a replay changes nothing), and only after the commit publishes
 //! `fleetcmd.events.<command>` notifications and its progress on `fleetcmd.projected`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,14 +229,17 @@ pub async fn fold(
         })?;
         envelopes.push(env);
     }
-    // Load the stored state of every execution the batch touches but does not create.
+    // Executions in order of first appearance; those whose first event is not their start
+    // have stored state to load.
+    let mut order_e: Vec<ExecutionId> = Vec::new();
     let mut needed: Vec<ExecutionId> = Vec::new();
-    let mut created: std::collections::HashSet<&ExecutionId> = std::collections::HashSet::new();
+    let mut known: HashSet<&ExecutionId> = HashSet::with_capacity(envelopes.len());
     for env in &envelopes {
-        if let Aggregate::Execution { execution_id, .. } = &env.aggregate {
-            if matches!(env.event, Event::ExecutionStarted { .. }) {
-                created.insert(execution_id);
-            } else if !created.contains(execution_id) && !needed.contains(execution_id) {
+        if let Aggregate::Execution { execution_id, .. } = &env.aggregate
+            && known.insert(execution_id)
+        {
+            order_e.push(execution_id.clone());
+            if !matches!(env.event, Event::ExecutionStarted { .. }) {
                 needed.push(execution_id.clone());
             }
         }
@@ -246,7 +249,6 @@ pub async fn fold(
         executions.insert(e.execution_id.clone(), Some(e));
     }
     let mut commands: HashMap<CommandId, Option<Command>> = HashMap::new();
-    let mut order_e: Vec<ExecutionId> = Vec::new();
     let mut order_c: Vec<CommandId> = Vec::new();
     let mut changed = Vec::new();
     let mut traces: Vec<Option<String>> = Vec::new();
@@ -261,9 +263,6 @@ pub async fn fold(
         match &env.aggregate {
             Aggregate::Execution { execution_id, .. } => {
                 let slot = executions.entry(execution_id.clone()).or_insert(None);
-                if !order_e.contains(execution_id) {
-                    order_e.push(execution_id.clone());
-                }
                 match (&env.event, slot.as_mut()) {
                     (Event::ExecutionStarted { execution, .. }, None) => {
                         let mut e = (**execution).clone();
