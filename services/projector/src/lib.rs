@@ -4,7 +4,7 @@
 //! consistent point and a replay changes nothing), and only after the commit publishes
 //! `fleetcmd.events.<command>` notifications and its progress on `fleetcmd.projected`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ pub struct ProjectorConfig {
     pub workers: usize,
     /// How often expired execution records are purged.
     pub purge_interval: Duration,
+    /// Non-terminal executions each worker keeps after projecting them, so their next
+    /// event folds without reading the read model back (0: always read back).
+    pub live_cache: usize,
 }
 
 impl Default for ProjectorConfig {
@@ -42,6 +45,7 @@ impl Default for ProjectorConfig {
             batch_max: 2048,
             workers: 2,
             purge_interval: Duration::from_secs(60),
+            live_cache: 65_536,
         }
     }
 }
@@ -138,6 +142,8 @@ async fn project(
         positions.push((*p, deps.read_model.position(*p).await?));
     }
     let _lag = LagSeries(partitions);
+    // Rebuilt empty on every (re)start: it only ever holds this run's own folds.
+    let mut live = LiveCache::new(config.live_cache);
     let mut next_lag_sample = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
@@ -159,7 +165,8 @@ async fn project(
             }
             progressed = true;
             let next = records.last().map_or(*position, |r| r.offset + 1);
-            let changes = fold(deps.read_model.as_ref(), *partition, next, &records).await?;
+            let changes = fold(deps.read_model.as_ref(), &live, *partition, next, &records).await?;
+            live.remember(&changes.batch.executions);
             deps.read_model.commit(changes.batch).await?;
             *position = next;
             announce(
@@ -215,9 +222,83 @@ pub struct Folded {
     pub spans: Vec<Span>,
 }
 
-/// Folds log records into read-model writes, starting from the stored records.
+/// The non-terminal executions a projector worker wrote last, as its own fold of the log
+/// left them. The next event of such an execution (a device update, a timeout) then folds
+/// from here instead of from a read-model read. Terminal executions are not kept (nothing
+/// but a deletion follows them); beyond `capacity` the oldest entries go, and a miss simply
+/// reads the read model as before. Overlapping projectors stay harmless: the read model's
+/// writes are ordered by `seq`, so an older state never overwrites a newer one.
+pub struct LiveCache {
+    capacity: usize,
+    executions: HashMap<ExecutionId, Execution>,
+    /// Insertion order, for eviction; may hold ids already removed (skipped when popped).
+    order: VecDeque<ExecutionId>,
+}
+
+impl LiveCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            executions: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &ExecutionId) -> Option<&Execution> {
+        self.executions.get(id)
+    }
+
+    /// Records a batch's writes. Called before the commit: should the commit fail, the
+    /// worker restarts with an empty cache.
+    pub fn remember(&mut self, writes: &[ExecutionWrite]) {
+        if self.capacity == 0 {
+            return;
+        }
+        for w in writes {
+            match w {
+                ExecutionWrite::Upsert(e) if !e.terminal => {
+                    if self
+                        .executions
+                        .insert(e.execution_id.clone(), e.clone())
+                        .is_none()
+                    {
+                        self.order.push_back(e.execution_id.clone());
+                    }
+                }
+                ExecutionWrite::Upsert(e) => {
+                    self.executions.remove(&e.execution_id);
+                }
+                ExecutionWrite::Delete(id) => {
+                    self.executions.remove(id);
+                }
+            }
+        }
+        if self.order.len() > 2 * self.capacity {
+            let executions = &self.executions;
+            self.order.retain(|id| executions.contains_key(id));
+        }
+        while self.executions.len() > self.capacity {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            self.executions.remove(&id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.executions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.executions.is_empty()
+    }
+}
+
+/// Folds log records into read-model writes, starting from the states in `live` or else
+/// the stored records.
 pub async fn fold(
     read_model: &dyn ReadModel,
+    live: &LiveCache,
     partition: u32,
     next_offset: u64,
     records: &[LogRecord],
@@ -245,8 +326,17 @@ pub async fn fold(
         }
     }
     let mut executions: HashMap<ExecutionId, Option<Execution>> = HashMap::new();
-    for e in read_model.get_executions(&needed).await? {
-        executions.insert(e.execution_id.clone(), Some(e));
+    needed.retain(|id| match live.get(id) {
+        Some(e) => {
+            executions.insert(id.clone(), Some(e.clone()));
+            false
+        }
+        None => true,
+    });
+    if !needed.is_empty() {
+        for e in read_model.get_executions(&needed).await? {
+            executions.insert(e.execution_id.clone(), Some(e));
+        }
     }
     let mut commands: HashMap<CommandId, Option<Command>> = HashMap::new();
     let mut order_c: Vec<CommandId> = Vec::new();
@@ -392,5 +482,94 @@ async fn announce(
             }
         }
         Err(e) => tracing::error!(error = %e, "encoding projection progress"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetcmd_domain::ids::Target;
+    use fleetcmd_domain::model::ExecutionStatus;
+
+    use super::*;
+
+    fn execution(id: &str, terminal: bool) -> Execution {
+        Execution {
+            execution_id: ExecutionId::parse(id).expect("id"),
+            command_id: CommandId::parse("c").expect("command id"),
+            target: Target::thing("t").expect("target"),
+            status: if terminal {
+                ExecutionStatus::Succeeded
+            } else {
+                ExecutionStatus::InProgress
+            },
+            status_reason: None,
+            result: Default::default(),
+            parameters: Default::default(),
+            timeout_secs: 10,
+            client_token: None,
+            created_at: 1,
+            last_updated_at: 1,
+            started_at: 1,
+            completed_at: None,
+            time_to_live: 100,
+            terminal,
+            seq: 1,
+        }
+    }
+
+    fn id(s: &str) -> ExecutionId {
+        ExecutionId::parse(s).expect("id")
+    }
+
+    #[test]
+    fn live_cache_keeps_open_executions_and_drops_finished_and_deleted_ones() {
+        let mut live = LiveCache::new(8);
+        live.remember(&[
+            ExecutionWrite::Upsert(execution("a", false)),
+            ExecutionWrite::Upsert(execution("b", false)),
+            ExecutionWrite::Upsert(execution("c", true)),
+        ]);
+        assert!(live.get(&id("a")).is_some());
+        assert!(live.get(&id("b")).is_some());
+        assert!(
+            live.get(&id("c")).is_none(),
+            "terminal executions are not kept"
+        );
+        live.remember(&[
+            ExecutionWrite::Upsert(execution("a", true)),
+            ExecutionWrite::Delete(id("b")),
+        ]);
+        assert!(live.is_empty(), "a finished and a deleted execution leave");
+    }
+
+    #[test]
+    fn live_cache_evicts_the_oldest_beyond_its_capacity() {
+        let mut live = LiveCache::new(3);
+        for i in 0..10 {
+            live.remember(&[ExecutionWrite::Upsert(execution(&format!("e{i}"), false))]);
+            assert!(live.len() <= 3);
+        }
+        assert!(live.get(&id("e6")).is_none());
+        for i in 7..10 {
+            assert!(live.get(&id(&format!("e{i}"))).is_some(), "e{i}");
+        }
+        // Many short-lived entries do not grow the order queue without bound.
+        for i in 0..100 {
+            let e = format!("t{i}");
+            live.remember(&[ExecutionWrite::Upsert(execution(&e, false))]);
+            live.remember(&[ExecutionWrite::Upsert(execution(&e, true))]);
+        }
+        assert!(
+            live.order.len() <= 2 * 3 + 1,
+            "order queue: {}",
+            live.order.len()
+        );
+    }
+
+    #[test]
+    fn a_zero_capacity_cache_keeps_nothing() {
+        let mut live = LiveCache::new(0);
+        live.remember(&[ExecutionWrite::Upsert(execution("a", false))]);
+        assert!(live.is_empty());
     }
 }
