@@ -446,3 +446,38 @@ async fn an_offline_device_with_a_persistent_session_gets_its_requests_on_reconn
         .await
         .expect("all queued requests arrive within 60 s");
 }
+
+#[tokio::test]
+async fn subscriptions_tell_whether_a_publish_would_reach_anyone() {
+    let broker = start();
+    let subscriptions = broker.subscriptions();
+    let event = "$aws/events/commandExecution/reboot/SUCCEEDED";
+    let request = "$aws/commands/things/x/executions/e-1/request/json";
+    assert!(!subscriptions.has_subscribers(event).await, "nobody yet");
+
+    let (watcher, mut watcher_rx) = client5("watcher", broker.local_addr());
+    let filter = "$aws/events/commandExecution/+/#";
+    watcher
+        .subscribe(filter, QoS5::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    wait_for("SUBACK", &mut watcher_rx, |p| {
+        matches!(p, Packet5::SubAck(_)).then_some(())
+    })
+    .await;
+    assert!(
+        subscriptions.has_subscribers(event).await,
+        "{filter} matches"
+    );
+    assert!(
+        !subscriptions.has_subscribers(request).await,
+        "{filter} does not match {request}"
+    );
+
+    watcher.unsubscribe(filter).await.expect("unsubscribe");
+    wait_for("UNSUBACK", &mut watcher_rx, |p| {
+        matches!(p, Packet5::UnsubAck(_)).then_some(())
+    })
+    .await;
+    assert!(!subscriptions.has_subscribers(event).await, "unsubscribed");
+}

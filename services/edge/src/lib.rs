@@ -85,6 +85,19 @@ pub struct EdgeDeps {
     pub bus: Arc<dyn Bus>,
     pub shards: ShardClient,
     pub clock: Arc<dyn Clock>,
+    /// Where the broker can say whether a topic has subscribers (the embedded one can):
+    /// status events nobody subscribes to are then not published at all, which changes
+    /// nothing anyone can observe and spares two publishes per execution. `None` (an
+    /// external broker): every status event is published.
+    pub event_subscribers: Option<Arc<dyn SubscriberProbe>>,
+}
+
+/// Tells whether a publish to a topic would reach any subscriber.
+#[async_trait::async_trait]
+pub trait SubscriberProbe: Send + Sync {
+    /// True when some session (online, or persistent and offline) subscribes to a filter
+    /// matching `topic`; true as well when the answer is not known.
+    async fn has_subscribers(&self, topic: &str) -> bool;
 }
 
 /// The MQTT connection's state, for readiness probes.
@@ -148,7 +161,12 @@ pub async fn run(
         deps.clock.clone(),
     ));
     let events = deps.bus.subscribe(EVENTS_ALL, Some("edge-events")).await?;
-    tokio::spawn(forward_events(events, client.clone(), config.clone()));
+    tokio::spawn(forward_events(
+        events,
+        client.clone(),
+        config.clone(),
+        deps.event_subscribers.clone(),
+    ));
 
     tokio::spawn(async move {
         mqtt_loop(eventloop, client.clone(), config, lanes, link_tx, shutdown).await;
@@ -422,6 +440,7 @@ async fn forward_events(
     mut sub: fleetcmd_domain::ports::BoxStream<fleetcmd_domain::ports::BusMessage>,
     client: AsyncClient,
     config: Arc<EdgeConfig>,
+    subscribers: Option<Arc<dyn SubscriberProbe>>,
 ) {
     while let Some(msg) = sub.next().await {
         let c: ExecutionChanged = match serde_json::from_slice(&msg.payload) {
@@ -431,6 +450,12 @@ async fn forward_events(
                 continue;
             }
         };
+        let topic = config.topic_root.event(c.command_id.as_str(), c.status);
+        if let Some(probe) = &subscribers
+            && !probe.has_subscribers(&topic).await
+        {
+            continue;
+        }
         let command_arn = command_arn(&config.arn_region, &config.arn_account, &c.command_id);
         let target_arn = target_arn(&config.arn_region, &config.arn_account, &c.target);
         let body = device::encode_status_event(&StatusEvent {
@@ -442,7 +467,6 @@ async fn forward_events(
             timestamp: c.timestamp,
             result: (!c.result.is_empty()).then_some(&c.result),
         });
-        let topic = config.topic_root.event(c.command_id.as_str(), c.status);
         let span = publish_span("edge.status_event", &msg.headers, &topic);
         let published = match trace_context::traceparent(&span) {
             None => {

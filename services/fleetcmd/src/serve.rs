@@ -228,6 +228,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         bus: bus.clone(),
         shards: shard_client.clone(),
         clock: clock.clone(),
+        event_subscribers: Some(Arc::new(BrokerSubscriptions(broker.subscriptions()))),
     };
     let mut link = fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
     tokio::time::timeout(
@@ -342,4 +343,15 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The embedded broker's subscriptions, as the edge asks for them: status events nobody
+/// subscribes to are not published.
+struct BrokerSubscriptions(fleetcmd_adapters::embedded::broker::Subscriptions);
+
+#[async_trait::async_trait]
+impl fleetcmd_edge::SubscriberProbe for BrokerSubscriptions {
+    async fn has_subscribers(&self, topic: &str) -> bool {
+        self.0.has_subscribers(topic).await
+    }
 }

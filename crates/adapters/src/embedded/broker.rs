@@ -50,12 +50,60 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A running embedded MQTT broker (MQTT 3.1.1 and 5 over TCP). Stops on [`Self::shutdown`]
 /// or drop.
-#[derive(Debug)]
 pub struct EmbeddedBroker {
     local_addr: SocketAddr,
+    subscriptions: Subscriptions,
     /// Dropping or firing it makes the broker thread shut its runtime down.
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A read-only view of the broker's subscriptions, usable from any runtime.
+#[derive(Clone)]
+pub struct Subscriptions {
+    scx: ServerContext,
+    /// The identity a lookup runs under (no session has it, so MQTT 5 "no local" never
+    /// hides a subscriber).
+    asker: Id,
+}
+
+impl Subscriptions {
+    fn new(scx: ServerContext) -> Self {
+        let asker = Id::new(
+            scx.node.id(),
+            0,
+            None,
+            None,
+            ClientId::from("fleetcmd-subscription-probe"),
+            None,
+        );
+        Self { scx, asker }
+    }
+
+    /// Whether any session — online, or persistent and offline — subscribes to a filter
+    /// that matches `topic`: exactly when a publish to `topic` would reach someone. A topic
+    /// the router cannot parse counts as having subscribers (the publish then decides).
+    pub async fn has_subscribers(&self, topic: &str) -> bool {
+        let router = self.scx.extends.router().await;
+        match router
+            .matches(self.asker.clone(), &TopicName::from(topic))
+            .await
+        {
+            Ok(map) => map.values().any(|relations| !relations.is_empty()),
+            Err(e) => {
+                tracing::debug!(topic, error = %e, "subscription lookup failed");
+                true
+            }
+        }
+    }
 }
 
 impl EmbeddedBroker {
@@ -68,6 +116,11 @@ impl EmbeddedBroker {
     /// The address the broker listens on (the real port when started on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The broker's subscriptions, to ask whether a topic has subscribers.
+    pub fn subscriptions(&self) -> Subscriptions {
+        self.subscriptions.clone()
     }
 
     /// Stops the broker and waits (briefly) for its thread to end.
@@ -94,15 +147,16 @@ impl EmbeddedBroker {
             .enable_all()
             .build()
             .map_err(|e| Error::Broker(format!("building the broker runtime: {e}")))?;
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<SocketAddr, Error>>(1);
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::sync_channel::<Result<(SocketAddr, ServerContext), Error>>(1);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("fleetcmd-mqtt-main".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     let server = match build_server(addr).await {
-                        Ok((server, local)) => {
-                            let _ = ready_tx.send(Ok(local));
+                        Ok((server, local, scx)) => {
+                            let _ = ready_tx.send(Ok((local, scx)));
                             server
                         }
                         Err(e) => {
@@ -122,8 +176,8 @@ impl EmbeddedBroker {
                 runtime.shutdown_timeout(SHUTDOWN_GRACE);
             })
             .map_err(|e| Error::Broker(format!("spawning the broker thread: {e}")))?;
-        let local_addr = match ready_rx.recv() {
-            Ok(Ok(a)) => a,
+        let (local_addr, scx) = match ready_rx.recv() {
+            Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -136,6 +190,7 @@ impl EmbeddedBroker {
         tracing::info!(%local_addr, "embedded MQTT broker listening");
         Ok(EmbeddedBroker {
             local_addr,
+            subscriptions: Subscriptions::new(scx),
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -150,7 +205,7 @@ impl Drop for EmbeddedBroker {
 
 /// Builds the server context and binds the listener (inside the broker runtime: binding
 /// registers the socket with that runtime's reactor).
-async fn build_server(addr: SocketAddr) -> Result<(MqttServer, SocketAddr), Error> {
+async fn build_server(addr: SocketAddr) -> Result<(MqttServer, SocketAddr, ServerContext), Error> {
     let scx = ServerContext::new().busy_check_enable(false).build().await;
     *scx.extends.shared_subscription_mut().await = Box::new(RoundRobinShared::default());
     let listener = Builder::new()
@@ -172,8 +227,10 @@ async fn build_server(addr: SocketAddr) -> Result<(MqttServer, SocketAddr), Erro
         .local_addr()
         .map_err(|e| Error::Broker(format!("listener address: {e}")))?;
     // The listener id must be unique within this server; there is one listener.
-    let server = MqttServer::new(scx).listener_by_id(listener, 1).build();
-    Ok((server, local))
+    let server = MqttServer::new(scx.clone())
+        .listener_by_id(listener, 1)
+        .build();
+    Ok((server, local, scx))
 }
 
 /// Shared subscriptions: each message goes to one member of the group, round robin over

@@ -263,6 +263,8 @@ pub async fn start(
                 bus: bus.clone(),
                 shards: ShardClient::new(bus.clone(), config.shards),
                 clock,
+                // An external broker cannot say who subscribes: every event is published.
+                event_subscribers: None,
             };
             let link = fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
             // Readiness follows the NATS connection and the MQTT link.
