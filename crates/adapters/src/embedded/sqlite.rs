@@ -458,7 +458,7 @@ fn write_group(shared: &Shared, conn: &mut Connection, group: &mut Vec<Box<dyn J
         }
     }
     let written: Vec<Box<dyn Job>> = if all_ok {
-        group.drain(..).collect()
+        std::mem::take(group)
     } else {
         if let Err(e) = tx.rollback() {
             let e = PortError::from(Error::from(e));

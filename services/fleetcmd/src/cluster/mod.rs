@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleetcmd_adapters::clock::SystemClock;
-use fleetcmd_adapters::kafka::{KafkaLog, KafkaMembership};
+use fleetcmd_adapters::kafka::{KafkaLog, KafkaLogConfig, KafkaMembership};
 use fleetcmd_adapters::nats::NatsBus;
 use fleetcmd_adapters::scylla::ScyllaReadModel;
 use fleetcmd_contracts::auth::Auth;
@@ -436,7 +436,9 @@ async fn kafka_log(
     let c = config.kafka.clone();
     let shards = config.shards;
     let log = connect("kafka", shutdown, || {
-        KafkaLog::connect(&c.brokers, &c.topic, shards)
+        let mut lc = KafkaLogConfig::new(&c.brokers, &c.topic, shards);
+        lc.fetch_wait_max = Duration::from_millis(c.fetch_wait_ms);
+        KafkaLog::connect_with(lc)
     })
     .await?;
     Ok(log)
