@@ -34,6 +34,7 @@ pub fn test_args(name: &str) -> ServeArgs {
         topic_root: "$aws".into(),
         shards: 4,
         deletion_wait_secs: 43_200,
+        client_token_memory_secs: 900,
         retention_secs: 183 * 24 * 3600,
         log_json: false,
         metrics_addr: "127.0.0.1:0".parse().expect("valid address"),

@@ -1951,6 +1951,66 @@ async fn start_rejects_every_bad_request() -> Result {
     Ok(())
 }
 
+/// Client tokens leave the shard owners' memory (here as soon as their start is projected;
+/// the restart's rebuild drops them): a retry is then answered from the read model — the
+/// same execution — and a different request with the token still conflicts.
+#[tokio::test]
+async fn client_tokens_stay_idempotent_after_they_leave_the_owners_memory() -> Result {
+    let mut args = test_args("token-memory");
+    args.client_token_memory_secs = 0;
+    let server = Server::start_with(args.clone()).await?;
+    let mut reg = server.registry().await?;
+    reg.create_command(template_command(
+        "dim",
+        &format!("{{\"l\": \"{}\"}}", placeholder("level")),
+        vec![level_parameter()],
+        pb::OutputFormat::Json,
+    ))
+    .await?;
+    let req = pb::StartCommandExecutionRequest {
+        client_token: "retry-later".into(),
+        parameters: HashMap::from([("level".into(), pv_i(10))]),
+        ..start_request("dim", thing("t1"))
+    };
+    let first = server
+        .dispatcher()
+        .await?
+        .start_command_execution(req.clone())
+        .await?
+        .into_inner()
+        .execution_id;
+    let data_dir = server.stop().await?;
+
+    let server = Server::start_with(fleetcmd::serve::ServeArgs { data_dir, ..args }).await?;
+    let mut reg = server.registry().await?;
+    let mut disp = server.dispatcher().await?;
+    let again = disp
+        .start_command_execution(req.clone())
+        .await?
+        .into_inner()
+        .execution_id;
+    assert_eq!(first, again, "same token, same request: the same execution");
+    let s = expect_code(
+        disp.start_command_execution(pb::StartCommandExecutionRequest {
+            parameters: HashMap::from([("level".into(), pv_i(11))]),
+            ..req.clone()
+        })
+        .await,
+        Code::AlreadyExists,
+        &["client_token", "retry-later", &first],
+    );
+    assert_eq!(error_reason(&s).as_deref(), Some("CONFLICT"));
+    let by_target = pb::ListCommandExecutionsRequest {
+        target: Some(thing("t1")),
+        ..Default::default()
+    };
+    assert_eq!(
+        execution_ids(&list_all_executions(&mut reg, by_target).await?.0),
+        vec![first]
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_token_makes_start_idempotent() -> Result {
     let server = Server::start("client-token").await?;

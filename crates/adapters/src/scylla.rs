@@ -18,6 +18,7 @@
 //! | `executions_by_time` | `((scope, bucket), started_at DESC, execution_id DESC)` | List with neither (scope is always `all`) |
 //! | `completed_by_target`, `completed_by_command`, `completed_by_time` | the same, on `completed_at` | the completion-time filter and sort |
 //! | `execution_buckets` | `(scope, bucket DESC)` | which buckets of a listing partition hold rows |
+//! | `executions_by_token` | `((target_kind, target_id, client_token), started_at DESC, execution_id DESC)` | FindExecutionByToken (ids only) |
 //! | `commands` | `command_id` | GetCommand |
 //! | `commands_by_created` | `(scope, created_at DESC, command_id DESC)` | ListCommands (scope `all`, and `ns:<namespace>`) |
 //! | `positions` | `log_partition` | the projector's resume offsets |
@@ -34,6 +35,16 @@
 //! newest (or oldest) first, and jumps straight between them with a range query. The
 //! `executions_by_time` partitions take every write of their bucket; at very high start rates
 //! make `BucketWidths::all_ms` smaller.
+//!
+//! **Client tokens.** `executions_by_token` maps a target and a client token to the
+//! executions started with them (only executions that have a token get a row). A token can
+//! be reused once its window has passed, so the partition may hold several executions: the
+//! row key includes `started_at` and `execution_id`, so every execution keeps its own row
+//! (one row per (target, token) would be versioned by `seq`, and an older execution with more
+//! events would hide a newer one). The lookup reads the partition (a handful of rows), takes
+//! the newest by `(started_at, execution_id)`, and loads it from `executions`; a row whose
+//! execution is gone (deleted, expired) is skipped, so `executions` alone decides what exists.
+//! Executions written before this table existed have no row there and are not found.
 //!
 //! **Filters.** A listing reads one partition chain chosen by the query: the target's when a
 //! target is given (a device has far fewer executions than a command), else the command's,
@@ -67,10 +78,12 @@
 //!   every upsert of that execution, earlier or replayed later. That is right because
 //!   execution ids are never reused (fresh UUIDv7s) and a deleted execution gets no further
 //!   events. `ExecutionWrite::Delete` carries only the id, so the adapter reads the stored
-//!   execution to find its listing rows; a lagging projector that re-writes an execution
-//!   after it was deleted re-creates no `executions` row (the tombstone wins), but a listing
-//!   row the adapter could not know about (from a version it never read) may reappear. A
-//!   delete that carried the execution's keys and `seq` would close that gap.
+//!   execution to find its listing rows and client-token row; a lagging projector that
+//!   re-writes an execution after it was deleted re-creates no `executions` row (the
+//!   tombstone wins), but a listing row the adapter could not know about (from a version it
+//!   never read) may reappear. A delete that carried the execution's keys and `seq` would
+//!   close that gap. (A reappearing client-token row is harmless: the lookup checks
+//!   `executions`.)
 //! - An execution's `started_at` never changes and its `completed_at` is set once, so its
 //!   listing rows never move: updates rewrite the same rows, and a completed execution gains
 //!   its `completed_*` rows.
@@ -115,7 +128,7 @@ use fleetcmd_domain::ports::{
     Clock, CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortError, PortResult,
     ProjectionBatch, ReadModel, TimeRange,
 };
-use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, TimestampMs};
+use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -432,6 +445,9 @@ struct Statements<S = PreparedStatement> {
     upsert_bucket: S,
     next_bucket_desc: S,
     next_bucket_asc: S,
+    upsert_token: S,
+    delete_token: S,
+    tokens_of: S,
     get_command: S,
     upsert_command: S,
     delete_command: S,
@@ -531,6 +547,20 @@ fn statement_texts(ks: &str, d: Dialect) -> Statements<String> {
         ),
         next_bucket_desc: format!("{buckets}{}", limit_one(d)),
         next_bucket_asc: format!("{buckets}{}{}", order_by(d, "bucket ASC"), limit_one(d)),
+        upsert_token: format!(
+            "INSERT INTO {ks}.executions_by_token (target_kind, target_id, client_token, \
+             started_at, execution_id) VALUES (?, ?, ?, ?, ?){}",
+            using(d, "TTL ? AND TIMESTAMP ?")
+        ),
+        delete_token: format!(
+            "DELETE FROM {ks}.executions_by_token{} WHERE target_kind = ? AND target_id = ? \
+             AND client_token = ? AND started_at = ? AND execution_id = ?",
+            using(d, "TIMESTAMP ?")
+        ),
+        tokens_of: format!(
+            "SELECT started_at, execution_id FROM {ks}.executions_by_token \
+             WHERE target_kind = ? AND target_id = ? AND client_token = ?"
+        ),
         get_command: format!("SELECT data FROM {ks}.commands WHERE command_id = ?"),
         upsert_command: format!(
             "INSERT INTO {ks}.commands (command_id, data) VALUES (?, ?){}",
@@ -593,6 +623,9 @@ impl Statements {
             upsert_bucket: prepare(session, texts.upsert_bucket).await?,
             next_bucket_desc: prepare(session, texts.next_bucket_desc).await?,
             next_bucket_asc: prepare(session, texts.next_bucket_asc).await?,
+            upsert_token: prepare(session, texts.upsert_token).await?,
+            delete_token: prepare(session, texts.delete_token).await?,
+            tokens_of: prepare(session, texts.tokens_of).await?,
             get_command: prepare(session, texts.get_command).await?,
             upsert_command: prepare(session, texts.upsert_command).await?,
             delete_command: prepare(session, texts.delete_command).await?,
@@ -672,6 +705,13 @@ fn schema_cql(ks: &str, replication: &str) -> Vec<String> {
     ddl.push(format!(
         "CREATE TABLE IF NOT EXISTS {ks}.execution_buckets (scope text, bucket bigint, \
          PRIMARY KEY ((scope), bucket)) WITH CLUSTERING ORDER BY (bucket DESC)"
+    ));
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.executions_by_token (target_kind text, \
+         target_id text, client_token text, started_at bigint, execution_id text, \
+         PRIMARY KEY ((target_kind, target_id, client_token), started_at, execution_id)) \
+         WITH CLUSTERING ORDER BY (started_at DESC, execution_id DESC) \
+         AND default_time_to_live = 0"
     ));
     ddl.push(format!(
         "CREATE TABLE IF NOT EXISTS {ks}.commands (command_id text, data blob, \
@@ -1105,6 +1145,18 @@ impl ScyllaReadModel {
         rows
     }
 
+    /// The primary key of `e`'s `executions_by_token` row, `None` when it has no client token.
+    fn token_row_key(e: &Execution) -> Option<Vec<CqlValue>> {
+        let token = e.client_token.as_ref()?;
+        Some(vec![
+            CqlValue::Text(e.target.kind.resource().to_owned()),
+            CqlValue::Text(e.target.id.clone()),
+            CqlValue::Text(token.clone()),
+            CqlValue::BigInt(e.started_at),
+            CqlValue::Text(e.execution_id.as_str().to_owned()),
+        ])
+    }
+
     /// The writes of one execution upsert (nothing when it has already expired).
     fn upsert_execution<'a>(&'a self, e: &'a Execution) -> PortResult<Vec<WriteFuture<'a>>> {
         let ttl = match (self.dialect, self.ttl_secs(e.time_to_live)) {
@@ -1114,7 +1166,16 @@ impl ScyllaReadModel {
         let seq = to_i64(e.seq, "seq")?;
         let id = e.execution_id.as_str();
         let data = encode_json("execution", id, e)?;
-        let mut out = Vec::with_capacity(14);
+        let mut out = Vec::with_capacity(15);
+        // Its key never changes, but it is rewritten with every upsert, versioned and expiring
+        // like the execution's other rows, so replays and out-of-order batches are harmless.
+        if let Some(key) = Self::token_row_key(e) {
+            out.push(self.exec(
+                "writing an execution's client-token row",
+                &self.st.upsert_token,
+                self.with_ttl(key, ttl, seq),
+            ));
+        }
         out.push(self.exec(
             "writing an execution",
             &self.st.upsert_execution,
@@ -1199,9 +1260,17 @@ impl ScyllaReadModel {
         }))
     }
 
-    /// The writes that delete the listing rows of `e` (a stored version).
+    /// The writes that delete the listing rows and the client-token row of `e` (a stored
+    /// version).
     fn delete_listing_rows<'a>(&'a self, e: &Execution) -> Vec<WriteFuture<'a>> {
-        let mut out = Vec::with_capacity(6);
+        let mut out = Vec::with_capacity(7);
+        if let Some(key) = Self::token_row_key(e) {
+            out.push(self.exec(
+                "deleting an execution's client-token row",
+                &self.st.delete_token,
+                self.ts_first(DELETE_TIMESTAMP, key),
+            ));
+        }
         for (slot, key, bucket, t) in self.index_rows(e) {
             out.push(self.exec(
                 "deleting an execution listing row",
@@ -1465,6 +1534,44 @@ impl ScyllaReadModel {
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await
+    }
+
+    /// The `(started_at, execution_id)` of every `executions_by_token` row of `target` and
+    /// `client_token`, newest first (sorted here: the test server ignores clustering order).
+    async fn token_rows(
+        &self,
+        target: &Target,
+        client_token: &str,
+    ) -> PortResult<Vec<(i64, String)>> {
+        let values = vec![
+            CqlValue::Text(target.kind.resource().to_owned()),
+            CqlValue::Text(target.id.clone()),
+            CqlValue::Text(client_token.to_owned()),
+        ];
+        let mut out = Vec::new();
+        let mut paging = PagingState::start();
+        loop {
+            let (res, more) = self
+                .session
+                .execute_single_page(&self.st.tokens_of, values.clone(), paging)
+                .await
+                .map_err(|e| exec_error("reading client-token rows", e))?;
+            let rows = res
+                .into_rows_result()
+                .map_err(|e| rows_error("client-token rows", e))?;
+            for row in rows
+                .rows::<(i64, String)>()
+                .map_err(|e| rows_error("client-token rows", e))?
+            {
+                out.push(row.map_err(|e| rows_error("client-token rows", e))?);
+            }
+            match more {
+                PagingStateResponse::HasMorePages { state } => paging = state,
+                PagingStateResponse::NoMorePages => break,
+            }
+        }
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(out)
     }
 
     async fn stored_execution(&self, id: &ExecutionId) -> PortResult<Option<Execution>> {
@@ -1804,6 +1911,27 @@ impl ReadModel for ScyllaReadModel {
         })
     }
 
+    async fn find_execution_by_token(
+        &self,
+        target: &Target,
+        client_token: &str,
+    ) -> PortResult<Option<Execution>> {
+        // Newest first; `executions` decides whether an execution still exists (a token row
+        // can outlive its execution: a delete this adapter could not see, a TTL rounding).
+        for (_, id) in self.token_rows(target, client_token).await? {
+            let id = ExecutionId::parse(id.as_str()).map_err(|e| {
+                PortError::Corrupt(format!("client-token row holds execution id {id:?}: {e}"))
+            })?;
+            if let Some(e) = self.stored_execution(&id).await?
+                && e.target == *target
+                && e.client_token.as_deref() == Some(client_token)
+            {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
         if self.dialect == Dialect::Full {
             // Every execution row carries its TTL: ScyllaDB has already removed them.
@@ -1925,6 +2053,7 @@ mod tests {
             time_to_live: 100,
             terminal: false,
             seq,
+            request_fingerprint: 0,
         }
     }
 
@@ -1975,18 +2104,23 @@ mod tests {
     }
 
     /// The values each caller binds (see `upsert_execution`, `delete_listing_rows`,
-    /// `page_values`, `next_bucket`, `upsert_command`, `commit`...), per dialect.
+    /// `page_values`, `next_bucket`, `upsert_command`, `commit`, `token_rows`...), per
+    /// dialect.
     #[test]
     fn bind_markers_match_the_values_each_statement_gets() {
         let markers = |cql: &str| cql.matches('?').count();
         for (d, expected) in [
             (
                 Dialect::Full,
-                [1, 0, 5, 2, 7, 5, 4, 4, 4, 3, 3, 1, 3, 2, 5, 4, 1, 1, 1, 3],
+                [
+                    1, 0, 5, 2, 7, 5, 4, 4, 4, 3, 3, 1, 3, 2, 5, 4, 1, 1, 1, 3, 7, 6, 3,
+                ],
             ),
             (
                 Dialect::Limited,
-                [1, 0, 3, 1, 5, 4, 2, 2, 2, 1, 1, 1, 2, 1, 4, 3, 1, 1, 1, 2],
+                [
+                    1, 0, 3, 1, 5, 4, 2, 2, 2, 1, 1, 1, 2, 1, 4, 3, 1, 1, 1, 2, 5, 5, 3,
+                ],
             ),
         ] {
             let t = statement_texts("ks", d);
@@ -2020,6 +2154,9 @@ mod tests {
                 &t.commands_asc,
                 &t.get_position,
                 &t.upsert_position,
+                &t.upsert_token,
+                &t.delete_token,
+                &t.tokens_of,
             ];
             for (cql, want) in all.iter().zip(expected) {
                 assert_eq!(markers(cql), want, "{d:?}: {cql}");
@@ -2038,6 +2175,7 @@ mod tests {
         for (per, sort) in INDEXES {
             assert!(ddl.contains(&format!("ks.{} (", index_table(per, sort))));
         }
+        assert!(ddl.contains("ks.executions_by_token ("));
         assert_eq!(
             INDEXES
                 .iter()

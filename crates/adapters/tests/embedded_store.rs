@@ -79,6 +79,7 @@ fn exec(id: &str, seq: u64, status: ExecutionStatus) -> Execution {
         time_to_live: i64::MAX,
         terminal: false,
         seq,
+        request_fingerprint: 0,
     }
 }
 

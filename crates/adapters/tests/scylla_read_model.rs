@@ -34,9 +34,11 @@ use fleetcmd_adapters::scylla::{
     BucketWidths, Dialect, Replication, ScyllaConfig, ScyllaReadModel,
 };
 use fleetcmd_domain::ports::{
-    CommandQuery, CommandWrite, ExecutionQuery, ProjectionBatch, ReadModel,
+    CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, ProjectionBatch, ReadModel,
 };
-use fleetcmd_domain::{Command, CommandBody, CommandId, Payload};
+use fleetcmd_domain::{
+    Command, CommandBody, CommandId, Execution, ExecutionId, ExecutionStatus, Payload, Target,
+};
 
 /// The nodes in `var` (comma-separated), `None` when unset or empty.
 fn nodes(var: &str) -> Option<Vec<String>> {
@@ -247,6 +249,83 @@ fn command(id: &str, created_at: i64) -> Command {
     }
 }
 
+/// A client token reused on a target (after its window) keeps one `executions_by_token` row
+/// per execution: the newest start is found even when an older execution has more events
+/// and its batch is replayed later, and deleting the newest finds the older one again.
+async fn reused_client_token_finds_the_newest(store: &ScyllaReadModel) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let target = Target::thing("reused-token-thing").expect("target");
+    let execution = |id: &str, started_at: i64, seq: u64| Execution {
+        execution_id: ExecutionId::parse(id).expect("execution id"),
+        command_id: CommandId::parse("reused-token-cmd").expect("command id"),
+        target: target.clone(),
+        status: ExecutionStatus::InProgress,
+        status_reason: None,
+        result: Default::default(),
+        parameters: Default::default(),
+        timeout_secs: 10,
+        client_token: Some("same-token".into()),
+        created_at: started_at,
+        last_updated_at: started_at,
+        started_at,
+        completed_at: None,
+        time_to_live: now + 24 * 3600 * 1000,
+        terminal: false,
+        seq,
+        request_fingerprint: seq,
+    };
+    let older = execution("reused-older", now - 5_000, 5);
+    let newer = execution("reused-newer", now - 1_000, 1);
+    let mut offset = store.position(0).await.expect("position");
+    let mut commit = |writes: Vec<ExecutionWrite>| {
+        offset += 1;
+        store.commit(ProjectionBatch {
+            partition: 0,
+            next_offset: offset,
+            commands: Vec::new(),
+            executions: writes,
+        })
+    };
+    commit(vec![ExecutionWrite::Upsert(older.clone())])
+        .await
+        .expect("commit");
+    commit(vec![ExecutionWrite::Upsert(newer.clone())])
+        .await
+        .expect("commit");
+    // A replay of the older execution's last batch.
+    commit(vec![ExecutionWrite::Upsert(older.clone())])
+        .await
+        .expect("commit");
+    let find = || store.find_execution_by_token(&target, "same-token");
+    assert_eq!(
+        find().await.expect("find"),
+        Some(newer.clone()),
+        "the newest start"
+    );
+    commit(vec![ExecutionWrite::Delete(newer.execution_id.clone())])
+        .await
+        .expect("commit");
+    assert_eq!(
+        find().await.expect("find"),
+        Some(older.clone()),
+        "the newest stored one once the newer is deleted"
+    );
+    commit(vec![ExecutionWrite::Delete(older.execution_id.clone())])
+        .await
+        .expect("commit");
+    assert_eq!(find().await.expect("find"), None, "none left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_client_token_finds_the_newest_execution() {
+    let Some(nodes) = test_server() else { return };
+    let store = connect(&nodes).await;
+    reused_client_token_finds_the_newest(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_model_conformance_on_real_scylla() {
     let Some(nodes) = nodes("FLEETCMD_SCYLLA_URI") else {
@@ -262,6 +341,7 @@ async fn read_model_conformance_on_real_scylla() {
     );
     conformance::read_model::run_with(store.clone(), REAL_SCYLLA).await;
     conformance::read_model::run_with(store.clone(), REAL_SCYLLA).await;
+    reused_client_token_finds_the_newest(&store).await;
 
     // Positions are written with their offset as write timestamp: a lagging projector's
     // older commit cannot move a partition back.

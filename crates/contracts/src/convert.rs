@@ -1155,6 +1155,7 @@ mod tests {
             time_to_live: 9_000_000,
             terminal: false,
             seq: 2,
+            request_fingerprint: 0,
         }
     }
 

@@ -198,6 +198,7 @@ mod tests {
             time_to_live: 9_999_999,
             terminal: false,
             seq: 1,
+            request_fingerprint: 0,
         }
     }
 

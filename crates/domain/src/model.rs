@@ -261,6 +261,15 @@ pub struct Execution {
     pub terminal: bool,
     /// The sequence number of the last event applied (per execution, from 1).
     pub seq: u64,
+    /// [`crate::start::fingerprint`] of the start request, so a retry with the same client
+    /// token can be told apart from a different request once the shard owner no longer holds
+    /// the token in memory (0: unknown, in records written before it was kept).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub request_fingerprint: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Execution {

@@ -238,6 +238,29 @@ pub trait ReadModel: Send + Sync + 'static {
 
     async fn list_executions(&self, query: &ExecutionQuery) -> PortResult<Page<Execution>>;
 
+    /// The execution started for `target` with `client_token`, if one is stored (the
+    /// newest, should several share it). Shard owners ask it for tokens they no longer hold
+    /// in memory, so a retried start stays idempotent for the whole token window.
+    async fn find_execution_by_token(
+        &self,
+        target: &Target,
+        client_token: &str,
+    ) -> PortResult<Option<Execution>>;
+
+    /// [`find_execution_by_token`](Self::find_execution_by_token) for several keys at once
+    /// (one answer per key, in order): a shard owner looks up a whole batch's tokens in one
+    /// call. The default asks one key after the other.
+    async fn find_executions_by_tokens(
+        &self,
+        keys: &[(Target, String)],
+    ) -> PortResult<Vec<Option<Execution>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for (target, token) in keys {
+            found.push(self.find_execution_by_token(target, token).await?);
+        }
+        Ok(found)
+    }
+
     /// Removes execution records whose `time_to_live` is before `now`; returns how many. A
     /// store that expires records by itself (ScyllaDB TTLs) may return 0.
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64>;

@@ -150,6 +150,7 @@ pub fn plan(
         time_to_live: now + (retention_secs as i64) * 1000,
         terminal: false,
         seq: 1,
+        request_fingerprint: fingerprint(req),
     };
     Ok((execution, payload))
 }

@@ -44,6 +44,11 @@ pub struct OwnerConfig {
     pub max_batch: usize,
     /// Terminal executions kept in memory per shard (older ones are read back on demand).
     pub terminal_cache: usize,
+    /// How long a client token stays in the owner's memory after its start (once projected).
+    /// A retry with an older token is answered from the read model, for the whole token
+    /// window (the execution's timeout + 24 h): memory stays bounded by the start rate times
+    /// this, not times a day.
+    pub token_memory: Duration,
 }
 
 impl Default for OwnerConfig {
@@ -55,6 +60,7 @@ impl Default for OwnerConfig {
             topic_root: TopicRoot::default(),
             max_batch: 512,
             terminal_cache: 2_048,
+            token_memory: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -129,7 +135,10 @@ enum TimerKey {
 struct TokenEntry {
     fingerprint: u64,
     execution_id: ExecutionId,
-    expires_at: TimestampMs,
+    /// Until when the token is kept in memory.
+    memory_until: TimestampMs,
+    /// Offset of the start: the token leaves memory only once the read model has it.
+    offset: u64,
 }
 
 /// A shard's live state, folded from its log partition.
@@ -139,8 +148,11 @@ struct ShardState {
     /// Offset of the last event of each in-memory execution (eviction waits for projection).
     last_offsets: HashMap<ExecutionId, u64>,
     terminal_order: VecDeque<ExecutionId>,
+    /// Client tokens of recent starts (see [`OwnerConfig::token_memory`]).
     tokens: HashMap<(Target, String), TokenEntry>,
     token_order: VecDeque<((Target, String), TimestampMs)>,
+    /// [`OwnerConfig::token_memory`] in ms.
+    token_memory_ms: i64,
     commands: HashMap<String, (Command, u64)>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     next_offset: u64,
@@ -170,16 +182,17 @@ impl ShardState {
                     )));
                     if let Some(token) = &e.client_token {
                         let key = (e.target.clone(), token.clone());
-                        let expires_at = e.deadline() + (CLIENT_TOKEN_WINDOW_SECS as i64) * 1000;
+                        let memory_until = env.at + self.token_memory_ms;
                         self.tokens.insert(
                             key.clone(),
                             TokenEntry {
                                 fingerprint: *request_fingerprint,
                                 execution_id: e.execution_id.clone(),
-                                expires_at,
+                                memory_until,
+                                offset,
                             },
                         );
-                        self.token_order.push_back((key, expires_at));
+                        self.token_order.push_back((key, memory_until));
                     }
                     if let Some(trace) = &env.trace {
                         self.traces.insert(e.execution_id.clone(), trace.clone());
@@ -227,7 +240,8 @@ impl ShardState {
     }
 
     /// Drops terminal executions beyond the cache size whose last event is already projected
-    /// (they can be read back from the read model), and expired client tokens.
+    /// (they can be read back from the read model), and client tokens past their time in
+    /// memory whose start is projected.
     fn evict(&mut self, cache: usize, projected: u64, now: TimestampMs) {
         while self.terminal_order.len() > cache {
             let Some(id) = self.terminal_order.front() else {
@@ -243,20 +257,37 @@ impl ShardState {
                 self.traces.remove(&id);
             }
         }
-        while let Some((_, expires_at)) = self.token_order.front() {
-            if *expires_at > now {
+        // Tokens leave memory in start order once their time is up and the read model has
+        // their start; later retries find them there.
+        while let Some((key, memory_until)) = self.token_order.front() {
+            if *memory_until > now {
                 break;
             }
-            let (key, expires_at) = self.token_order.pop_front().expect("front exists");
-            if self
+            // A newer start with the same token replaced the entry: this one is stale.
+            let current = self
                 .tokens
-                .get(&key)
-                .is_some_and(|t| t.expires_at == expires_at)
-            {
+                .get(key)
+                .filter(|t| t.memory_until == *memory_until);
+            if current.is_some_and(|t| t.offset >= projected) {
+                break;
+            }
+            let (key, _) = self.token_order.pop_front().expect("front exists");
+            if current.is_some() {
                 self.tokens.remove(&key);
             }
         }
     }
+}
+
+/// What one batch looked up in the read model, shared by its inputs.
+#[derive(Default)]
+struct BatchMemo {
+    commands: HashMap<CommandId, Option<Command>>,
+    /// The stored start of each client token the batch's starts carry and the owner no
+    /// longer holds in memory (looked up for the whole batch at once), or why the lookup
+    /// failed.
+    tokens: HashMap<(Target, String), Option<Execution>>,
+    tokens_failed: Option<PortError>,
 }
 
 /// What to do once a decided input's events are durable.
@@ -298,7 +329,11 @@ impl Owner {
 
     /// Rebuilds the shard's state from its log partition.
     async fn rebuild(&mut self) -> Result<(), PortError> {
-        self.state = ShardState::default();
+        self.state = ShardState {
+            token_memory_ms: i64::try_from(self.config.token_memory.as_millis())
+                .unwrap_or(i64::MAX),
+            ..ShardState::default()
+        };
         let mut from = 0;
         loop {
             let records = self.deps.log.read(self.shard, from, 4096).await?;
@@ -404,12 +439,20 @@ impl Owner {
         let now = self.deps.clock.now_ms();
         let mut events: Vec<EventEnvelope> = Vec::new();
         let mut outcomes: Vec<(Option<String>, Outcome)> = Vec::with_capacity(batch.len());
-        let mut command_memo: HashMap<CommandId, Option<Command>> = HashMap::new();
         // Spans of the traced inputs: they end once their events are durable, answered and
         // handed to the edge.
         let mut spans: Vec<Span> = Vec::new();
-        for msg in batch {
-            let outcome = match serde_json::from_slice::<ShardRequest>(&msg.payload) {
+        let parsed: Vec<(BusMessage, Result<ShardRequest, serde_json::Error>)> = batch
+            .into_iter()
+            .map(|msg| {
+                let req = serde_json::from_slice::<ShardRequest>(&msg.payload);
+                (msg, req)
+            })
+            .collect();
+        let mut memo = BatchMemo::default();
+        self.look_up_tokens(&parsed, &mut memo).await;
+        for (msg, parsed) in parsed {
+            let outcome = match parsed {
                 Err(e) => Outcome::Reply(ShardReply::Rejected(Rejection::new(
                     RejectionCode::InvalidRequest,
                     format!("malformed shard request: {e}"),
@@ -425,7 +468,7 @@ impl Owner {
                     let span = self.input_span(&req, &msg.headers);
                     self.trace = trace_context::traceparent(&span);
                     let decided = self
-                        .decide(req, now, &mut command_memo, &mut events)
+                        .decide(req, now, &mut memo, &mut events)
                         .instrument(span.clone())
                         .await;
                     self.trace = None;
@@ -573,6 +616,16 @@ impl Owner {
             let offset = first + i as u64;
             if let Aggregate::Execution { execution_id, .. } = &env.aggregate {
                 self.state.last_offsets.insert(execution_id.clone(), offset);
+            }
+            // Decided before the append, a start's token holds a provisional offset.
+            if let Event::ExecutionStarted { execution, .. } = &env.event
+                && let Some(token) = &execution.client_token
+                && let Some(t) = self
+                    .state
+                    .tokens
+                    .get_mut(&(execution.target.clone(), token.clone()))
+            {
+                t.offset = offset;
             }
         }
         Ok(Some(LogPosition {
@@ -807,11 +860,43 @@ impl Owner {
         }
     }
 
+    /// Looks up, in one read-model call, the client tokens of the batch's starts that are
+    /// not in memory.
+    async fn look_up_tokens(
+        &self,
+        parsed: &[(BusMessage, Result<ShardRequest, serde_json::Error>)],
+        memo: &mut BatchMemo,
+    ) {
+        let mut keys: Vec<(Target, String)> = Vec::new();
+        for (_, req) in parsed {
+            if let Ok(ShardRequest::Start(req)) = req
+                && let Some(token) = &req.client_token
+            {
+                let key = (req.target.clone(), token.clone());
+                if !self.state.tokens.contains_key(&key) && !memo.tokens.contains_key(&key) {
+                    memo.tokens.insert(key.clone(), None);
+                    keys.push(key);
+                }
+            }
+        }
+        if keys.is_empty() {
+            return;
+        }
+        match self.deps.read_model.find_executions_by_tokens(&keys).await {
+            Ok(found) => {
+                for (key, e) in keys.into_iter().zip(found) {
+                    memo.tokens.insert(key, e);
+                }
+            }
+            Err(e) => memo.tokens_failed = Some(e),
+        }
+    }
+
     async fn decide(
         &mut self,
         req: ShardRequest,
         now: TimestampMs,
-        memo: &mut HashMap<CommandId, Option<Command>>,
+        memo: &mut BatchMemo,
         out: &mut Vec<EventEnvelope>,
     ) -> Result<Outcome, DecideError> {
         match req {
@@ -866,7 +951,7 @@ impl Owner {
         &mut self,
         req: StartRequest,
         now: TimestampMs,
-        memo: &mut HashMap<CommandId, Option<Command>>,
+        memo: &mut BatchMemo,
         out: &mut Vec<EventEnvelope>,
     ) -> Result<Outcome, DecideError> {
         start::validate_request(&req).map_err(Rejection::from)?;
@@ -881,20 +966,49 @@ impl Owner {
                     replayed: true,
                 }));
             }
-            return Err(Rejection::new(
-                RejectionCode::Conflict,
-                format!(
-                    "client_token {token:?} was already used for a different request (execution {}); use a new token for a new request",
-                    entry.execution_id
-                ),
-            )
-            .into());
+            return Err(token_conflict(token, &entry.execution_id).into());
         }
-        let command = match memo.get(&req.command_id) {
+        // Not in memory: an older start with this token is in the read model (tokens leave
+        // memory only once projected), and counts for the whole token window.
+        if let Some(token) = &req.client_token {
+            let key = (req.target.clone(), token.clone());
+            if let Some(e) = &memo.tokens_failed
+                && memo.tokens.contains_key(&key)
+            {
+                return Err(DecideError::Port(e.clone()));
+            }
+            let stored = match memo.tokens.get(&key) {
+                Some(found) => found.clone(),
+                // Not looked up with the batch (every start of a batch is): ask now.
+                None => {
+                    let found = self
+                        .deps
+                        .read_model
+                        .find_execution_by_token(&req.target, token)
+                        .await?;
+                    memo.tokens.insert(key, found.clone());
+                    found
+                }
+            };
+            if let Some(e) = stored
+                && e.deadline() + (CLIENT_TOKEN_WINDOW_SECS as i64) * 1000 > now
+            {
+                // 0: a record written before fingerprints were kept; the token decides.
+                if e.request_fingerprint == fingerprint || e.request_fingerprint == 0 {
+                    return Ok(Outcome::Reply(ShardReply::Started {
+                        execution_id: e.execution_id,
+                        position: None,
+                        replayed: true,
+                    }));
+                }
+                return Err(token_conflict(token, &e.execution_id).into());
+            }
+        }
+        let command = match memo.commands.get(&req.command_id) {
             Some(c) => c.clone(),
             None => {
                 let c = self.deps.read_model.get_command(&req.command_id).await?;
-                memo.insert(req.command_id.clone(), c.clone());
+                memo.commands.insert(req.command_id.clone(), c.clone());
                 c
             }
         };
@@ -932,6 +1046,15 @@ impl Owner {
         out.push(env);
         Ok(Outcome::Started { execution_id })
     }
+}
+
+fn token_conflict(token: &str, execution_id: &ExecutionId) -> Rejection {
+    Rejection::new(
+        RejectionCode::Conflict,
+        format!(
+            "client_token {token:?} was already used for a different request (execution {execution_id}); use a new token for a new request"
+        ),
+    )
 }
 
 fn not_found(id: &ExecutionId, target: &Target) -> Rejection {

@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// How long a command that is not deprecated (or was deprecated recently) waits before deletion.
     #[arg(long, env = "FLEETCMD_DELETION_WAIT_SECS", default_value_t = 43_200)]
     pub deletion_wait_secs: u64,
+    /// How long a client token stays in the shard owners' memory after its start; a retry
+    /// with an older token is answered from the read model (tokens count for the
+    /// execution's timeout + 24 h either way).
+    #[arg(long, env = "FLEETCMD_CLIENT_TOKEN_MEMORY_SECS", default_value_t = 900)]
+    pub client_token_memory_secs: u64,
     /// How long execution records are kept.
     #[arg(long, env = "FLEETCMD_RETENTION_SECS", default_value_t = 183 * 24 * 3600)]
     pub retention_secs: u64,
@@ -181,6 +186,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             deletion_wait_secs: args.deletion_wait_secs,
         },
         topic_root: topic_root.clone(),
+        token_memory: Duration::from_secs(args.client_token_memory_secs),
         ..OwnerConfig::default()
     });
     let owner_deps = OwnerDeps {

@@ -514,6 +514,7 @@ mod tests {
             time_to_live: 100,
             terminal,
             seq: 1,
+            request_fingerprint: 0,
         }
     }
 

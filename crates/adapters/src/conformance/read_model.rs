@@ -111,6 +111,7 @@ fn execution(
         time_to_live,
         terminal: completed_at.is_some(),
         seq,
+        request_fingerprint: 7,
     }
 }
 
@@ -177,6 +178,7 @@ pub async fn run_with(store: Arc<dyn ReadModel>, caps: Capabilities) {
     execution_seq_is_idempotent(&*store, &run, base, caps).await;
     list_executions(&*store, &run, base, caps).await;
     list_commands(&*store, &run, base, caps).await;
+    find_by_client_token(&*store, &run, base).await;
     match caps.expiry {
         Expiry::Purge => purge_expired(&*store, &run, base).await,
         Expiry::Ttl => expire_by_ttl(&*store, &run, base).await,
@@ -507,6 +509,97 @@ async fn all_execution_pages(
         }
     }
     panic!("paging never ended for {q:?}");
+}
+
+/// An execution is found by its target and client token, with every field (its request
+/// fingerprint included); another target, another token or no token finds nothing; a
+/// deleted execution is not found any more.
+async fn find_by_client_token(store: &dyn ReadModel, run: &str, base: TimestampMs) {
+    let cmd = CommandId::parse(format!("{run}-tok")).expect("id");
+    let target = Target::thing(format!("{run}-tok-thing")).expect("target");
+    let other = Target::thing(format!("{run}-tok-other")).expect("target");
+    let ttl = base + YEAR_MS;
+    let mut e = execution(
+        &format!("{run}-tok-e"),
+        &cmd,
+        &target,
+        ExecutionStatus::Created,
+        base,
+        None,
+        ttl,
+        1,
+    );
+    e.client_token = Some(format!("{run}-token"));
+    e.request_fingerprint = 0x5eed_f00d_dead_beef;
+    let mut untokened = execution(
+        &format!("{run}-tok-n"),
+        &cmd,
+        &target,
+        ExecutionStatus::Created,
+        base,
+        None,
+        ttl,
+        1,
+    );
+    untokened.client_token = None;
+    let pos = store.position(0).await.expect("position");
+    commit(
+        store,
+        executions_batch(
+            pos + 1,
+            vec![
+                ExecutionWrite::Upsert(e.clone()),
+                ExecutionWrite::Upsert(untokened),
+            ],
+        ),
+    )
+    .await;
+    let token = format!("{run}-token");
+    let found = within("find", store.find_execution_by_token(&target, &token))
+        .await
+        .expect("find_execution_by_token");
+    assert_eq!(
+        found,
+        Some(e.clone()),
+        "found by target and token, every field"
+    );
+    for (t, tok, what) in [
+        (&other, token.as_str(), "another target"),
+        (&target, "no-such-token", "another token"),
+    ] {
+        let found = store
+            .find_execution_by_token(t, tok)
+            .await
+            .expect("find_execution_by_token");
+        assert_eq!(found, None, "{what} finds nothing");
+    }
+    // A later status change keeps it findable, with its new state.
+    let mut later = e.clone();
+    later.status = ExecutionStatus::InProgress;
+    later.seq = 2;
+    commit(
+        store,
+        executions_batch(pos + 2, vec![ExecutionWrite::Upsert(later.clone())]),
+    )
+    .await;
+    let found = store
+        .find_execution_by_token(&target, &token)
+        .await
+        .expect("find_execution_by_token");
+    assert_eq!(found, Some(later), "the stored state, not the first one");
+    commit(
+        store,
+        executions_batch(
+            pos + 3,
+            vec![ExecutionWrite::Delete(e.execution_id.clone())],
+        ),
+    )
+    .await;
+    let found = store
+        .find_execution_by_token(&target, &token)
+        .await
+        .expect("find_execution_by_token");
+    assert_eq!(found, None, "a deleted execution is not found");
 }
 
 async fn list_executions(store: &dyn ReadModel, run: &str, base: TimestampMs, caps: Capabilities) {

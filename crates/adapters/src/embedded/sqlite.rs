@@ -33,7 +33,7 @@ use fleetcmd_domain::ports::{
     CommandQuery, CommandWrite, EventLog, ExecutionQuery, ExecutionWrite, LogRecord, Page,
     PortError, PortResult, ProjectionBatch, ReadModel,
 };
-use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, TimestampMs};
+use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -108,7 +108,8 @@ CREATE TABLE IF NOT EXISTS executions (
     completed_at INTEGER,
     time_to_live INTEGER NOT NULL,
     seq          INTEGER NOT NULL,
-    data         TEXT NOT NULL
+    data         TEXT NOT NULL,
+    client_token TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_by_command_started
     ON executions (command_id, started_at, execution_id);
@@ -214,6 +215,7 @@ impl SqliteStore {
         writer.busy_timeout(BUSY_TIMEOUT)?;
         writer.set_prepared_statement_cache_capacity(64);
         writer.execute_batch(SCHEMA)?;
+        migrate_client_token(&writer)?;
 
         let stored: Option<i64> = writer
             .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| {
@@ -653,6 +655,26 @@ fn delete_command(tx: &Connection, id: &CommandId) -> Result<()> {
     Ok(())
 }
 
+/// Files written before executions had a `client_token` column get it, filled from each
+/// record's `data`; then the index the token lookup uses.
+fn migrate_client_token(conn: &Connection) -> Result<()> {
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('executions') WHERE name = 'client_token'")?
+        .exists([])?;
+    if !has_column {
+        conn.execute_batch(
+            "ALTER TABLE executions ADD COLUMN client_token TEXT;
+             UPDATE executions SET client_token = json_extract(data, '$.client_token');",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS executions_by_token
+             ON executions (target_kind, target_id, client_token, started_at)
+             WHERE client_token IS NOT NULL;",
+    )?;
+    Ok(())
+}
+
 fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
     let data = serde_json::to_string(e)
         .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
@@ -663,8 +685,9 @@ fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
     // naming the fixed ones too would rewrite all seven indexes on every status change.
     tx.prepare_cached(
         "INSERT INTO executions (execution_id, command_id, target_kind, target_id, status,
-                                 started_at, completed_at, time_to_live, seq, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                                 started_at, completed_at, time_to_live, seq, data,
+                                 client_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (execution_id) DO UPDATE SET
              status = excluded.status, completed_at = excluded.completed_at,
              seq = excluded.seq, data = excluded.data
@@ -680,7 +703,8 @@ fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
         e.completed_at,
         e.time_to_live,
         to_i64(e.seq, "seq")?,
-        data
+        data,
+        e.client_token
     ])?;
     Ok(())
 }
@@ -960,6 +984,43 @@ impl ReadModel for SqliteStore {
         .await
     }
 
+    async fn find_execution_by_token(
+        &self,
+        target: &Target,
+        client_token: &str,
+    ) -> PortResult<Option<Execution>> {
+        let keys = [(target.clone(), client_token.to_owned())];
+        Ok(self.find_executions_by_tokens(&keys).await?.pop().flatten())
+    }
+
+    async fn find_executions_by_tokens(
+        &self,
+        keys: &[(Target, String)],
+    ) -> PortResult<Vec<Option<Execution>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        self.read_with(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT data FROM executions
+                 WHERE target_kind = ?1 AND target_id = ?2 AND client_token = ?3
+                 ORDER BY started_at DESC LIMIT 1",
+            )?;
+            let mut found = Vec::with_capacity(keys.len());
+            for (target, token) in &keys {
+                let data: Option<String> = stmt
+                    .query_row(params![target.kind.resource(), target.id, token], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                found.push(data.map(|d| decode("execution", token, &d)).transpose()?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn get_executions(&self, ids: &[ExecutionId]) -> PortResult<Vec<Execution>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -1025,6 +1086,68 @@ mod tests {
 
     /// Concurrent writes share group transactions: appends to one partition still get
     /// contiguous, distinct offsets, and a failing write is rolled back alone.
+    #[tokio::test]
+    async fn files_without_the_client_token_column_are_migrated() {
+        let dir = std::env::temp_dir().join(format!(
+            "fleetcmd-token-migration-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        let path = dir.join("s.sqlite");
+        let target = Target::thing("t-1").expect("target");
+        let e = Execution {
+            execution_id: ExecutionId::parse("e-1").expect("id"),
+            command_id: CommandId::parse("c").expect("id"),
+            target: target.clone(),
+            status: ExecutionStatus::Created,
+            status_reason: None,
+            result: Default::default(),
+            parameters: Default::default(),
+            timeout_secs: 10,
+            client_token: Some("tok".into()),
+            created_at: 1,
+            last_updated_at: 1,
+            started_at: 1,
+            completed_at: None,
+            time_to_live: i64::MAX,
+            terminal: false,
+            seq: 1,
+            request_fingerprint: 42,
+        };
+        let store = SqliteStore::open(&path, 1, Durability::Process).expect("open");
+        store
+            .commit(ProjectionBatch {
+                partition: 0,
+                next_offset: 1,
+                commands: Vec::new(),
+                executions: vec![ExecutionWrite::Upsert(e.clone())],
+            })
+            .await
+            .expect("commit");
+        drop(store);
+        // Back to the layout of files written before the column existed.
+        let conn = Connection::open(&path).expect("open raw");
+        conn.execute_batch(
+            "DROP INDEX executions_by_token; ALTER TABLE executions DROP COLUMN client_token;",
+        )
+        .expect("old layout");
+        drop(conn);
+        let store = SqliteStore::open(&path, 1, Durability::Process).expect("reopen");
+        assert_eq!(
+            store
+                .find_execution_by_token(&target, "tok")
+                .await
+                .expect("find"),
+            Some(e),
+            "the token was filled in from the stored record"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn a_failing_write_in_a_group_fails_alone_and_the_others_commit() {
         let dir = std::env::temp_dir().join(format!(

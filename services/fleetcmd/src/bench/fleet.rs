@@ -267,6 +267,7 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
             args.rate,
             args.timeout_secs,
         );
+        let token_prefix = args.client_tokens.then(|| format!("{tag}-"));
         workers.push(tokio::spawn(async move {
             let mut dispatcher = dispatcher;
             loop {
@@ -291,6 +292,10 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
                     }),
                     command_id: command_id.clone(),
                     execution_timeout_seconds: timeout,
+                    client_token: token_prefix
+                        .as_ref()
+                        .map(|p| format!("{p}{i}"))
+                        .unwrap_or_default(),
                     ..Default::default()
                 };
                 let at = Instant::now();

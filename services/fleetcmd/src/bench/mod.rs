@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Delay before answering, for --behavior delay.
     #[arg(long, default_value_t = 100)]
     pub delay_ms: u64,
+    /// Give every start a client token of its own, as the SDKs do (idempotent retries):
+    /// fleetcmd then checks and remembers each token.
+    #[arg(long)]
+    pub client_tokens: bool,
     /// Measure the raw MQTT request/response baseline instead of fleetcmd.
     #[arg(long, conflicts_with = "compare")]
     pub raw_mqtt: bool,

@@ -21,6 +21,9 @@ pub struct ClusterConfig {
     pub retention_secs: u64,
     /// Wait before a command that is not (long) deprecated is deleted.
     pub deletion_wait_secs: u64,
+    /// How long a client token stays in a dispatcher's memory after its start; retries with
+    /// older tokens are answered from the read model.
+    pub client_token_memory_secs: u64,
     /// Log as JSON lines (with `trace_id` and `span_id` while a traced span is active).
     pub log_json: bool,
     pub grpc: GrpcConfig,
@@ -125,6 +128,7 @@ impl Default for ClusterConfig {
             topic_root: "$aws".into(),
             retention_secs: fleetcmd_domain::limits::RETENTION_DEFAULT_SECS,
             deletion_wait_secs: fleetcmd_domain::limits::DELETION_WAIT_DEFAULT_SECS,
+            client_token_memory_secs: 900,
             log_json: false,
             grpc: GrpcConfig::default(),
             health: HealthConfig::default(),

@@ -194,6 +194,7 @@ pub async fn start(
                     deletion_wait_secs: config.deletion_wait_secs,
                 },
                 topic_root: topic_root.clone(),
+                token_memory: Duration::from_secs(config.client_token_memory_secs),
                 ..OwnerConfig::default()
             });
             let deps = OwnerDeps {
