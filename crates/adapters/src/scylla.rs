@@ -1932,6 +1932,18 @@ impl ReadModel for ScyllaReadModel {
         Ok(None)
     }
 
+    async fn find_executions_by_tokens(
+        &self,
+        keys: &[(Target, String)],
+    ) -> PortResult<Vec<Option<Execution>>> {
+        // Concurrently: a batch's lookups cost about one round trip, not one per key.
+        futures::future::try_join_all(
+            keys.iter()
+                .map(|(target, token)| self.find_execution_by_token(target, token)),
+        )
+        .await
+    }
+
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
         if self.dialect == Dialect::Full {
             // Every execution row carries its TTL: ScyllaDB has already removed them.
