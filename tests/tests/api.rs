@@ -1951,6 +1951,29 @@ async fn start_rejects_every_bad_request() -> Result {
     Ok(())
 }
 
+/// Creates the `dim` template command and returns a start of it on `thing/t1` carrying
+/// `token`.
+async fn create_dim_and_tokened_start(
+    server: &Server,
+    token: &str,
+) -> anyhow::Result<pb::StartCommandExecutionRequest> {
+    server
+        .registry()
+        .await?
+        .create_command(template_command(
+            "dim",
+            &format!("{{\"l\": \"{}\"}}", placeholder("level")),
+            vec![level_parameter()],
+            pb::OutputFormat::Json,
+        ))
+        .await?;
+    Ok(pb::StartCommandExecutionRequest {
+        client_token: token.into(),
+        parameters: HashMap::from([("level".into(), pv_i(10))]),
+        ..start_request("dim", thing("t1"))
+    })
+}
+
 /// Client tokens leave the shard owners' memory (here as soon as their start is projected;
 /// the restart's rebuild drops them): a retry is then answered from the read model — the
 /// same execution — and a different request with the token still conflicts.
@@ -1959,19 +1982,7 @@ async fn client_tokens_stay_idempotent_after_they_leave_the_owners_memory() -> R
     let mut args = test_args("token-memory");
     args.client_token_memory_secs = 0;
     let server = Server::start_with(args.clone()).await?;
-    let mut reg = server.registry().await?;
-    reg.create_command(template_command(
-        "dim",
-        &format!("{{\"l\": \"{}\"}}", placeholder("level")),
-        vec![level_parameter()],
-        pb::OutputFormat::Json,
-    ))
-    .await?;
-    let req = pb::StartCommandExecutionRequest {
-        client_token: "retry-later".into(),
-        parameters: HashMap::from([("level".into(), pv_i(10))]),
-        ..start_request("dim", thing("t1"))
-    };
+    let req = create_dim_and_tokened_start(&server, "retry-later").await?;
     let first = server
         .dispatcher()
         .await?
@@ -2016,18 +2027,7 @@ async fn client_token_makes_start_idempotent() -> Result {
     let server = Server::start("client-token").await?;
     let mut reg = server.registry().await?;
     let mut disp = server.dispatcher().await?;
-    reg.create_command(template_command(
-        "dim",
-        &format!("{{\"l\": \"{}\"}}", placeholder("level")),
-        vec![level_parameter()],
-        pb::OutputFormat::Json,
-    ))
-    .await?;
-    let req = pb::StartCommandExecutionRequest {
-        client_token: "retry-me".into(),
-        parameters: HashMap::from([("level".into(), pv_i(10))]),
-        ..start_request("dim", thing("t1"))
-    };
+    let req = create_dim_and_tokened_start(&server, "retry-me").await?;
     let first = disp
         .start_command_execution(req.clone())
         .await?

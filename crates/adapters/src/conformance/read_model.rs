@@ -555,11 +555,8 @@ async fn find_by_client_token(store: &dyn ReadModel, run: &str, base: TimestampM
     )
     .await;
     let token = format!("{run}-token");
-    let found = within("find", store.find_execution_by_token(&target, &token))
-        .await
-        .expect("find_execution_by_token");
     assert_eq!(
-        found,
+        found(store, &target, &token).await,
         Some(e.clone()),
         "found by target and token, every field"
     );
@@ -567,11 +564,7 @@ async fn find_by_client_token(store: &dyn ReadModel, run: &str, base: TimestampM
         (&other, token.as_str(), "another target"),
         (&target, "no-such-token", "another token"),
     ] {
-        let found = store
-            .find_execution_by_token(t, tok)
-            .await
-            .expect("find_execution_by_token");
-        assert_eq!(found, None, "{what} finds nothing");
+        assert_eq!(found(store, t, tok).await, None, "{what} finds nothing");
     }
     // A later status change keeps it findable, with its new state.
     let mut later = e.clone();
@@ -582,11 +575,11 @@ async fn find_by_client_token(store: &dyn ReadModel, run: &str, base: TimestampM
         executions_batch(pos + 2, vec![ExecutionWrite::Upsert(later.clone())]),
     )
     .await;
-    let found = store
-        .find_execution_by_token(&target, &token)
-        .await
-        .expect("find_execution_by_token");
-    assert_eq!(found, Some(later), "the stored state, not the first one");
+    assert_eq!(
+        found(store, &target, &token).await,
+        Some(later),
+        "the stored state, not the first one"
+    );
     commit(
         store,
         executions_batch(
@@ -595,11 +588,17 @@ async fn find_by_client_token(store: &dyn ReadModel, run: &str, base: TimestampM
         ),
     )
     .await;
-    let found = store
-        .find_execution_by_token(&target, &token)
+    assert_eq!(
+        found(store, &target, &token).await,
+        None,
+        "a deleted execution is not found"
+    );
+}
+
+async fn found(store: &dyn ReadModel, target: &Target, token: &str) -> Option<Execution> {
+    within("find", store.find_execution_by_token(target, token))
         .await
-        .expect("find_execution_by_token");
-    assert_eq!(found, None, "a deleted execution is not found");
+        .expect("find_execution_by_token")
 }
 
 async fn list_executions(store: &dyn ReadModel, run: &str, base: TimestampMs, caps: Capabilities) {

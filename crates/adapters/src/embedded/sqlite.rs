@@ -437,15 +437,16 @@ fn run_job(
 /// savepoint per write, so a failing write rolls back alone. (Savepoints on the common
 /// path cost a copy of every page a write touches, ~5 % of all CPU under load.)
 fn write_group(shared: &Shared, conn: &mut Connection, group: &mut Vec<Box<dyn Job>>) {
+    // Answers every write of the group with `e`.
+    fn fail_all(group: &mut Vec<Box<dyn Job>>, e: rusqlite::Error) {
+        let e = PortError::from(Error::from(e));
+        for job in group.drain(..) {
+            job.finish(Err(e.clone()));
+        }
+    }
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            let e = PortError::from(Error::from(e));
-            for job in group.drain(..) {
-                job.finish(Err(e.clone()));
-            }
-            return;
-        }
+        Err(e) => return fail_all(group, e),
     };
     let mut ends = GroupEnds::default();
     let mut all_ok = true;
@@ -463,21 +464,11 @@ fn write_group(shared: &Shared, conn: &mut Connection, group: &mut Vec<Box<dyn J
         std::mem::take(group)
     } else {
         if let Err(e) = tx.rollback() {
-            let e = PortError::from(Error::from(e));
-            for job in group.drain(..) {
-                job.finish(Err(e.clone()));
-            }
-            return;
+            return fail_all(group, e);
         }
         tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
-            Err(e) => {
-                let e = PortError::from(Error::from(e));
-                for job in group.drain(..) {
-                    job.finish(Err(e.clone()));
-                }
-                return;
-            }
+            Err(e) => return fail_all(group, e),
         };
         ends = GroupEnds::default();
         let mut written = Vec::with_capacity(group.len());
@@ -1070,6 +1061,18 @@ mod tests {
     use fleetcmd_domain::ports::TimeRange;
     use fleetcmd_domain::{ExecutionStatus, Target};
 
+    /// A fresh directory for one test's database file.
+    fn temp_dir(prefix: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ))
+    }
+
     fn plan(conn: &Connection, q: &PageQuery) -> String {
         let mut stmt = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {}", q.sql))
@@ -1088,14 +1091,7 @@ mod tests {
     /// contiguous, distinct offsets, and a failing write is rolled back alone.
     #[tokio::test]
     async fn files_without_the_client_token_column_are_migrated() {
-        let dir = std::env::temp_dir().join(format!(
-            "fleetcmd-token-migration-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        ));
+        let dir = temp_dir("fleetcmd-token-migration");
         let path = dir.join("s.sqlite");
         let target = Target::thing("t-1").expect("target");
         let e = Execution {
@@ -1150,14 +1146,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_write_in_a_group_fails_alone_and_the_others_commit() {
-        let dir = std::env::temp_dir().join(format!(
-            "fleetcmd-group-fail-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        ));
+        let dir = temp_dir("fleetcmd-group-fail");
         let store = SqliteStore::open(&dir.join("s.sqlite"), 1, Durability::Process).expect("open");
         // Hold the writer thread so the next three writes queue up and form one group.
         let (release, held) = std::sync::mpsc::channel::<()>();
@@ -1197,14 +1186,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn grouped_writes_keep_offsets_contiguous_and_fail_alone() {
-        let dir = std::env::temp_dir().join(format!(
-            "fleetcmd-group-commit-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        ));
+        let dir = temp_dir("fleetcmd-group-commit");
         let store = SqliteStore::open(&dir.join("s.sqlite"), 2, Durability::Process).expect("open");
         let mut tasks = Vec::new();
         for i in 0..64u64 {
