@@ -59,7 +59,10 @@
 //! unowned. Members therefore check every 2 s that their shards are their range share of the
 //! group's current members (DescribeGroups) and rejoin when they are not, twice in a row
 //! ([`KafkaMembershipConfig::assignment_check`]); this never fires on Kafka, and on tansu moves a
-//! killed member's shards within 11–14 s instead of never. Members commit offset 0 for their
+//! killed member's shards within 16–24 s instead of never. Until a stale member notices, it
+//! still holds shards the group gave to another: newly assigned shards are therefore handed to
+//! the handler only after [`KafkaMembershipConfig::takeover_grace`] (5 s), which keeps one
+//! owner per shard on tansu (zero is right on Kafka, which revokes before it reassigns). Members commit offset 0 for their
 //! (never consumed) partitions: tansu only lists groups that committed something.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -1441,6 +1444,13 @@ pub struct KafkaMembershipConfig {
     /// on Kafka; it repairs tansu 0.6, whose SyncGroup in a formed group re-delivers the old
     /// assignment after a member's session expired, leaving the dead member's shards unowned.
     pub assignment_check: Option<Duration>,
+    /// How long newly assigned shards wait before they are handed to the handler. On a
+    /// broker that re-delivers stale assignments (tansu 0.6) a member may still hold a shard
+    /// the group has already given to another one, until its assignment check notices (up
+    /// to twice `assignment_check`); waiting this long keeps one owner per shard there.
+    /// Kafka revokes before it reassigns: zero is right for it (with `assignment_check`
+    /// `None`).
+    pub takeover_grace: Duration,
 }
 
 impl KafkaMembershipConfig {
@@ -1453,6 +1463,7 @@ impl KafkaMembershipConfig {
             request_timeout: Duration::from_secs(10),
             leave_timeout: Duration::from_secs(60),
             assignment_check: Some(Duration::from_secs(2)),
+            takeover_grace: Duration::from_secs(5),
         }
     }
 }
@@ -1503,6 +1514,10 @@ struct Member {
     handler: AssignmentHandler,
     /// The shards handed to the handler and not revoked since.
     owned: Mutex<BTreeSet<u32>>,
+    /// Shards assigned but not handed over yet, and when they will be
+    /// ([`KafkaMembershipConfig::takeover_grace`]).
+    pending: Mutex<Vec<(Instant, BTreeSet<u32>)>>,
+    takeover_grace: Duration,
     /// When `owned` last changed.
     changed_at: Mutex<Instant>,
     /// Set when the member leaves: assignments are no longer passed on.
@@ -1535,6 +1550,8 @@ impl KafkaMembership {
             config: cfg,
             handler,
             owned: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(Vec::new()),
+            takeover_grace: c.takeover_grace,
             changed_at: Mutex::new(Instant::now()),
             leaving: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -1647,7 +1664,39 @@ impl Member {
         }
     }
 
+    /// Hands the pending shards whose grace is over to the handler.
+    fn hand_over_due(&self) {
+        let now = Instant::now();
+        let due: Vec<u32> = {
+            let mut pending = lock(&self.pending);
+            let mut due = Vec::new();
+            pending.retain(|(at, shards)| {
+                let ready = *at <= now;
+                if ready {
+                    due.extend(shards.iter().copied());
+                }
+                !ready
+            });
+            due
+        };
+        if due.is_empty() || self.leaving.load(Ordering::Acquire) {
+            return;
+        }
+        lock(&self.owned).extend(due.iter().copied());
+        self.call(AssignmentChange::Assigned(due));
+    }
+
+    /// The shards this member holds: handed over or pending.
+    fn held(&self) -> BTreeSet<u32> {
+        let mut held = lock(&self.owned).clone();
+        for (_, shards) in lock(&self.pending).iter() {
+            held.extend(shards.iter().copied());
+        }
+        held
+    }
+
     fn revoke_all(&self) {
+        lock(&self.pending).clear();
         let owned: Vec<u32> = std::mem::take(&mut *lock(&self.owned))
             .into_iter()
             .collect();
@@ -1670,6 +1719,7 @@ impl Member {
                 None | Some(Ok(_)) => {}
                 Some(Err(e)) => tracing::warn!(group = %self.group, error = %e, "Kafka membership"),
             }
+            self.hand_over_due();
             let Some(check) = check.as_mut() else {
                 continue;
             };
@@ -1751,8 +1801,8 @@ impl Member {
         if info.state() != "Stable" || members == 0 || check.partitions == 0 {
             return false;
         }
-        let owned = lock(&self.owned).clone();
-        !(0..members).any(|i| range_share(check.partitions, members, i) == owned)
+        let held = self.held();
+        !(0..members).any(|i| range_share(check.partitions, members, i) == held)
     }
 }
 
@@ -1788,6 +1838,11 @@ impl ConsumerContext for MemberContext {
                 if consumer.assignment_lost() {
                     tracing::warn!(group = %m.group, "assignment lost (session timed out)");
                 }
+                let all = partitions_of(tpl);
+                for (_, shards) in lock(&m.pending).iter_mut() {
+                    shards.retain(|p| !all.contains(p));
+                }
+                lock(&m.pending).retain(|(_, shards)| !shards.is_empty());
                 let revoked: Vec<u32> = {
                     let mut owned = lock(&m.owned);
                     partitions_of(tpl)
@@ -1829,15 +1884,19 @@ impl ConsumerContext for MemberContext {
         if m.leaving.load(Ordering::Acquire) {
             return;
         }
-        let assigned: Vec<u32> = {
-            let mut owned = lock(&m.owned);
-            partitions_of(tpl)
-                .into_iter()
-                .filter(|p| owned.insert(*p))
-                .collect()
-        };
-        if !assigned.is_empty() {
-            m.call(AssignmentChange::Assigned(assigned));
+        let held = m.held();
+        let assigned: BTreeSet<u32> = partitions_of(tpl)
+            .into_iter()
+            .filter(|p| !held.contains(p))
+            .collect();
+        if assigned.is_empty() {
+            return;
+        }
+        if m.takeover_grace.is_zero() {
+            lock(&m.owned).extend(assigned.iter().copied());
+            m.call(AssignmentChange::Assigned(assigned.into_iter().collect()));
+        } else {
+            lock(&m.pending).push((Instant::now() + m.takeover_grace, assigned));
         }
     }
 }
