@@ -2123,6 +2123,59 @@ async fn outage_cluster(
     (cluster, fleet, registry, dispatcher, command_id)
 }
 
+/// With `engine` down, a start answers UNAVAILABLE within [`OUTAGE_ANSWER_WITHIN`].
+async fn start_is_unavailable(
+    scenario: &str,
+    engine: &str,
+    dispatcher: &mut Dispatcher,
+    command_id: &str,
+    target: &Target,
+    token: &str,
+) {
+    let (start, took) = try_start(dispatcher, command_id, target, token).await;
+    println!(
+        "[{scenario}] Start with {engine} down: {:?} after {:.1} s",
+        start
+            .as_ref()
+            .map_err(|s| (s.code(), s.message().to_string())),
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        start.as_ref().err().map(tonic::Status::code),
+        Some(Code::Unavailable),
+        "Start with {engine} down: {start:?}"
+    );
+    assert!(
+        took < OUTAGE_ANSWER_WITHIN,
+        "Start with {engine} down answered after {took:?}"
+    );
+}
+
+/// Reading the SUCCEEDED execution `id` gives the right answer or UNAVAILABLE, never a
+/// wrong one; within `within` when given.
+async fn get_is_right_or_unavailable(
+    registry: &mut Registry,
+    id: &str,
+    what: &str,
+    within: Option<Duration>,
+) {
+    let (get, took) = try_get(registry, id).await;
+    println!(
+        "{what}: {:?} after {:.1} s",
+        get.as_ref()
+            .map(|e| status_name(e.status))
+            .map_err(tonic::Status::code),
+        took.as_secs_f64()
+    );
+    match &get {
+        Ok(e) => assert_eq!(e.status, status_to_pb(ExecutionStatus::Succeeded), "{what}"),
+        Err(s) => assert_eq!(s.code(), Code::Unavailable, "{what}: {s:?}"),
+    }
+    if let Some(within) = within {
+        assert!(took < within, "{what} answered after {took:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_nats_outage_gives_unavailable_then_recovers() {
     let _serial = SERIAL.lock().await;
@@ -2146,24 +2199,15 @@ async fn s4_nats_outage_gives_unavailable_then_recovers() {
 
     let mut outage = EngineOutage::stop("nats");
     // Start (routed over NATS) fails fast and retryably.
-    let (start, took) = try_start(&mut dispatcher, &command_id, &target, "s4-during").await;
-    let start_code = start.as_ref().err().map(tonic::Status::code);
-    println!(
-        "[s4] Start with NATS down: {:?} after {:.1} s",
-        start
-            .as_ref()
-            .map_err(|s| (s.code(), s.message().to_string())),
-        took.as_secs_f64()
-    );
-    assert_eq!(
-        start_code,
-        Some(Code::Unavailable),
-        "Start with NATS down: {start:?}"
-    );
-    assert!(
-        took < OUTAGE_ANSWER_WITHIN,
-        "Start with NATS down answered after {took:?}"
-    );
+    start_is_unavailable(
+        "s4",
+        "NATS",
+        &mut dispatcher,
+        &command_id,
+        &target,
+        "s4-during",
+    )
+    .await;
     // CreateCommand (routed over NATS through the registry) too.
     let t = Instant::now();
     let create = registry
@@ -2192,26 +2236,13 @@ async fn s4_nats_outage_gives_unavailable_then_recovers() {
         t.elapsed()
     );
     // Get reads the read model, not NATS: a right answer or UNAVAILABLE, never a wrong one.
-    let (get, took) = try_get(&mut registry, &before).await;
-    println!(
-        "[s4] Get with NATS down: {:?} after {:.1} s",
-        get.as_ref()
-            .map(|e| status_name(e.status))
-            .map_err(tonic::Status::code),
-        took.as_secs_f64()
-    );
-    match &get {
-        Ok(e) => assert_eq!(
-            e.status,
-            status_to_pb(ExecutionStatus::Succeeded),
-            "Get with NATS down"
-        ),
-        Err(s) => assert_eq!(s.code(), Code::Unavailable, "Get with NATS down: {s:?}"),
-    }
-    assert!(
-        took < OUTAGE_ANSWER_WITHIN,
-        "Get with NATS down answered after {took:?}"
-    );
+    get_is_right_or_unavailable(
+        &mut registry,
+        &before,
+        "[s4] Get with NATS down",
+        Some(OUTAGE_ANSWER_WITHIN),
+    )
+    .await;
     cluster.assert_all_alive();
     let health_during = health(cluster.addr("dispatcher-0")).await;
     println!("[s4] dispatcher health with NATS down: {health_during:?}");
@@ -2281,43 +2312,22 @@ async fn s5_kafka_outage_gives_unavailable() {
     .await;
 
     let mut outage = EngineOutage::stop("kafka");
-    let (start, took) = try_start(&mut dispatcher, &command_id, &target, "s5-during").await;
-    println!(
-        "[s5] Start with Kafka down: {:?} after {:.1} s",
-        start
-            .as_ref()
-            .map_err(|s| (s.code(), s.message().to_string())),
-        took.as_secs_f64()
-    );
-    assert_eq!(
-        start.as_ref().err().map(tonic::Status::code),
-        Some(Code::Unavailable),
-        "Start with Kafka down: {start:?}"
-    );
-    assert!(
-        took < OUTAGE_ANSWER_WITHIN,
-        "Start with Kafka down answered after {took:?}"
-    );
-    let (get, took) = try_get(&mut registry, &before).await;
-    println!(
-        "[s5] Get with Kafka down: {:?} after {:.1} s",
-        get.as_ref()
-            .map(|e| status_name(e.status))
-            .map_err(tonic::Status::code),
-        took.as_secs_f64()
-    );
-    match &get {
-        Ok(e) => assert_eq!(
-            e.status,
-            status_to_pb(ExecutionStatus::Succeeded),
-            "Get with Kafka down"
-        ),
-        Err(s) => assert_eq!(s.code(), Code::Unavailable, "Get with Kafka down: {s:?}"),
-    }
-    assert!(
-        took < OUTAGE_ANSWER_WITHIN,
-        "Get with Kafka down answered after {took:?}"
-    );
+    start_is_unavailable(
+        "s5",
+        "Kafka",
+        &mut dispatcher,
+        &command_id,
+        &target,
+        "s5-during",
+    )
+    .await;
+    get_is_right_or_unavailable(
+        &mut registry,
+        &before,
+        "[s5] Get with Kafka down",
+        Some(OUTAGE_ANSWER_WITHIN),
+    )
+    .await;
     cluster.assert_all_alive();
 
     // Kafka back, empty (tansu lost the topic and everything else): the answers must stay
@@ -2369,19 +2379,13 @@ async fn s5_kafka_outage_gives_unavailable() {
             took < Duration::from_secs(20),
             "Start after the Kafka restart answered after {took:?}"
         );
-        let (get, _) = try_get(&mut registry, &before).await;
-        match &get {
-            Ok(e) => assert_eq!(
-                e.status,
-                status_to_pb(ExecutionStatus::Succeeded),
-                "Get after the Kafka restart"
-            ),
-            Err(s) => assert_eq!(
-                s.code(),
-                Code::Unavailable,
-                "Get after the Kafka restart: {s:?}"
-            ),
-        }
+        get_is_right_or_unavailable(
+            &mut registry,
+            &before,
+            "[s5] Get after the Kafka restart",
+            None,
+        )
+        .await;
         if dispatcher_died {
             break;
         }
