@@ -13,9 +13,7 @@
 //! Conventions shared by every adapter of the read model:
 //! - A page size of 0 means [`DEFAULT_PAGE_SIZE`]; larger sizes are capped at
 //!   [`MAX_PAGE_SIZE`] (the API layer enforces the reference's 1–100).
-//! - A malformed or foreign `page_token` fails with [`PortError::Backend`] whose message
-//!   starts with [`INVALID_PAGE_TOKEN`]; use [`is_invalid_page_token`] to map it to
-//!   `INVALID_ARGUMENT` (the port has no dedicated variant).
+//! - A malformed or foreign `page_token` fails with [`PortError::InvalidPageToken`].
 
 use fleetcmd_domain::ports::PortError;
 
@@ -37,18 +35,15 @@ pub const DEFAULT_PAGE_SIZE: u32 = 25;
 /// The largest page an adapter returns, whatever the query asks.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
-/// The message prefix of the error a read model returns for a page token it cannot decode.
-pub const INVALID_PAGE_TOKEN: &str = "invalid next_token";
-
 /// The error for a page token that cannot be decoded; `detail` says why.
 pub fn invalid_page_token(detail: impl std::fmt::Display) -> PortError {
-    PortError::Backend(format!("{INVALID_PAGE_TOKEN}: {detail}"))
+    PortError::InvalidPageToken(detail.to_string())
 }
 
 /// True when `err` is a read model's rejection of a page token (an `INVALID_ARGUMENT` on the
 /// `next_token` field at the API, not a backend failure).
 pub fn is_invalid_page_token(err: &PortError) -> bool {
-    matches!(err, PortError::Backend(m) if m.starts_with(INVALID_PAGE_TOKEN))
+    matches!(err, PortError::InvalidPageToken(_))
 }
 
 /// The effective page size for a query's `page_size`.

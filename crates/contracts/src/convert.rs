@@ -1097,6 +1097,7 @@ pub fn port_status(e: PortError) -> Status {
         PortError::Timeout(_) => Status::unavailable(format!(
             "{e}; the outcome is unknown, retry with backoff (idempotent requests are safe to repeat)"
         )),
+        PortError::InvalidPageToken(_) => Status::invalid_argument(e.to_string()),
         _ if e.is_retryable() => Status::unavailable(format!("{e}; retry with backoff")),
         _ => Status::internal(e.to_string()),
     }

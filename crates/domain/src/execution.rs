@@ -174,6 +174,45 @@ pub fn apply(e: &mut Execution, event: &Event, at: TimestampMs, seq: u64) -> boo
     true
 }
 
+/// What folding one event did to an execution's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folded {
+    /// Nothing changed: a replayed event (its `seq` is not above the state's), or an event of
+    /// an execution that is unknown or already deleted.
+    Unchanged,
+    /// The event was applied.
+    Applied,
+    /// The execution was deleted: the state is now `None`.
+    Deleted,
+}
+
+/// Folds one logged event of an execution into its state: the one fold every reader of the
+/// log uses (shard owners rebuilding, the projector, tests). `at` and `seq` are the event's
+/// time and sequence number. Idempotent: an event whose `seq` is not above the state's
+/// changes nothing, so a replay or an overlapping read cannot move a record backwards.
+pub fn fold(state: &mut Option<Execution>, event: &Event, at: TimestampMs, seq: u64) -> Folded {
+    match state {
+        Some(e) if seq <= e.seq => Folded::Unchanged,
+        Some(e) => {
+            if apply(e, event, at, seq) {
+                Folded::Applied
+            } else {
+                *state = None;
+                Folded::Deleted
+            }
+        }
+        None => match event {
+            Event::ExecutionStarted { execution, .. } => {
+                let mut e = (**execution).clone();
+                e.seq = seq;
+                *state = Some(e);
+                Folded::Applied
+            }
+            _ => Folded::Unchanged,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +239,59 @@ mod tests {
             seq: 1,
             request_fingerprint: 0,
         }
+    }
+
+    fn started(e: &Execution) -> Event {
+        Event::ExecutionStarted {
+            execution: Box::new(e.clone()),
+            payload: crate::model::Payload {
+                content: b"{}".to_vec(),
+                content_type: "application/json".into(),
+            },
+            request_fingerprint: 0,
+        }
+    }
+
+    #[test]
+    fn fold_starts_applies_in_order_and_ignores_replays() {
+        let mut state = None;
+        assert_eq!(
+            fold(&mut state, &Event::ExecutionTimedOut, 5, 2),
+            Folded::Unchanged
+        );
+        assert!(state.is_none(), "an event before the start is skipped");
+        assert_eq!(
+            fold(&mut state, &started(&created()), 1_000, 1),
+            Folded::Applied
+        );
+        assert_eq!(
+            state.as_ref().map(|e| (e.status, e.seq)),
+            Some((Created, 1))
+        );
+        let progress = Event::StatusReported {
+            status: InProgress,
+            status_reason: None,
+            result: None,
+        };
+        assert_eq!(fold(&mut state, &progress, 2_000, 2), Folded::Applied);
+        // A replay of the start or of the update changes nothing.
+        let before = state.clone();
+        assert_eq!(
+            fold(&mut state, &started(&created()), 1_000, 1),
+            Folded::Unchanged
+        );
+        assert_eq!(
+            fold(&mut state, &Event::ExecutionTimedOut, 3_000, 2),
+            Folded::Unchanged
+        );
+        assert_eq!(state, before);
+        assert_eq!(
+            fold(&mut state, &Event::ExecutionDeleted, 4_000, 3),
+            Folded::Deleted
+        );
+        assert!(state.is_none());
+        assert_eq!(fold(&mut state, &progress, 5_000, 4), Folded::Unchanged);
+        assert!(state.is_none(), "a deleted execution stays deleted");
     }
 
     fn report(status: ExecutionStatus) -> ExecutionInput {

@@ -15,12 +15,15 @@ pub mod execution;
 pub mod ids;
 pub mod limits;
 pub mod model;
+pub mod paging;
 pub mod policy;
 pub mod ports;
 pub mod protocol;
 pub mod shard;
 pub mod start;
 pub mod template;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod topics;
 
 pub use error::{Rejection, RejectionCode, ValidationError};

@@ -31,6 +31,10 @@ pub enum PortError {
     /// The backend refused the operation (not retryable: a bug or a misconfiguration).
     #[error("backend error: {0}")]
     Backend(String),
+    /// A page token that this listing cannot decode, or one issued for another listing
+    /// (the caller's mistake, not the backend's).
+    #[error("invalid next_token: {0}")]
+    InvalidPageToken(String),
 }
 
 impl PortError {

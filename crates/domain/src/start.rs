@@ -155,6 +155,73 @@ pub fn plan(
     Ok((execution, payload))
 }
 
+/// A start already recorded under a client token, as the shard owner knows it (in memory, or
+/// read back from the read model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorStart {
+    pub execution_id: ExecutionId,
+    /// The [`fingerprint`] of that start's request (0: unknown, a record written before
+    /// fingerprints were kept; the token alone decides then).
+    pub fingerprint: u64,
+    /// Until when the token counts ([`token_valid_until`]); `None` when the owner still holds
+    /// it in memory, which it does only within the window.
+    pub valid_until: Option<TimestampMs>,
+}
+
+impl PriorStart {
+    /// The prior start recorded by `execution`.
+    pub fn of(execution: &Execution) -> Self {
+        Self {
+            execution_id: execution.execution_id.clone(),
+            fingerprint: execution.request_fingerprint,
+            valid_until: Some(token_valid_until(execution)),
+        }
+    }
+}
+
+/// Until when a client token stays bound to `execution`: its deadline plus the token window
+/// (24 h).
+pub fn token_valid_until(execution: &Execution) -> TimestampMs {
+    execution.deadline() + (CLIENT_TOKEN_WINDOW_SECS as i64) * 1000
+}
+
+/// What a start with a client token is, given what the token was used for before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// Never used (or its window passed): a new execution.
+    New,
+    /// The same request again: answer with the execution it started.
+    Replay(ExecutionId),
+    /// A different request under a used token: refused.
+    Conflict(Rejection),
+}
+
+/// The client-token idempotency rule: same token and same request → the same execution; same
+/// token and a different request → a conflict; a token whose window has passed is new again.
+pub fn check_token(
+    token: &str,
+    prior: Option<&PriorStart>,
+    fingerprint: u64,
+    now: TimestampMs,
+) -> TokenCheck {
+    let Some(prior) = prior else {
+        return TokenCheck::New;
+    };
+    if prior.valid_until.is_some_and(|until| until <= now) {
+        return TokenCheck::New;
+    }
+    if prior.fingerprint == fingerprint || prior.fingerprint == 0 {
+        return TokenCheck::Replay(prior.execution_id.clone());
+    }
+    TokenCheck::Conflict(Rejection::new(
+        RejectionCode::Conflict,
+        format!(
+            "client_token {token:?} was already used for a different request (execution {}); use a new token for a new request",
+            prior.execution_id
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +279,56 @@ mod tests {
         let mut d = req();
         d.target = Target::client("t").unwrap();
         assert_ne!(fingerprint(&a), fingerprint(&d));
+    }
+    #[test]
+    fn token_rule_new_replay_conflict_and_window() {
+        let id = ExecutionId::parse("e1").unwrap();
+        let prior = PriorStart {
+            execution_id: id.clone(),
+            fingerprint: 7,
+            valid_until: Some(10_000),
+        };
+        assert_eq!(check_token("t", None, 7, 0), TokenCheck::New);
+        assert_eq!(
+            check_token("t", Some(&prior), 7, 9_999),
+            TokenCheck::Replay(id.clone())
+        );
+        let TokenCheck::Conflict(r) = check_token("t", Some(&prior), 8, 9_999) else {
+            panic!("a different request under the token must conflict")
+        };
+        assert_eq!(r.code, RejectionCode::Conflict);
+        assert!(
+            r.message.contains("e1") && r.message.contains("\"t\""),
+            "{}",
+            r.message
+        );
+        // Past its window the token is free again, whatever the request.
+        assert_eq!(check_token("t", Some(&prior), 8, 10_000), TokenCheck::New);
+        // In memory (no end known) and legacy records (fingerprint 0).
+        let in_memory = PriorStart {
+            valid_until: None,
+            ..prior.clone()
+        };
+        assert_eq!(
+            check_token("t", Some(&in_memory), 7, i64::MAX),
+            TokenCheck::Replay(id.clone())
+        );
+        let legacy = PriorStart {
+            fingerprint: 0,
+            ..prior
+        };
+        assert_eq!(
+            check_token("t", Some(&legacy), 123, 0),
+            TokenCheck::Replay(id)
+        );
+    }
+
+    #[test]
+    fn a_prior_start_counts_for_its_timeout_plus_a_day() {
+        let mut e = crate::testing::execution("e2", "c", None);
+        e.request_fingerprint = 9;
+        let prior = PriorStart::of(&e);
+        assert_eq!(prior.valid_until, Some(1_000 + 10_000 + 24 * 3600 * 1000));
+        assert_eq!((prior.fingerprint, prior.execution_id.as_str()), (9, "e2"));
     }
 }

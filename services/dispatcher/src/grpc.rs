@@ -2,7 +2,6 @@
 //! target, answered once the owner has appended and the projector has made it readable.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleetcmd_contracts::auth::Auth;
 use fleetcmd_contracts::convert::{
@@ -14,14 +13,13 @@ use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::ExecutionId;
 use fleetcmd_domain::policy::Action;
 use fleetcmd_domain::ports::ReadModel;
-use fleetcmd_domain::protocol::{LogPosition, ShardReply, ShardRequest};
+use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
 use fleetcmd_domain::start::StartRequest;
 use tonic::{Request, Response, Status};
 
-use crate::client::{CallError, ProjectionWatch, ShardClient};
-
-/// How long an API call waits for its write to become readable before answering anyway.
-pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+use fleetcmd_service_kit::{
+    ProjectionWatch, ShardClient, await_projection, call_status, unexpected,
+};
 
 /// What the dispatcher's API needs.
 pub struct DispatcherDeps {
@@ -35,40 +33,18 @@ pub struct DispatcherService {
     deps: Arc<DispatcherDeps>,
 }
 
+/// The `CommandDispatcher` gRPC service, for a `fleetcmd_service_kit::grpc::GrpcServer`.
+pub fn service(
+    deps: DispatcherDeps,
+) -> pb::command_dispatcher_server::CommandDispatcherServer<DispatcherService> {
+    pb::command_dispatcher_server::CommandDispatcherServer::new(DispatcherService::new(deps))
+}
+
 impl DispatcherService {
     pub fn new(deps: DispatcherDeps) -> Self {
         Self {
             deps: Arc::new(deps),
         }
-    }
-}
-
-/// A failed call to a shard owner as a gRPC status.
-pub fn call_status(e: CallError) -> Status {
-    match e {
-        CallError::Unavailable { .. } | CallError::Timeout { .. } => {
-            Status::unavailable(e.to_string())
-        }
-        CallError::Internal { .. } => Status::internal(e.to_string()),
-    }
-}
-
-/// A reply the caller did not expect (a bug if it happens).
-pub fn unexpected(reply: &ShardReply) -> Status {
-    tracing::error!(?reply, "unexpected shard reply");
-    Status::internal("unexpected reply from the shard owner")
-}
-
-/// Waits until the write at `position` is readable (read-your-writes for API callers).
-pub async fn await_projection(projection: &ProjectionWatch, position: Option<LogPosition>) {
-    if let Some(p) = position
-        && !projection.wait(p, READ_YOUR_WRITES_TIMEOUT).await
-    {
-        tracing::warn!(
-            partition = p.partition,
-            offset = p.next_offset,
-            "projection lags; answering before the write is readable"
-        );
     }
 }
 

@@ -2,13 +2,9 @@
 //! of its shard's log partition: it validates every input against the current state, appends
 //! the resulting events, and only then answers. It keeps a timer per live execution, hands
 //! deliveries to the edge, and serves the `CommandDispatcher` gRPC API.
-//!
-//! [`client::ShardClient`] and [`client::ProjectionWatch`] are how other services (registry,
-//! edge) reach the owners and wait for their writes to become readable.
+//! Other services reach the owners through `fleetcmd_service_kit::ShardClient`.
 
-pub mod client;
 pub mod grpc;
 pub mod owner;
 
-pub use client::{ProjectionWatch, ShardClient};
 pub use owner::{OwnerConfig, run_owners};

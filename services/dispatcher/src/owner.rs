@@ -763,7 +763,7 @@ impl Owner {
                     otel.name = name,
                     otel.kind = "server",
                     shard = self.shard,
-                    input = crate::client::input_name(req),
+                    input = fleetcmd_service_kit::input_name(req),
                 );
                 if let Some(parent) = caller {
                     trace_context::set_parent(&span, parent);

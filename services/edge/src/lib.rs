@@ -15,8 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetcmd_dispatcher::ShardClient;
-use fleetcmd_dispatcher::client::CallError;
 use fleetcmd_domain::device::{self, StatusEvent};
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::execution::ExecutionInput;
@@ -28,6 +26,7 @@ use fleetcmd_domain::protocol::{
 };
 use fleetcmd_domain::shard::hash_key;
 use fleetcmd_domain::topics::TopicRoot;
+use fleetcmd_service_kit::{CallError, ShardClient};
 use fleetcmd_telemetry::context as trace_context;
 use fleetcmd_telemetry::metrics::{self, DeliveryOutcome};
 use futures::StreamExt;

@@ -12,13 +12,14 @@ use fleetcmd_adapters::embedded::broker::EmbeddedBroker;
 use fleetcmd_adapters::embedded::bus::InProcessBus;
 use fleetcmd_adapters::embedded::sqlite::{Durability, SqliteStore};
 use fleetcmd_contracts::auth::Auth;
-use fleetcmd_contracts::pb;
+use fleetcmd_dispatcher::OwnerConfig;
 use fleetcmd_dispatcher::owner::OwnerDeps;
-use fleetcmd_dispatcher::{OwnerConfig, ProjectionWatch, ShardClient};
 use fleetcmd_domain::command::CommandSettings;
 use fleetcmd_domain::policy::Policy;
 use fleetcmd_domain::ports::{Bus, Clock, EventLog, ReadModel};
 use fleetcmd_domain::topics::TopicRoot;
+use fleetcmd_service_kit::grpc::{GrpcServer, ServeError};
+use fleetcmd_service_kit::{ProjectionWatch, ShardClient};
 use tokio::sync::watch;
 
 /// Flags of `fleetcmd serve` (each also readable from a `FLEETCMD_*` environment variable).
@@ -88,7 +89,7 @@ pub struct Running {
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<Result<(), ServeError>>,
     background: Vec<tokio::task::JoinHandle<()>>,
     broker: EmbeddedBroker,
     bus: Arc<InProcessBus>,
@@ -246,58 +247,29 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     .context("edge stopped")?;
 
     let auth = Auth::new(policy.map(Arc::new));
-    let registry = fleetcmd_registry::RegistryService::new(fleetcmd_registry::RegistryDeps {
-        read_model: read_model.clone(),
-        bus: bus.clone(),
-        shards: shard_client.clone(),
-        projection: projection.clone(),
-        auth: auth.clone(),
-        arns: Default::default(),
-        shutdown: shutdown_rx.clone(),
-    });
-    let dispatcher = fleetcmd_dispatcher::grpc::DispatcherService::new(
-        fleetcmd_dispatcher::grpc::DispatcherDeps {
+    let grpc = GrpcServer::new()?
+        .add(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
             read_model: read_model.clone(),
-            shards: shard_client,
-            projection,
-            auth,
-        },
-    );
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::command_registry_server::CommandRegistryServer<fleetcmd_registry::RegistryService>>().await;
-    health_reporter
-        .set_serving::<pb::command_dispatcher_server::CommandDispatcherServer<
-            fleetcmd_dispatcher::grpc::DispatcherService,
-        >>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fleetcmd_contracts::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-
-    let listener = tokio::net::TcpListener::bind(args.grpc_addr)
+            bus: bus.clone(),
+            shards: shard_client.clone(),
+            projection: projection.clone(),
+            auth: auth.clone(),
+            arns: Default::default(),
+            shutdown: shutdown_rx.clone(),
+        }))
+        .add(fleetcmd_dispatcher::grpc::service(
+            fleetcmd_dispatcher::grpc::DispatcherDeps {
+                read_model: read_model.clone(),
+                shards: shard_client,
+                projection,
+                auth,
+            },
+        ));
+    let listener = fleetcmd_service_kit::grpc::bind(args.grpc_addr)
         .await
-        .with_context(|| format!("binding the gRPC API on {}", args.grpc_addr))?;
+        .context("binding the gRPC API")?;
     let grpc_addr = listener.local_addr()?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut stop = shutdown_rx.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(fleetcmd_telemetry::grpc::GrpcLayer)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(pb::command_registry_server::CommandRegistryServer::new(
-                registry,
-            ))
-            .add_service(pb::command_dispatcher_server::CommandDispatcherServer::new(
-                dispatcher,
-            ))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }),
-    );
+    let server = tokio::spawn(grpc.serve(listener, shutdown_rx.clone()));
     tracing::info!(%grpc_addr, %mqtt_addr, %metrics_addr, data = %db.display(), shards = args.shards, "fleetcmd serving");
     Ok(Running {
         grpc_addr,

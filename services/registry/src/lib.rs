@@ -13,8 +13,6 @@ use fleetcmd_contracts::convert::{
     status_to_pb, timestamp_from_ms, update_command_response, validation_status,
 };
 use fleetcmd_contracts::pb;
-use fleetcmd_dispatcher::grpc::{await_projection, call_status, unexpected};
-use fleetcmd_dispatcher::{ProjectionWatch, ShardClient};
 use fleetcmd_domain::command::{CommandInput, CreateCommand, UpdateCommand};
 use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::{CommandId, ExecutionId};
@@ -23,6 +21,9 @@ use fleetcmd_domain::policy::Action;
 use fleetcmd_domain::ports::{Bus, CommandQuery, ExecutionQuery, ReadModel};
 use fleetcmd_domain::protocol::{
     EVENTS_ALL, ExecutionChanged, LogPosition, ShardReply, ShardRequest, events_subject,
+};
+use fleetcmd_service_kit::{
+    ProjectionWatch, ShardClient, await_projection, call_status, unexpected,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -43,6 +44,25 @@ pub struct RegistryDeps {
 
 pub struct RegistryService {
     deps: Arc<RegistryDeps>,
+}
+
+/// The `CommandRegistry` gRPC service, for a `fleetcmd_service_kit::grpc::GrpcServer`.
+pub fn grpc(
+    deps: RegistryDeps,
+) -> pb::command_registry_server::CommandRegistryServer<RegistryService> {
+    pb::command_registry_server::CommandRegistryServer::new(RegistryService::new(deps))
+}
+
+/// Serves the registry API on `listener` until `shutdown` turns true.
+pub async fn run(
+    deps: RegistryDeps,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), fleetcmd_service_kit::grpc::ServeError> {
+    fleetcmd_service_kit::grpc::GrpcServer::new()?
+        .add(grpc(deps))
+        .serve(listener, shutdown)
+        .await
 }
 
 impl RegistryService {
@@ -132,8 +152,8 @@ fn command_id(id: &str) -> Result<CommandId, Status> {
 /// A read-model listing error: a bad page token is the caller's mistake.
 fn list_status(e: fleetcmd_domain::ports::PortError) -> Status {
     match &e {
-        fleetcmd_domain::ports::PortError::Backend(m) if m.starts_with("invalid next_token") => {
-            Status::invalid_argument(m.clone())
+        fleetcmd_domain::ports::PortError::InvalidPageToken(_) => {
+            Status::invalid_argument(e.to_string())
         }
         _ => port_status(e),
     }

@@ -793,8 +793,7 @@ async fn list_executions(store: &dyn ReadModel, run: &str, base: TimestampMs, ca
         .expect_err("a malformed page token must fail");
     assert!(
         is_invalid_page_token(&bad),
-        "a malformed token must be reported as `{}`, got {bad:?}",
-        crate::INVALID_PAGE_TOKEN
+        "a malformed token must be reported as PortError::InvalidPageToken, got {bad:?}"
     );
 }
 

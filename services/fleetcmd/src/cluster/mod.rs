@@ -17,13 +17,16 @@ use fleetcmd_adapters::kafka::{KafkaLog, KafkaLogConfig, KafkaMembership};
 use fleetcmd_adapters::nats::NatsBus;
 use fleetcmd_adapters::scylla::ScyllaReadModel;
 use fleetcmd_contracts::auth::Auth;
-use fleetcmd_contracts::pb;
+use fleetcmd_dispatcher::OwnerConfig;
 use fleetcmd_dispatcher::owner::OwnerDeps;
-use fleetcmd_dispatcher::{OwnerConfig, ProjectionWatch, ShardClient};
 use fleetcmd_domain::command::CommandSettings;
 use fleetcmd_domain::ports::{Bus, Clock, EventLog, ReadModel, ShardMembership};
 use fleetcmd_domain::topics::TopicRoot;
+use fleetcmd_service_kit::grpc::{GrpcServer, HealthAll};
+use fleetcmd_service_kit::{ProjectionWatch, ShardClient};
 use tokio::sync::watch;
+use tonic::server::NamedService as _;
+use tonic_health::ServingStatus;
 
 pub use config::ClusterConfig;
 
@@ -125,7 +128,8 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let topic_root = TopicRoot::new(config.topic_root.clone()).context("topic_root")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let grpc = GrpcServer::new()?;
+    let health_reporter = grpc.health();
     health_reporter.set_not_serving::<HealthAll>().await;
     tracing::info!(service = service.name(), "starting");
     let metrics_listener = fleetcmd_telemetry::metrics::bind(config.metrics.addr)
@@ -155,34 +159,17 @@ pub async fn start(
                 ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
             let shards = ShardClient::new(bus.clone(), config.shards);
             let auth = auth(&config)?;
-            let registry =
-                fleetcmd_registry::RegistryService::new(fleetcmd_registry::RegistryDeps {
-                    read_model,
-                    bus: bus.clone(),
-                    shards,
-                    projection,
-                    auth,
-                    arns: Default::default(),
-                    shutdown: shutdown.clone(),
-                });
-            spawn_readiness(
-                health_reporter.clone(),
-                bus_impl.clone(),
-                None,
-                shutdown.clone(),
-            );
-            health_reporter
-                .set_serving::<pb::command_registry_server::CommandRegistryServer<
-                    fleetcmd_registry::RegistryService,
-                >>()
-                .await;
-            let router = grpc_server()
-                .add_service(health_service)
-                .add_service(reflection()?)
-                .add_service(pb::command_registry_server::CommandRegistryServer::new(
-                    registry,
-                ));
-            serve_grpc(router, config.grpc.addr, shutdown).await
+            let grpc = grpc.add(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
+                read_model,
+                bus: bus.clone(),
+                shards,
+                projection,
+                auth,
+                arns: Default::default(),
+                shutdown: shutdown.clone(),
+            }));
+            spawn_readiness(health_reporter, bus_impl.clone(), None, shutdown.clone());
+            Ok(grpc.bind_and_serve(config.grpc.addr, shutdown).await?)
         }
         Service::Dispatcher => {
             let log = kafka_log(&config, shutdown.clone()).await?;
@@ -221,34 +208,18 @@ pub async fn start(
                 .context("joining the dispatcher group")?;
             let projection =
                 ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
-            let dispatcher = fleetcmd_dispatcher::grpc::DispatcherService::new(
+            let grpc = grpc.add(fleetcmd_dispatcher::grpc::service(
                 fleetcmd_dispatcher::grpc::DispatcherDeps {
                     read_model,
                     shards: ShardClient::new(bus.clone(), config.shards),
                     projection,
                     auth: auth(&config)?,
                 },
-            );
-            spawn_readiness(
-                health_reporter.clone(),
-                bus_impl.clone(),
-                None,
-                shutdown.clone(),
-            );
-            health_reporter
-                .set_serving::<pb::command_dispatcher_server::CommandDispatcherServer<
-                    fleetcmd_dispatcher::grpc::DispatcherService,
-                >>()
-                .await;
-            let router = grpc_server()
-                .add_service(health_service)
-                .add_service(reflection()?)
-                .add_service(pb::command_dispatcher_server::CommandDispatcherServer::new(
-                    dispatcher,
-                ));
-            let served = serve_grpc(router, config.grpc.addr, shutdown).await;
+            ));
+            spawn_readiness(health_reporter, bus_impl.clone(), None, shutdown.clone());
+            let served = grpc.bind_and_serve(config.grpc.addr, shutdown).await;
             pool.stop_all();
-            served
+            Ok(served?)
         }
         Service::Edge => {
             let edge_config = fleetcmd_edge::EdgeConfig {
@@ -270,13 +241,12 @@ pub async fn start(
             let link = fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
             // Readiness follows the NATS connection and the MQTT link.
             spawn_readiness(
-                health_reporter.clone(),
+                health_reporter,
                 bus_impl.clone(),
                 Some(link),
                 shutdown.clone(),
             );
-            let router = grpc_server().add_service(health_service);
-            serve_grpc(router, config.health.addr, shutdown).await
+            Ok(grpc.bind_and_serve(config.health.addr, shutdown).await?)
         }
         Service::Projector => {
             let log = kafka_log(&config, shutdown.clone()).await?;
@@ -309,17 +279,11 @@ pub async fn start(
                 )
                 .await
                 .context("joining the projector group")?;
-            spawn_readiness(
-                health_reporter.clone(),
-                bus_impl.clone(),
-                None,
-                shutdown.clone(),
-            );
-            let router = grpc_server().add_service(health_service);
-            let served = serve_grpc(router, config.health.addr, shutdown).await;
+            spawn_readiness(health_reporter, bus_impl.clone(), None, shutdown.clone());
+            let served = grpc.bind_and_serve(config.health.addr, shutdown).await;
             pool.stop_all();
             purger.abort();
-            served
+            Ok(served?)
         }
     }
 }
@@ -341,12 +305,13 @@ fn spawn_readiness(
                     .as_ref()
                     .is_none_or(|l| *l.borrow() == fleetcmd_edge::LinkState::Connected);
             if last != Some(ready) {
-                if ready {
-                    reporter.set_serving::<HealthAll>().await;
+                let status = if ready {
+                    ServingStatus::Serving
                 } else {
                     tracing::warn!("an engine is unreachable: reporting NOT_SERVING");
-                    reporter.set_not_serving::<HealthAll>().await;
-                }
+                    ServingStatus::NotServing
+                };
+                reporter.set_service_status(HealthAll::NAME, status).await;
                 last = Some(ready);
             }
             tokio::select! {
@@ -355,13 +320,6 @@ fn spawn_readiness(
             }
         }
     });
-}
-
-/// The overall health entry (service name "").
-struct HealthAll;
-
-impl tonic::server::NamedService for HealthAll {
-    const NAME: &'static str = "";
 }
 
 fn auth(config: &ClusterConfig) -> anyhow::Result<Auth> {
@@ -381,41 +339,6 @@ fn auth(config: &ClusterConfig) -> anyhow::Result<Auth> {
         );
     }
     Ok(Auth::new(policy.map(Arc::new)))
-}
-
-fn reflection() -> anyhow::Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fleetcmd_contracts::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")
-}
-
-/// A gRPC server whose calls are counted, timed and traced.
-fn grpc_server() -> tonic::transport::Server<fleetcmd_telemetry::grpc::Stack> {
-    tonic::transport::Server::builder().layer(fleetcmd_telemetry::grpc::GrpcLayer)
-}
-
-async fn serve_grpc(
-    router: tonic::transport::server::Router<fleetcmd_telemetry::grpc::Stack>,
-    addr: std::net::SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving gRPC");
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    router
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
-        .context("gRPC server")
 }
 
 async fn scylla(

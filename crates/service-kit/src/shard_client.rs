@@ -1,17 +1,15 @@
-//! Reaching a shard's owner over the bus, and waiting for the projector to catch up.
+//! Reaching a shard's owner over the bus: request/reply on the shard's subject, with a fast,
+//! retryable "no owner" while a shard moves.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fleetcmd_domain::execution::ExecutionInput;
-use fleetcmd_domain::ports::{Bus, BusMessage, PortError, ReadModel};
-use fleetcmd_domain::protocol::{
-    LogPosition, PROJECTED_SUBJECT, Projected, ShardReply, ShardRequest, shard_subject,
-};
+use fleetcmd_domain::ports::{Bus, BusMessage, PortError};
+use fleetcmd_domain::protocol::{ShardReply, ShardRequest, shard_subject};
 use fleetcmd_domain::shard::shard_of;
-use futures::StreamExt;
-use tokio::sync::watch;
+use tonic::Status;
 use tracing::Instrument as _;
 
 /// Why a call to a shard owner failed.
@@ -158,67 +156,18 @@ pub fn input_name(request: &ShardRequest) -> &'static str {
     }
 }
 
-/// Tracks how far the projector got in each partition, so API calls can return only once
-/// their writes are readable (read-your-writes).
-pub struct ProjectionWatch {
-    positions: Vec<watch::Sender<u64>>,
+/// A failed call to a shard owner as a gRPC status.
+pub fn call_status(e: CallError) -> Status {
+    match e {
+        CallError::Unavailable { .. } | CallError::Timeout { .. } => {
+            Status::unavailable(e.to_string())
+        }
+        CallError::Internal { .. } => Status::internal(e.to_string()),
+    }
 }
 
-impl ProjectionWatch {
-    /// Subscribes to projector progress first, then seeds positions from the read model, so
-    /// no progress message is missed.
-    pub async fn start(
-        bus: Arc<dyn Bus>,
-        read_model: Arc<dyn ReadModel>,
-        partitions: u32,
-    ) -> Result<Arc<Self>, PortError> {
-        let mut sub = bus.subscribe(PROJECTED_SUBJECT, None).await?;
-        let mut positions = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            positions.push(watch::Sender::new(read_model.position(p).await?));
-        }
-        let this = Arc::new(Self { positions });
-        let weak = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
-                let Some(this) = weak.upgrade() else { break };
-                match serde_json::from_slice::<Projected>(&msg.payload) {
-                    Ok(p) => this.advance(p.partition, p.next_offset),
-                    Err(e) => tracing::warn!(error = %e, "malformed projection progress message"),
-                }
-            }
-        });
-        Ok(this)
-    }
-
-    /// Records that `partition` is projected up to `next_offset`.
-    pub fn advance(&self, partition: u32, next_offset: u64) {
-        if let Some(tx) = self.positions.get(partition as usize) {
-            tx.send_if_modified(|cur| {
-                let moved = next_offset > *cur;
-                if moved {
-                    *cur = next_offset;
-                }
-                moved
-            });
-        }
-    }
-
-    /// The projected position of a partition.
-    pub fn position(&self, partition: u32) -> u64 {
-        self.positions
-            .get(partition as usize)
-            .map_or(0, |tx| *tx.borrow())
-    }
-
-    /// Waits until `position` is projected; false if `timeout` passed first.
-    pub async fn wait(&self, position: LogPosition, timeout: Duration) -> bool {
-        let Some(tx) = self.positions.get(position.partition as usize) else {
-            return false;
-        };
-        let mut rx = tx.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position.next_offset))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
+/// A reply the caller did not expect (a bug if it happens).
+pub fn unexpected(reply: &ShardReply) -> Status {
+    tracing::error!(?reply, "unexpected shard reply");
+    Status::internal("unexpected reply from the shard owner")
 }

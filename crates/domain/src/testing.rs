@@ -1,0 +1,47 @@
+//! Fixtures shared by the tests of every crate (feature `test-util`, never in release builds).
+
+use std::collections::BTreeMap;
+
+use crate::ids::{CommandId, ExecutionId, Target};
+use crate::model::{Execution, ExecutionStatus};
+
+/// A freshly created execution `id` of command `command` on `target` (the thing `t` when
+/// `None`): created at 1 s after the epoch, 10 s timeout, no token, `seq` 1, kept for 1,000 s.
+/// Tests set whatever else they need on the returned value.
+pub fn execution(id: &str, command: &str, target: Option<Target>) -> Execution {
+    Execution {
+        execution_id: ExecutionId::parse(id).expect("fixture execution id"),
+        command_id: CommandId::parse(command).expect("fixture command id"),
+        target: target.unwrap_or_else(|| Target::thing("t").expect("fixture target")),
+        status: ExecutionStatus::Created,
+        status_reason: None,
+        result: BTreeMap::new(),
+        parameters: BTreeMap::new(),
+        timeout_secs: 10,
+        client_token: None,
+        created_at: 1_000,
+        last_updated_at: 1_000,
+        started_at: 1_000,
+        completed_at: None,
+        time_to_live: 1_000_000,
+        terminal: false,
+        seq: 1,
+        request_fingerprint: 0,
+    }
+}
+
+/// [`execution`] moved to `status` (terminal unless IN_PROGRESS or CREATED; completed at
+/// 2 s when terminal), with `seq` 2.
+pub fn execution_in(id: &str, command: &str, status: ExecutionStatus) -> Execution {
+    let mut e = execution(id, command, None);
+    if status != ExecutionStatus::Created {
+        e.status = status;
+        e.seq = 2;
+        e.last_updated_at = 2_000;
+        e.terminal = !matches!(status, ExecutionStatus::InProgress);
+        if e.terminal {
+            e.completed_at = Some(2_000);
+        }
+    }
+    e
+}
