@@ -1,27 +1,35 @@
-//! Compiles `proto/` with protox (pure Rust, no system protoc) into OUT_DIR, and writes the
-//! file descriptor set that gRPC server reflection serves.
+//! Compiles `proto/` with protox (pure Rust, no system protoc) into OUT_DIR: the public API
+//! (`fleetcmd.v1`, with gRPC clients and servers) and the internal contracts
+//! (`fleetcmd.internal.v1`: log records and bus messages). Writes the file descriptor set of
+//! the public API, which gRPC server reflection serves.
 
 use std::path::PathBuf;
 
+const PUBLIC: [&str; 3] = [
+    "fleetcmd/v1/types.proto",
+    "fleetcmd/v1/registry.proto",
+    "fleetcmd/v1/dispatcher.proto",
+];
+const INTERNAL: [&str; 2] = [
+    "fleetcmd/internal/v1/log.proto",
+    "fleetcmd/internal/v1/bus.proto",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [
-        "fleetcmd/v1/types.proto",
-        "fleetcmd/v1/registry.proto",
-        "fleetcmd/v1/dispatcher.proto",
-    ];
-    for f in &files {
+    for f in PUBLIC.iter().chain(&INTERNAL) {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
-    let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let public = protox::compile(PUBLIC, [&root])?;
     std::fs::write(
         out.join("fleetcmd_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        prost::Message::encode_to_vec(&public),
     )?;
+    let all = protox::compile(PUBLIC.iter().chain(&INTERNAL), [&root])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .compile_fds(all)?;
     Ok(())
 }

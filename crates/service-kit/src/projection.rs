@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetcmd_contracts::codec;
 use fleetcmd_domain::ports::{Bus, PortError, ReadModel};
-use fleetcmd_domain::protocol::{LogPosition, PROJECTED_SUBJECT, Projected};
+use fleetcmd_domain::protocol::{LogPosition, PROJECTED_SUBJECT};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -36,7 +37,7 @@ impl ProjectionWatch {
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 let Some(this) = weak.upgrade() else { break };
-                match serde_json::from_slice::<Projected>(&msg.payload) {
+                match codec::decode_projected(&msg.payload) {
                     Ok(p) => this.advance(p.partition, p.next_offset),
                     Err(e) => tracing::warn!(error = %e, "malformed projection progress message"),
                 }

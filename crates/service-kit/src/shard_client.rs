@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fleetcmd_contracts::codec;
 use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ports::{Bus, BusMessage, PortError};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest, shard_subject};
@@ -86,13 +87,7 @@ impl ShardClient {
         request: &ShardRequest,
         headers: Vec<(String, String)>,
     ) -> Result<ShardReply, CallError> {
-        let payload =
-            Bytes::from(
-                serde_json::to_vec(request).map_err(|e| CallError::Internal {
-                    shard,
-                    why: e.to_string(),
-                })?,
-            );
+        let payload = Bytes::from(codec::encode_shard_request(request));
         let subject = shard_subject(shard);
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(2);
@@ -108,7 +103,7 @@ impl ShardClient {
                 )
                 .await
             {
-                Ok(reply) => match serde_json::from_slice::<ShardReply>(&reply.payload) {
+                Ok(reply) => match codec::decode_shard_reply(&reply.payload) {
                     Ok(ShardReply::Unavailable(why)) => why,
                     Ok(reply) => return Ok(reply),
                     Err(e) => {

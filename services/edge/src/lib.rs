@@ -21,8 +21,7 @@ use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::{command_arn, target_arn};
 use fleetcmd_domain::ports::{Bus, Clock, PortError};
 use fleetcmd_domain::protocol::{
-    DELIVER_SUBJECT, Delivery, EDGE_QUEUE_GROUP, EVENTS_ALL, ExecutionChanged, ShardReply,
-    ShardRequest,
+    DELIVER_SUBJECT, EDGE_QUEUE_GROUP, EVENTS_ALL, ShardReply, ShardRequest,
 };
 use fleetcmd_domain::shard::hash_key;
 use fleetcmd_domain::topics::TopicRoot;
@@ -385,7 +384,7 @@ async fn forward_deliveries(
     clock: Arc<dyn Clock>,
 ) {
     while let Some(msg) = sub.next().await {
-        let d: Delivery = match serde_json::from_slice(&msg.payload) {
+        let d = match fleetcmd_contracts::codec::decode_delivery(&msg.payload) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "malformed delivery");
@@ -442,7 +441,7 @@ async fn forward_events(
     subscribers: Option<Arc<dyn SubscriberProbe>>,
 ) {
     while let Some(msg) = sub.next().await {
-        let c: ExecutionChanged = match serde_json::from_slice(&msg.payload) {
+        let c = match fleetcmd_contracts::codec::decode_changed(&msg.payload) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "malformed status notification");

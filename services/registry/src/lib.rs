@@ -413,7 +413,7 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
                     )));
                     return;
                 };
-                let changed: ExecutionChanged = match serde_json::from_slice(&msg.payload) {
+                let changed = match fleetcmd_contracts::codec::decode_changed(&msg.payload) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "malformed status notification");

@@ -1,0 +1,352 @@
+//! The owner's decisions, pure: given the shard's state, what the batch read from the read
+//! model, an input and the time, which events to append and what to answer. The I/O loop
+//! (`serve.rs`) loads what a batch needs first ([`needs`]), decides every input with
+//! [`decide`], appends, and only then answers and delivers.
+
+use std::collections::{HashMap, HashSet};
+
+use fleetcmd_domain::command::{self, CommandInput, CommandSettings};
+use fleetcmd_domain::error::{Rejection, RejectionCode};
+use fleetcmd_domain::event::{Aggregate, Event};
+use fleetcmd_domain::execution::{self, ExecutionInput};
+use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
+use fleetcmd_domain::model::{Command, Execution, TimestampMs};
+use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
+use fleetcmd_domain::shard::shard_of;
+use fleetcmd_domain::start::{self, PriorStart, StartRequest, TokenCheck};
+
+use super::state::{ShardState, TimerKey, TokenKey};
+
+/// What the decisions depend on besides the state.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub shard: u32,
+    pub shards: u32,
+    pub retention_secs: u64,
+    pub command_settings: CommandSettings,
+}
+
+/// What a batch must read from the read model before it can be decided.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Needs {
+    /// Commands of the batch's starts (commands live in other shards).
+    pub commands: Vec<CommandId>,
+    /// Client tokens of the batch's starts that the owner no longer holds in memory.
+    pub tokens: Vec<TokenKey>,
+    /// Executions the batch's inputs aim at that are not in memory (evicted terminal ones).
+    pub executions: Vec<ExecutionId>,
+}
+
+impl Needs {
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty() && self.tokens.is_empty() && self.executions.is_empty()
+    }
+}
+
+/// What the batch read: one entry per need (`None`: not stored).
+#[derive(Debug, Default, Clone)]
+pub struct Lookups {
+    pub commands: HashMap<CommandId, Option<Command>>,
+    pub tokens: HashMap<TokenKey, Option<Execution>>,
+    pub executions: HashMap<ExecutionId, Option<Execution>>,
+    /// Why the reads failed, if they did: the inputs that needed them answer retryable.
+    pub failed: Option<String>,
+}
+
+/// Why an input gets no events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The domain refused it.
+    Rejected(Rejection),
+    /// It cannot be decided now (a read it needs failed); the caller retries.
+    Unavailable(String),
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        Self::Rejected(r)
+    }
+}
+
+/// What to answer once the input's events are durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// An answer that needs no append (a replayed start).
+    Reply(ShardReply),
+    /// The start of a new execution.
+    Started { execution_id: ExecutionId },
+    /// An execution input: answer with the execution's state after it (or, for a delete,
+    /// `before`).
+    Execution {
+        execution_id: ExecutionId,
+        before: Option<Box<Execution>>,
+    },
+    /// A command input: answer with the command's state after it.
+    Command { command_id: String },
+}
+
+/// The events an input produces (in order, one log record) and what to answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// An execution read back from the read model, to add to the state before the events.
+    pub hydrate: Option<Execution>,
+    pub events: Vec<(Aggregate, Event)>,
+    pub outcome: Outcome,
+}
+
+impl Decision {
+    fn reply(reply: ShardReply) -> Self {
+        Self {
+            hydrate: None,
+            events: Vec::new(),
+            outcome: Outcome::Reply(reply),
+        }
+    }
+}
+
+/// What `requests` need from the read model, given what the state holds.
+pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardRequest>) -> Needs {
+    let mut needs = Needs::default();
+    let mut seen_commands = HashSet::new();
+    let mut seen_tokens = HashSet::new();
+    let mut seen_executions = HashSet::new();
+    for request in requests {
+        match request {
+            ShardRequest::Start(req) => {
+                if seen_commands.insert(req.command_id.clone()) {
+                    needs.commands.push(req.command_id.clone());
+                }
+                if let Some(token) = &req.client_token {
+                    let key = (req.target.clone(), token.clone());
+                    if !state.holds_token(&key) && seen_tokens.insert(key.clone()) {
+                        needs.tokens.push(key);
+                    }
+                }
+            }
+            ShardRequest::Execution { execution_id, .. } => {
+                if state.execution(execution_id).is_none()
+                    && seen_executions.insert(execution_id.clone())
+                {
+                    needs.executions.push(execution_id.clone());
+                }
+            }
+            ShardRequest::Command { .. } => {}
+        }
+    }
+    needs
+}
+
+/// Decides one input. `new_id` names a new execution (called only for a start that creates
+/// one).
+pub fn decide(
+    state: &ShardState,
+    request: &ShardRequest,
+    lookups: &Lookups,
+    now: TimestampMs,
+    settings: &Settings,
+    new_id: &mut dyn FnMut() -> ExecutionId,
+) -> Result<Decision, Refusal> {
+    let key = request.routing_key();
+    if shard_of(&key, settings.shards) != settings.shard {
+        return Ok(Decision::reply(ShardReply::Unavailable(format!(
+            "request for {key} reached shard {}",
+            settings.shard
+        ))));
+    }
+    match request {
+        ShardRequest::Start(req) => decide_start(state, req, lookups, now, settings, new_id),
+        ShardRequest::Execution {
+            execution_id,
+            target,
+            input,
+        } => decide_execution(state, execution_id, target, input, lookups),
+        ShardRequest::Command { command_id, input } => {
+            let decided = command::decide(
+                command_id,
+                state.command(command_id),
+                input,
+                now,
+                settings.command_settings,
+            )?;
+            Ok(Decision {
+                hydrate: None,
+                events: command_events(command_id, decided),
+                outcome: Outcome::Command {
+                    command_id: command_id.clone(),
+                },
+            })
+        }
+    }
+}
+
+fn decide_start(
+    state: &ShardState,
+    req: &StartRequest,
+    lookups: &Lookups,
+    now: TimestampMs,
+    settings: &Settings,
+    new_id: &mut dyn FnMut() -> ExecutionId,
+) -> Result<Decision, Refusal> {
+    start::validate_request(req).map_err(Rejection::from)?;
+    let fingerprint = start::fingerprint(req);
+    if let Some(token) = &req.client_token {
+        let key = (req.target.clone(), token.clone());
+        // In memory, or else (tokens leave memory only once projected) in the read model,
+        // where it counts for the whole token window.
+        let prior = match state.token(&key) {
+            Some(prior) => Some(prior),
+            None => match lookups.tokens.get(&key) {
+                Some(stored) => stored.as_ref().map(PriorStart::of),
+                None => return Err(unavailable(lookups, "client token")),
+            },
+        };
+        match start::check_token(token, prior.as_ref(), fingerprint, now) {
+            TokenCheck::New => {}
+            TokenCheck::Replay(execution_id) => {
+                return Ok(Decision::reply(ShardReply::Started {
+                    execution_id,
+                    position: None,
+                    replayed: true,
+                }));
+            }
+            TokenCheck::Conflict(r) => return Err(r.into()),
+        }
+    }
+    let command = match lookups.commands.get(&req.command_id) {
+        Some(Some(c)) => c,
+        Some(None) => {
+            return Err(Rejection::new(
+                RejectionCode::ResourceNotFound,
+                format!("command {} not found", req.command_id),
+            )
+            .into());
+        }
+        None => return Err(unavailable(lookups, "command")),
+    };
+    let execution_id = new_id();
+    let (execution, payload) = start::plan(
+        command,
+        req,
+        execution_id.clone(),
+        now,
+        settings.retention_secs,
+    )?;
+    let aggregate = Aggregate::Execution {
+        execution_id: execution_id.clone(),
+        target: execution.target.clone(),
+    };
+    Ok(Decision {
+        hydrate: None,
+        events: vec![(
+            aggregate,
+            Event::ExecutionStarted {
+                execution: Box::new(execution),
+                payload,
+                request_fingerprint: fingerprint,
+            },
+        )],
+        outcome: Outcome::Started { execution_id },
+    })
+}
+
+fn decide_execution(
+    state: &ShardState,
+    execution_id: &ExecutionId,
+    target: &Target,
+    input: &ExecutionInput,
+    lookups: &Lookups,
+) -> Result<Decision, Refusal> {
+    let (e, hydrate) = match state.execution(execution_id) {
+        Some(e) => (e, None),
+        // Evicted (terminal and projected) or unknown: read back.
+        None => match lookups.executions.get(execution_id) {
+            Some(Some(e)) if e.terminal => (e, Some(e.clone())),
+            Some(_) => return Err(not_found(execution_id, target).into()),
+            None => return Err(unavailable(lookups, "execution")),
+        },
+    };
+    if e.target != *target {
+        return Err(not_found(execution_id, target).into());
+    }
+    let decided = execution::decide(e, input)?;
+    let before = matches!(input, ExecutionInput::Delete).then(|| Box::new(e.clone()));
+    let aggregate = Aggregate::Execution {
+        execution_id: execution_id.clone(),
+        target: target.clone(),
+    };
+    Ok(Decision {
+        hydrate,
+        events: decided
+            .into_iter()
+            .map(|ev| (aggregate.clone(), ev))
+            .collect(),
+        outcome: Outcome::Execution {
+            execution_id: execution_id.clone(),
+            before,
+        },
+    })
+}
+
+/// The events a due timer produces (none when it no longer matters).
+pub fn decide_timer(
+    state: &ShardState,
+    timer: &TimerKey,
+    now: TimestampMs,
+    settings: &Settings,
+) -> Vec<(Aggregate, Event)> {
+    match timer {
+        TimerKey::Execution(id) => {
+            let Some(e) = state.execution(id) else {
+                return Vec::new();
+            };
+            let aggregate = Aggregate::Execution {
+                execution_id: id.clone(),
+                target: e.target.clone(),
+            };
+            execution::decide(e, &ExecutionInput::CloudTimeout)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|ev| (aggregate.clone(), ev))
+                .collect()
+        }
+        TimerKey::CommandDeletion(id) => match state.command(id) {
+            Some(c) => command_events(
+                id,
+                command::decide(
+                    id,
+                    Some(c),
+                    &CommandInput::Expire,
+                    now,
+                    settings.command_settings,
+                )
+                .unwrap_or_default(),
+            ),
+            None => Vec::new(),
+        },
+    }
+}
+
+fn command_events(id: &str, events: Vec<Event>) -> Vec<(Aggregate, Event)> {
+    match CommandId::parse(id) {
+        Ok(command_id) => events
+            .into_iter()
+            .map(|ev| (Aggregate::Command(command_id.clone()), ev))
+            .collect(),
+        // `command::decide` refuses invalid ids before it produces any event.
+        Err(_) => Vec::new(),
+    }
+}
+
+fn unavailable(lookups: &Lookups, what: &str) -> Refusal {
+    Refusal::Unavailable(match &lookups.failed {
+        Some(why) => format!("reading the {what} failed: {why}"),
+        None => format!("the {what} was not read"),
+    })
+}
+
+pub fn not_found(id: &ExecutionId, target: &Target) -> Rejection {
+    Rejection::new(
+        RejectionCode::ResourceNotFound,
+        format!("execution {id} not found for target {target}"),
+    )
+}

@@ -1,0 +1,531 @@
+//! The owner's I/O loop: rebuild, subscribe, then drain requests in batches. For a batch it
+//! reads what the decisions need from the read model ([`decide::needs`]), decides every
+//! input against the state ([`decide::decide`], pure), appends one log record per input
+//! that produced events (so an input's events are written all together or not at all), and
+//! only then answers, hands deliveries to the edge and arms timers. If an append fails,
+//! every request of the batch gets a retryable answer and the state is rebuilt from the log,
+//! so nothing unacknowledged is assumed written.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetcmd_contracts::codec;
+use fleetcmd_domain::device::encode_cancel_notice;
+use fleetcmd_domain::error::{Rejection, RejectionCode};
+use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
+use fleetcmd_domain::ids::ExecutionId;
+use fleetcmd_domain::model::{Execution, Payload, TimestampMs};
+use fleetcmd_domain::ports::{BusMessage, PortError};
+use fleetcmd_domain::protocol::{
+    DELIVER_SUBJECT, Delivery, LogPosition, ShardReply, ShardRequest, shard_subject,
+};
+use fleetcmd_domain::topics::RequestFormat;
+use fleetcmd_telemetry::{context as trace_context, metrics};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tracing::{Instrument as _, Span};
+
+use super::decide::{self, Decision, Lookups, Outcome, Refusal, Settings};
+use super::state::ShardState;
+use super::trace;
+use super::{OwnerConfig, OwnerDeps};
+
+/// How many records a rebuild reads at once.
+const REBUILD_READ: usize = 4096;
+/// Batches between two evictions of terminal executions and old tokens.
+const EVICT_EVERY_BATCHES: u32 = 64;
+
+/// One input of a batch, decided, waiting for its record to be appended.
+struct Staged {
+    reply_to: Option<String>,
+    outcome: Outcome,
+    /// The envelopes of the input's record (empty: nothing to append).
+    events: Vec<EventEnvelope>,
+}
+
+pub(super) struct Owner {
+    deps: OwnerDeps,
+    config: Arc<OwnerConfig>,
+    shard: u32,
+    settings: Settings,
+    state: ShardState,
+}
+
+impl Owner {
+    pub(super) fn new(deps: OwnerDeps, config: Arc<OwnerConfig>, shard: u32) -> Self {
+        let settings = Settings {
+            shard,
+            shards: config.shards,
+            retention_secs: config.retention_secs,
+            command_settings: config.command_settings,
+        };
+        Self {
+            state: ShardState::new(token_memory_ms(&config)),
+            deps,
+            config,
+            shard,
+            settings,
+        }
+    }
+
+    /// Rebuilds the shard's state from its log partition.
+    async fn rebuild(&mut self) -> Result<(), PortError> {
+        self.state = ShardState::new(token_memory_ms(&self.config));
+        let mut from = 0;
+        loop {
+            let records = self.deps.log.read(self.shard, from, REBUILD_READ).await?;
+            let Some(last) = records.last() else { break };
+            from = last.offset + 1;
+            for r in &records {
+                let events = codec::decode_record(&r.payload).map_err(|e| {
+                    PortError::Corrupt(format!("partition {} offset {}: {e}", self.shard, r.offset))
+                })?;
+                self.state.apply_record(&events, r.offset);
+            }
+            let projected = self.deps.read_model.position(self.shard).await?;
+            self.state.evict(
+                self.config.terminal_cache,
+                projected,
+                self.deps.clock.now_ms(),
+            );
+        }
+        self.state.appended(from, 0);
+        Ok(())
+    }
+
+    pub(super) async fn serve(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), PortError> {
+        self.rebuild().await?;
+        self.redeliver().await;
+        let mut sub = self
+            .deps
+            .bus
+            .subscribe(&shard_subject(self.shard), Some("dispatcher"))
+            .await?;
+        tracing::debug!(
+            shard = self.shard,
+            next_offset = self.state.next_offset(),
+            live = self.state.len(),
+            "shard owner ready"
+        );
+        let _owned = metrics::OwnedShard::acquire();
+        let mut batches_since_evict = 0u32;
+        loop {
+            let next_timer = self.state.next_timer();
+            let sleep = match next_timer {
+                Some(at) => Duration::from_millis((at - self.deps.clock.now_ms()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        // The shard is moving (or the process stops): answer what is queued
+                        // with a fast, retryable UNAVAILABLE instead of letting it time out.
+                        while let Some(Some(m)) = sub.next().now_or_never() {
+                            let why = format!("shard {} is moving to another owner", self.shard);
+                            self.reply(m.reply, &ShardReply::Unavailable(why)).await;
+                        }
+                        return Ok(());
+                    }
+                }
+                msg = sub.next() => {
+                    let Some(first) = msg else {
+                        return Err(PortError::Unavailable(format!("subscription to shard {} ended", self.shard)));
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < self.config.max_batch {
+                        match sub.next().now_or_never() {
+                            Some(Some(m)) => batch.push(m),
+                            _ => break,
+                        }
+                    }
+                    self.process_batch(batch).await?;
+                    batches_since_evict += 1;
+                    if batches_since_evict >= EVICT_EVERY_BATCHES {
+                        batches_since_evict = 0;
+                        let projected = self.deps.read_model.position(self.shard).await?;
+                        self.state.evict(self.config.terminal_cache, projected, self.deps.clock.now_ms());
+                    }
+                }
+                _ = tokio::time::sleep(sleep), if next_timer.is_some() => {
+                    self.fire_timers().await?;
+                }
+            }
+        }
+    }
+
+    /// Reads what the batch's decisions need from the read model, in as few calls as it can.
+    async fn look_up(&self, requests: &[Option<ShardRequest>]) -> Lookups {
+        let needs = decide::needs(&self.state, requests.iter().flatten());
+        let mut lookups = Lookups::default();
+        if needs.is_empty() {
+            return lookups;
+        }
+        let rm = &self.deps.read_model;
+        let read = async {
+            for id in &needs.commands {
+                lookups
+                    .commands
+                    .insert(id.clone(), rm.get_command(id).await?);
+            }
+            if !needs.tokens.is_empty() {
+                let found = rm.find_executions_by_tokens(&needs.tokens).await?;
+                lookups
+                    .tokens
+                    .extend(needs.tokens.iter().cloned().zip(found));
+            }
+            if !needs.executions.is_empty() {
+                for id in &needs.executions {
+                    lookups.executions.insert(id.clone(), None);
+                }
+                for e in rm.get_executions(&needs.executions).await? {
+                    lookups.executions.insert(e.execution_id.clone(), Some(e));
+                }
+            }
+            Ok::<_, PortError>(())
+        };
+        if let Err(e) = read.await {
+            lookups.failed = Some(e.to_string());
+        }
+        lookups
+    }
+
+    async fn process_batch(&mut self, batch: Vec<BusMessage>) -> Result<(), PortError> {
+        let now = self.deps.clock.now_ms();
+        let requests: Vec<Option<ShardRequest>> = batch
+            .iter()
+            .map(|m| codec::decode_shard_request(&m.payload).ok())
+            .collect();
+        let lookups = self.look_up(&requests).await;
+        let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
+        // Spans of the traced inputs: they end once their events are durable, answered and
+        // handed to the edge.
+        let mut spans: Vec<Span> = Vec::new();
+        for (msg, request) in batch.into_iter().zip(requests) {
+            let Some(request) = request else {
+                let why = codec::decode_shard_request(&msg.payload)
+                    .err()
+                    .map_or_else(String::new, |e| e.to_string());
+                staged.push(Staged {
+                    reply_to: msg.reply,
+                    outcome: Outcome::Reply(ShardReply::Rejected(Rejection::new(
+                        RejectionCode::InvalidRequest,
+                        format!("malformed shard request: {why}"),
+                    ))),
+                    events: Vec::new(),
+                });
+                continue;
+            };
+            let span = trace::input_span(&self.state, self.shard, &request, &msg.headers);
+            let trace = trace_context::traceparent(&span);
+            let decided = span.in_scope(|| {
+                decide::decide(
+                    &self.state,
+                    &request,
+                    &lookups,
+                    now,
+                    &self.settings,
+                    &mut new_execution_id,
+                )
+            });
+            if !span.is_none() {
+                spans.push(span);
+            }
+            let (outcome, events) = match decided {
+                Ok(decision) => self.stage(decision, staged.len() as u64, now, trace),
+                Err(Refusal::Rejected(r)) => (Outcome::Reply(ShardReply::Rejected(r)), Vec::new()),
+                Err(Refusal::Unavailable(why)) => {
+                    (Outcome::Reply(ShardReply::Unavailable(why)), Vec::new())
+                }
+            };
+            staged.push(Staged {
+                reply_to: msg.reply,
+                outcome,
+                events,
+            });
+        }
+        let records: Vec<&[EventEnvelope]> = staged
+            .iter()
+            .filter(|s| !s.events.is_empty())
+            .map(|s| s.events.as_slice())
+            .collect();
+        let positions = match self.append(&records).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "append failed; answering retryable and rebuilding");
+                for s in staged {
+                    let answer = match s.outcome {
+                        Outcome::Reply(r) => r,
+                        _ => ShardReply::Unavailable(format!("event log unavailable: {e}")),
+                    };
+                    self.reply(s.reply_to, &answer).await;
+                }
+                return Err(e);
+            }
+        };
+        let mut record = 0usize;
+        for s in &staged {
+            let position = if s.events.is_empty() {
+                None
+            } else {
+                record += 1;
+                positions.get(record - 1).copied()
+            };
+            let answer = self.answer(&s.outcome, position);
+            if let Some(answer) = answer {
+                self.reply(s.reply_to.clone(), &answer).await;
+            }
+        }
+        for s in &staged {
+            self.after_append(&s.events).await;
+        }
+        drop(spans);
+        Ok(())
+    }
+
+    /// Applies a decision's events to the state (at the provisional offset of the batch's
+    /// `index`-th record) and returns what to answer and the record's envelopes.
+    fn stage(
+        &mut self,
+        decision: Decision,
+        index: u64,
+        now: TimestampMs,
+        trace: Option<String>,
+    ) -> (Outcome, Vec<EventEnvelope>) {
+        if let Some(e) = decision.hydrate {
+            self.state.hydrate(e);
+        }
+        let offset = self.state.next_offset() + index;
+        let mut envelopes = Vec::with_capacity(decision.events.len());
+        for (aggregate, event) in decision.events {
+            let seq = match &aggregate {
+                Aggregate::Execution { execution_id, .. } => {
+                    self.state.execution(execution_id).map_or(0, |e| e.seq) + 1
+                }
+                Aggregate::Command(id) => self.state.command_seq(id.as_str()) + 1,
+            };
+            let env = EventEnvelope {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                schema: SCHEMA_VERSION,
+                aggregate,
+                seq,
+                at: now,
+                trace: trace.clone(),
+                event,
+            };
+            self.state.apply(&env, offset);
+            envelopes.push(env);
+        }
+        (decision.outcome, envelopes)
+    }
+
+    /// The answer to a decided input once its record is at `position`.
+    fn answer(&self, outcome: &Outcome, position: Option<LogPosition>) -> Option<ShardReply> {
+        Some(match outcome {
+            Outcome::Reply(r) => r.clone(),
+            Outcome::Started { execution_id } => ShardReply::Started {
+                execution_id: execution_id.clone(),
+                position,
+                replayed: false,
+            },
+            Outcome::Execution {
+                execution_id,
+                before,
+            } => {
+                let execution = match before {
+                    Some(b) => b.clone(),
+                    None => Box::new(self.state.execution(execution_id)?.clone()),
+                };
+                ShardReply::Execution {
+                    execution,
+                    position,
+                }
+            }
+            Outcome::Command { command_id } => {
+                let command = self.state.command(command_id).cloned().map(Box::new);
+                ShardReply::Command {
+                    deleted: command.is_none(),
+                    command,
+                    position,
+                }
+            }
+        })
+    }
+
+    async fn fire_timers(&mut self) -> Result<(), PortError> {
+        let now = self.deps.clock.now_ms();
+        let mut records: Vec<Vec<EventEnvelope>> = Vec::new();
+        let mut spans: Vec<Span> = Vec::new();
+        for timer in self.state.take_due_timers(now) {
+            let events = decide::decide_timer(&self.state, &timer, now, &self.settings);
+            if events.is_empty() {
+                continue;
+            }
+            let span = match &timer {
+                super::state::TimerKey::Execution(id) => {
+                    trace::execution_span(&self.state, self.shard, "shard.owner timeout", id, None)
+                }
+                super::state::TimerKey::CommandDeletion(_) => Span::none(),
+            };
+            let trace = trace_context::traceparent(&span);
+            let decision = Decision {
+                hydrate: None,
+                events,
+                outcome: Outcome::Reply(ShardReply::Unavailable(String::new())),
+            };
+            let (_, envelopes) = self.stage(decision, records.len() as u64, now, trace);
+            records.push(envelopes);
+            if !span.is_none() {
+                spans.push(span);
+            }
+        }
+        let slices: Vec<&[EventEnvelope]> = records.iter().map(Vec::as_slice).collect();
+        self.append(&slices).await?;
+        for envelopes in &records {
+            self.after_append(envelopes).await;
+        }
+        drop(spans);
+        Ok(())
+    }
+
+    /// Appends one record per input (their events already applied to the state) and returns
+    /// each record's position.
+    async fn append(
+        &mut self,
+        records: &[&[EventEnvelope]],
+    ) -> Result<Vec<LogPosition>, PortError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded: Vec<(String, Bytes)> = records
+            .iter()
+            .map(|events| {
+                let key = events
+                    .first()
+                    .map(|e| e.aggregate.routing_key())
+                    .unwrap_or_default();
+                (key, Bytes::from(codec::encode_record(events)))
+            })
+            .collect();
+        let n = encoded.len() as u64;
+        let expected = self.state.next_offset();
+        let first = self.deps.log.append(self.shard, encoded).await?;
+        if first != expected {
+            // Someone else wrote to our partition: our state is stale. Rebuild before serving on.
+            return Err(PortError::Unavailable(format!(
+                "partition {} expected offset {expected} but the append landed at {first}; another owner is writing",
+                self.shard
+            )));
+        }
+        self.state.appended(first, n);
+        Ok((0..n)
+            .map(|i| LogPosition {
+                partition: self.shard,
+                next_offset: first + i + 1,
+            })
+            .collect())
+    }
+
+    /// Delivers again every execution that is still CREATED and not expired: the previous
+    /// owner may have appended it and died before handing it to the edge. Devices see each
+    /// request at least once (as with any QoS 1 delivery) and recognise repeats by id.
+    async fn redeliver(&self) {
+        let now = self.deps.clock.now_ms();
+        let mut count = 0usize;
+        for (e, payload) in self.state.undelivered(now) {
+            let d = self.delivery(e, payload);
+            let message = BusMessage::new(DELIVER_SUBJECT, codec::encode_delivery(&d));
+            match self.deps.bus.publish(message).await {
+                Ok(()) => count += 1,
+                Err(err) => {
+                    tracing::warn!(topic = %d.topic, error = %err, "could not hand a redelivery to the edge")
+                }
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                shard = self.shard,
+                count,
+                "redelivered executions still CREATED after a rebuild"
+            );
+        }
+    }
+
+    /// Once a record is durable: transition metrics, and requests and cancel notices to the
+    /// edge.
+    async fn after_append(&self, events: &[EventEnvelope]) {
+        for env in events {
+            if let Some(status) = env.event.new_status() {
+                metrics::execution_transition(status.as_str());
+            }
+            let delivery = match (&env.event, &env.aggregate) {
+                (
+                    Event::ExecutionStarted {
+                        execution, payload, ..
+                    },
+                    _,
+                ) => Some(self.delivery(execution, payload)),
+                (
+                    Event::ExecutionCanceled { status_reason },
+                    Aggregate::Execution {
+                        execution_id,
+                        target,
+                    },
+                ) => Some(Delivery {
+                    topic: self.config.topic_root.cancel(target, execution_id),
+                    payload: encode_cancel_notice(execution_id, status_reason.as_ref()),
+                    content_type: "application/json".into(),
+                    expires_at: None,
+                }),
+                _ => None,
+            };
+            if let Some(d) = delivery {
+                let mut message = BusMessage::new(DELIVER_SUBJECT, codec::encode_delivery(&d));
+                // The edge's publish joins the execution's trace.
+                let span = trace::delivery_span(
+                    self.shard,
+                    env.trace.as_deref(),
+                    &d.topic,
+                    &mut message.headers,
+                );
+                if let Err(e) = self.deps.bus.publish(message).instrument(span).await {
+                    tracing::warn!(topic = %d.topic, error = %e, "could not hand a delivery to the edge");
+                }
+            }
+        }
+    }
+
+    fn delivery(&self, e: &Execution, payload: &Payload) -> Delivery {
+        let format = RequestFormat::from_content_type(&payload.content_type);
+        Delivery {
+            topic: self
+                .config
+                .topic_root
+                .request(&e.target, &e.execution_id, format),
+            payload: payload.content.clone(),
+            content_type: payload.content_type.clone(),
+            expires_at: Some(e.deadline()),
+        }
+    }
+
+    async fn reply(&self, reply_to: Option<String>, answer: &ShardReply) {
+        let Some(subject) = reply_to else { return };
+        let message = BusMessage::new(subject, codec::encode_shard_reply(answer));
+        if let Err(e) = self.deps.bus.publish(message).await {
+            tracing::debug!(error = %e, "could not answer a shard request");
+        }
+    }
+}
+
+fn new_execution_id() -> ExecutionId {
+    // A UUIDv7 always passes the id rules (hex digits and dashes, 36 characters).
+    ExecutionId::parse(uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid execution id")
+}
+
+fn token_memory_ms(config: &OwnerConfig) -> i64 {
+    i64::try_from(config.token_memory.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,311 @@
+//! A shard's live state: a pure fold of its log partition. No I/O and no clock: time comes
+//! from the events (and, for eviction, from the caller).
+//!
+//! It holds every execution that is not terminal (and a bounded cache of terminal ones), the
+//! commands the shard owns, the client tokens of recent starts, the timers (execution
+//! deadlines, scheduled command deletions), the trace each execution started under, and the
+//! payloads of executions still CREATED (a new owner delivers those again).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use fleetcmd_domain::command;
+use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
+use fleetcmd_domain::execution::{self, Folded};
+use fleetcmd_domain::ids::{ExecutionId, Target};
+use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, TimestampMs};
+use fleetcmd_domain::start::PriorStart;
+
+/// What a timer is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKey {
+    /// The execution's deadline: the cloud TIMED_OUT.
+    Execution(ExecutionId),
+    /// A command's scheduled deletion.
+    CommandDeletion(String),
+}
+
+/// A client token the owner still holds in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub fingerprint: u64,
+    pub execution_id: ExecutionId,
+    /// Until when the token is kept in memory.
+    pub memory_until: TimestampMs,
+    /// Offset of the start's record: the token leaves memory only once the read model has it.
+    pub offset: u64,
+}
+
+/// The key of a client token: tokens are scoped to their target.
+pub type TokenKey = (Target, String);
+
+/// A shard's live state, folded from its log partition.
+#[derive(Debug, Default, Clone)]
+pub struct ShardState {
+    executions: HashMap<ExecutionId, Execution>,
+    /// Offset of the record of each in-memory execution's last event (eviction waits until
+    /// the read model has it).
+    last_offsets: HashMap<ExecutionId, u64>,
+    terminal_order: VecDeque<ExecutionId>,
+    tokens: HashMap<TokenKey, TokenEntry>,
+    token_order: VecDeque<(TokenKey, TimestampMs)>,
+    /// How long a token stays in memory after its start, in ms.
+    token_memory_ms: i64,
+    /// The shard's commands and the sequence number of each one's last event.
+    commands: HashMap<String, (Command, u64)>,
+    timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
+    /// The offset the next record appended to the partition gets.
+    next_offset: u64,
+    /// The `traceparent` each traced execution started under: later inputs (device updates,
+    /// timeouts, cancels) join that trace, so one execution is one trace.
+    traces: HashMap<ExecutionId, String>,
+    /// The payloads of executions still CREATED: a new owner delivers them again after a
+    /// rebuild, since the previous owner may have died between its append and its delivery.
+    undelivered: HashMap<ExecutionId, Payload>,
+}
+
+impl ShardState {
+    /// An empty state whose client tokens stay in memory `token_memory_ms` after their start.
+    pub fn new(token_memory_ms: i64) -> Self {
+        Self {
+            token_memory_ms,
+            ..Self::default()
+        }
+    }
+
+    pub fn execution(&self, id: &ExecutionId) -> Option<&Execution> {
+        self.executions.get(id)
+    }
+
+    pub fn command(&self, id: &str) -> Option<&Command> {
+        self.commands.get(id).map(|(c, _)| c)
+    }
+
+    /// The sequence number of a command's last event (0 when unknown).
+    pub fn command_seq(&self, id: &str) -> u64 {
+        self.commands.get(id).map_or(0, |(_, s)| *s)
+    }
+
+    /// The start a client token of `target` was used for, while the token is in memory.
+    pub fn token(&self, key: &TokenKey) -> Option<PriorStart> {
+        self.tokens.get(key).map(|t| PriorStart {
+            execution_id: t.execution_id.clone(),
+            fingerprint: t.fingerprint,
+            valid_until: None,
+        })
+    }
+
+    pub fn holds_token(&self, key: &TokenKey) -> bool {
+        self.tokens.contains_key(key)
+    }
+
+    pub fn trace(&self, id: &ExecutionId) -> Option<&str> {
+        self.traces.get(id).map(String::as_str)
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Executions in memory (live and cached terminal ones).
+    pub fn len(&self) -> usize {
+        self.executions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.executions.is_empty()
+    }
+
+    /// The executions still CREATED, not past `now`, with their payloads: what a new owner
+    /// delivers again.
+    pub fn undelivered(&self, now: TimestampMs) -> impl Iterator<Item = (&Execution, &Payload)> {
+        self.undelivered.iter().filter_map(move |(id, payload)| {
+            let e = self.executions.get(id)?;
+            (e.status == ExecutionStatus::Created && e.deadline() > now).then_some((e, payload))
+        })
+    }
+
+    /// When the next timer fires.
+    pub fn next_timer(&self) -> Option<TimestampMs> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Removes and returns the timers due at `now`, earliest first.
+    pub fn take_due_timers(&mut self, now: TimestampMs) -> Vec<TimerKey> {
+        let mut due = Vec::new();
+        while self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            if let Some(Reverse((_, key))) = self.timers.pop() {
+                due.push(key);
+            }
+        }
+        due
+    }
+
+    /// Adds an execution read back from the read model (a terminal one the owner had
+    /// evicted), so later inputs fold onto it.
+    pub fn hydrate(&mut self, execution: Execution) {
+        if execution.terminal && !self.executions.contains_key(&execution.execution_id) {
+            self.terminal_order
+                .push_back(execution.execution_id.clone());
+            self.executions
+                .insert(execution.execution_id.clone(), execution);
+        }
+    }
+
+    /// Folds the events of one log record, at `offset`, into the state.
+    pub fn apply_record(&mut self, events: &[EventEnvelope], offset: u64) {
+        for env in events {
+            self.apply(env, offset);
+        }
+        self.next_offset = self.next_offset.max(offset + 1);
+    }
+
+    /// Folds one event whose record is (or will be) at `offset`.
+    pub fn apply(&mut self, env: &EventEnvelope, offset: u64) {
+        match &env.aggregate {
+            Aggregate::Execution { execution_id, .. } => {
+                self.apply_execution(execution_id, env, offset)
+            }
+            Aggregate::Command(id) => {
+                let key = id.as_str().to_string();
+                let mut state = self.commands.remove(&key).map(|(c, _)| c);
+                command::apply(&mut state, &env.event, env.at);
+                if let Some(c) = state {
+                    if let Event::CommandDeletionScheduled { delete_at } = &env.event {
+                        self.timers.push(Reverse((
+                            *delete_at,
+                            TimerKey::CommandDeletion(key.clone()),
+                        )));
+                    }
+                    self.commands.insert(key, (c, env.seq));
+                }
+            }
+        }
+    }
+
+    fn apply_execution(&mut self, id: &ExecutionId, env: &EventEnvelope, offset: u64) {
+        let mut slot = self.executions.remove(id);
+        let was_terminal = slot.as_ref().is_some_and(|e| e.terminal);
+        match execution::fold(&mut slot, &env.event, env.at, env.seq) {
+            Folded::Unchanged => {}
+            Folded::Deleted => {
+                self.last_offsets.remove(id);
+                self.traces.remove(id);
+                self.undelivered.remove(id);
+            }
+            Folded::Applied => {
+                self.last_offsets.insert(id.clone(), offset);
+                match &env.event {
+                    Event::ExecutionStarted {
+                        execution,
+                        payload,
+                        request_fingerprint,
+                    } => self.started(execution, payload, *request_fingerprint, env, offset),
+                    // Any status change means the device got it, or it no longer matters.
+                    _ => {
+                        self.undelivered.remove(id);
+                    }
+                }
+                if let Some(e) = &slot
+                    && e.terminal
+                    && !was_terminal
+                {
+                    self.terminal_order.push_back(id.clone());
+                }
+            }
+        }
+        if let Some(e) = slot {
+            self.executions.insert(id.clone(), e);
+        }
+    }
+
+    fn started(
+        &mut self,
+        e: &Execution,
+        payload: &Payload,
+        fingerprint: u64,
+        env: &EventEnvelope,
+        offset: u64,
+    ) {
+        let id = &e.execution_id;
+        self.timers
+            .push(Reverse((e.deadline(), TimerKey::Execution(id.clone()))));
+        if let Some(token) = &e.client_token {
+            let key = (e.target.clone(), token.clone());
+            let memory_until = env.at.saturating_add(self.token_memory_ms);
+            self.tokens.insert(
+                key.clone(),
+                TokenEntry {
+                    fingerprint,
+                    execution_id: id.clone(),
+                    memory_until,
+                    offset,
+                },
+            );
+            self.token_order.push_back((key, memory_until));
+        }
+        if let Some(trace) = &env.trace {
+            self.traces.insert(id.clone(), trace.clone());
+        }
+        self.undelivered.insert(id.clone(), payload.clone());
+    }
+
+    /// Records that `records` records were appended from offset `first` on. Inputs are
+    /// staged at provisional offsets (`next_offset`, `next_offset + 1`, ...: one record per
+    /// input, in order); the owner checks that the append landed at `next_offset`, so those
+    /// offsets are the real ones.
+    pub fn appended(&mut self, first: u64, records: u64) {
+        self.next_offset = first + records;
+    }
+
+    /// Drops terminal executions beyond `cache` whose last event the read model already has
+    /// (`projected`: its next offset to read; they can be read back), and client tokens past
+    /// their time in memory whose start is projected.
+    pub fn evict(&mut self, cache: usize, projected: u64, now: TimestampMs) {
+        while self.terminal_order.len() > cache {
+            let Some(id) = self.terminal_order.front() else {
+                break;
+            };
+            if self.last_offsets.get(id).is_some_and(|o| *o >= projected) {
+                break;
+            }
+            let id = self.terminal_order.pop_front().expect("front exists");
+            if self.executions.get(&id).is_some_and(|e| e.terminal) {
+                self.executions.remove(&id);
+                self.last_offsets.remove(&id);
+                self.traces.remove(&id);
+            }
+        }
+        // Tokens leave memory in start order once their time is up and the read model has
+        // their start; later retries find them there.
+        while let Some((key, memory_until)) = self.token_order.front() {
+            if *memory_until > now {
+                break;
+            }
+            // A newer start with the same token replaced the entry: this one is stale.
+            let current = self
+                .tokens
+                .get(key)
+                .filter(|t| t.memory_until == *memory_until);
+            if current.is_some_and(|t| t.offset >= projected) {
+                break;
+            }
+            let (key, _) = self.token_order.pop_front().expect("front exists");
+            if current.is_some() {
+                self.tokens.remove(&key);
+            }
+        }
+    }
+
+    /// The executions that are not terminal, sorted by id: what every rebuild of the same
+    /// log must agree on.
+    pub fn live(&self) -> Vec<&Execution> {
+        let mut live: Vec<&Execution> = self.executions.values().filter(|e| !e.terminal).collect();
+        live.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
+        live
+    }
+}

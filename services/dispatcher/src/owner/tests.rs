@@ -1,0 +1,532 @@
+//! Given/when/then tests of the owner's pure core: given the events a shard's log holds (and
+//! what the read model would answer), when an input is decided at a time, then these events
+//! and this answer. Time is a parameter, so timers are tested without a clock.
+
+use std::collections::BTreeMap;
+
+use fleetcmd_domain::command::{CommandInput, CommandSettings, CreateCommand};
+use fleetcmd_domain::error::RejectionCode;
+use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
+use fleetcmd_domain::execution::ExecutionInput;
+use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
+use fleetcmd_domain::model::{
+    Command, CommandBody, Execution, ExecutionStatus, Payload, TimestampMs,
+};
+use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
+use fleetcmd_domain::start::StartRequest;
+use fleetcmd_domain::testing;
+
+use super::decide::{self, Decision, Lookups, Outcome, Refusal, Settings};
+use super::state::{ShardState, TimerKey};
+
+const SETTINGS: Settings = Settings {
+    shard: 0,
+    shards: 1,
+    retention_secs: 3600,
+    command_settings: CommandSettings {
+        deletion_wait_secs: 60,
+    },
+};
+
+fn target() -> Target {
+    Target::thing("lamp-1").unwrap()
+}
+
+fn reboot() -> Command {
+    Command {
+        command_id: CommandId::parse("reboot").unwrap(),
+        namespace: "AWS-IoT".into(),
+        display_name: String::new(),
+        description: String::new(),
+        body: CommandBody::Static(Payload {
+            content: b"{}".to_vec(),
+            content_type: "application/json".into(),
+        }),
+        parameters: vec![],
+        tags: BTreeMap::new(),
+        created_at: 0,
+        last_updated_at: 0,
+        deprecated: false,
+        deprecated_at: None,
+        delete_at: None,
+    }
+}
+
+fn start(token: Option<&str>, timeout_secs: Option<u64>) -> ShardRequest {
+    ShardRequest::Start(StartRequest {
+        command_id: CommandId::parse("reboot").unwrap(),
+        target: target(),
+        parameters: BTreeMap::new(),
+        timeout_secs,
+        client_token: token.map(str::to_owned),
+    })
+}
+
+fn report(id: &str, target: Target, status: ExecutionStatus) -> ShardRequest {
+    ShardRequest::Execution {
+        execution_id: ExecutionId::parse(id).unwrap(),
+        target,
+        input: ExecutionInput::Report {
+            status,
+            status_reason: None,
+            result: None,
+        },
+    }
+}
+
+/// A shard under test: its state, and what its read model holds.
+struct Shard {
+    state: ShardState,
+    lookups: Lookups,
+    next_id: u32,
+    offset: u64,
+}
+
+/// Given a shard whose log holds nothing yet and whose read model holds `reboot`.
+fn given() -> Shard {
+    let mut lookups = Lookups::default();
+    lookups
+        .commands
+        .insert(CommandId::parse("reboot").unwrap(), Some(reboot()));
+    Shard {
+        state: ShardState::new(60_000),
+        lookups,
+        next_id: 0,
+        offset: 0,
+    }
+}
+
+impl Shard {
+    /// When `request` is decided at `now`: its decision, with the events staged into the
+    /// state as the owner does once they are appended.
+    fn when(&mut self, request: ShardRequest, now: TimestampMs) -> Result<Decision, Refusal> {
+        // What the read model answers for the tokens and executions the state lacks.
+        let needs = decide::needs(&self.state, std::iter::once(&request));
+        for key in needs.tokens {
+            self.lookups.tokens.entry(key).or_insert(None);
+        }
+        for id in needs.executions {
+            self.lookups.executions.entry(id).or_insert(None);
+        }
+        let next_id = &mut self.next_id;
+        let decision = decide::decide(
+            &self.state,
+            &request,
+            &self.lookups,
+            now,
+            &SETTINGS,
+            &mut || {
+                *next_id += 1;
+                ExecutionId::parse(format!("e{next_id}")).unwrap()
+            },
+        )?;
+        self.stage(&decision, now);
+        Ok(decision)
+    }
+
+    fn stage(&mut self, decision: &Decision, now: TimestampMs) {
+        if let Some(e) = &decision.hydrate {
+            self.state.hydrate(e.clone());
+        }
+        for (aggregate, event) in &decision.events {
+            let seq = match aggregate {
+                Aggregate::Execution { execution_id, .. } => {
+                    self.state.execution(execution_id).map_or(0, |e| e.seq) + 1
+                }
+                Aggregate::Command(id) => self.state.command_seq(id.as_str()) + 1,
+            };
+            self.state.apply(
+                &envelope(aggregate.clone(), seq, now, event.clone()),
+                self.offset,
+            );
+        }
+        if !decision.events.is_empty() {
+            self.offset += 1;
+            self.state.appended(self.offset, 0);
+        }
+    }
+
+    fn execution(&self, id: &str) -> &Execution {
+        self.state
+            .execution(&ExecutionId::parse(id).unwrap())
+            .unwrap_or_else(|| panic!("{id} is not in the state"))
+    }
+}
+
+fn envelope(aggregate: Aggregate, seq: u64, at: TimestampMs, event: Event) -> EventEnvelope {
+    EventEnvelope {
+        event_id: format!("ev-{seq}-{at}"),
+        schema: SCHEMA_VERSION,
+        aggregate,
+        seq,
+        at,
+        trace: None,
+        event,
+    }
+}
+
+fn rejection(result: Result<Decision, Refusal>) -> RejectionCode {
+    match result {
+        Err(Refusal::Rejected(r)) => r.code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_start_creates_an_execution_and_arms_its_deadline() {
+    let mut shard = given();
+    let d = shard.when(start(None, Some(30)), 1_000).unwrap();
+    assert_eq!(
+        d.outcome,
+        Outcome::Started {
+            execution_id: ExecutionId::parse("e1").unwrap()
+        }
+    );
+    let [(Aggregate::Execution { target: t, .. }, Event::ExecutionStarted { execution, .. })] =
+        d.events.as_slice()
+    else {
+        panic!("one ExecutionStarted: {:?}", d.events)
+    };
+    assert_eq!((t, execution.status), (&target(), ExecutionStatus::Created));
+    assert_eq!(shard.execution("e1").seq, 1);
+    assert_eq!(shard.state.next_timer(), Some(1_000 + 30_000));
+    let undelivered: Vec<_> = shard
+        .state
+        .undelivered(1_000)
+        .map(|(e, _)| e.execution_id.clone())
+        .collect();
+    assert_eq!(undelivered, [ExecutionId::parse("e1").unwrap()]);
+}
+
+#[test]
+fn a_start_of_an_unknown_command_is_not_found_and_an_unread_one_is_retryable() {
+    let mut shard = given();
+    shard
+        .lookups
+        .commands
+        .insert(CommandId::parse("reboot").unwrap(), None);
+    assert_eq!(
+        rejection(shard.when(start(None, None), 0)),
+        RejectionCode::ResourceNotFound
+    );
+    shard.lookups.commands.clear();
+    shard.lookups.failed = Some("read model down".into());
+    let Err(Refusal::Unavailable(why)) = shard.when(start(None, None), 0) else {
+        panic!("a start whose command could not be read must be retryable")
+    };
+    assert!(why.contains("read model down"), "{why}");
+    assert!(shard.state.is_empty(), "a refused start changes nothing");
+}
+
+#[test]
+fn a_retried_start_replays_and_a_different_one_under_the_token_conflicts() {
+    let mut shard = given();
+    shard.when(start(Some("tok"), Some(30)), 1_000).unwrap();
+    let replay = shard.when(start(Some("tok"), Some(30)), 2_000).unwrap();
+    assert_eq!(
+        replay.outcome,
+        Outcome::Reply(ShardReply::Started {
+            execution_id: ExecutionId::parse("e1").unwrap(),
+            position: None,
+            replayed: true,
+        })
+    );
+    assert!(replay.events.is_empty());
+    assert_eq!(
+        rejection(shard.when(start(Some("tok"), Some(31)), 2_000)),
+        RejectionCode::Conflict
+    );
+    assert_eq!(shard.state.len(), 1, "neither created an execution");
+}
+
+#[test]
+fn a_token_the_owner_forgot_is_answered_from_the_read_model_within_its_window() {
+    let mut shard = given();
+    let mut stored = testing::execution("old", "reboot", Some(target()));
+    stored.client_token = Some("tok".into());
+    let StartRequest { .. } = match start(Some("tok"), Some(10)) {
+        ShardRequest::Start(s) => {
+            stored.request_fingerprint = fleetcmd_domain::start::fingerprint(&s);
+            s
+        }
+        _ => unreachable!(),
+    };
+    shard
+        .lookups
+        .tokens
+        .insert((target(), "tok".into()), Some(stored.clone()));
+    let within = shard
+        .when(start(Some("tok"), Some(10)), stored.deadline() + 1)
+        .unwrap();
+    assert!(
+        matches!(within.outcome, Outcome::Reply(ShardReply::Started { replayed: true, ref execution_id, .. }) if execution_id.as_str() == "old"),
+        "{:?}",
+        within.outcome
+    );
+    let day_later = stored.deadline() + 24 * 3600 * 1000;
+    let after = shard.when(start(Some("tok"), Some(10)), day_later).unwrap();
+    assert!(
+        matches!(after.outcome, Outcome::Started { .. }),
+        "past its window the token is new"
+    );
+}
+
+#[test]
+fn device_updates_follow_the_state_machine_and_stay_with_their_target() {
+    let mut shard = given();
+    shard.when(start(None, None), 0).unwrap();
+    let other = Target::thing("lamp-2").unwrap();
+    assert_eq!(
+        rejection(shard.when(report("e1", other, ExecutionStatus::Succeeded), 1)),
+        RejectionCode::ResourceNotFound
+    );
+    let d = shard
+        .when(report("e1", target(), ExecutionStatus::InProgress), 2)
+        .unwrap();
+    assert_eq!(d.events.len(), 1);
+    shard
+        .when(report("e1", target(), ExecutionStatus::Succeeded), 3)
+        .unwrap();
+    let e = shard.execution("e1");
+    assert_eq!(
+        (e.status, e.terminal, e.seq),
+        (ExecutionStatus::Succeeded, true, 3)
+    );
+    assert_eq!(
+        rejection(shard.when(report("e1", target(), ExecutionStatus::Failed), 4)),
+        RejectionCode::TerminalStateReached
+    );
+    assert_eq!(
+        shard.state.undelivered(4).count(),
+        0,
+        "an update means it was delivered"
+    );
+}
+
+#[test]
+fn an_evicted_execution_is_read_back_and_an_unknown_one_is_not_found() {
+    let mut shard = given();
+    let done = testing::execution_in("gone", "reboot", ExecutionStatus::Succeeded);
+    let done = Execution {
+        target: target(),
+        ..done
+    };
+    shard
+        .lookups
+        .executions
+        .insert(done.execution_id.clone(), Some(done.clone()));
+    let d = shard.when(report("gone", target(), ExecutionStatus::Failed), 5);
+    assert_eq!(rejection(d), RejectionCode::TerminalStateReached);
+    let deleted = shard
+        .when(
+            ShardRequest::Execution {
+                execution_id: done.execution_id.clone(),
+                target: target(),
+                input: ExecutionInput::Delete,
+            },
+            6,
+        )
+        .unwrap();
+    assert_eq!(
+        deleted.hydrate.as_ref(),
+        Some(&done),
+        "read back into the state"
+    );
+    assert!(matches!(
+        deleted.outcome,
+        Outcome::Execution {
+            before: Some(_),
+            ..
+        }
+    ));
+    assert!(
+        shard.state.execution(&done.execution_id).is_none(),
+        "deleted"
+    );
+    assert_eq!(
+        rejection(shard.when(report("nope", target(), ExecutionStatus::Failed), 7)),
+        RejectionCode::ResourceNotFound
+    );
+}
+
+#[test]
+fn the_deadline_times_an_execution_out_once_and_a_late_report_settles_it() {
+    let mut shard = given();
+    shard.when(start(None, Some(5)), 1_000).unwrap();
+    assert!(shard.state.take_due_timers(5_999).is_empty(), "not yet due");
+    let due = shard.state.take_due_timers(6_000);
+    assert_eq!(
+        due,
+        [TimerKey::Execution(ExecutionId::parse("e1").unwrap())]
+    );
+    let events = decide::decide_timer(&shard.state, &due[0], 6_000, &SETTINGS);
+    assert_eq!(
+        events.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+        [Event::ExecutionTimedOut]
+    );
+    shard.stage(
+        &Decision {
+            hydrate: None,
+            events,
+            outcome: Outcome::Reply(ShardReply::Unavailable(String::new())),
+        },
+        6_000,
+    );
+    let e = shard.execution("e1");
+    assert_eq!((e.status, e.terminal), (ExecutionStatus::TimedOut, false));
+    assert!(
+        decide::decide_timer(&shard.state, &due[0], 7_000, &SETTINGS).is_empty(),
+        "fires once"
+    );
+    shard
+        .when(report("e1", target(), ExecutionStatus::Succeeded), 8_000)
+        .unwrap();
+    assert!(shard.execution("e1").terminal);
+}
+
+#[test]
+fn commands_are_created_once_and_a_scheduled_deletion_arms_a_timer() {
+    let mut shard = given();
+    let create = ShardRequest::Command {
+        command_id: "reboot".into(),
+        input: CommandInput::Create(Box::new(CreateCommand {
+            command_id: "reboot".into(),
+            payload: Some(Payload {
+                content: b"x".to_vec(),
+                content_type: "text/plain".into(),
+            }),
+            ..CreateCommand::default()
+        })),
+    };
+    shard.when(create.clone(), 100).unwrap();
+    assert!(shard.state.command("reboot").is_some());
+    assert_eq!(rejection(shard.when(create, 200)), RejectionCode::Conflict);
+    let delete = ShardRequest::Command {
+        command_id: "reboot".into(),
+        input: CommandInput::Delete,
+    };
+    shard.when(delete, 300).unwrap();
+    let delete_at = shard.state.command("reboot").and_then(|c| c.delete_at);
+    assert_eq!(
+        delete_at,
+        Some(300 + 60_000),
+        "not deprecated: scheduled after the wait"
+    );
+    assert_eq!(shard.state.next_timer(), delete_at);
+}
+
+#[test]
+fn a_request_for_another_shard_is_sent_back_retryable() {
+    let shard = given();
+    let settings = Settings {
+        shard: 1,
+        shards: 1024,
+        ..SETTINGS
+    };
+    // thing/lamp-1 does not hash to shard 1 of 1024.
+    assert_ne!(fleetcmd_domain::shard::shard_of("thing/lamp-1", 1024), 1);
+    let d = decide::decide(
+        &shard.state,
+        &start(None, None),
+        &shard.lookups,
+        0,
+        &settings,
+        &mut || unreachable!("no execution is created"),
+    )
+    .unwrap();
+    assert!(
+        matches!(d.outcome, Outcome::Reply(ShardReply::Unavailable(_))),
+        "{:?}",
+        d.outcome
+    );
+}
+
+#[test]
+fn terminal_executions_and_tokens_leave_memory_only_once_projected() {
+    let mut shard = given();
+    for _ in 0..3 {
+        shard
+            .when(start(Some(&format!("t{}", shard.next_id)), None), 0)
+            .unwrap();
+    }
+    for id in ["e1", "e2", "e3"] {
+        shard
+            .when(report(id, target(), ExecutionStatus::Succeeded), 10)
+            .unwrap();
+    }
+    // Six records (offsets 0..6); nothing projected yet: nothing leaves.
+    shard.state.evict(1, 0, i64::MAX);
+    assert_eq!(shard.state.len(), 3);
+    assert!(shard.state.holds_token(&(target(), "t0".into())));
+    // Projected past e1's and e2's last events (offsets 3 and 4): the cache keeps one.
+    shard.state.evict(1, 5, i64::MAX);
+    assert_eq!(shard.state.len(), 1);
+    assert!(
+        shard
+            .state
+            .execution(&ExecutionId::parse("e3").unwrap())
+            .is_some()
+    );
+    assert!(
+        !shard.state.holds_token(&(target(), "t0".into())),
+        "past its memory time and projected"
+    );
+    // A token still within its memory time stays, projected or not.
+    let mut fresh = given();
+    fresh.when(start(Some("keep"), None), 0).unwrap();
+    fresh.state.evict(0, u64::MAX, 59_999);
+    assert!(fresh.state.holds_token(&(target(), "keep".into())));
+}
+
+#[test]
+fn a_rebuild_from_the_log_equals_the_state_the_owner_staged() {
+    let mut shard = given();
+    let mut log: Vec<Vec<EventEnvelope>> = Vec::new();
+    let mut record = |shard: &mut Shard, req: ShardRequest, now: TimestampMs| {
+        let before = shard.state.clone();
+        let d = shard.when(req, now).unwrap();
+        // Rebuild the envelopes the owner appended for this decision.
+        let mut scratch = before;
+        let mut envelopes = Vec::new();
+        if let Some(e) = &d.hydrate {
+            scratch.hydrate(e.clone());
+        }
+        for (aggregate, event) in d.events {
+            let seq = match &aggregate {
+                Aggregate::Execution { execution_id, .. } => {
+                    scratch.execution(execution_id).map_or(0, |e| e.seq) + 1
+                }
+                Aggregate::Command(id) => scratch.command_seq(id.as_str()) + 1,
+            };
+            let env = envelope(aggregate, seq, now, event);
+            scratch.apply(&env, 0);
+            envelopes.push(env);
+        }
+        if !envelopes.is_empty() {
+            log.push(envelopes);
+        }
+    };
+    record(&mut shard, start(Some("a"), Some(100)), 1);
+    record(&mut shard, start(None, Some(100)), 2);
+    record(
+        &mut shard,
+        report("e1", target(), ExecutionStatus::InProgress),
+        3,
+    );
+    record(
+        &mut shard,
+        report("e2", target(), ExecutionStatus::Succeeded),
+        4,
+    );
+    let mut rebuilt = ShardState::new(60_000);
+    for (offset, events) in log.iter().enumerate() {
+        rebuilt.apply_record(events, offset as u64);
+    }
+    assert_eq!(rebuilt.live(), shard.state.live());
+    assert_eq!(rebuilt.next_offset(), log.len() as u64);
+    assert_eq!(rebuilt.next_timer(), shard.state.next_timer());
+    assert_eq!(
+        rebuilt.token(&(target(), "a".into())),
+        shard.state.token(&(target(), "a".into()))
+    );
+}

@@ -1,0 +1,302 @@
+//! Folding a batch of log records into read-model writes, in three steps: what the batch
+//! [`needs`] from the read model (executions whose start is not in the batch nor in the
+//! live cache, and the commands it touches), [`load`] them in batch reads, then [`fold`]
+//! purely with the domain's one fold.
+
+use std::collections::{HashMap, HashSet};
+
+use fleetcmd_domain::command;
+use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
+use fleetcmd_domain::execution::{self, Folded as Step};
+use fleetcmd_domain::ids::{CommandId, ExecutionId};
+use fleetcmd_domain::model::{Command, Execution};
+use fleetcmd_domain::ports::{CommandWrite, ExecutionWrite, PortError, ProjectionBatch, ReadModel};
+use fleetcmd_domain::protocol::ExecutionChanged;
+
+use crate::live::LiveCache;
+
+/// What a batch must read before it can be folded.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Needs {
+    pub executions: Vec<ExecutionId>,
+    pub commands: Vec<CommandId>,
+}
+
+/// The stored states a batch folds onto (missing ones are absent).
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    pub executions: HashMap<ExecutionId, Execution>,
+    pub commands: HashMap<CommandId, Command>,
+}
+
+/// What one batch writes, and the status changes to announce after the commit.
+#[derive(Debug, Clone)]
+pub struct Folded {
+    pub batch: ProjectionBatch,
+    pub changed: Vec<ExecutionChanged>,
+    /// For each change, the index of the envelope that caused it (to parent its
+    /// announcement on that event's trace).
+    pub causes: Vec<usize>,
+}
+
+/// The stored states `envelopes` fold onto: executions whose first event in the batch is not
+/// their start (unless `live` holds them), and every command the batch touches.
+pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
+    let mut needs = Needs::default();
+    let mut seen_e: HashSet<&ExecutionId> = HashSet::new();
+    let mut seen_c: HashSet<&CommandId> = HashSet::new();
+    for env in envelopes {
+        match &env.aggregate {
+            Aggregate::Execution { execution_id, .. } => {
+                if seen_e.insert(execution_id)
+                    && !matches!(env.event, Event::ExecutionStarted { .. })
+                    && live.get(execution_id).is_none()
+                {
+                    needs.executions.push(execution_id.clone());
+                }
+            }
+            Aggregate::Command(id) => {
+                if seen_c.insert(id) {
+                    needs.commands.push(id.clone());
+                }
+            }
+        }
+    }
+    needs
+}
+
+/// Reads what [`needs`] named, and takes the rest from `live`.
+pub async fn load(
+    read_model: &dyn ReadModel,
+    live: &LiveCache,
+    envelopes: &[EventEnvelope],
+    needs: &Needs,
+) -> Result<Loaded, PortError> {
+    let mut loaded = Loaded::default();
+    for env in envelopes {
+        if let Aggregate::Execution { execution_id, .. } = &env.aggregate
+            && let Some(e) = live.get(execution_id)
+        {
+            loaded
+                .executions
+                .entry(execution_id.clone())
+                .or_insert_with(|| e.clone());
+        }
+    }
+    if !needs.executions.is_empty() {
+        for e in read_model.get_executions(&needs.executions).await? {
+            loaded.executions.insert(e.execution_id.clone(), e);
+        }
+    }
+    for id in &needs.commands {
+        if let Some(c) = read_model.get_command(id).await? {
+            loaded.commands.insert(id.clone(), c);
+        }
+    }
+    Ok(loaded)
+}
+
+/// Folds `envelopes` onto `loaded` (pure). Replayed events (seq not above the stored one)
+/// change nothing, so a batch folded twice writes the same.
+pub fn fold(
+    envelopes: &[EventEnvelope],
+    loaded: Loaded,
+    partition: u32,
+    next_offset: u64,
+) -> Folded {
+    let mut executions: HashMap<ExecutionId, Option<Execution>> = loaded
+        .executions
+        .into_iter()
+        .map(|(id, e)| (id, Some(e)))
+        .collect();
+    let mut commands: HashMap<CommandId, Option<Command>> = loaded
+        .commands
+        .into_iter()
+        .map(|(id, c)| (id, Some(c)))
+        .collect();
+    let mut order_e: Vec<ExecutionId> = Vec::new();
+    let mut order_c: Vec<CommandId> = Vec::new();
+    let mut seen_e: HashSet<ExecutionId> = HashSet::new();
+    let mut seen_c: HashSet<CommandId> = HashSet::new();
+    let mut changed = Vec::new();
+    let mut causes = Vec::new();
+    for (i, env) in envelopes.iter().enumerate() {
+        match &env.aggregate {
+            Aggregate::Execution { execution_id, .. } => {
+                if seen_e.insert(execution_id.clone()) {
+                    order_e.push(execution_id.clone());
+                }
+                let slot = executions.entry(execution_id.clone()).or_insert(None);
+                let step = execution::fold(slot, &env.event, env.at, env.seq);
+                if step == Step::Applied
+                    && env.event.new_status().is_some()
+                    && let Some(e) = slot.as_ref()
+                {
+                    changed.push(ExecutionChanged::from_execution(e, env.at));
+                    causes.push(i);
+                }
+                if step == Step::Unchanged && slot.is_none() {
+                    tracing::debug!(%execution_id, seq = env.seq, "event for an unknown or deleted execution skipped");
+                }
+            }
+            Aggregate::Command(id) => {
+                if seen_c.insert(id.clone()) {
+                    order_c.push(id.clone());
+                }
+                let slot = commands.entry(id.clone()).or_insert(None);
+                command::apply(slot, &env.event, env.at);
+            }
+        }
+    }
+    let mut batch = ProjectionBatch {
+        partition,
+        next_offset,
+        commands: Vec::with_capacity(order_c.len()),
+        executions: Vec::with_capacity(order_e.len()),
+    };
+    for id in order_e {
+        match executions.remove(&id) {
+            Some(Some(e)) => batch.executions.push(ExecutionWrite::Upsert(e)),
+            _ => batch.executions.push(ExecutionWrite::Delete(id)),
+        }
+    }
+    for id in order_c {
+        match commands.remove(&id) {
+            Some(Some(c)) => batch.commands.push(CommandWrite::Upsert(c)),
+            _ => batch.commands.push(CommandWrite::Delete(id)),
+        }
+    }
+    Folded {
+        batch,
+        changed,
+        causes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetcmd_domain::event::SCHEMA_VERSION;
+    use fleetcmd_domain::ids::Target;
+    use fleetcmd_domain::model::{ExecutionStatus, Payload};
+    use fleetcmd_domain::testing;
+
+    use super::*;
+
+    fn env(id: &str, seq: u64, event: Event) -> EventEnvelope {
+        EventEnvelope {
+            event_id: format!("{id}-{seq}"),
+            schema: SCHEMA_VERSION,
+            aggregate: Aggregate::Execution {
+                execution_id: ExecutionId::parse(id).unwrap(),
+                target: Target::thing("t").unwrap(),
+            },
+            seq,
+            at: 1_000 + seq as i64,
+            trace: None,
+            event,
+        }
+    }
+
+    fn started(id: &str) -> EventEnvelope {
+        env(
+            id,
+            1,
+            Event::ExecutionStarted {
+                execution: Box::new(testing::execution(id, "c", None)),
+                payload: Payload {
+                    content: b"{}".to_vec(),
+                    content_type: "application/json".into(),
+                },
+                request_fingerprint: 0,
+            },
+        )
+    }
+
+    fn succeeded(id: &str, seq: u64) -> EventEnvelope {
+        env(
+            id,
+            seq,
+            Event::StatusReported {
+                status: ExecutionStatus::Succeeded,
+                status_reason: None,
+                result: None,
+            },
+        )
+    }
+
+    #[test]
+    fn given_a_start_in_the_batch_nothing_is_read_back() {
+        let batch = [started("a"), succeeded("a", 2)];
+        let live = LiveCache::new(8);
+        assert_eq!(needs(&batch, &live), Needs::default());
+        let folded = fold(&batch, Loaded::default(), 3, 17);
+        assert_eq!((folded.batch.partition, folded.batch.next_offset), (3, 17));
+        let [ExecutionWrite::Upsert(e)] = folded.batch.executions.as_slice() else {
+            panic!("one upsert: {:?}", folded.batch.executions)
+        };
+        assert_eq!(
+            (e.status, e.seq, e.terminal),
+            (ExecutionStatus::Succeeded, 2, true)
+        );
+        let statuses: Vec<_> = folded.changed.iter().map(|c| c.status).collect();
+        assert_eq!(
+            statuses,
+            [ExecutionStatus::Created, ExecutionStatus::Succeeded]
+        );
+        assert_eq!(folded.causes, [0, 1]);
+    }
+
+    #[test]
+    fn given_a_stored_execution_its_update_folds_onto_it_and_replays_change_nothing() {
+        let batch = [succeeded("b", 2)];
+        let live = LiveCache::new(8);
+        assert_eq!(
+            needs(&batch, &live).executions,
+            [ExecutionId::parse("b").unwrap()]
+        );
+        let stored = testing::execution("b", "c", None);
+        let loaded = Loaded {
+            executions: HashMap::from([(stored.execution_id.clone(), stored.clone())]),
+            ..Loaded::default()
+        };
+        let folded = fold(&batch, loaded, 0, 1);
+        assert_eq!(folded.changed.len(), 1);
+        // Folding the same events onto the already updated state writes the same and
+        // announces nothing.
+        let ExecutionWrite::Upsert(after) = &folded.batch.executions[0] else {
+            panic!("an upsert")
+        };
+        let again = fold(
+            &batch,
+            Loaded {
+                executions: HashMap::from([(after.execution_id.clone(), after.clone())]),
+                ..Loaded::default()
+            },
+            0,
+            1,
+        );
+        assert_eq!(again.batch.executions, folded.batch.executions);
+        assert!(again.changed.is_empty());
+    }
+
+    #[test]
+    fn given_no_stored_state_an_update_writes_a_delete_and_announces_nothing() {
+        let folded = fold(&[succeeded("gone", 5)], Loaded::default(), 0, 1);
+        assert_eq!(
+            folded.batch.executions,
+            [ExecutionWrite::Delete(ExecutionId::parse("gone").unwrap())]
+        );
+        assert!(folded.changed.is_empty());
+    }
+
+    #[test]
+    fn live_executions_are_not_read_back() {
+        let mut live = LiveCache::new(8);
+        let mut open = testing::execution("c", "c", None);
+        open.status = ExecutionStatus::InProgress;
+        open.seq = 2;
+        live.remember(&[ExecutionWrite::Upsert(open)]);
+        let batch = [succeeded("c", 3)];
+        assert_eq!(needs(&batch, &live), Needs::default());
+    }
+}
