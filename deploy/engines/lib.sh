@@ -30,7 +30,13 @@
 #   cmd_install    the `install` command
 #   prepare_start  run by `start` after it created $run_dir: writes the config, creates data
 #                  folders and sets the array server_cmd to the server's command line
+# and, when an open port does not yet mean that the engine serves:
+#   engine_ready   succeeds once the engine serves; `start` waits for it after the port
+#                  answers (default: always succeeds)
 # and ends with: engine_main "$@"
+# For engines that run on the JVM from Maven Central jars (kafka.sh, cql.sh) this file also has
+# find_java (a java of a given version range) and maven_fetch_jars (artifacts and their
+# dependencies into the install cache).
 
 HOST=127.0.0.1
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -47,6 +53,88 @@ engines_cache_dir() {
     echo "${FLEETCMD_ENGINES_CACHE:-$HOME/.cache/fleetcmd-engines}"
 }
 
+# The Java feature version (17, 21, ...) of the java binary $1; fails for a pre-9 "1.x" or an
+# unusable binary.
+java_feature_version() {
+    local v
+    v=$("$1" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p')
+    [[ "$v" =~ ^[0-9]+$ ]] || return 1
+    echo "$v"
+}
+
+# Prints the first java whose feature version is between $1 and $2 (inclusive), looking at
+# $FLEETCMD_JAVA (a java binary), $JAVA_HOME, `java` on the PATH and /usr/lib/jvm/*, in that
+# order; fails when there is none.
+find_java() {
+    local min=$1 max=$2 candidate v
+    local candidates=("${FLEETCMD_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}"
+        "$(command -v java 2>/dev/null || true)")
+    candidates+=(/usr/lib/jvm/*/bin/java)
+    for candidate in "${candidates[@]}"; do
+        [[ -n "$candidate" && -x "$candidate" ]] || continue
+        v=$(java_feature_version "$candidate") || continue
+        if ((v >= min && v <= max)); then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The maven-dependency-plugin that copies the jars (pinned: Debian's Maven 3.8 would pick an
+# old default).
+MAVEN_DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+
+# Fetches the artifacts $2... (group:artifact:version) and their runtime dependencies from Maven
+# Central into the folder $1/libs, through a generated $1/pom.xml and `mvn dependency:copy-
+# dependencies` (Maven's own cache, ~/.m2, keeps a second copy). The folder appears only when
+# complete: the jars land in a temporary sibling that is renamed at the end, so an interrupted
+# fetch leaves nothing half-done behind. Callers skip it when $1/libs is there.
+maven_fetch_jars() {
+    local dest=$1
+    shift
+    command -v mvn >/dev/null || {
+        echo "$ENGINE: mvn (Maven) is not installed; apt-get install -y maven" >&2
+        return 1
+    }
+    mkdir -p "$(dirname "$dest")"
+    rm -rf "$dest".tmp.*
+    local work
+    work=$(mktemp -d "$dest.tmp.XXXXXX")
+    {
+        cat <<'EOF'
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by deploy/engines (lib.sh maven_fetch_jars): the jars of a local engine. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>fleetcmd.engines</groupId>
+  <artifactId>engine-jars</artifactId>
+  <version>0</version>
+  <packaging>pom</packaging>
+  <dependencies>
+EOF
+        local coord g a v
+        for coord in "$@"; do
+            IFS=: read -r g a v <<<"$coord"
+            printf '    <dependency><groupId>%s</groupId><artifactId>%s</artifactId><version>%s</version></dependency>\n' \
+                "$g" "$a" "$v"
+        done
+        cat <<'EOF'
+  </dependencies>
+</project>
+EOF
+    } >"$work/pom.xml"
+    # -q: only errors; Maven 3.8 still prints colour resets, hence the sed.
+    if ! mvn -q -B -Dstyle.color=never -f "$work/pom.xml" "$MAVEN_DEPENDENCY_PLUGIN:copy-dependencies" \
+        -DincludeScope=runtime -DoutputDirectory="$work/libs" 2>&1 |
+        sed -e $'s/\e\\[[0-9;]*m//g' -e '/^$/d' >&2; then
+        echo "$ENGINE: mvn could not fetch $* (pom: $work/pom.xml, kept for a look)" >&2
+        return 1
+    fi
+    rm -rf "$dest"
+    mv "$work" "$dest"
+}
+
 # The pid in the pidfile, when that process is alive and is the engine's ($PROCESS_MATCH in its
 # command line); fails otherwise, so a stale pidfile or a reused pid does not count.
 running_pid() {
@@ -57,6 +145,11 @@ running_pid() {
     kill -0 "$pid" 2>/dev/null || return 1
     grep -q "$PROCESS_MATCH" "/proc/$pid/cmdline" 2>/dev/null || return 1
     echo "$pid"
+}
+
+# Overridden by engine scripts whose port opens before they serve (see the header).
+engine_ready() {
+    return 0
 }
 
 # Succeeds when something accepts TCP connections on $HOST:$PORT.
@@ -87,13 +180,13 @@ start_in_background() {
     fi
 }
 
-# Waits until $HOST:$PORT answers. When process $1 exits first, or after START_TIMEOUT_SECS
-# (then kills it), prints the log tail, removes the pidfile and exits 1.
+# Waits until $HOST:$PORT answers and engine_ready succeeds. When process $1 exits first, or
+# after START_TIMEOUT_SECS (then kills it), prints the log tail, removes the pidfile and exits 1.
 wait_for_port() {
     local pid=$1
     local deadline=$((SECONDS + START_TIMEOUT_SECS))
     local what="$ENGINE: ${SERVER_NOUN:+$SERVER_NOUN }"
-    until port_answers; do
+    until port_answers && engine_ready; do
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "${what}exited during start; log tail ($log_file):" >&2
             print_log_tail
