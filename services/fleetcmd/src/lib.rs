@@ -1,10 +1,11 @@
-//! The `fleetcmd` binary's library: `serve` (everything in one process on the embedded
-//! adapters), `run` (one service per process on the cluster engines, feature `cluster`), the
-//! API client verbs, the device simulator and the load generator.
+//! The `fleetcmd` binary's library: `run` (one service per process on the cluster engines,
+//! feature `cluster`). The one-process server is `fleetcmd_standalone`, the API client verbs
+//! `fleetcmd_cli`, the device simulator `fleetcmd_simulator` and the load generator
+//! `fleetcmd_bench`; the binary parses flags, wires them and dispatches.
 
-pub mod bench;
-pub mod client;
 #[cfg(feature = "cluster")]
 pub mod cluster;
-pub mod serve;
-pub mod simulator;
+
+// The end-to-end tests still reach the one-process server and the simulator through here.
+pub use fleetcmd_simulator as simulator;
+pub use fleetcmd_standalone as serve;

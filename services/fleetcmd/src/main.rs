@@ -6,9 +6,9 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetcmd::client::{self, ClientArgs, command::CommandCmd, exec::ExecCmd};
-use fleetcmd::serve::ServeArgs;
-use fleetcmd::simulator::{self, DeviceCmd};
+use fleetcmd_cli::{self as client, ClientArgs, command::CommandCmd, exec::ExecCmd};
+use fleetcmd_simulator::{self as simulator, DeviceCmd};
+use fleetcmd_standalone::ServeArgs;
 
 /// mimalloc: the hot paths allocate many small, short-lived buffers across threads (MQTT
 /// packets, bus messages, JSON); glibc malloc showed up at ~10 % of CPU in the profile.
@@ -45,7 +45,7 @@ enum Cmd {
     Device(DeviceCmd),
     /// Load generator: simulated devices over MQTT plus start calls over gRPC; reports
     /// executions/s, latency percentiles, errors, memory and CPU (see BENCHMARKS.md).
-    Bench(fleetcmd::bench::BenchArgs),
+    Bench(fleetcmd_bench::BenchArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -53,13 +53,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli.command {
-        Cmd::Serve(args) => fleetcmd::serve::run(args).await,
+        Cmd::Serve(args) => fleetcmd_standalone::run(args).await,
         #[cfg(feature = "cluster")]
         Cmd::Run(args) => fleetcmd::cluster::run(args).await,
         Cmd::Command(cmd) => client::command::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Exec(cmd) => client::exec::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Device(cmd) => simulator::run_cli(cmd, output, &mut out).await,
-        Cmd::Bench(args) => fleetcmd::bench::run(args, &cli.client, &mut out).await,
+        Cmd::Bench(args) => fleetcmd_bench::run(args, &cli.client, &mut out).await,
     }?;
     out.flush()?;
     Ok(())
@@ -99,7 +99,7 @@ async fn main() -> ExitCode {
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
-    use fleetcmd::client::{command, exec};
+    use fleetcmd_cli::{command, exec};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("fleetcmd").chain(args.iter().copied()))

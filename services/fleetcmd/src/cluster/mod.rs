@@ -111,7 +111,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
-        crate::serve::shutdown_signal().await;
+        fleetcmd_standalone::shutdown_signal().await;
         tracing::info!("shutting down");
         shutdown_tx.send_replace(true);
     });
@@ -327,7 +327,7 @@ fn auth(config: &ClusterConfig) -> anyhow::Result<Auth> {
         .auth
         .policy
         .as_deref()
-        .map(crate::serve::load_policy)
+        .map(fleetcmd_standalone::load_policy)
         .transpose()?;
     if policy.is_none()
         && !config.grpc.addr.ip().is_loopback()

@@ -302,7 +302,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     stopped
 }
 
-pub(crate) async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

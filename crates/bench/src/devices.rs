@@ -1,7 +1,7 @@
 //! The bench's device fleet: lean MQTT 5 devices on rumqttc, one task each, speaking the
 //! device protocol through the simulator's [`protocol`] helpers.
 //!
-//! Leaner than [`crate::simulator::SimulatedDevice`] on purpose: no task or event per
+//! Leaner than [`fleetcmd_simulator::SimulatedDevice`] on purpose: no task or event per
 //! request and no event channel, so thousands of devices and tens of thousands of
 //! requests per second fit beside the server on two cores. Each device answers from its
 //! event-loop task with `try_publish` (falling back to a spawned publish when the client's
@@ -23,7 +23,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, watch};
 
 use super::collector::Note;
-use crate::simulator::protocol::{self, Inbound, Update};
+use fleetcmd_simulator::protocol::{self, Inbound, Update};
 
 /// How a device answers requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -24,8 +24,8 @@ use super::devices::{self, Behavior, FleetSpec};
 use super::pace::due_offset;
 use super::stats::{Report, per_sec};
 use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag};
-use crate::client::{Api, ClientArgs, code_name};
-use crate::serve::{self, ServeArgs};
+use fleetcmd_cli::{Api, ClientArgs, code_name};
+use fleetcmd_standalone::{self as serve, ServeArgs};
 
 /// `fleetcmd serve` flags, parsed the way the CLI does so new flags keep their defaults.
 #[derive(Debug, clap::Parser)]

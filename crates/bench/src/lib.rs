@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::client::ClientArgs;
 pub use devices::Behavior;
+use fleetcmd_cli::ClientArgs;
 use stats::{Report, RssSample};
 
 /// Flags of `fleetcmd bench`.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::protocol::format_name;
 use super::{Behavior, DeviceEvent, DeviceEventKind, DeviceOptions, MqttVersion, Summary, run};
-use crate::client::{Output, RequiredTarget};
+use fleetcmd_cli::{Output, RequiredTarget};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum DeviceCmd {
