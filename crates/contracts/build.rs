@@ -5,14 +5,16 @@
 
 use std::path::PathBuf;
 
-const PUBLIC: [&str; 3] = [
+const PUBLIC: [&str; 4] = [
     "fleetcmd/v1/types.proto",
     "fleetcmd/v1/registry.proto",
     "fleetcmd/v1/dispatcher.proto",
+    "fleetcmd/v1/things.proto",
 ];
-const INTERNAL: [&str; 2] = [
+const INTERNAL: [&str; 3] = [
     "fleetcmd/internal/v1/log.proto",
     "fleetcmd/internal/v1/bus.proto",
+    "fleetcmd/internal/v1/snapshot.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

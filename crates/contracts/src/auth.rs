@@ -85,8 +85,8 @@ impl Caller<'_> {
             return Ok(());
         }
         Err(Status::permission_denied(format!(
-            "caller {:?} may not {} on command {} and target {}",
-            grant.name,
+            "caller {} may not {} on command {} and target {}",
+            fleetcmd_domain::error::quote(&grant.name),
             action.name(),
             command.unwrap_or("*"),
             target.map_or_else(|| "*".to_string(), Target::resource_name),

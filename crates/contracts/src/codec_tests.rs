@@ -416,3 +416,49 @@ fn bus_messages_decode_to_what_was_encoded() {
     };
     assert_eq!(decode_projected(&encode_projected(&p)).unwrap(), p);
 }
+
+#[test]
+fn a_snapshot_decodes_to_what_was_encoded_and_another_version_is_refused() {
+    use fleetcmd_domain::event::{ShardSnapshot, SnapshotToken};
+    let e = full_execution();
+    let snapshot = ShardSnapshot {
+        next_offset: 1_000_000,
+        executions: vec![
+            (e.clone(), 999_999),
+            (testing::execution("e-2", "c", None), 3),
+        ],
+        undelivered: vec![(
+            ExecutionId::parse("e-2").unwrap(),
+            Payload {
+                content: b"{}".to_vec(),
+                content_type: "application/json".into(),
+            },
+        )],
+        traces: vec![(e.execution_id.clone(), "00-aa-bb-01".into())],
+        tokens: vec![SnapshotToken {
+            target: e.target.clone(),
+            token: "tok".into(),
+            execution_id: e.execution_id.clone(),
+            fingerprint: 42,
+            memory_until: 77,
+            offset: 5,
+        }],
+        commands: vec![(template_command(), 4), (static_command(), 1)],
+    };
+    assert_eq!(
+        decode_snapshot(&encode_snapshot(&snapshot)).unwrap(),
+        snapshot
+    );
+    assert_eq!(
+        decode_snapshot(&encode_snapshot(&ShardSnapshot::default())).unwrap(),
+        ShardSnapshot::default()
+    );
+    let future = prost::Message::encode_to_vec(&ipb::ShardSnapshot {
+        version: SNAPSHOT_VERSION + 1,
+        ..Default::default()
+    });
+    let CodecError::Invalid(v) = decode_snapshot(&future).unwrap_err() else {
+        panic!("another snapshot version must be refused")
+    };
+    assert_eq!(v.field, "snapshot.version");
+}

@@ -1,9 +1,10 @@
 //! The command resource's rules: create validation, update and timed deletion as
-//! `decide`/`apply` (reference §1.2–1.4).
+//! `decide`/`apply`, as AWS IoT Commands' CreateCommand, UpdateCommand and DeleteCommand
+//! behave (the API-side limits are listed in `docs/device-protocol.md`, Limits).
 
 use std::collections::BTreeMap;
 
-use crate::error::{Rejection, RejectionCode, ValidationError};
+use crate::error::{Rejection, RejectionCode, ValidationError, quote};
 use crate::event::Event;
 use crate::ids::CommandId;
 use crate::limits::*;
@@ -61,6 +62,22 @@ impl Default for CommandSettings {
     }
 }
 
+/// The namespace a request names: empty means [`NAMESPACE_AWS_IOT`], the only one fleetcmd
+/// serves; anything else is an error naming `namespace`. Every call with a `namespace` field
+/// (CreateCommand, ListCommands, ListCommandExecutions) goes through this one rule.
+pub fn check_namespace(namespace: &str) -> Result<&'static str, ValidationError> {
+    if namespace.is_empty() || namespace == NAMESPACE_AWS_IOT {
+        return Ok(NAMESPACE_AWS_IOT);
+    }
+    Err(ValidationError::new(
+        "namespace",
+        format!(
+            "only {NAMESPACE_AWS_IOT} is supported, got {}",
+            quote(namespace)
+        ),
+    ))
+}
+
 /// Text without control characters, at most `max` chars.
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
     if value.chars().count() > max {
@@ -92,7 +109,10 @@ fn check_content_type(ct: &str) -> Result<(), ValidationError> {
     if !ok || ct.len() > 255 {
         return Err(ValidationError::new(
             field,
-            format!("must be a type/subtype MIME type (at most 255 characters), got {ct:?}"),
+            format!(
+                "must be a type/subtype MIME type (at most 255 characters), got {}",
+                quote(ct)
+            ),
         ));
     }
     Ok(())
@@ -101,17 +121,7 @@ fn check_content_type(ct: &str) -> Result<(), ValidationError> {
 /// Validates a create request and builds the command it describes.
 pub fn validate_create(req: &CreateCommand, now: TimestampMs) -> Result<Command, ValidationError> {
     let command_id = CommandId::parse(req.command_id.clone())?;
-    let namespace = if req.namespace.is_empty() {
-        NAMESPACE_AWS_IOT
-    } else {
-        req.namespace.as_str()
-    };
-    if namespace != NAMESPACE_AWS_IOT {
-        return Err(ValidationError::new(
-            "namespace",
-            format!("only {NAMESPACE_AWS_IOT} is supported, got {namespace:?}"),
-        ));
-    }
+    let namespace = check_namespace(&req.namespace)?;
     check_text("display_name", &req.display_name, DISPLAY_NAME_MAX_CHARS)?;
     check_text("description", &req.description, DESCRIPTION_MAX_CHARS)?;
     if req.tags.len() > TAGS_MAX {
@@ -124,13 +134,19 @@ pub fn validate_create(req: &CreateCommand, now: TimestampMs) -> Result<Command,
         if k.is_empty() || k.chars().count() > TAG_KEY_MAX_CHARS {
             return Err(ValidationError::new(
                 "tags",
-                format!("tag key {k:?} must be 1–{TAG_KEY_MAX_CHARS} characters"),
+                format!(
+                    "tag key {} must be 1–{TAG_KEY_MAX_CHARS} characters",
+                    quote(k)
+                ),
             ));
         }
         if v.chars().count() > TAG_VALUE_MAX_CHARS {
             return Err(ValidationError::new(
                 "tags",
-                format!("value of tag {k:?} must be at most {TAG_VALUE_MAX_CHARS} characters"),
+                format!(
+                    "value of tag {} must be at most {TAG_VALUE_MAX_CHARS} characters",
+                    quote(k)
+                ),
             ));
         }
     }
@@ -423,6 +439,51 @@ mod tests {
                 .message
                 .contains("control")
         );
+    }
+
+    #[test]
+    fn one_namespace_rule_quoting_the_value_cut() {
+        assert_eq!(check_namespace(""), Ok(NAMESPACE_AWS_IOT));
+        assert_eq!(check_namespace("AWS-IoT"), Ok(NAMESPACE_AWS_IOT));
+        for bad in ["AWS-IoT-FleetWise", "aws-iot", "AWS-IoT ", "*"] {
+            let e = check_namespace(bad).unwrap_err();
+            assert_eq!(e.field, "namespace");
+            assert_eq!(e.message, format!("only AWS-IoT is supported, got {bad:?}"));
+        }
+        let e = check_namespace(&"n".repeat(5_000)).unwrap_err();
+        assert!(
+            e.message.ends_with("…\" (5000 characters)"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.len() < 150);
+        // CreateCommand goes through the same rule, and so do its other echoed fields.
+        let mut req = CreateCommand {
+            command_id: "c".into(),
+            namespace: "n".repeat(100_000),
+            payload: Some(Payload {
+                content: vec![1],
+                content_type: "x".repeat(100_000),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(validate_create(&req, 0), Err(e_for(&req.namespace)));
+        req.namespace.clear();
+        let e = validate_create(&req, 0).unwrap_err();
+        assert_eq!(e.field, "payload.content_type");
+        assert!(e.message.len() < 200, "{}", e.message.len());
+        req.payload = Some(Payload {
+            content: vec![1],
+            content_type: String::new(),
+        });
+        req.tags = BTreeMap::from([("k".repeat(100_000), String::new())]);
+        let e = validate_create(&req, 0).unwrap_err();
+        assert_eq!(e.field, "tags");
+        assert!(e.message.len() < 200, "{}", e.message.len());
+    }
+
+    fn e_for(namespace: &str) -> ValidationError {
+        check_namespace(namespace).unwrap_err()
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The device side of the protocol: update messages (reference §3.2) in JSON or CBOR,
-//! `/accepted` and `/rejected` replies, status-change events (§4) and fleetcmd's cancel notice.
+//! The device side of the protocol (`docs/device-protocol.md`): update messages in JSON or
+//! CBOR, `/accepted` and `/rejected` replies, status-change events and fleetcmd's cancel notice.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,7 @@ use ciborium::Value as Cbor;
 use serde_json::{Map, Value as Json, json};
 
 use crate::command::check_text;
-use crate::error::{Rejection, RejectionCode, ValidationError};
+use crate::error::{Rejection, RejectionCode, ValidationError, quote, truncate};
 use crate::ids::ExecutionId;
 use crate::limits::{
     DEVICE_UPDATE_MAX_BYTES, REASON_CODE_MAX_CHARS, REASON_DESCRIPTION_MAX_CHARS,
@@ -133,7 +133,7 @@ impl Wire {
                     let child = if path.is_empty() {
                         k.clone()
                     } else {
-                        format!("{path}.{k}")
+                        format!("{path}.{}", truncate(&k))
                     };
                     let v = Self::from_cbor(v, &child)?;
                     map.insert(k, v);
@@ -214,8 +214,8 @@ fn parse_status(value: Option<Wire>) -> Result<ExecutionStatus, Rejection> {
         Some(ExecutionStatus::Canceled) | None => Err(invalid(
             "status",
             format!(
-                "a device cannot report status {:?}; expected one of {DEVICE_STATUSES}",
-                snippet(&s)
+                "a device cannot report status {}; expected one of {DEVICE_STATUSES}",
+                quote(&s)
             ),
         )),
         Some(status) => Ok(status),
@@ -258,7 +258,7 @@ fn parse_reason(value: Option<Wire>) -> Result<Option<StatusReason>, Rejection> 
 }
 
 fn check_result_key(key: &str) -> Result<(), Rejection> {
-    let field = format!("result.{}", snippet(key));
+    let field = format!("result.{}", truncate(key));
     let len = key.chars().count();
     if len == 0 || len > RESULT_KEY_MAX_CHARS {
         return Err(invalid(
@@ -294,7 +294,11 @@ fn parse_result_value(field: &str, value: Wire) -> Result<ResultValue, Rejection
         .filter(|(_, v)| !matches!(v, Wire::Null))
         .collect();
     if members.len() != 1 {
-        let keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+        const SHOWN: usize = 5;
+        let mut keys: Vec<String> = members.iter().take(SHOWN).map(|(k, _)| quote(k)).collect();
+        if members.len() > SHOWN {
+            keys.push(format!("and {} more", members.len() - SHOWN));
+        }
         return Err(invalid(
             field,
             format!(
@@ -302,7 +306,7 @@ fn parse_result_value(field: &str, value: Wire) -> Result<ResultValue, Rejection
                 if keys.is_empty() {
                     "none".to_string()
                 } else {
-                    format!("{keys:?}")
+                    format!("[{}]", keys.join(", "))
                 }
             ),
         ));
@@ -313,7 +317,7 @@ fn parse_result_value(field: &str, value: Wire) -> Result<ResultValue, Rejection
             "must have exactly one of \"s\", \"b\" or \"bin\"",
         ));
     };
-    let member = format!("{field}.{}", snippet(&key));
+    let member = format!("{field}.{}", truncate(&key));
     match (key.as_str(), value) {
         ("s", Wire::Text(s)) => Ok(ResultValue::S(s)),
         ("s", other) => Err(wrong_type(&member, "a string", &other)),
@@ -332,8 +336,8 @@ fn parse_result_value(field: &str, value: Wire) -> Result<ResultValue, Rejection
         (other, _) => Err(invalid(
             field,
             format!(
-                "unknown result type {:?}; expected \"s\", \"b\" or \"bin\"",
-                snippet(other)
+                "unknown result type {}; expected \"s\", \"b\" or \"bin\"",
+                quote(other)
             ),
         )),
     }
@@ -567,18 +571,6 @@ fn result_json(result: &BTreeMap<String, ResultValue>) -> Json {
             })
             .collect(),
     )
-}
-
-/// At most 64 characters of untrusted text, for error messages.
-fn snippet(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(MAX).collect();
-        out.push('…');
-        out
-    }
 }
 
 #[cfg(test)]
@@ -1228,6 +1220,37 @@ mod tests {
                 client_token,
             }
         })
+    }
+
+    #[test]
+    fn refusals_quote_huge_members_cut() {
+        let huge = "Q".repeat(100_000);
+        let e = parse_json(json!({ "status": huge })).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("status"));
+        assert!(e.message.contains("(100000 characters)"), "{}", e.message);
+        assert!(e.message.len() < 300, "{}", e.message.len());
+
+        let e =
+            parse_json(json!({ "status": "SUCCEEDED", "result": { huge.clone(): { "s": "x" } } }))
+                .unwrap_err();
+        assert!(
+            e.field.as_deref().is_some_and(|f| f.len() < 100),
+            "{:?}",
+            e.field
+        );
+
+        // Many members in a result value: a few are named, the rest counted.
+        let members: serde_json::Map<String, Json> = (0..1_000)
+            .map(|i| (format!("{i}{}", "k".repeat(100)), json!(1)))
+            .collect();
+        let e =
+            parse_json(json!({ "status": "SUCCEEDED", "result": { "log": members } })).unwrap_err();
+        assert!(e.message.contains("and 995 more"), "{}", e.message);
+        assert!(e.message.len() < 1_000, "{}", e.message.len());
+        let e =
+            parse_json(json!({ "status": "SUCCEEDED", "result": { "log": { huge.clone(): 1 } } }))
+                .unwrap_err();
+        assert!(e.message.len() < 300, "{}", e.message.len());
     }
 
     proptest! {

@@ -1,7 +1,39 @@
 //! Domain errors: validation failures and rejections of an input by the state machine.
 //! These are not infrastructure failures; the gRPC and MQTT layers map them to their codes.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+
+/// The most characters of caller input that an error message repeats. Messages travel back
+/// in gRPC metadata and MQTT replies, whose size is limited: a 5,000-character namespace
+/// echoed whole would make the answer itself fail.
+pub const QUOTE_MAX_CHARS: usize = 64;
+
+/// Caller input cut to [`QUOTE_MAX_CHARS`] characters, with `…` when it was cut. For field
+/// paths and texts that a message wraps itself; [`quote`] is the form for messages.
+pub fn truncate(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(QUOTE_MAX_CHARS) {
+        None => Cow::Borrowed(s),
+        Some((end, _)) => Cow::Owned(format!("{}…", &s[..end])),
+    }
+}
+
+/// Caller input as an error message quotes it: escaped between double quotes (as `{:?}`
+/// writes a string), and when longer than [`QUOTE_MAX_CHARS`] characters cut there, with an
+/// ellipsis and the original length: `"aaaa…" (5000 characters)`.
+pub fn quote(s: &str) -> String {
+    match truncate(s) {
+        Cow::Borrowed(s) => format!("{s:?}"),
+        Cow::Owned(cut) => format!("{cut:?} ({} characters)", s.chars().count()),
+    }
+}
+
+/// The field path of a map entry, `prefix["key"]`, with the key escaped and cut as by
+/// [`truncate`] (so a path never carries more than [`QUOTE_MAX_CHARS`] characters of it).
+pub fn key_path(prefix: &str, key: &str) -> String {
+    format!("{prefix}[{:?}]", truncate(key))
+}
 
 /// A field failed validation. `field` is the API field path (e.g. `payload.content_type`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -21,7 +53,7 @@ impl ValidationError {
 }
 
 /// Why the state machine refused an input. The codes cover both the device-facing error
-/// codes of the reference (§3.2) and the API-facing ones.
+/// codes of AWS IoT Commands (`docs/device-protocol.md`, Replies) and the API-facing ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RejectionCode {
     /// Malformed or out-of-limit input (gRPC INVALID_ARGUMENT, device `InvalidRequest`).
@@ -51,7 +83,7 @@ pub enum RejectionCode {
 }
 
 impl RejectionCode {
-    /// The device-facing error code string of the reference (`/rejected` replies).
+    /// The device-facing error code string of AWS IoT Commands (`/rejected` replies).
     pub fn device_code(self) -> &'static str {
         match self {
             Self::InvalidRequest | Self::FailedPrecondition | Self::Conflict => "InvalidRequest",
@@ -95,5 +127,50 @@ impl From<ValidationError> for Rejection {
             message: e.to_string(),
             field: Some(e.field),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_input_is_quoted_whole() {
+        assert_eq!(quote("AWS-IoT-FleetWise"), "\"AWS-IoT-FleetWise\"");
+        assert_eq!(quote(""), "\"\"");
+        assert_eq!(quote("a\"b\n"), "\"a\\\"b\\n\"");
+        let exact = "x".repeat(QUOTE_MAX_CHARS);
+        assert_eq!(quote(&exact), format!("\"{exact}\""));
+        assert!(matches!(truncate(&exact), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn long_input_is_cut_with_its_length() {
+        let long = "n".repeat(5_000);
+        let q = quote(&long);
+        assert_eq!(
+            q,
+            format!("\"{}…\" (5000 characters)", "n".repeat(QUOTE_MAX_CHARS))
+        );
+        // Characters, not bytes: a multi-byte input is cut on a character boundary.
+        let wide = "é".repeat(100);
+        let cut = truncate(&wide);
+        assert_eq!(cut.chars().count(), QUOTE_MAX_CHARS + 1);
+        assert!(cut.ends_with("é…"));
+        assert!(quote(&wide).ends_with("(100 characters)"));
+        // Whatever the input, the quote stays small.
+        let huge = "\u{1}".repeat(100_000);
+        assert!(quote(&huge).len() < 1_000, "{}", quote(&huge).len());
+    }
+
+    #[test]
+    fn key_paths_are_escaped_and_bounded() {
+        assert_eq!(key_path("parameters", "temp"), "parameters[\"temp\"]");
+        assert_eq!(key_path("parameters", "a\"b"), "parameters[\"a\\\"b\"]");
+        let p = key_path("parameters", &"k".repeat(100_000));
+        assert_eq!(
+            p,
+            format!("parameters[\"{}…\"]", "k".repeat(QUOTE_MAX_CHARS))
+        );
     }
 }

@@ -95,6 +95,21 @@ pub enum Event {
 }
 
 impl Event {
+    /// The event's type name (`ExecutionStarted`, ...), for spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CommandCreated { .. } => "CommandCreated",
+            Self::CommandUpdated { .. } => "CommandUpdated",
+            Self::CommandDeletionScheduled { .. } => "CommandDeletionScheduled",
+            Self::CommandDeleted => "CommandDeleted",
+            Self::ExecutionStarted { .. } => "ExecutionStarted",
+            Self::StatusReported { .. } => "StatusReported",
+            Self::ExecutionTimedOut => "ExecutionTimedOut",
+            Self::ExecutionCanceled { .. } => "ExecutionCanceled",
+            Self::ExecutionDeleted => "ExecutionDeleted",
+        }
+    }
+
     /// The status an event moves its execution to, if it changes one.
     pub fn new_status(&self) -> Option<ExecutionStatus> {
         match self {
@@ -105,4 +120,33 @@ impl Event {
             _ => None,
         }
     }
+}
+
+/// A shard owner's state at a point of its log, as snapshots carry it: everything a rebuild
+/// from offset 0 would have folded up to `next_offset`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ShardSnapshot {
+    /// The offset of the first record the snapshot does not include.
+    pub next_offset: u64,
+    /// The executions the owner holds, each with the offset of its last event's record.
+    pub executions: Vec<(Execution, u64)>,
+    /// The payloads of executions still waiting for delivery.
+    pub undelivered: Vec<(ExecutionId, Payload)>,
+    /// The `traceparent` each traced execution started under.
+    pub traces: Vec<(ExecutionId, String)>,
+    /// Client tokens held in memory.
+    pub tokens: Vec<SnapshotToken>,
+    /// The shard's commands, each with the sequence number of its last event.
+    pub commands: Vec<(Command, u64)>,
+}
+
+/// A client token in a [`ShardSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotToken {
+    pub target: Target,
+    pub token: String,
+    pub execution_id: ExecutionId,
+    pub fingerprint: u64,
+    pub memory_until: TimestampMs,
+    pub offset: u64,
 }

@@ -1,6 +1,6 @@
 //! The execution state machine: `decide` turns an input into events or a rejection,
-//! `apply` folds an event into the execution. Transition rules are the reference's §2.3,
-//! plus our terminal CANCELED.
+//! `apply` folds an event into the execution. Transition rules are AWS IoT Commands'
+//! (`docs/device-protocol.md`, Statuses and transitions), plus our terminal CANCELED.
 
 use std::collections::BTreeMap;
 

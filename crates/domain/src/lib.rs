@@ -1,7 +1,7 @@
 //! The fleetcmd domain: everything that decides, nothing that performs I/O.
 //!
 //! It holds the command and execution models, the execution state machine as
-//! `decide`/`apply`, validation of every limit in the reference, MQTT topic parsing and
+//! `decide`/`apply`, validation of every limit of AWS IoT Commands, MQTT topic parsing and
 //! building, payload template rendering, the shard function, the access policy, and the
 //! port traits the adapters implement. There is no clock, socket or runtime in here: time
 //! is passed in as milliseconds since the Unix epoch, so every rule is testable as a pure
@@ -19,11 +19,14 @@ pub mod paging;
 pub mod policy;
 pub mod ports;
 pub mod protocol;
+pub mod query;
+pub mod rollout;
 pub mod shard;
 pub mod start;
 pub mod template;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod thing;
 pub mod topics;
 
 pub use error::{Rejection, RejectionCode, ValidationError};

@@ -1,4 +1,5 @@
-//! Every limit of the reference in one place (see `aws-iot-commands.md` §6).
+//! Every limit of AWS IoT Commands in one place (listed for users in
+//! `docs/device-protocol.md`, Limits).
 
 /// commandId and executionId: 1–64 chars of `[a-zA-Z0-9_-]`.
 pub const ID_MAX_CHARS: usize = 64;

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::error::ValidationError;
+use crate::error::{ValidationError, quote};
 use crate::ids::Target;
 
 /// Every API action a grant can name.
@@ -131,8 +131,8 @@ impl Policy {
                 return Err(ValidationError::new(
                     format!("{at}.token"),
                     format!(
-                        "the token of {:?} must be at least {TOKEN_MIN_CHARS} characters, it has {len}",
-                        t.name
+                        "the token of {} must be at least {TOKEN_MIN_CHARS} characters, it has {len}",
+                        quote(&t.name)
                     ),
                 ));
             }
@@ -140,8 +140,8 @@ impl Policy {
                 return Err(ValidationError::new(
                     format!("{at}.token"),
                     format!(
-                        "the token of {:?} must be printable ASCII without spaces (it travels in an HTTP header)",
-                        t.name
+                        "the token of {} must be printable ASCII without spaces (it travels in an HTTP header)",
+                        quote(&t.name)
                     ),
                 ));
             }
@@ -149,15 +149,16 @@ impl Policy {
                 if earlier.name == t.name {
                     return Err(ValidationError::new(
                         format!("{at}.name"),
-                        format!("duplicate name {:?} (also tokens[{j}])", t.name),
+                        format!("duplicate name {} (also tokens[{j}])", quote(&t.name)),
                     ));
                 }
                 if earlier.token == t.token {
                     return Err(ValidationError::new(
                         format!("{at}.token"),
                         format!(
-                            "{:?} uses the same token as {:?} (tokens[{j}]); tokens must be unique",
-                            t.name, earlier.name
+                            "{} uses the same token as {} (tokens[{j}]); tokens must be unique",
+                            quote(&t.name),
+                            quote(&earlier.name)
                         ),
                     ));
                 }
@@ -198,7 +199,8 @@ impl Grant {
                 return Err(ValidationError::new(
                     format!("{at}.actions[{k}]"),
                     format!(
-                        "unknown action {a:?}; expected \"*\" or one of {}",
+                        "unknown action {}; expected \"*\" or one of {}",
+                        quote(a),
                         known.join(", ")
                     ),
                 ));
@@ -211,7 +213,8 @@ impl Grant {
                 return Err(ValidationError::new(
                     format!("{at}.targets[{k}]"),
                     format!(
-                        "target pattern {p:?} must start with \"thing/\" or \"client/\", or be \"*\""
+                        "target pattern {} must start with \"thing/\" or \"client/\", or be \"*\"",
+                        quote(p)
                     ),
                 ));
             }
@@ -248,7 +251,8 @@ fn check_patterns(field: &str, patterns: &[String]) -> Result<(), ValidationErro
             return Err(ValidationError::new(
                 format!("{field}[{k}]"),
                 format!(
-                    "pattern {p:?} must not contain whitespace or control characters, found {c:?}"
+                    "pattern {} must not contain whitespace or control characters, found {c:?}",
+                    quote(p)
                 ),
             ));
         }

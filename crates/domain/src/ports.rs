@@ -187,6 +187,21 @@ pub struct ExecutionQuery {
     pub page_token: Option<String>,
 }
 
+/// ListThings filters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ThingQuery {
+    /// Keep things with this attribute set to this value.
+    pub attribute: Option<(String, String)>,
+    /// Keep things whose name starts with this.
+    pub name_prefix: Option<String>,
+    /// Keep only connected (`Some(true)`) or disconnected (`Some(false)`) things.
+    pub connected: Option<bool>,
+    /// Keep members of this static group.
+    pub group: Option<String>,
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
 /// A write to the read model's commands.
 // Batches are short-lived; boxing would cost an allocation per write.
 #[allow(clippy::large_enum_variant)]
@@ -201,7 +216,30 @@ pub enum CommandWrite {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecutionWrite {
     Upsert(Execution),
-    Delete(ExecutionId),
+    /// The execution is gone. `last` is its state just before the delete when the writer
+    /// knows it: a read model whose rows are keyed by the execution's fields (its listing
+    /// rows) removes every row it ever had from it, with no read, and a lagging writer that
+    /// upserts an older version afterwards cannot bring one back. `None` leaves the adapter
+    /// to find the rows from what it stored.
+    Delete {
+        id: ExecutionId,
+        last: Option<Execution>,
+    },
+}
+
+impl ExecutionWrite {
+    /// A delete whose last state the writer does not know.
+    pub fn delete(id: ExecutionId) -> Self {
+        Self::Delete { id, last: None }
+    }
+
+    /// The execution this write is about.
+    pub fn execution_id(&self) -> &ExecutionId {
+        match self {
+            Self::Upsert(e) => &e.execution_id,
+            Self::Delete { id, .. } => id,
+        }
+    }
 }
 
 /// The writes of one projector batch of one partition.
@@ -221,8 +259,10 @@ pub struct ProjectionBatch {
 ///   that after a crash the projector resumes at a position whose writes are all applied
 ///   (atomically in SQLite; in ScyllaDB writes go first and the position last, and write
 ///   timestamps derived from `seq` make a replay change nothing).
-///   Writes are idempotent: an execution upsert whose `seq` is not above the stored one
-///   changes nothing, so replayed or overlapping batches cannot move a record backwards.
+///   Writes are idempotent: an execution upsert whose `seq` is below the stored one changes
+///   nothing, so replayed or overlapping batches cannot move a record backwards. (An equal
+///   `seq` is the same event again, as there is one writer per partition; a store may keep
+///   either copy.)
 /// - Reads see every committed batch (read-your-writes within one store).
 #[async_trait::async_trait]
 pub trait ReadModel: Send + Sync + 'static {
@@ -270,6 +310,26 @@ pub trait ReadModel: Send + Sync + 'static {
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64>;
 }
 
+/// An event log that also projects what it appends into the read model, in the same durable
+/// write (the embedded store: one SQLite transaction for both). A shard owner given one
+/// writes its partition's read-model rows itself: a write is readable the moment it is
+/// acknowledged, and no second stage runs. (In a cluster the log and the read model are
+/// different engines, and the projector does this work.)
+#[async_trait::async_trait]
+pub trait ProjectingLog: EventLog {
+    /// Appends `records` to `partition` as [`EventLog::append`] does and, in the same atomic
+    /// write, applies `commands` and `executions` to the read model and records the
+    /// partition's projected position as the end of the log after `records`. Returns the
+    /// offset of the first record.
+    async fn append_and_project(
+        &self,
+        partition: u32,
+        records: Vec<(String, Bytes)>,
+        commands: Vec<CommandWrite>,
+        executions: Vec<ExecutionWrite>,
+    ) -> PortResult<u64>;
+}
+
 /// A change of the shards (= log partitions) this instance owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AssignmentChange {
@@ -303,3 +363,82 @@ pub trait ShardMembership: Send + Sync + 'static {
 
 /// Keeps a membership alive; dropping it leaves the group.
 pub trait MembershipGuard: Send + Sync {}
+
+/// Snapshots of shard owners' state, so a new owner rebuilds from the latest snapshot plus
+/// the log after it instead of from offset 0. The data is opaque here (the owner encodes it).
+///
+/// Contract:
+/// - `load` returns a snapshot that was saved completely, never part of one.
+/// - A snapshot replaces the stored one only when its `next_offset` is not lower: a slow
+///   former owner cannot put an older state back.
+/// - A snapshot is a cache of the log: losing one costs rebuild time, never correctness.
+#[async_trait::async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Stores the state of `partition` folded up to (not including) `next_offset`.
+    async fn save_snapshot(&self, partition: u32, next_offset: u64, data: Bytes) -> PortResult<()>;
+
+    /// The latest snapshot of `partition`: its `next_offset` and data.
+    async fn load_snapshot(&self, partition: u32) -> PortResult<Option<(u64, Bytes)>>;
+}
+
+/// A QoS 1 publish from fleetcmd to devices (a request, a reply, a cancel notice, a status
+/// event). MQTT 5 properties are given to MQTT 5 subscribers; 3.1.1 ones get the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MqttMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    pub content_type: Option<String>,
+    /// Seconds the broker keeps the message for an offline subscriber (MQTT 5 message expiry).
+    pub message_expiry_secs: Option<u32>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// A message a device published on one of the link's filters, and how to acknowledge it.
+pub struct DeviceMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    /// The publisher's MQTT client id (empty when the broker does not say).
+    pub client_id: String,
+    /// Acknowledges the message (the device's PUBACK): call it once the update is handled,
+    /// so a device that sees its PUBACK knows its update was decided. Dropping it without a
+    /// call acknowledges too.
+    pub ack: Box<dyn FnOnce() + Send + Sync>,
+}
+
+impl std::fmt::Debug for DeviceMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceMessage")
+            .field("topic", &self.topic)
+            .field("client_id", &self.client_id)
+            .field("payload_bytes", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The edge's link to an MQTT broker: the broker's own API when it is embedded in the process,
+/// an MQTT client of an external broker otherwise.
+///
+/// Contract:
+/// - `publish` hands one QoS 1 message to the broker, which delivers it to every matching
+///   subscription (queued for offline persistent sessions); it returns once the broker took
+///   it (an error when it cannot: retryable).
+/// - `device_messages` delivers every message devices publish on `filters` from then on, each
+///   once (an external broker may redeliver after a reconnect: consumers are idempotent),
+///   in publish order per device. It may be called once.
+/// - `is_ready` is true while messages flow both ways (connected and subscribed).
+#[async_trait::async_trait]
+pub trait MqttLink: Send + Sync + 'static {
+    async fn publish(&self, message: MqttMessage) -> PortResult<()>;
+
+    async fn device_messages(&self, filters: Vec<String>) -> PortResult<BoxStream<DeviceMessage>>;
+
+    fn is_ready(&self) -> bool;
+
+    /// Whether a publish to `topic` would reach any subscriber (online, or persistent and
+    /// offline); true when the broker cannot tell. Lets the edge skip status events nobody
+    /// would receive.
+    async fn has_subscribers(&self, topic: &str) -> bool {
+        let _ = topic;
+        true
+    }
+}

@@ -1,11 +1,12 @@
 //! StartCommandExecution: request validation, parameter resolution, payload rendering and
-//! client-token fingerprints (reference §2.1).
+//! client-token fingerprints (AWS's StartCommandExecution; fleetcmd's differences are in
+//! `docs/device-protocol.md`, Differences from AWS IoT Commands).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Rejection, RejectionCode, ValidationError};
+use crate::error::{Rejection, RejectionCode, ValidationError, quote};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::limits::*;
 use crate::model::{
@@ -216,7 +217,8 @@ pub fn check_token(
     TokenCheck::Conflict(Rejection::new(
         RejectionCode::Conflict,
         format!(
-            "client_token {token:?} was already used for a different request (execution {}); use a new token for a new request",
+            "client_token {} was already used for a different request (execution {}); use a new token for a new request",
+            quote(token),
             prior.execution_id
         ),
     ))

@@ -1,5 +1,6 @@
-//! Payload templates (reference §1.1): typed parameters with defaults and value conditions,
-//! placeholders `${aws:iot:commandexecution::parameter:<name>}` and
+//! Payload templates (as devices see them rendered: `docs/device-protocol.md`, Requests):
+//! typed parameters with defaults and value conditions, placeholders
+//! `${aws:iot:commandexecution::parameter:<name>}` and
 //! `${aws:iot:commandexecution::executionTimeoutSec}`, rendered to JSON or CBOR.
 //!
 //! Placeholders are recognised inside JSON strings (values and object keys) of the parsed
@@ -18,7 +19,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use crate::command::check_text;
-use crate::error::ValidationError;
+use crate::error::{ValidationError, key_path, quote, truncate};
 use crate::limits::{
     CONDITION_OPERANDS_MAX, DESCRIPTION_MAX_CHARS, PARAMETER_NAME_MAX_CHARS, PARAMETERS_MAX,
     PAYLOAD_MAX_BYTES, TEMPLATE_MAX_CHARS,
@@ -70,36 +71,28 @@ pub fn operator_name(op: ComparisonOperator) -> &'static str {
     }
 }
 
+/// An operand as messages show it; caller text is cut ([`truncate`], [`quote`]).
 fn operand_text(operand: &Operand) -> String {
     match operand {
-        Operand::Number(n) => n.clone(),
-        Operand::Numbers(ns) => format!("[{}]", ns.join(", ")),
-        Operand::String(s) => format!("{:?}", snippet(s)),
+        Operand::Number(n) => truncate(n).into_owned(),
+        Operand::Numbers(ns) => {
+            let shown: Vec<_> = ns.iter().map(|n| truncate(n)).collect();
+            format!("[{}]", shown.join(", "))
+        }
+        Operand::String(s) => quote(s),
         Operand::Strings(ss) => {
-            let quoted: Vec<String> = ss.iter().map(|s| format!("{:?}", snippet(s))).collect();
+            let quoted: Vec<String> = ss.iter().map(|s| quote(s)).collect();
             format!("[{}]", quoted.join(", "))
         }
-        Operand::NumberRange { min, max } => format!("[{min}, {max}]"),
+        Operand::NumberRange { min, max } => format!("[{}, {}]", truncate(min), truncate(max)),
     }
 }
 
 fn value_text(v: &ParameterValue) -> String {
     match v {
-        ParameterValue::S(s) => format!("{:?}", snippet(s)),
+        ParameterValue::S(s) => quote(s),
         ParameterValue::Bin(b) => format!("<{} bytes>", b.len()),
         other => text_form(other),
-    }
-}
-
-/// At most 64 characters of caller text, for error messages.
-fn snippet(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(MAX).collect();
-        out.push('…');
-        out
     }
 }
 
@@ -223,7 +216,7 @@ fn check_condition(at: &str, t: ParameterType, c: &ValueCondition) -> Result<(),
         parse_number(t, s).ok_or_else(|| {
             ValidationError::new(
                 operand_field.as_str(),
-                format!("{:?} is not a valid {} number", snippet(s), type_name(t)),
+                format!("{} is not a valid {} number", quote(s), type_name(t)),
             )
         })
     };
@@ -281,7 +274,11 @@ fn check_condition(at: &str, t: ParameterType, c: &ValueCondition) -> Result<(),
                 if lo.cmp(hi) == Ordering::Greater {
                     return Err(ValidationError::new(
                         operand_field.as_str(),
-                        format!("the range minimum {min} is greater than its maximum {max}"),
+                        format!(
+                            "the range minimum {} is greater than its maximum {}",
+                            truncate(min),
+                            truncate(max)
+                        ),
                     ));
                 }
                 Ok(())
@@ -363,8 +360,8 @@ fn check_conditions(
                 return Err(ValidationError::new(
                     field,
                     format!(
-                        "parameter {:?}: value {} does not satisfy value_conditions[{j}]: {} {}",
-                        snippet(&p.name),
+                        "parameter {}: value {} does not satisfy value_conditions[{j}]: {} {}",
+                        quote(&p.name),
                         value_text(v),
                         operator_name(c.operator),
                         operand_text(&c.operand)
@@ -374,7 +371,7 @@ fn check_conditions(
             Err(why) => {
                 return Err(ValidationError::new(
                     field,
-                    format!("parameter {:?}: {why}", snippet(&p.name)),
+                    format!("parameter {}: {why}", quote(&p.name)),
                 ));
             }
         }
@@ -423,8 +420,8 @@ pub fn validate_parameters(parameters: &[CommandParameter]) -> Result<(), Valida
             return Err(ValidationError::new(
                 format!("{at}.name"),
                 format!(
-                    "duplicate parameter name {:?} (also mandatory_parameters[{first}])",
-                    p.name
+                    "duplicate parameter name {} (also mandatory_parameters[{first}])",
+                    quote(&p.name)
                 ),
             ));
         }
@@ -459,25 +456,25 @@ pub fn resolve(
         .find(|name| !parameters.iter().any(|p| &p.name == *name))
     {
         return Err(ValidationError::new(
-            format!("parameters[\"{}\"]", snippet(unknown)),
+            key_path("parameters", unknown),
             format!(
-                "the command declares no parameter {:?} ({})",
-                snippet(unknown),
+                "the command declares no parameter {} ({})",
+                quote(unknown),
                 declared_list(parameters)
             ),
         ));
     }
     let mut resolved = BTreeMap::new();
     for p in parameters {
-        let field = format!("parameters[\"{}\"]", p.name);
+        let field = key_path("parameters", &p.name);
         let value = match (given.get(&p.name), &p.value, &p.default_value) {
             (Some(v), _, _) | (None, Some(v), _) | (None, None, Some(v)) => v,
             (None, None, None) => {
                 return Err(ValidationError::new(
                     field,
                     format!(
-                        "parameter {:?} ({}) is required: no value was given and it has no default",
-                        p.name,
+                        "parameter {} ({}) is required: no value was given and it has no default",
+                        quote(&p.name),
                         type_name(p.r#type)
                     ),
                 ));
@@ -498,7 +495,7 @@ fn declared_list(parameters: &[CommandParameter]) -> String {
     let mut names: Vec<String> = parameters
         .iter()
         .take(SHOWN)
-        .map(|p| snippet(&p.name))
+        .map(|p| truncate(&p.name).into_owned())
         .collect();
     if parameters.len() > SHOWN {
         names.push(format!("and {} more", parameters.len() - SHOWN));
@@ -530,8 +527,8 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
         let after = &rest[start + NAMESPACE_PREFIX.len()..];
         let Some(end) = after.find('}') else {
             return Err(format!(
-                "unterminated placeholder {:?}: missing '}}'",
-                snippet(&rest[start..])
+                "unterminated placeholder {}: missing '}}'",
+                quote(&rest[start..])
             ));
         };
         let inner = &after[..end];
@@ -541,8 +538,8 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
             out.push(Piece::Parameter(name));
         } else {
             return Err(format!(
-                "unknown placeholder {:?}: expected {PARAMETER_PLACEHOLDER_PREFIX}<name>}} or {TIMEOUT_PLACEHOLDER}",
-                snippet(&format!("{NAMESPACE_PREFIX}{inner}}}"))
+                "unknown placeholder {}: expected {PARAMETER_PLACEHOLDER_PREFIX}<name>}} or {TIMEOUT_PLACEHOLDER}",
+                quote(&format!("{NAMESPACE_PREFIX}{inner}}}"))
             ));
         }
         rest = &after[end + 1..];
@@ -616,8 +613,8 @@ impl<'de> Deserialize<'de> for Node {
                 while let Some((k, v)) = map.next_entry::<String, Node>()? {
                     if !seen.insert(k.clone()) {
                         return Err(de::Error::custom(format!(
-                            "duplicate object key {:?}",
-                            snippet(&k)
+                            "duplicate object key {}",
+                            quote(&k)
                         )));
                     }
                     members.push((k, v));
@@ -724,7 +721,7 @@ pub fn validate_template(
                     if !parameters.iter().any(|p| p.name == name) {
                         return Err(format!(
                             "placeholder {PARAMETER_PLACEHOLDER_PREFIX}{}}} names no declared parameter ({})",
-                            snippet(name),
+                            truncate(name),
                             declared_list(parameters)
                         ));
                     }
@@ -787,7 +784,7 @@ impl Renderer<'_> {
     fn value(&self, name: &str) -> Result<&ParameterValue, ValidationError> {
         let v = self.values.get(name).ok_or_else(|| {
             ValidationError::new(
-                format!("parameters[\"{}\"]", snippet(name)),
+                key_path("parameters", name),
                 "the template uses this parameter but no value was resolved for it",
             )
         })?;
@@ -795,7 +792,7 @@ impl Renderer<'_> {
             && !d.is_finite()
         {
             return Err(ValidationError::new(
-                format!("parameters[\"{}\"]", snippet(name)),
+                key_path("parameters", name),
                 format!("a DOUBLE value must be finite, got {d}"),
             ));
         }
@@ -841,8 +838,8 @@ impl Renderer<'_> {
                         return Err(ValidationError::new(
                             "parameters",
                             format!(
-                                "the rendered payload would have the object key {:?} twice",
-                                snippet(&k)
+                                "the rendered payload would have the object key {} twice",
+                                quote(&k)
                             ),
                         ));
                     }
@@ -1430,6 +1427,36 @@ mod tests {
     }
 
     // --- resolve ----------------------------------------------------------------------
+
+    #[test]
+    fn huge_names_and_values_are_quoted_cut() {
+        let huge = "z".repeat(100_000);
+        let mut p = with_conditions(
+            param("s", T::String),
+            vec![cond(Equals, Operand::String(huge.clone()))],
+        );
+        p.default_value = Some(V::S("y".repeat(100_000)));
+        // A default that fails its condition: both sides are quoted cut.
+        let e = validate_parameters(&[p.clone()]).unwrap_err();
+        assert_eq!(e.field, "mandatory_parameters[0].default_value");
+        assert!(e.message.contains("(100000 characters)"), "{}", e.message);
+        assert!(e.message.len() < 400, "{}", e.message.len());
+        // An undeclared parameter at start: the field path and the message.
+        p.default_value = None;
+        let e = resolve(&[p], &given(&[(huge.as_str(), V::S("v".into()))])).unwrap_err();
+        assert_eq!(e.field, format!("parameters[\"{}…\"]", "z".repeat(64)));
+        assert!(e.message.len() < 400, "{}", e.message.len());
+        // A bad operand number.
+        let e = validate_parameters(&[with_conditions(
+            param("n", T::Integer),
+            vec![cond(LessThan, num(&huge))],
+        )])
+        .unwrap_err();
+        assert!(e.message.len() < 300, "{}", e.message.len());
+        // A template with a huge unknown placeholder.
+        let e = validate_template(&json!({ "a": ph(&huge) }).to_string(), &[]).unwrap_err();
+        assert!(e.message.len() < 300, "{}", e.message.len());
+    }
 
     #[test]
     fn resolve_precedence_and_errors() {

@@ -1,4 +1,4 @@
-//! MQTT topics of the device protocol (reference §3.1, §4), built and parsed.
+//! MQTT topics of the device protocol (`docs/device-protocol.md`, Topics), built and parsed.
 //!
 //! ```text
 //! <root>/commands/{things|clients}/<id>/executions/<executionId>/request[/json|/cbor]
@@ -8,7 +8,7 @@
 //! <root>/events/commandExecution/<commandId>/<status>
 //! ```
 
-use crate::error::{Rejection, RejectionCode};
+use crate::error::{Rejection, RejectionCode, quote};
 use crate::ids::{ExecutionId, Target, TargetKind};
 use crate::model::ExecutionStatus;
 
@@ -173,7 +173,7 @@ impl TopicRoot {
         let bad = |why: &str| {
             Rejection::new(
                 RejectionCode::InvalidTopic,
-                format!("topic {topic:?}: {why}"),
+                format!("topic {}: {why}", quote(topic)),
             )
         };
         let rest = topic
@@ -191,7 +191,8 @@ impl TopicRoot {
             "clients" => TargetKind::Client,
             other => {
                 return Err(bad(&format!(
-                    "unknown target kind {other:?}, expected things or clients"
+                    "unknown target kind {}, expected things or clients",
+                    quote(other)
                 )));
             }
         };
@@ -205,7 +206,8 @@ impl TopicRoot {
             "cbor" => UpdateFormat::Cbor,
             other => {
                 return Err(bad(&format!(
-                    "unknown format {other:?}, expected json or cbor"
+                    "unknown format {}, expected json or cbor",
+                    quote(other)
                 )));
             }
         };
@@ -222,6 +224,22 @@ mod tests {
 
     fn root() -> TopicRoot {
         TopicRoot::default()
+    }
+
+    #[test]
+    fn refusals_quote_huge_topics_cut() {
+        let huge = "t".repeat(100_000);
+        for topic in [
+            huge.clone(),
+            format!("$aws/commands/{huge}/x/executions/e/response/json"),
+            format!("$aws/commands/things/x/executions/e/response/{huge}"),
+            format!("$aws/commands/things/{huge}/executions/e/response/json"),
+        ] {
+            let e = root().parse_update(&topic).unwrap_err();
+            assert_eq!(e.code, RejectionCode::InvalidTopic);
+            assert!(e.message.len() < 400, "{}", e.message.len());
+            assert!(e.message.contains("characters)"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -435,6 +435,25 @@ mod tests {
             err_field(command_parameter_from_pb("m[1]", bad)),
             "m[1].default_value"
         );
+        for d in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let double = pb::ParameterValue {
+                value: Some(pb::parameter_value::Value::D(d)),
+            };
+            let mut bad = p.clone();
+            bad.default_value = Some(double.clone());
+            assert_eq!(
+                err_field(command_parameter_from_pb("m[1]", bad)),
+                "m[1].default_value",
+                "{d}"
+            );
+            let mut bad = p.clone();
+            bad.value = Some(double);
+            assert_eq!(
+                err_field(command_parameter_from_pb("m[1]", bad)),
+                "m[1].value",
+                "{d}"
+            );
+        }
         let mut bad = p;
         bad.value_conditions.push(pb::ValueCondition {
             comparison_operator: 1,

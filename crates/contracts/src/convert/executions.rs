@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use fleetcmd_domain::command::NAMESPACE_AWS_IOT;
+use fleetcmd_domain::command::check_namespace;
 use fleetcmd_domain::error::ValidationError;
 use fleetcmd_domain::ids::CommandId;
 use fleetcmd_domain::model::{Execution, StatusReason};
@@ -55,11 +55,13 @@ impl TryFrom<pb::StartCommandExecutionRequest> for StartRequest {
 // Listing
 
 /// ListCommands: page size per [`page_size_from_pb`], sort order per
-/// [`sort_ascending_from_pb`], empty strings as unset filters.
+/// [`sort_ascending_from_pb`], empty strings as unset filters. `namespace` must be empty or
+/// `AWS-IoT` (`command::check_namespace`), as for every other call.
 impl TryFrom<pb::ListCommandsRequest> for CommandQuery {
     type Error = ValidationError;
 
     fn try_from(req: pb::ListCommandsRequest) -> Result<Self, Self::Error> {
+        check_namespace(&req.namespace)?;
         Ok(CommandQuery {
             namespace: non_empty(req.namespace),
             parameter_name: non_empty(req.command_parameter_name),
@@ -106,21 +108,13 @@ impl From<TimeRange> for pb::TimeFilter {
 /// `statuses` are merged into one sorted, duplicate-free `statuses` (UNSPECIFIED inside
 /// `statuses` is an error naming `statuses[i]`). fleetcmd deliberately allows `command_id`
 /// together with `target`, and both time filters at once. `namespace` must be empty or
-/// `AWS-IoT`, the only one fleetcmd serves.
+/// `AWS-IoT`, the only one fleetcmd serves (`command::check_namespace`).
 impl TryFrom<pb::ListCommandExecutionsRequest> for ExecutionQuery {
     type Error = ValidationError;
 
     fn try_from(req: pb::ListCommandExecutionsRequest) -> Result<Self, Self::Error> {
         let page_size = page_size_from_pb(req.max_results)?;
-        if !req.namespace.is_empty() && req.namespace != NAMESPACE_AWS_IOT {
-            return Err(ValidationError::new(
-                "namespace",
-                format!(
-                    "only {NAMESPACE_AWS_IOT} is supported, got {:?}",
-                    req.namespace
-                ),
-            ));
-        }
+        check_namespace(&req.namespace)?;
         let mut statuses = Vec::with_capacity(req.statuses.len() + 1);
         if req.status != pb::ExecutionStatus::Unspecified as i32 {
             statuses.push(status_from_pb("status", req.status)?);
@@ -256,13 +250,14 @@ pub fn execution_event_to_pb(execution: Execution) -> pb::CommandExecutionEvent 
 mod tests {
     use std::collections::BTreeMap;
 
+    use fleetcmd_domain::command::NAMESPACE_AWS_IOT;
     use fleetcmd_domain::ids::{ExecutionId, Target};
     use fleetcmd_domain::limits::PAGE_SIZE_DEFAULT;
     use fleetcmd_domain::model::{ExecutionStatus, ParameterValue, ResultValue};
 
     use super::*;
     use crate::convert::results_from_pb;
-    use crate::convert::test_support::{err_field, pb_thing, start_req, ts, ul};
+    use crate::convert::test_support::{err_field, pb_thing, pv, start_req, ts, ul};
 
     fn execution() -> Execution {
         Execution {
@@ -353,6 +348,15 @@ mod tests {
             err_field(StartRequest::try_from(empty_param)),
             "parameters[\"temp\"]"
         );
+        for d in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut non_finite = start_req();
+            non_finite
+                .parameters
+                .insert("v".into(), pv(pb::parameter_value::Value::D(d)));
+            let e = StartRequest::try_from(non_finite).unwrap_err();
+            assert_eq!(e.field, "parameters[\"v\"]", "{d}");
+            assert!(e.message.contains("finite"), "{d}: {e}");
+        }
         let bad_kind = pb::StartCommandExecutionRequest {
             target: Some(pb::Target {
                 kind: 0,
@@ -403,6 +407,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(err_field(CommandQuery::try_from(req)), "sort_order");
+    }
+
+    #[test]
+    fn list_commands_refuses_other_namespaces_like_the_other_calls() {
+        for namespace in ["AWS-IoT-FleetWise", "aws-iot", " AWS-IoT", "x"] {
+            let req = pb::ListCommandsRequest {
+                namespace: namespace.into(),
+                ..Default::default()
+            };
+            let e = CommandQuery::try_from(req).unwrap_err();
+            assert_eq!(e.field, "namespace", "{namespace:?}");
+            assert!(e.message.contains("only AWS-IoT"), "{e}");
+            assert!(e.message.contains(namespace), "{e}");
+            // The same answer as ListCommandExecutions gives.
+            let executions = ExecutionQuery::try_from(pb::ListCommandExecutionsRequest {
+                namespace: namespace.into(),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(executions, e);
+        }
+        // A long one is quoted cut, with its length.
+        let e = CommandQuery::try_from(pb::ListCommandsRequest {
+            namespace: "n".repeat(5_000),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "namespace");
+        assert!(e.message.len() < 200, "{}", e.message);
+        assert!(e.message.contains("(5000 characters)"), "{}", e.message);
     }
 
     #[test]

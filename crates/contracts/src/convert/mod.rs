@@ -32,6 +32,7 @@ mod status;
 mod targets;
 #[cfg(test)]
 mod test_support;
+mod things;
 mod time;
 mod values;
 
@@ -49,10 +50,14 @@ pub use executions::{
     time_range_from_pb,
 };
 pub use status::{
-    ERROR_DOMAIN, port_status, rejection_grpc_code, rejection_reason, rejection_status,
-    validation_status,
+    ERROR_DOMAIN, STATUS_DETAILS_MAX_BYTES, STATUS_MESSAGE_MAX_BYTES, bounded_status, port_status,
+    rejection_grpc_code, rejection_reason, rejection_status, validation_status,
 };
 pub use targets::{optional_target, require_target, target_kind_from_pb};
+pub use things::{
+    connectivity_event_to_pb, connectivity_to_pb, expected_version, thing_to_pb,
+    update_thing_from_pb,
+};
 pub use time::{opt_timestamp_from_ms, opt_timestamp_to_ms, timestamp_from_ms, timestamp_to_ms};
 pub use values::{
     parameter_value_from_pb, parameters_from_pb, parameters_to_pb, parse_ul, result_value_from_pb,
@@ -71,10 +76,9 @@ fn path(prefix: &str, field: &str) -> String {
     }
 }
 
-/// `prefix["key"]` for map entries (the key is quoted and escaped as a Rust string).
-fn key_path(prefix: &str, key: &str) -> String {
-    format!("{prefix}[{key:?}]")
-}
+// `prefix["key"]` for map entries: the key quoted and escaped as a Rust string, and cut after
+// 64 characters, as the domain writes these paths.
+use fleetcmd_domain::error::key_path;
 
 /// `prefix[i]` for repeated fields.
 fn index_path(prefix: &str, index: usize) -> String {

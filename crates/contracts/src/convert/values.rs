@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use fleetcmd_domain::error::ValidationError;
+use fleetcmd_domain::error::{ValidationError, quote};
 use fleetcmd_domain::model::{ParameterValue, ResultValue};
 
 use super::{key_path, path};
@@ -14,7 +14,7 @@ pub fn parse_ul(field: &str, s: &str) -> Result<u64, ValidationError> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ValidationError::new(
             field,
-            format!("must be a decimal string of 1–20 digits, got {s:?}"),
+            format!("must be a decimal string of 1–20 digits, got {}", quote(s)),
         ));
     }
     s.parse::<u64>().map_err(|_| {
@@ -29,7 +29,11 @@ pub fn parse_ul(field: &str, s: &str) -> Result<u64, ValidationError> {
 }
 
 /// A parameter value at `field` (e.g. `parameters["temp"]`): exactly one member must be set
-/// (else an error naming `field`); a UL member must pass [`parse_ul`] (else `field.ul`).
+/// (else an error naming `field`); a UL member must pass [`parse_ul`] (else `field.ul`); a
+/// DOUBLE must be finite (else an error naming `field`): protobuf carries NaN and ±infinity,
+/// but no payload can hold them (JSON has no such numbers), so they are refused here, before
+/// the request goes anywhere, for every call that takes values (parameters, default and fixed
+/// values).
 pub fn parameter_value_from_pb(
     field: &str,
     v: pb::ParameterValue,
@@ -40,6 +44,12 @@ pub fn parameter_value_from_pb(
         Some(Value::B(b)) => ParameterValue::B(b),
         Some(Value::I(i)) => ParameterValue::I(i),
         Some(Value::L(l)) => ParameterValue::L(l),
+        Some(Value::D(d)) if !d.is_finite() => {
+            return Err(ValidationError::new(
+                field,
+                format!("a DOUBLE value must be finite, got {d}"),
+            ));
+        }
         Some(Value::D(d)) => ParameterValue::D(d),
         Some(Value::Bin(bin)) => ParameterValue::Bin(bin),
         Some(Value::Ul(ul)) => ParameterValue::Ul(parse_ul(&path(field, "ul"), &ul)?),
@@ -214,6 +224,40 @@ mod tests {
             assert!(e.message.contains("1–20 digits"), "{bad:?}: {e}");
         }
         assert_eq!(parse_ul("x", "123"), Ok(123));
+    }
+
+    #[test]
+    fn non_finite_doubles_are_refused_naming_the_value() {
+        use pb::parameter_value::Value;
+        for d in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -f64::NAN] {
+            let e = parameter_value_from_pb("parameters[\"v\"]", pv(Value::D(d))).unwrap_err();
+            assert_eq!(e.field, "parameters[\"v\"]", "{d}");
+            assert!(e.message.contains("finite"), "{d}: {e}");
+            let map = HashMap::from([("v".to_string(), pv(Value::D(d)))]);
+            assert_eq!(
+                err_field(parameters_from_pb("parameters", map)),
+                "parameters[\"v\"]"
+            );
+        }
+        // The extremes of the finite range, and -0, are values like any other.
+        for d in [f64::MAX, f64::MIN, f64::MIN_POSITIVE, -0.0] {
+            assert_eq!(
+                parameter_value_from_pb("p", pv(Value::D(d))),
+                Ok(ParameterValue::D(d))
+            );
+        }
+    }
+
+    #[test]
+    fn long_keys_and_ul_strings_are_quoted_bounded() {
+        let key = "k".repeat(100_000);
+        let map = HashMap::from([(key, pb::ParameterValue { value: None })]);
+        let e = parameters_from_pb("parameters", map).unwrap_err();
+        assert!(e.field.len() < 100, "{}", e.field);
+        assert!(e.field.starts_with("parameters[\"kkk") && e.field.ends_with("…\"]"));
+        let e = parse_ul("p.ul", &"9".repeat(5_000)).unwrap_err();
+        assert!(e.message.len() < 200, "{}", e.message);
+        assert!(e.message.contains("(5000 characters)"), "{}", e.message);
     }
 
     #[test]
