@@ -7,8 +7,12 @@
 //! [`clock::SystemClock`]. The cluster adapters (Kafka, NATS, ScyllaDB) go beside them,
 //! behind Cargo features.
 //!
-//! Every adapter of a port runs the same suite from [`conformance`], so the embedded and the
-//! cluster adapters are held to one behaviour.
+//! Every adapter of a port runs the same suite from `conformance` (feature `test-util`, for
+//! tests only), so the embedded and the cluster adapters are held to one behaviour.
+//!
+//! Settings for the local stand-ins of the cluster engines are explicit and default to the
+//! real engine: `kafka::KafkaCompat` (`Tansu` for the tansu broker) and
+//! `scylla::Dialect` (`Limited` for the CQL test server).
 //!
 //! Conventions shared by every adapter of the read model:
 //! - A page size of 0 means [`DEFAULT_PAGE_SIZE`]; larger sizes are capped at
@@ -18,11 +22,13 @@
 use fleetcmd_domain::ports::PortError;
 
 pub mod clock;
+#[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 pub mod embedded;
 pub mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "scylla")]

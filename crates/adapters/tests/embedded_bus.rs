@@ -8,12 +8,27 @@ use fleetcmd_adapters::embedded::bus::InProcessBus;
 use fleetcmd_domain::ports::{Bus, BusMessage, PortError};
 use futures::StreamExt;
 
+mod conformance_suite {
+    use super::*;
+    fleetcmd_adapters::bus_conformance!(async || Arc::new(InProcessBus::new()));
+}
+
+/// Small buffers on one thread: in the 10k-message order check publishers constantly wait on
+/// full subscribers. (The suite publishes up to ~50 messages before it reads, so it needs
+/// buffers at least that deep.)
+mod conformance_suite_on_one_thread_with_tiny_buffers {
+    use super::*;
+    fleetcmd_adapters::bus_conformance!(
+        #[tokio::test]
+        async || Arc::new(InProcessBus::with_capacity(64))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_bus_conformance() {
+async fn the_suite_leaves_no_subscription_behind() {
     let bus = InProcessBus::new();
-    conformance::bus::run(Arc::new(bus.clone())).await;
-    conformance::bus::run(Arc::new(bus.clone())).await;
-    // Every subscription of the suites was dropped: nothing leaks in the registry.
+    conformance::bus::all(Arc::new(bus.clone())).await;
+    // Every subscription of the suite was dropped: nothing leaks in the registry.
     assert_eq!(
         bus.subscription_count(),
         0,
@@ -22,18 +37,14 @@ async fn in_process_bus_conformance() {
 }
 
 #[tokio::test]
-async fn in_process_bus_conformance_on_one_thread_with_tiny_buffers() {
-    // Small buffers: in the 10k-message order test publishers constantly wait on full
-    // subscribers. (The suite publishes up to ~50 messages before it reads, so it needs
-    // buffers at least that deep.)
-    conformance::bus::run(Arc::new(InProcessBus::with_capacity(64))).await;
-}
-
-#[tokio::test]
 async fn shutdown_ends_subscriptions_and_pending_requests() {
     let bus = InProcessBus::new();
-    let mut s = bus.subscribe("a.>", None).await.expect("subscribe");
-    let mut silent = bus.subscribe("svc", Some("g")).await.expect("subscribe");
+    let mut s = within("subscribe", bus.subscribe("a.>", None))
+        .await
+        .expect("subscribe");
+    let mut silent = within("subscribe", bus.subscribe("svc", Some("g")))
+        .await
+        .expect("subscribe");
     let requester = {
         let bus = bus.clone();
         tokio::spawn(async move {
@@ -63,8 +74,10 @@ async fn shutdown_ends_subscriptions_and_pending_requests() {
     assert!(matches!(err, PortError::Unavailable(_)), "{err:?}");
     assert_eq!(bus.subscription_count(), 0);
     // Still usable afterwards.
-    let mut s2 = bus.subscribe("a.b", None).await.expect("subscribe");
-    bus.publish(BusMessage::new("a.b", "y"))
+    let mut s2 = within("subscribe", bus.subscribe("a.b", None))
+        .await
+        .expect("subscribe");
+    within("publish", bus.publish(BusMessage::new("a.b", "y")))
         .await
         .expect("publish");
     assert_eq!(
@@ -76,7 +89,9 @@ async fn shutdown_ends_subscriptions_and_pending_requests() {
 #[tokio::test]
 async fn dropping_the_bus_ends_subscriptions() {
     let bus = InProcessBus::new();
-    let mut s = bus.subscribe("x", None).await.expect("subscribe");
+    let mut s = within("subscribe", bus.subscribe("x", None))
+        .await
+        .expect("subscribe");
     drop(bus);
     assert_eq!(within("stream end", s.next()).await, None);
 }
@@ -85,16 +100,23 @@ async fn dropping_the_bus_ends_subscriptions() {
 async fn bad_subjects_are_refused() {
     let bus = InProcessBus::new();
     for bad in ["", "a..b", "a.>.b", "a b"] {
-        assert!(bus.subscribe(bad, None).await.is_err(), "subscribe {bad:?}");
+        assert!(
+            within("subscribe", bus.subscribe(bad, None)).await.is_err(),
+            "subscribe {bad:?}"
+        );
     }
     for bad in ["", "a.*", "a.>", "a..b"] {
         assert!(
-            bus.publish(BusMessage::new(bad, "x")).await.is_err(),
+            within("publish", bus.publish(BusMessage::new(bad, "x")))
+                .await
+                .is_err(),
             "publish {bad:?}"
         );
     }
     assert!(
-        bus.subscribe("a", Some("")).await.is_err(),
+        within("subscribe", bus.subscribe("a", Some("")))
+            .await
+            .is_err(),
         "empty queue group"
     );
 }
@@ -102,7 +124,9 @@ async fn bad_subjects_are_refused() {
 #[tokio::test]
 async fn a_slow_subscriber_applies_backpressure_without_loss() {
     let bus = InProcessBus::with_capacity(4);
-    let mut s = bus.subscribe("slow", None).await.expect("subscribe");
+    let mut s = within("subscribe", bus.subscribe("slow", None))
+        .await
+        .expect("subscribe");
     let publisher = {
         let bus = bus.clone();
         tokio::spawn(async move {

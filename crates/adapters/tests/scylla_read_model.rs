@@ -1,14 +1,17 @@
 //! The ScyllaDB read model against a CQL server, in a keyspace unique to the run.
 //!
-//! - `FLEETCMD_CQL_URI` (`host:port[,host:port...]`): the CQL test server
-//!   (`deploy/engines/cql.sh start` serves `127.0.0.1:9042`). It is the in-memory `kassandra`
-//!   library, not ScyllaDB: the adapter detects that it ignores `USING` clauses
-//!   ([`Dialect::Limited`]) and the conformance suite runs the subset it supports. Unset: the
-//!   test prints a skip line and passes, except under `CI`, where it fails.
-//! - `FLEETCMD_SCYLLA_URI`: a real ScyllaDB (or Cassandra) cluster. When set, the full suite
-//!   runs against it too.
+//! - `FLEETCMD_CQL_URI` (`host:port[,host:port...]`): the server `deploy/engines/cql.sh start`
+//!   serves on `127.0.0.1:9042` (Cassandra), in the dialect `FLEETCMD_SCYLLA_DIALECT` names
+//!   (`full`, the default, or `limited`), as `scylla.dialect` does for `fleetcmd run`: the
+//!   full suite on Cassandra. The old CQL test server (`FLEETCMD_CQL_ENGINE=kassandra`, the
+//!   in-memory `kassandra` library) ignores `USING` clauses: with `limited`
+//!   ([`Dialect::Limited`], which `deploy/test.sh` then sets) the suite runs the subset it
+//!   supports. Unset: the tests print a skip line and pass, except under `CI`, where they
+//!   fail.
+//! - `FLEETCMD_SCYLLA_URI`: a real ScyllaDB (or Cassandra) cluster, always in the full
+//!   dialect. When set, the full suite runs against it too.
 //!
-//! Checks that need a real ScyllaDB (they are skipped on the test server):
+//! Checks that need the full dialect (they are skipped in the limited one):
 //! - listings in the contract's order (clustering order, `ORDER BY`): on the test server
 //!   every listing is still checked to return each matching execution or command exactly
 //!   once, but as a set;
@@ -28,17 +31,16 @@ use std::sync::Arc;
 use fleetcmd_adapters::conformance::{
     self,
     read_model::{Capabilities, Expiry},
+    within,
 };
 use fleetcmd_adapters::is_invalid_page_token;
 use fleetcmd_adapters::scylla::{
     BucketWidths, Dialect, Replication, ScyllaConfig, ScyllaReadModel,
 };
 use fleetcmd_domain::ports::{
-    CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, ProjectionBatch, ReadModel,
+    CommandQuery, CommandWrite, ExecutionWrite, ProjectionBatch, ReadModel,
 };
-use fleetcmd_domain::{
-    Command, CommandBody, CommandId, Execution, ExecutionId, ExecutionStatus, Payload, Target,
-};
+use fleetcmd_domain::{Command, CommandBody, CommandId, ExecutionStatus, Payload, Target, testing};
 
 /// The nodes in `var` (comma-separated), `None` when unset or empty.
 fn nodes(var: &str) -> Option<Vec<String>> {
@@ -71,62 +73,198 @@ fn test_server() -> Option<Vec<String>> {
     }
 }
 
-async fn connect(nodes: &[String]) -> Arc<ScyllaReadModel> {
-    let keyspace = conformance::unique("fleetcmd_t");
-    conformance::within("connect", ScyllaReadModel::connect(nodes, &keyspace, 1))
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {nodes:?}: {e}"))
+/// The dialect of the `FLEETCMD_CQL_URI` server, from `FLEETCMD_SCYLLA_DIALECT` (full when
+/// unset).
+fn dialect() -> Dialect {
+    match std::env::var("FLEETCMD_SCYLLA_DIALECT") {
+        Ok(v) if !v.trim().is_empty() => v
+            .parse()
+            .unwrap_or_else(|e| panic!("FLEETCMD_SCYLLA_DIALECT: {e}")),
+        _ => Dialect::Full,
+    }
 }
 
-/// What the CQL test server supports: no ordering, write timestamps or TTL.
-const TEST_SERVER: Capabilities = Capabilities {
+/// The settings of a keyspace unique to the run on `nodes`, in `dialect`.
+fn config(nodes: &[String], dialect: Dialect) -> ScyllaConfig {
+    let keyspace = conformance::unique("fleetcmd_t");
+    ScyllaConfig {
+        dialect,
+        ..ScyllaConfig::new(nodes, &keyspace, Replication::Factor(1))
+    }
+}
+
+/// The settings of the keyspace the suites of this test process share (`tag` tells apart
+/// keyspaces created with different bucket widths). The checks use ids unique to each run, so
+/// they share one keyspace the way they would share a production cluster; creating a
+/// keyspace per test instead costs seconds of DDL each on a real server.
+fn shared_config(nodes: &[String], dialect: Dialect, tag: &str) -> ScyllaConfig {
+    let keyspace = format!("fleetcmd_t{}_{tag}", std::process::id());
+    ScyllaConfig {
+        dialect,
+        ..ScyllaConfig::new(nodes, &keyspace, Replication::Factor(1))
+    }
+}
+
+/// Connecting runs the schema's DDL; on a real server under load that takes several
+/// seconds, more than the suites' generic wait.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn connect_with(config: ScyllaConfig) -> Arc<ScyllaReadModel> {
+    let nodes = config.nodes.clone();
+    match tokio::time::timeout(CONNECT_WAIT, ScyllaReadModel::connect_with(config)).await {
+        Ok(store) => store.unwrap_or_else(|e| panic!("connecting to {nodes:?}: {e}")),
+        Err(_) => panic!("connect: not done within {CONNECT_WAIT:?}"),
+    }
+}
+
+/// Creates the shared keyspaces' tables once per process, before the suites connect to
+/// them concurrently (concurrent CREATE TABLE of one table is unsafe on Cassandra).
+static SHARED_SCHEMA: tokio::sync::Mutex<Vec<String>> = tokio::sync::Mutex::const_new(Vec::new());
+
+async fn connect_shared(config: ScyllaConfig) -> Arc<ScyllaReadModel> {
+    let mut created = SHARED_SCHEMA.lock().await;
+    let store = connect_with(config.clone()).await;
+    if !created.contains(&config.keyspace) {
+        created.push(config.keyspace.clone());
+    }
+    drop(created);
+    store
+}
+
+/// A new keyspace on the `FLEETCMD_CQL_URI` server.
+async fn connect(nodes: &[String]) -> Arc<ScyllaReadModel> {
+    connect_with(config(nodes, dialect())).await
+}
+
+/// What the limited dialect (the CQL test server) supports: no ordering, write timestamps or
+/// TTL.
+const LIMITED: Capabilities = Capabilities {
     ordering: false,
     write_timestamps: false,
+    tombstones: false,
     expiry: Expiry::Purge,
 };
 
-/// A real cluster: everything, with retention by TTL.
-const REAL_SCYLLA: Capabilities = Capabilities {
+/// The full dialect (a real cluster): everything, with retention by TTL.
+const FULL: Capabilities = Capabilities {
     ordering: true,
     write_timestamps: true,
+    tombstones: true,
     expiry: Expiry::Ttl,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_model_conformance_on_the_cql_test_server() {
-    let Some(nodes) = test_server() else { return };
-    let store = connect(&nodes).await;
+fn capabilities(dialect: Dialect) -> Capabilities {
+    match dialect {
+        Dialect::Full => FULL,
+        Dialect::Limited => LIMITED,
+    }
+}
+
+/// A store for the suite in a keyspace of its own on `nodes` (`None`: skipped), speaking
+/// `dialect` (as configured: nothing is probed), with `buckets` when given.
+async fn suite_store(
+    nodes: Option<Vec<String>>,
+    dialect: Dialect,
+    buckets: Option<BucketWidths>,
+) -> Option<Arc<ScyllaReadModel>> {
+    let tag = if buckets.is_some() {
+        "narrow"
+    } else {
+        "default"
+    };
+    let mut config = shared_config(&nodes?, dialect, tag);
+    if let Some(b) = buckets {
+        config.buckets = b;
+    }
+    let store = connect_shared(config).await;
     assert_eq!(
         store.dialect(),
-        Dialect::Limited,
-        "FLEETCMD_CQL_URI should point at the CQL test server; use FLEETCMD_SCYLLA_URI for a \
-         real cluster"
+        dialect,
+        "the store speaks the configured dialect, nothing probed"
     );
-    conformance::read_model::run_with(store.clone(), TEST_SERVER).await;
-    // Twice on the same keyspace: the suite works from the stored position and its own ids.
-    conformance::read_model::run_with(store, TEST_SERVER).await;
+    if let Some(b) = buckets {
+        assert_eq!(
+            store.bucket_widths(),
+            b,
+            "a new keyspace stores the widths asked for"
+        );
+    }
+    Some(store)
+}
+
+/// A real cluster's nodes (`FLEETCMD_SCYLLA_URI`), `None` after a skip line.
+fn real_scylla() -> Option<Vec<String>> {
+    let found = nodes("FLEETCMD_SCYLLA_URI");
+    if found.is_none() {
+        println!("skipped: FLEETCMD_SCYLLA_URI is not set (this needs a real ScyllaDB)");
+    }
+    found
+}
+
+/// The suite on the `FLEETCMD_CQL_URI` server, twice per keyspace: each check works from the
+/// stored position and its own ids.
+mod read_model_on_the_cql_server {
+    use super::*;
+    fleetcmd_adapters::read_model_conformance!(
+        async || suite_store(test_server(), dialect(), None).await,
+        capabilities = capabilities(dialect())
+    );
 }
 
 /// The suite's executions span ~10 s of start times and ~100 s of completion times: with
 /// buckets of a second or two, every listing walks many buckets (and empty gaps).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_model_conformance_across_many_time_buckets() {
-    let Some(nodes) = test_server() else { return };
-    let mut config = ScyllaConfig::new(
-        &nodes,
-        &conformance::unique("fleetcmd_b"),
-        Replication::Factor(1),
-    );
-    config.buckets = BucketWidths {
+mod snapshots_on_the_cql_server {
+    use super::*;
+    fleetcmd_adapters::snapshot_store_conformance!(async || suite_store(
+        test_server(),
+        dialect(),
+        None
+    )
+    .await);
+}
+
+mod read_model_across_many_time_buckets {
+    use super::*;
+
+    const NARROW: BucketWidths = BucketWidths {
         target_ms: 1_000,
         command_ms: 1_500,
         all_ms: 2_000,
     };
-    let store = conformance::within("connect", ScyllaReadModel::connect_with(config))
-        .await
-        .expect("connect");
-    assert_eq!(store.bucket_widths().target_ms, 1_000);
-    conformance::read_model::run_with(store, TEST_SERVER).await;
+
+    fleetcmd_adapters::read_model_conformance!(
+        async || suite_store(test_server(), dialect(), Some(NARROW)).await,
+        capabilities = capabilities(dialect())
+    );
+}
+
+/// The full suite on a real cluster (`FLEETCMD_SCYLLA_URI`).
+mod read_model_on_real_scylla {
+    use super::*;
+    fleetcmd_adapters::read_model_conformance!(
+        async || suite_store(real_scylla(), Dialect::Full, None).await,
+        capabilities = FULL
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_dialect_refuses_a_server_that_ignores_using_clauses() {
+    let Some(nodes) = test_server() else { return };
+    if dialect() != Dialect::Limited {
+        println!("skipped: FLEETCMD_CQL_URI is a full-dialect server");
+        return;
+    }
+    let err = within(
+        "connect",
+        ScyllaReadModel::connect_with(config(&nodes, Dialect::Full)),
+    )
+    .await
+    .expect_err("the test server in the full dialect");
+    assert!(
+        err.to_string().contains("FLEETCMD_SCYLLA_DIALECT=limited"),
+        "the error names the setting: {err}"
+    );
+    assert!(!err.is_retryable(), "a misconfiguration is not retryable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,93 +272,88 @@ async fn reconnecting_keeps_the_schema_data_and_bucket_widths() {
     let Some(nodes) = test_server() else { return };
     let first = connect(&nodes).await;
     let widths = first.bucket_widths();
-    first
-        .commit(ProjectionBatch {
-            partition: 3,
-            next_offset: 41,
-            ..ProjectionBatch::default()
-        })
-        .await
-        .expect("commit");
-    let again = ScyllaReadModel::connect_with({
-        let mut c = ScyllaConfig::new(&nodes, first.keyspace(), Replication::Factor(1));
-        // Asking for other widths on an existing keyspace: the stored ones win.
-        c.buckets.command_ms = 60_000;
-        c
-    })
-    .await
-    .expect("second connect to an existing keyspace");
+    let batch = ProjectionBatch {
+        partition: 3,
+        next_offset: 41,
+        ..ProjectionBatch::default()
+    };
+    within("commit", first.commit(batch)).await.expect("commit");
+    let mut c = ScyllaConfig {
+        keyspace: first.keyspace().to_owned(),
+        ..config(&nodes, dialect())
+    };
+    // Asking for other widths on an existing keyspace: the stored ones win.
+    c.buckets.command_ms = 60_000;
+    let again = connect_with(c).await;
     assert_eq!(again.bucket_widths(), widths);
-    assert_eq!(again.position(3).await.expect("position"), 41);
-    assert_eq!(again.position(4).await.expect("position"), 0);
+    let position = |p| within("position", again.position(p));
+    assert_eq!(position(3).await.expect("position"), 41);
+    assert_eq!(position(4).await.expect("position"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_and_tokens_are_rejected() {
     let Some(nodes) = test_server() else { return };
-    let err = ScyllaReadModel::connect(&nodes, "no-dashes-allowed", 1)
-        .await
-        .expect_err("invalid keyspace name");
+    let err = within(
+        "connect",
+        ScyllaReadModel::connect(&nodes, "no-dashes-allowed", 1),
+    )
+    .await
+    .expect_err("invalid keyspace name");
     assert!(err.to_string().contains("keyspace"), "{err}");
     assert!(!err.is_retryable());
-    let err = ScyllaReadModel::connect(&nodes, "fleetcmd_rf0", 0)
-        .await
-        .expect_err("replication factor 0");
+    let err = within(
+        "connect",
+        ScyllaReadModel::connect(&nodes, "fleetcmd_rf0", 0),
+    )
+    .await
+    .expect_err("replication factor 0");
     assert!(err.to_string().contains("replication"), "{err}");
 
     let store = connect(&nodes).await;
     let commands: Vec<CommandWrite> = (0..3)
         .map(|i| CommandWrite::Upsert(command(&format!("tok{i}"), 1000 + i)))
         .collect();
-    store
-        .commit(ProjectionBatch {
-            partition: 0,
-            next_offset: 1,
-            commands,
-            executions: Vec::new(),
-        })
-        .await
-        .expect("commit");
-    let first = store
-        .list_commands(&CommandQuery {
-            page_size: 1,
-            ..CommandQuery::default()
-        })
-        .await
-        .expect("first page");
+    let batch = ProjectionBatch {
+        partition: 0,
+        next_offset: 1,
+        commands,
+        executions: Vec::new(),
+    };
+    within("commit", store.commit(batch)).await.expect("commit");
+    let list = |q: CommandQuery| {
+        let store = &store;
+        async move { within("list_commands", store.list_commands(&q)).await }
+    };
+    let first = list(CommandQuery {
+        page_size: 1,
+        ..CommandQuery::default()
+    })
+    .await
+    .expect("first page");
     assert_eq!(first.items.len(), 1);
     let token = first
         .next_token
         .expect("three commands, pages of one: a token");
-    // A token issued for one listing is refused by another, and by another query.
-    let foreign = store
-        .list_executions(&ExecutionQuery {
-            page_size: 1,
-            page_token: Some(token.clone()),
-            ..ExecutionQuery::default()
-        })
-        .await
-        .expect_err("a command-listing token used for executions");
-    assert!(is_invalid_page_token(&foreign), "{foreign:?}");
-    let other_query = store
-        .list_commands(&CommandQuery {
-            page_size: 1,
-            ascending: true,
-            page_token: Some(token.clone()),
-            ..CommandQuery::default()
-        })
-        .await
-        .expect_err("a token used with another sort order");
+    // A token is refused by another query of the same listing (fingerprinted; one used by
+    // another listing is the suite's `page_tokens_from_another_listing_are_refused`).
+    let other_query = list(CommandQuery {
+        page_size: 1,
+        ascending: true,
+        page_token: Some(token.clone()),
+        ..CommandQuery::default()
+    })
+    .await
+    .expect_err("a token used with another sort order");
     assert!(is_invalid_page_token(&other_query), "{other_query:?}");
     // The right query goes on to the other two.
-    let rest = store
-        .list_commands(&CommandQuery {
-            page_size: 5,
-            page_token: Some(token),
-            ..CommandQuery::default()
-        })
-        .await
-        .expect("second page");
+    let rest = list(CommandQuery {
+        page_size: 5,
+        page_token: Some(token),
+        ..CommandQuery::default()
+    })
+    .await
+    .expect("second page");
     assert_eq!(rest.items.len(), 2);
     assert!(
         rest.items
@@ -258,36 +391,32 @@ async fn reused_client_token_finds_the_newest(store: &ScyllaReadModel) {
         .expect("clock")
         .as_millis() as i64;
     let target = Target::thing("reused-token-thing").expect("target");
-    let execution = |id: &str, started_at: i64, seq: u64| Execution {
-        execution_id: ExecutionId::parse(id).expect("execution id"),
-        command_id: CommandId::parse("reused-token-cmd").expect("command id"),
-        target: target.clone(),
-        status: ExecutionStatus::InProgress,
-        status_reason: None,
-        result: Default::default(),
-        parameters: Default::default(),
-        timeout_secs: 10,
-        client_token: Some("same-token".into()),
-        created_at: started_at,
-        last_updated_at: started_at,
-        started_at,
-        completed_at: None,
-        time_to_live: now + 24 * 3600 * 1000,
-        terminal: false,
-        seq,
-        request_fingerprint: seq,
+    let execution = |id: &str, started_at: i64, seq: u64| {
+        let mut e = testing::execution(id, "reused-token-cmd", Some(target.clone()));
+        e.status = ExecutionStatus::InProgress;
+        e.client_token = Some("same-token".into());
+        e.created_at = started_at;
+        e.last_updated_at = started_at;
+        e.started_at = started_at;
+        e.time_to_live = now + 24 * 3600 * 1000;
+        e.seq = seq;
+        e.request_fingerprint = seq;
+        e
     };
     let older = execution("reused-older", now - 5_000, 5);
     let newer = execution("reused-newer", now - 1_000, 1);
-    let mut offset = store.position(0).await.expect("position");
+    let mut offset = within("position", store.position(0))
+        .await
+        .expect("position");
     let mut commit = |writes: Vec<ExecutionWrite>| {
         offset += 1;
-        store.commit(ProjectionBatch {
+        let batch = ProjectionBatch {
             partition: 0,
             next_offset: offset,
             commands: Vec::new(),
             executions: writes,
-        })
+        };
+        within("commit", store.commit(batch))
     };
     commit(vec![ExecutionWrite::Upsert(older.clone())])
         .await
@@ -299,13 +428,13 @@ async fn reused_client_token_finds_the_newest(store: &ScyllaReadModel) {
     commit(vec![ExecutionWrite::Upsert(older.clone())])
         .await
         .expect("commit");
-    let find = || store.find_execution_by_token(&target, "same-token");
+    let find = || within("find", store.find_execution_by_token(&target, "same-token"));
     assert_eq!(
         find().await.expect("find"),
         Some(newer.clone()),
         "the newest start"
     );
-    commit(vec![ExecutionWrite::Delete(newer.execution_id.clone())])
+    commit(vec![ExecutionWrite::delete(newer.execution_id.clone())])
         .await
         .expect("commit");
     assert_eq!(
@@ -313,7 +442,7 @@ async fn reused_client_token_finds_the_newest(store: &ScyllaReadModel) {
         Some(older.clone()),
         "the newest stored one once the newer is deleted"
     );
-    commit(vec![ExecutionWrite::Delete(older.execution_id.clone())])
+    commit(vec![ExecutionWrite::delete(older.execution_id.clone())])
         .await
         .expect("commit");
     assert_eq!(find().await.expect("find"), None, "none left");
@@ -326,33 +455,28 @@ async fn a_reused_client_token_finds_the_newest_execution() {
     reused_client_token_finds_the_newest(&store).await;
 }
 
+/// Beside the suite: reused client tokens, and positions written with their offset as write
+/// timestamp, so a lagging projector's older commit cannot move a partition back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_model_conformance_on_real_scylla() {
-    let Some(nodes) = nodes("FLEETCMD_SCYLLA_URI") else {
-        println!("skipped: FLEETCMD_SCYLLA_URI is not set (the full suite needs a real ScyllaDB)");
-        return;
-    };
-    let store = connect(&nodes).await;
+async fn real_scylla_finds_reused_tokens_and_keeps_positions_from_moving_back() {
+    let Some(nodes) = real_scylla() else { return };
+    let store = connect_with(config(&nodes, Dialect::Full)).await;
     assert_eq!(
         store.dialect(),
         Dialect::Full,
         "FLEETCMD_SCYLLA_URI points at a server that ignores USING clauses (the CQL test \
          server?)"
     );
-    conformance::read_model::run_with(store.clone(), REAL_SCYLLA).await;
-    conformance::read_model::run_with(store.clone(), REAL_SCYLLA).await;
     reused_client_token_finds_the_newest(&store).await;
-
-    // Positions are written with their offset as write timestamp: a lagging projector's
-    // older commit cannot move a partition back.
-    let at = store.position(0).await.expect("position");
-    store
-        .commit(ProjectionBatch {
-            partition: 0,
-            next_offset: at.saturating_sub(5),
-            ..ProjectionBatch::default()
-        })
+    let position = || within("position", store.position(0));
+    let at = position().await.expect("position");
+    let late = ProjectionBatch {
+        partition: 0,
+        next_offset: at.saturating_sub(5),
+        ..ProjectionBatch::default()
+    };
+    within("a late commit", store.commit(late))
         .await
         .expect("a late commit");
-    assert_eq!(store.position(0).await.expect("position"), at);
+    assert_eq!(position().await.expect("position"), at);
 }

@@ -1,8 +1,9 @@
-//! The bus suite.
+//! The bus suite: one check per behaviour of [`Bus`]'s contract.
 //!
 //! "Nothing else arrived" is checked with a marker: per-publisher order means that once a
 //! subscriber sees a marker published after some messages, everything it was going to get
-//! from those messages is already in front of it.
+//! from those messages is already in front of it. Checks publish at most ~50 messages before
+//! they read, so a bus under test needs subscription buffers at least that deep.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,8 +12,35 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fleetcmd_domain::ports::{BoxStream, Bus, BusMessage, PortError};
 use futures::StreamExt;
+use tokio::task::JoinHandle;
 
 use super::{WAIT, unique, within};
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __bus_checks {
+    ($callback:ident!($($args:tt)*)) => {
+        $crate::$callback!($($args)*;
+            every_plain_subscriber_gets_subject_payload_and_headers,
+            subscribers_of_other_subjects_get_nothing,
+            star_matches_exactly_one_token,
+            greater_than_matches_one_or_more_tokens,
+            exact_subscriptions_beside_wildcards_get_only_their_subject,
+            greater_than_needs_at_least_one_token,
+            a_queue_group_gets_each_message_once,
+            plain_subscribers_and_other_groups_get_every_message_beside_a_queue_group,
+            requests_get_the_answer_of_a_responder,
+            concurrent_requests_each_get_their_own_answer,
+            requests_without_responder_fail_fast,
+            unanswered_requests_time_out,
+            dropping_a_subscription_unsubscribes_it,
+            a_dropped_queue_member_gets_nothing_more,
+            messages_arrive_in_publish_order,
+        );
+    };
+}
+
+crate::__bus_checks!(__conformance_all!(Bus));
 
 async fn next(what: &str, s: &mut BoxStream<BusMessage>) -> BusMessage {
     within(what, s.next())
@@ -44,29 +72,30 @@ async fn until_marker(what: &str, s: &mut BoxStream<BusMessage>, marker: &[u8]) 
     }
 }
 
-/// Runs the bus suite against `bus`.
-pub async fn run(bus: Arc<dyn Bus>) {
-    let r = unique("bus");
-    exact_delivery(&*bus, &r).await;
-    wildcards(&*bus, &r).await;
-    queue_groups(&*bus, &r).await;
-    request_reply(&bus, &r).await;
-    no_responders_and_timeout(&*bus, &r).await;
-    unsubscribe_on_drop(&*bus, &r).await;
-    per_publisher_order(&bus, &r).await;
+fn payloads(v: Vec<BusMessage>) -> Vec<String> {
+    v.into_iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
 }
 
-async fn exact_delivery(bus: &dyn Bus, r: &str) {
-    let subject = format!("{r}.exact.a");
-    let mut a = sub(bus, &subject, None).await;
-    let mut b = sub(bus, &subject, None).await;
-    let mut other = sub(bus, &format!("{r}.exact.b"), None).await;
-    let msg = BusMessage {
-        subject: subject.clone(),
+/// A message with a reply-less subject, headers and a binary payload.
+fn exact_message(subject: &str) -> BusMessage {
+    BusMessage {
+        subject: subject.to_owned(),
         reply: None,
         headers: vec![("traceparent".into(), "00-abc-def-01".into())],
         payload: Bytes::from_static(b"hello\0world"),
-    };
+    }
+}
+
+/// Every plain subscriber of a subject gets each message on it, with its subject, payload
+/// and headers.
+pub async fn every_plain_subscriber_gets_subject_payload_and_headers(bus: Arc<dyn Bus>) {
+    let bus = &*bus;
+    let subject = format!("{}.exact.a", unique("bus"));
+    let mut a = sub(bus, &subject, None).await;
+    let mut b = sub(bus, &subject, None).await;
+    let msg = exact_message(&subject);
     within("publish", bus.publish(msg.clone()))
         .await
         .expect("publish");
@@ -85,6 +114,17 @@ async fn exact_delivery(bus: &dyn Bus, r: &str) {
             "{name} plain subscriber: headers must be kept"
         );
     }
+}
+
+/// A subscriber of one subject gets nothing published on another.
+pub async fn subscribers_of_other_subjects_get_nothing(bus: Arc<dyn Bus>) {
+    let bus = &*bus;
+    let r = unique("bus");
+    let subject = format!("{r}.exact.a");
+    let mut other = sub(bus, &format!("{r}.exact.b"), None).await;
+    within("publish", bus.publish(exact_message(&subject)))
+        .await
+        .expect("publish");
     publish(bus, &format!("{r}.exact.b"), "marker").await;
     let before = until_marker("other subject", &mut other, b"marker").await;
     assert!(
@@ -93,45 +133,61 @@ async fn exact_delivery(bus: &dyn Bus, r: &str) {
     );
 }
 
-async fn wildcards(bus: &dyn Bus, r: &str) {
-    let mut star = sub(bus, &format!("{r}.w.*.x"), None).await;
-    let mut rest = sub(bus, &format!("{r}.w.>"), None).await;
-    let mut exact = sub(bus, &format!("{r}.w.m"), None).await;
-
+/// Subscriptions `<r>.w.*.x`, `<r>.w.>` and `<r>.w.m`, after publishing to `a.x`, `a.b.x`,
+/// `x` and `m` below `<r>.w`, then a marker on `<r>.w.end.x` and one on `<r>.w.m`.
+async fn wildcard_fixture(bus: &dyn Bus) -> [BoxStream<BusMessage>; 3] {
+    let r = unique("bus");
+    let star = sub(bus, &format!("{r}.w.*.x"), None).await;
+    let rest = sub(bus, &format!("{r}.w.>"), None).await;
+    let exact = sub(bus, &format!("{r}.w.m"), None).await;
     for s in ["a.x", "a.b.x", "x", "m"] {
         publish(bus, &format!("{r}.w.{s}"), s.to_owned()).await;
     }
     // Markers on subjects each subscription matches.
     publish(bus, &format!("{r}.w.end.x"), "marker").await;
     publish(bus, &format!("{r}.w.m"), "marker").await;
+    [star, rest, exact]
+}
 
-    let got = |v: Vec<BusMessage>| {
-        v.into_iter()
-            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            .collect::<Vec<_>>()
-    };
+/// `*` matches exactly one token.
+pub async fn star_matches_exactly_one_token(bus: Arc<dyn Bus>) {
+    let [mut star, _, _] = wildcard_fixture(&*bus).await;
     assert_eq!(
-        got(until_marker("'*' subscription", &mut star, b"marker").await),
+        payloads(until_marker("'*' subscription", &mut star, b"marker").await),
         vec!["a.x"],
-        "'*' matches exactly one token: {r}.w.*.x gets a.x, not a.b.x or x"
+        "'*' matches exactly one token: <r>.w.*.x gets a.x, not a.b.x or x"
     );
+}
+
+/// A trailing `>` matches one or more tokens, in publish order.
+pub async fn greater_than_matches_one_or_more_tokens(bus: Arc<dyn Bus>) {
+    let [_, mut rest, _] = wildcard_fixture(&*bus).await;
     assert_eq!(
-        got(until_marker("'>' subscription", &mut rest, b"marker").await),
+        payloads(until_marker("'>' subscription", &mut rest, b"marker").await),
         vec!["a.x", "a.b.x", "x", "m"],
         "'>' matches one or more tokens, in publish order"
     );
-    // The '>' subscription also gets the second marker; the exact one only its subject.
+    // The '>' subscription also gets the second marker.
     assert_eq!(
         next("'>' subscription", &mut rest).await.payload.as_ref(),
         b"marker"
     );
+}
+
+/// An exact subscription beside wildcard ones gets only its subject.
+pub async fn exact_subscriptions_beside_wildcards_get_only_their_subject(bus: Arc<dyn Bus>) {
+    let [_, _, mut exact] = wildcard_fixture(&*bus).await;
     assert_eq!(
-        got(until_marker("exact beside wildcards", &mut exact, b"marker").await),
+        payloads(until_marker("exact beside wildcards", &mut exact, b"marker").await),
         vec!["m"],
         "an exact subscription gets only its subject"
     );
+}
 
-    // '>' needs at least one token after the prefix.
+/// `<prefix>.>` needs at least one token after the prefix: it does not match `<prefix>`.
+pub async fn greater_than_needs_at_least_one_token(bus: Arc<dyn Bus>) {
+    let bus = &*bus;
+    let r = unique("bus");
     let mut root = sub(bus, &format!("{r}.w2.>"), None).await;
     let mut bare = sub(bus, &format!("{r}.w2"), None).await;
     publish(bus, &format!("{r}.w2"), "bare").await;
@@ -148,13 +204,12 @@ async fn wildcards(bus: &dyn Bus, r: &str) {
     );
 }
 
-async fn queue_groups(bus: &dyn Bus, r: &str) {
-    let subject = format!("{r}.q.job");
+/// A queue group gets each message exactly once, on one of its members.
+pub async fn a_queue_group_gets_each_message_once(bus: Arc<dyn Bus>) {
+    let bus = &*bus;
+    let subject = format!("{}.q.job", unique("bus"));
     let a = sub(bus, &subject, Some("workers")).await;
     let b = sub(bus, &subject, Some("workers")).await;
-    let mut plain = sub(bus, &format!("{r}.q.*"), None).await;
-    let mut other_group = sub(bus, &subject, Some("auditors")).await;
-
     let n = 40;
     for i in 0..n {
         publish(bus, &subject, format!("job-{i}")).await;
@@ -197,7 +252,26 @@ async fn queue_groups(bus: &dyn Bus, r: &str) {
         n,
         "the group as a whole gets each message once"
     );
+}
 
+/// Beside a queue group, a plain subscriber and every other queue group get every message.
+pub async fn plain_subscribers_and_other_groups_get_every_message_beside_a_queue_group(
+    bus: Arc<dyn Bus>,
+) {
+    let bus = &*bus;
+    let r = unique("bus");
+    let subject = format!("{r}.q.job");
+    let _workers = [
+        sub(bus, &subject, Some("workers")).await,
+        sub(bus, &subject, Some("workers")).await,
+    ];
+    let mut plain = sub(bus, &format!("{r}.q.*"), None).await;
+    let mut other_group = sub(bus, &subject, Some("auditors")).await;
+    let n = 40;
+    for i in 0..n {
+        publish(bus, &subject, format!("job-{i}")).await;
+    }
+    publish(bus, &subject, "marker").await;
     let plain_got = until_marker("plain beside a queue group", &mut plain, b"marker").await;
     assert_eq!(
         plain_got.len(),
@@ -212,25 +286,37 @@ async fn queue_groups(bus: &dyn Bus, r: &str) {
     );
 }
 
-async fn request_reply(bus: &Arc<dyn Bus>, r: &str) {
-    let subject = format!("{r}.svc.echo");
-    let mut requests = sub(&**bus, &subject, Some("svc")).await;
-    let responder = {
-        let bus = bus.clone();
-        tokio::spawn(async move {
-            while let Some(m) = requests.next().await {
-                let Some(reply) = m.reply.clone() else {
-                    continue;
-                };
-                let mut answer = BusMessage::new(reply, [b"re:".as_ref(), &m.payload].concat());
-                answer.headers = m.headers.clone();
-                if bus.publish(answer).await.is_err() {
-                    break;
-                }
-            }
-        })
-    };
+/// Answers every request on its subject with `re:<payload>` and the request's headers; stops
+/// when dropped.
+struct EchoResponder(JoinHandle<()>);
 
+impl Drop for EchoResponder {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn echo_responder(bus: &Arc<dyn Bus>, subject: &str) -> EchoResponder {
+    let mut requests = sub(&**bus, subject, Some("svc")).await;
+    let bus = bus.clone();
+    EchoResponder(tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            let Some(reply) = m.reply.clone() else {
+                continue;
+            };
+            let mut answer = BusMessage::new(reply, [b"re:".as_ref(), &m.payload].concat());
+            answer.headers = m.headers.clone();
+            if bus.publish(answer).await.is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+/// A request gets its responder's answer; headers travel both ways.
+pub async fn requests_get_the_answer_of_a_responder(bus: Arc<dyn Bus>) {
+    let subject = format!("{}.svc.echo", unique("bus"));
+    let _responder = echo_responder(&bus, &subject).await;
     let mut msg = BusMessage::new(subject.clone(), "ping");
     msg.headers = vec![("h".into(), "v".into())];
     let reply = within("request", bus.request(msg, WAIT))
@@ -242,8 +328,12 @@ async fn request_reply(bus: &Arc<dyn Bus>, r: &str) {
         vec![("h".to_owned(), "v".to_owned())],
         "headers travel both ways"
     );
+}
 
-    // Concurrent requests each get their own answer.
+/// Concurrent requests each get the answer to themselves.
+pub async fn concurrent_requests_each_get_their_own_answer(bus: Arc<dyn Bus>) {
+    let subject = format!("{}.svc.echo", unique("bus"));
+    let _responder = echo_responder(&bus, &subject).await;
     let mut tasks = Vec::new();
     for i in 0..20 {
         let bus = bus.clone();
@@ -264,15 +354,16 @@ async fn request_reply(bus: &Arc<dyn Bus>, r: &str) {
             "each request gets the answer to itself"
         );
     }
-    responder.abort();
 }
 
-async fn no_responders_and_timeout(bus: &dyn Bus, r: &str) {
+/// A request nobody listens to fails at once with the retryable `NoResponders`, whatever its
+/// timeout.
+pub async fn requests_without_responder_fail_fast(bus: Arc<dyn Bus>) {
     let t = Instant::now();
     let err = within(
         "request with no responder",
         bus.request(
-            BusMessage::new(format!("{r}.nobody"), "x"),
+            BusMessage::new(format!("{}.nobody", unique("bus")), "x"),
             Duration::from_secs(3600),
         ),
     )
@@ -284,13 +375,17 @@ async fn no_responders_and_timeout(bus: &dyn Bus, r: &str) {
     );
     assert!(err.is_retryable(), "NoResponders is retryable");
     assert!(t.elapsed() < WAIT, "NoResponders must come fast");
+}
 
-    let _silent = sub(bus, &format!("{r}.silent"), None).await;
+/// A request whose subscriber never answers fails with `Timeout`, not before its timeout.
+pub async fn unanswered_requests_time_out(bus: Arc<dyn Bus>) {
+    let silent = format!("{}.silent", unique("bus"));
+    let _silent = sub(&*bus, &silent, None).await;
     let timeout = Duration::from_millis(200);
     let t = Instant::now();
     let err = within(
         "request to a silent subscriber",
-        bus.request(BusMessage::new(format!("{r}.silent"), "x"), timeout),
+        bus.request(BusMessage::new(silent, "x"), timeout),
     )
     .await
     .expect_err("an unanswered request must fail");
@@ -305,7 +400,11 @@ async fn no_responders_and_timeout(bus: &dyn Bus, r: &str) {
     );
 }
 
-async fn unsubscribe_on_drop(bus: &dyn Bus, r: &str) {
+/// Dropping the only subscription of a subject unsubscribes it (requests find no responder),
+/// and leaves other subscriptions alone.
+pub async fn dropping_a_subscription_unsubscribes_it(bus: Arc<dyn Bus>) {
+    let bus = &*bus;
+    let r = unique("bus");
     let subject = format!("{r}.unsub");
     let dropped = sub(bus, &subject, None).await;
     let mut kept = sub(bus, &format!("{r}.unsub2"), None).await;
@@ -313,13 +412,11 @@ async fn unsubscribe_on_drop(bus: &dyn Bus, r: &str) {
     // Unsubscribing may travel to a server: retry until it has taken effect.
     let deadline = Instant::now() + WAIT;
     loop {
-        match bus
-            .request(
-                BusMessage::new(subject.clone(), "x"),
-                Duration::from_millis(100),
-            )
-            .await
-        {
+        let probe = bus.request(
+            BusMessage::new(subject.clone(), "x"),
+            Duration::from_millis(100),
+        );
+        match within("request after an unsubscribe", probe).await {
             Err(PortError::NoResponders(_)) => break,
             other => {
                 assert!(
@@ -338,9 +435,12 @@ async fn unsubscribe_on_drop(bus: &dyn Bus, r: &str) {
             .as_ref(),
         b"still here"
     );
+}
 
-    // A dropped queue member stops getting messages; the rest of the group gets them all.
-    let qs = format!("{r}.unsubq");
+/// A dropped queue member stops getting messages; the rest of the group gets them all.
+pub async fn a_dropped_queue_member_gets_nothing_more(bus: Arc<dyn Bus>) {
+    let bus = &*bus;
+    let qs = format!("{}.unsubq", unique("bus"));
     let gone = sub(bus, &qs, Some("g")).await;
     let mut stays = sub(bus, &qs, Some("g")).await;
     drop(gone);
@@ -358,11 +458,13 @@ async fn unsubscribe_on_drop(bus: &dyn Bus, r: &str) {
     }
 }
 
-async fn per_publisher_order(bus: &Arc<dyn Bus>, r: &str) {
-    let subject = format!("{r}.order");
+/// 10,000 messages of one publisher reach a plain subscriber and a single-member queue group
+/// in publish order.
+pub async fn messages_arrive_in_publish_order(bus: Arc<dyn Bus>) {
+    let subject = format!("{}.order", unique("bus"));
     let n = 10_000u32;
-    let plain = sub(&**bus, &subject, None).await;
-    let grouped = sub(&**bus, &subject, Some("one")).await;
+    let plain = sub(&*bus, &subject, None).await;
+    let grouped = sub(&*bus, &subject, Some("one")).await;
     let consume = |mut s: BoxStream<BusMessage>, name: &'static str| {
         tokio::spawn(async move {
             for i in 0..n {
@@ -382,9 +484,7 @@ async fn per_publisher_order(bus: &Arc<dyn Bus>, r: &str) {
     let a = consume(plain, "plain subscriber");
     let b = consume(grouped, "single-member queue group");
     for i in 0..n {
-        bus.publish(BusMessage::new(subject.clone(), i.to_be_bytes().to_vec()))
-            .await
-            .expect("publish");
+        publish(&*bus, &subject, i.to_be_bytes().to_vec()).await;
     }
     within("ordered consumer", a).await.expect("plain consumer");
     within("ordered consumer", b)

@@ -4,7 +4,7 @@
 //! shutting that runtime down, which drops the listener and every connection task. This
 //! also keeps the broker's work off the caller's runtime.
 //!
-//! Defaults changed from rmqtt's (see ENGINES.md): TCP_NODELAY on (otherwise every QoS 1
+//! Defaults changed from rmqtt's (see docs/engines.md): TCP_NODELAY on (otherwise every QoS 1
 //! round trip waits on Nagle and delayed ACKs), per-session queues of
 //! [`MAX_SESSION_QUEUE`] messages (rmqtt's 1000 silently drops the excess after PUBACK),
 //! no busy check (it refuses connections under load), packets up to [`MAX_PACKET_BYTES`],
@@ -35,6 +35,8 @@ use tokio::sync::oneshot;
 
 use crate::error::Error;
 
+pub mod link;
+
 /// Messages queued per session (offline or slow clients) before rmqtt drops new ones.
 pub const MAX_SESSION_QUEUE: usize = 100_000;
 /// The largest MQTT packet the broker accepts.
@@ -53,6 +55,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub struct EmbeddedBroker {
     local_addr: SocketAddr,
     subscriptions: Subscriptions,
+    scx: ServerContext,
+    /// The broker's runtime, for work that must run there (registering hooks).
+    runtime: tokio::runtime::Handle,
     /// Dropping or firing it makes the broker thread shut its runtime down.
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -118,6 +123,16 @@ impl EmbeddedBroker {
         self.local_addr
     }
 
+    /// The broker as the edge's [`MqttLink`](fleetcmd_domain::ports::MqttLink): publishes go
+    /// straight to its router, device updates come from its publish hook.
+    pub fn link(&self) -> link::EmbeddedLink {
+        link::EmbeddedLink::new(
+            self.scx.clone(),
+            self.runtime.clone(),
+            self.subscriptions.clone(),
+        )
+    }
+
     /// The broker's subscriptions, to ask whether a topic has subscribers.
     pub fn subscriptions(&self) -> Subscriptions {
         self.subscriptions.clone()
@@ -147,6 +162,7 @@ impl EmbeddedBroker {
             .enable_all()
             .build()
             .map_err(|e| Error::Broker(format!("building the broker runtime: {e}")))?;
+        let handle = runtime.handle().clone();
         let (ready_tx, ready_rx) =
             std::sync::mpsc::sync_channel::<Result<(SocketAddr, ServerContext), Error>>(1);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -190,7 +206,9 @@ impl EmbeddedBroker {
         tracing::info!(%local_addr, "embedded MQTT broker listening");
         Ok(EmbeddedBroker {
             local_addr,
-            subscriptions: Subscriptions::new(scx),
+            subscriptions: Subscriptions::new(scx.clone()),
+            scx,
+            runtime: handle,
             stop: Some(stop_tx),
             thread: Some(thread),
         })

@@ -1,0 +1,250 @@
+//! The [`ReadModel`] methods. A commit is one write of the writer thread: its upserts and
+//! deletes and the partition's position commit together.
+
+use fleetcmd_domain::ports::{
+    CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortResult, ProjectionBatch,
+    ReadModel,
+};
+use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::paging::{
+    COMMAND_TOKEN, EXECUTION_TOKEN, command_page_query, execution_page_query, run_page,
+};
+use super::{SqliteStore, decode, to_i64};
+use crate::error::{Error, Result};
+
+/// Applies a projection's writes (inside the writer's transaction).
+pub(super) fn apply_writes(
+    tx: &Connection,
+    commands: &[CommandWrite],
+    executions: &[ExecutionWrite],
+) -> Result<()> {
+    for w in commands {
+        match w {
+            CommandWrite::Upsert(c) => upsert_command(tx, c)?,
+            CommandWrite::Delete(id) => delete_command(tx, id)?,
+        }
+    }
+    for w in executions {
+        match w {
+            ExecutionWrite::Upsert(e) => upsert_execution(tx, e)?,
+            ExecutionWrite::Delete { id, .. } => {
+                tx.prepare_cached("DELETE FROM executions WHERE execution_id = ?1")?
+                    .execute([id.as_str()])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records a partition's projected position (inside the writer's transaction).
+pub(super) fn set_position(tx: &Connection, partition: u32, next_offset: u64) -> Result<()> {
+    tx.prepare_cached(
+        r#"INSERT INTO positions ("partition", next_offset) VALUES (?1, ?2)
+           ON CONFLICT ("partition") DO UPDATE SET next_offset = excluded.next_offset"#,
+    )?
+    .execute(params![partition, to_i64(next_offset, "next_offset")?])?;
+    Ok(())
+}
+
+fn upsert_command(tx: &Connection, c: &Command) -> Result<()> {
+    let data = serde_json::to_string(c)
+        .map_err(|e| Error::Encode(format!("command {}: {e}", c.command_id)))?;
+    tx.prepare_cached(
+        "INSERT INTO commands (command_id, namespace, created_at, data) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (command_id) DO UPDATE SET
+             namespace = excluded.namespace, created_at = excluded.created_at, data = excluded.data",
+    )?
+    .execute(params![
+        c.command_id.as_str(),
+        c.namespace,
+        c.created_at,
+        data
+    ])?;
+    tx.prepare_cached("DELETE FROM command_parameters WHERE command_id = ?1")?
+        .execute([c.command_id.as_str()])?;
+    let mut ins = tx.prepare_cached(
+        "INSERT OR IGNORE INTO command_parameters (command_id, name) VALUES (?1, ?2)",
+    )?;
+    for p in &c.parameters {
+        ins.execute(params![c.command_id.as_str(), p.name])?;
+    }
+    Ok(())
+}
+
+fn delete_command(tx: &Connection, id: &CommandId) -> Result<()> {
+    tx.prepare_cached("DELETE FROM commands WHERE command_id = ?1")?
+        .execute([id.as_str()])?;
+    tx.prepare_cached("DELETE FROM command_parameters WHERE command_id = ?1")?
+        .execute([id.as_str()])?;
+    Ok(())
+}
+
+fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
+    let data = serde_json::to_string(e)
+        .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
+    // The WHERE makes replays and overlapping batches harmless: an older or equal `seq`
+    // never overwrites what is stored. The update sets only the columns an execution's
+    // events can change (its command, target, start time and time to live are fixed when
+    // it starts): SQLite rewrites the entries of every index that covers a SET column, so
+    // naming the fixed ones too would rewrite all seven indexes on every status change.
+    tx.prepare_cached(
+        "INSERT INTO executions (execution_id, command_id, target_kind, target_id, status,
+                                 started_at, completed_at, time_to_live, seq, data,
+                                 client_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (execution_id) DO UPDATE SET
+             status = excluded.status, completed_at = excluded.completed_at,
+             seq = excluded.seq, data = excluded.data
+         WHERE excluded.seq > executions.seq",
+    )?
+    .execute(params![
+        e.execution_id.as_str(),
+        e.command_id.as_str(),
+        e.target.kind.resource(),
+        e.target.id,
+        e.status.as_str(),
+        e.started_at,
+        e.completed_at,
+        e.time_to_live,
+        to_i64(e.seq, "seq")?,
+        data,
+        e.client_token
+    ])?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl ReadModel for SqliteStore {
+    async fn commit(&self, batch: ProjectionBatch) -> PortResult<()> {
+        self.check_partition(batch.partition)?;
+        self.write(move |_, tx, _| {
+            apply_writes(tx, &batch.commands, &batch.executions)?;
+            set_position(tx, batch.partition, batch.next_offset)
+        })
+        .await
+    }
+
+    async fn position(&self, partition: u32) -> PortResult<u64> {
+        self.check_partition(partition)?;
+        self.read_with(move |_, conn| {
+            let pos: Option<i64> = conn
+                .prepare_cached(r#"SELECT next_offset FROM positions WHERE "partition" = ?1"#)?
+                .query_row([partition], |r| r.get(0))
+                .optional()?;
+            Ok(pos.map_or(0, |p| p as u64))
+        })
+        .await
+    }
+
+    async fn get_command(&self, id: &CommandId) -> PortResult<Option<Command>> {
+        let id = id.clone();
+        self.read_with(move |_, conn| {
+            let data: Option<String> = conn
+                .prepare_cached("SELECT data FROM commands WHERE command_id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?;
+            data.map(|d| decode("command", id.as_str(), &d)).transpose()
+        })
+        .await
+    }
+
+    async fn list_commands(&self, query: &CommandQuery) -> PortResult<Page<Command>> {
+        let q = command_page_query(query)?;
+        self.read_with(move |_, conn| run_page(conn, "command", COMMAND_TOKEN, &q))
+            .await
+    }
+
+    async fn get_execution(&self, id: &ExecutionId) -> PortResult<Option<Execution>> {
+        let id = id.clone();
+        self.read_with(move |_, conn| {
+            let data: Option<String> = conn
+                .prepare_cached("SELECT data FROM executions WHERE execution_id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?;
+            data.map(|d| decode("execution", id.as_str(), &d))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn find_execution_by_token(
+        &self,
+        target: &Target,
+        client_token: &str,
+    ) -> PortResult<Option<Execution>> {
+        let keys = [(target.clone(), client_token.to_owned())];
+        Ok(self.find_executions_by_tokens(&keys).await?.pop().flatten())
+    }
+
+    async fn find_executions_by_tokens(
+        &self,
+        keys: &[(Target, String)],
+    ) -> PortResult<Vec<Option<Execution>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        self.read_with(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT data FROM executions
+                 WHERE target_kind = ?1 AND target_id = ?2 AND client_token = ?3
+                 ORDER BY started_at DESC LIMIT 1",
+            )?;
+            let mut found = Vec::with_capacity(keys.len());
+            for (target, token) in &keys {
+                let data: Option<String> = stmt
+                    .query_row(params![target.kind.resource(), target.id, token], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                found.push(data.map(|d| decode("execution", token, &d)).transpose()?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn get_executions(&self, ids: &[ExecutionId]) -> PortResult<Vec<Execution>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.to_vec();
+        self.read_with(move |_, conn| {
+            // One read transaction: every execution comes from the same snapshot.
+            let tx = conn.transaction()?;
+            let mut out = Vec::with_capacity(ids.len());
+            {
+                let mut stmt =
+                    tx.prepare_cached("SELECT data FROM executions WHERE execution_id = ?1")?;
+                for id in &ids {
+                    let data: Option<String> =
+                        stmt.query_row([id.as_str()], |r| r.get(0)).optional()?;
+                    if let Some(d) = data {
+                        out.push(decode("execution", id.as_str(), &d)?);
+                    }
+                }
+            }
+            tx.finish()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_executions(&self, query: &ExecutionQuery) -> PortResult<Page<Execution>> {
+        let q = execution_page_query(query)?;
+        self.read_with(move |_, conn| run_page(conn, "execution", EXECUTION_TOKEN, &q))
+            .await
+    }
+
+    async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
+        self.write(move |_, conn, _| {
+            let n = conn
+                .prepare_cached("DELETE FROM executions WHERE time_to_live < ?1")?
+                .execute([now])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}

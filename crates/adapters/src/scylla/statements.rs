@@ -1,0 +1,293 @@
+//! The CQL of every statement the adapter runs after the DDL, per [`Dialect`], and their
+//! preparation at connect.
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::Dialect;
+use super::error::prepare_error;
+use super::tables::{INDEXES, index_table, key_column, sort_column};
+use fleetcmd_domain::ports::PortResult;
+
+/// The statements of one listing table (`S` = CQL text, then prepared statement).
+pub(super) struct IndexStatements<S> {
+    pub(super) upsert: S,
+    pub(super) delete: S,
+    pub(super) page_desc: S,
+    pub(super) page_asc: S,
+}
+
+/// Every statement the adapter runs after the DDL, prepared once at connect.
+pub(super) struct Statements<S = PreparedStatement> {
+    pub(super) get_execution: S,
+    pub(super) scan_executions: S,
+    pub(super) upsert_execution: S,
+    pub(super) delete_execution: S,
+    pub(super) index: Vec<IndexStatements<S>>,
+    pub(super) upsert_bucket: S,
+    pub(super) next_bucket_desc: S,
+    pub(super) next_bucket_asc: S,
+    pub(super) upsert_token: S,
+    pub(super) delete_token: S,
+    pub(super) tokens_of: S,
+    pub(super) get_command: S,
+    pub(super) upsert_command: S,
+    pub(super) delete_command: S,
+    pub(super) upsert_command_row: S,
+    pub(super) delete_command_row: S,
+    pub(super) commands_desc: S,
+    pub(super) commands_asc: S,
+    pub(super) get_position: S,
+    pub(super) upsert_position: S,
+}
+
+/// `USING` clauses in the full dialect, nothing in the limited one.
+fn using(dialect: Dialect, clause: &str) -> String {
+    match dialect {
+        Dialect::Full => format!(" USING {clause}"),
+        Dialect::Limited => String::new(),
+    }
+}
+
+/// `AND <range>` in the full dialect (the limited server would ignore it).
+fn slice(dialect: Dialect, cond: &str) -> String {
+    match dialect {
+        Dialect::Full => format!(" AND {cond}"),
+        Dialect::Limited => String::new(),
+    }
+}
+
+/// `ORDER BY` in the full dialect (the limited server would ignore it).
+fn order_by(dialect: Dialect, order: &str) -> String {
+    match dialect {
+        Dialect::Full => format!(" ORDER BY {order}"),
+        Dialect::Limited => String::new(),
+    }
+}
+
+pub(super) fn execution_upsert_cql(ks: &str, dialect: Dialect) -> String {
+    format!(
+        "INSERT INTO {ks}.executions (execution_id, seq, data) VALUES (?, ?, ?){}",
+        using(dialect, "TTL ? AND TIMESTAMP ?")
+    )
+}
+
+/// The CQL of every statement. The bind markers of each one match the values its caller
+/// builds (checked by a unit test): `USING TTL ? AND TIMESTAMP ?` and `VALUES (...) USING
+/// TIMESTAMP ?` take their values last, `DELETE ... USING TIMESTAMP ? WHERE` first.
+pub(super) fn statement_texts(ks: &str, d: Dialect) -> Statements<String> {
+    let index = INDEXES
+        .iter()
+        .map(|&(per, sort)| {
+            let t = index_table(per, sort);
+            let k = key_column(per);
+            let s = sort_column(sort);
+            let page = format!(
+                "SELECT data FROM {ks}.{t} WHERE {k} = ? AND bucket = ?{}",
+                slice(d, &format!("{s} >= ? AND {s} <= ?"))
+            );
+            IndexStatements {
+                upsert: format!(
+                    "INSERT INTO {ks}.{t} ({k}, bucket, {s}, execution_id, data) \
+                     VALUES (?, ?, ?, ?, ?){}",
+                    using(d, "TTL ? AND TIMESTAMP ?")
+                ),
+                delete: format!(
+                    "DELETE FROM {ks}.{t}{} WHERE {k} = ? AND bucket = ? AND {s} = ? \
+                     AND execution_id = ?",
+                    using(d, "TIMESTAMP ?")
+                ),
+                page_asc: format!(
+                    "{page}{}",
+                    order_by(d, &format!("{s} ASC, execution_id ASC"))
+                ),
+                page_desc: page,
+            }
+        })
+        .collect();
+    let buckets = format!(
+        "SELECT bucket FROM {ks}.execution_buckets WHERE scope = ?{}",
+        slice(d, "bucket >= ? AND bucket <= ?")
+    );
+    let limit_one = |d: Dialect| match d {
+        Dialect::Full => " LIMIT 1",
+        Dialect::Limited => "",
+    };
+    let commands = format!("SELECT data FROM {ks}.commands_by_created WHERE scope = ?");
+    Statements {
+        get_execution: format!("SELECT data FROM {ks}.executions WHERE execution_id = ?"),
+        scan_executions: format!("SELECT data FROM {ks}.executions"),
+        upsert_execution: execution_upsert_cql(ks, d),
+        delete_execution: format!(
+            "DELETE FROM {ks}.executions{} WHERE execution_id = ?",
+            using(d, "TIMESTAMP ?")
+        ),
+        index,
+        upsert_bucket: format!(
+            "INSERT INTO {ks}.execution_buckets (scope, bucket) VALUES (?, ?){}",
+            using(d, "TTL ? AND TIMESTAMP ?")
+        ),
+        next_bucket_desc: format!("{buckets}{}", limit_one(d)),
+        next_bucket_asc: format!("{buckets}{}{}", order_by(d, "bucket ASC"), limit_one(d)),
+        upsert_token: format!(
+            "INSERT INTO {ks}.executions_by_token (target_kind, target_id, client_token, \
+             started_at, execution_id) VALUES (?, ?, ?, ?, ?){}",
+            using(d, "TTL ? AND TIMESTAMP ?")
+        ),
+        delete_token: format!(
+            "DELETE FROM {ks}.executions_by_token{} WHERE target_kind = ? AND target_id = ? \
+             AND client_token = ? AND started_at = ? AND execution_id = ?",
+            using(d, "TIMESTAMP ?")
+        ),
+        tokens_of: format!(
+            "SELECT started_at, execution_id FROM {ks}.executions_by_token \
+             WHERE target_kind = ? AND target_id = ? AND client_token = ?"
+        ),
+        get_command: format!("SELECT data FROM {ks}.commands WHERE command_id = ?"),
+        upsert_command: format!(
+            "INSERT INTO {ks}.commands (command_id, data) VALUES (?, ?){}",
+            using(d, "TIMESTAMP ?")
+        ),
+        delete_command: format!(
+            "DELETE FROM {ks}.commands{} WHERE command_id = ?",
+            using(d, "TIMESTAMP ?")
+        ),
+        upsert_command_row: format!(
+            "INSERT INTO {ks}.commands_by_created (scope, created_at, command_id, data) \
+             VALUES (?, ?, ?, ?){}",
+            using(d, "TIMESTAMP ?")
+        ),
+        delete_command_row: format!(
+            "DELETE FROM {ks}.commands_by_created{} WHERE scope = ? AND created_at = ? \
+             AND command_id = ?",
+            using(d, "TIMESTAMP ?")
+        ),
+        commands_asc: format!(
+            "{commands}{}",
+            order_by(d, "created_at ASC, command_id ASC")
+        ),
+        commands_desc: commands,
+        get_position: format!("SELECT next_offset FROM {ks}.positions WHERE log_partition = ?"),
+        upsert_position: format!(
+            "INSERT INTO {ks}.positions (log_partition, next_offset) VALUES (?, ?){}",
+            using(d, "TIMESTAMP ?")
+        ),
+    }
+}
+
+pub(super) async fn prepare(session: &Session, cql: String) -> PortResult<PreparedStatement> {
+    let mut st = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| prepare_error(&cql, e))?;
+    // Every statement is idempotent (versioned writes), so the driver may retry them.
+    st.set_is_idempotent(true);
+    Ok(st)
+}
+
+impl Statements {
+    pub(super) async fn prepare(session: &Session, texts: Statements<String>) -> PortResult<Self> {
+        let mut index = Vec::with_capacity(texts.index.len());
+        for i in texts.index {
+            index.push(IndexStatements {
+                upsert: prepare(session, i.upsert).await?,
+                delete: prepare(session, i.delete).await?,
+                page_desc: prepare(session, i.page_desc).await?,
+                page_asc: prepare(session, i.page_asc).await?,
+            });
+        }
+        Ok(Self {
+            get_execution: prepare(session, texts.get_execution).await?,
+            scan_executions: prepare(session, texts.scan_executions).await?,
+            upsert_execution: prepare(session, texts.upsert_execution).await?,
+            delete_execution: prepare(session, texts.delete_execution).await?,
+            index,
+            upsert_bucket: prepare(session, texts.upsert_bucket).await?,
+            next_bucket_desc: prepare(session, texts.next_bucket_desc).await?,
+            next_bucket_asc: prepare(session, texts.next_bucket_asc).await?,
+            upsert_token: prepare(session, texts.upsert_token).await?,
+            delete_token: prepare(session, texts.delete_token).await?,
+            tokens_of: prepare(session, texts.tokens_of).await?,
+            get_command: prepare(session, texts.get_command).await?,
+            upsert_command: prepare(session, texts.upsert_command).await?,
+            delete_command: prepare(session, texts.delete_command).await?,
+            upsert_command_row: prepare(session, texts.upsert_command_row).await?,
+            delete_command_row: prepare(session, texts.delete_command_row).await?,
+            commands_desc: prepare(session, texts.commands_desc).await?,
+            commands_asc: prepare(session, texts.commands_asc).await?,
+            get_position: prepare(session, texts.get_position).await?,
+            upsert_position: prepare(session, texts.upsert_position).await?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values each caller binds (see `upsert_execution`, `delete_listing_rows`,
+    /// `page_values`, `next_bucket`, `upsert_command`, `commit`, `token_rows`...), per
+    /// dialect.
+    #[test]
+    fn bind_markers_match_the_values_each_statement_gets() {
+        let markers = |cql: &str| cql.matches('?').count();
+        for (d, expected) in [
+            (
+                Dialect::Full,
+                [
+                    1, 0, 5, 2, 7, 5, 4, 4, 4, 3, 3, 1, 3, 2, 5, 4, 1, 1, 1, 3, 7, 6, 3,
+                ],
+            ),
+            (
+                Dialect::Limited,
+                [
+                    1, 0, 3, 1, 5, 4, 2, 2, 2, 1, 1, 1, 2, 1, 4, 3, 1, 1, 1, 2, 5, 5, 3,
+                ],
+            ),
+        ] {
+            let t = statement_texts("ks", d);
+            for i in &t.index {
+                let got = [&i.upsert, &i.delete, &i.page_desc, &i.page_asc].map(|c| markers(c));
+                assert_eq!(
+                    got,
+                    [expected[4], expected[5], expected[6], expected[7]],
+                    "{d:?}"
+                );
+            }
+            let i = &t.index[0];
+            let all = [
+                &t.get_execution,
+                &t.scan_executions,
+                &t.upsert_execution,
+                &t.delete_execution,
+                &i.upsert,
+                &i.delete,
+                &i.page_desc,
+                &i.page_asc,
+                &t.upsert_bucket,
+                &t.next_bucket_desc,
+                &t.next_bucket_asc,
+                &t.get_command,
+                &t.upsert_command,
+                &t.delete_command,
+                &t.upsert_command_row,
+                &t.delete_command_row,
+                &t.commands_desc,
+                &t.commands_asc,
+                &t.get_position,
+                &t.upsert_position,
+                &t.upsert_token,
+                &t.delete_token,
+                &t.tokens_of,
+            ];
+            for (cql, want) in all.iter().zip(expected) {
+                assert_eq!(markers(cql), want, "{d:?}: {cql}");
+                let full_only = cql.contains("USING") || cql.contains("ORDER BY");
+                assert!(!(full_only && d == Dialect::Limited), "{cql}");
+            }
+        }
+        // `check_dialect` tells a server that ignores USING clauses by these counts.
+        assert_eq!(markers(&execution_upsert_cql("ks", Dialect::Full)), 5);
+        assert_eq!(markers(&execution_upsert_cql("ks", Dialect::Limited)), 3);
+    }
+}
