@@ -61,7 +61,7 @@ const DEVICE_REQUEST_CAPACITY: usize = 256;
 pub fn mqtt_options(client_id: &str, host: &str, port: u16, inflight: u16) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, host, port);
     let mut net = NetworkOptions::new();
-    // Nagle plus delayed ACKs cost ~40 ms per QoS 1 round trip (ENGINES.md).
+    // Nagle plus delayed ACKs cost ~40 ms per QoS 1 round trip (docs/engines.md).
     net.set_tcp_nodelay(true);
     o.set_clean_start(true)
         .set_keep_alive(Duration::from_secs(30))

@@ -1,4 +1,5 @@
-//! `fleetcmd bench`: the load generator (issue 4, DESIGN §6).
+//! `fleetcmd bench`: the load generator (its flags, what it measures and the figures it
+//! produced are in `BENCHMARKS.md`).
 //!
 //! It runs a fleet of simulated devices over real MQTT ([`devices`]) and drives
 //! StartCommandExecution over gRPC ([`fleet`]) against fleetcmd started in-process or

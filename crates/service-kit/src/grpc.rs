@@ -1,11 +1,20 @@
 //! Serving gRPC: the one place that assembles a fleetcmd gRPC server — the telemetry layer
 //! (metrics and server spans), the standard health service, reflection (v1 and v1alpha, so
-//! `grpcurl` and older tools such as Python's grpcio-reflection both work) and TCP_NODELAY on
-//! every accepted connection. Services hand their tonic services to a [`GrpcServer`]; the
-//! binary decides which services share a listener.
+//! `grpcurl` and older tools such as Python's grpcio-reflection both work), a bound on every
+//! error status it sends ([`BoundedStatusLayer`]) and TCP_NODELAY on every accepted
+//! connection. Services hand their tonic services to a [`GrpcServer`]; the binary decides
+//! which services share a listener.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use fleetcmd_contracts::convert::{
+    STATUS_DETAILS_MAX_BYTES, STATUS_MESSAGE_MAX_BYTES, bounded_status,
+};
+use futures::FutureExt as _;
+use futures::future::Map;
+use tonic::Status;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -66,7 +75,7 @@ impl GrpcServer {
     }
 
     /// Adds a service; its health entry turns SERVING when the server starts.
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn with<S>(mut self, service: S) -> Self
     where
         S: tonic::codegen::Service<
                 http::Request<tonic::body::Body>,
@@ -116,12 +125,86 @@ impl GrpcServer {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .layer(fleetcmd_telemetry::grpc::GrpcLayer)
+            .layer(BoundedStatusLayer)
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             })
             .await?;
         Ok(())
+    }
+}
+
+/// Bounds the status of every failed call, whoever made it (a handler, auth, tonic itself), to
+/// what gRPC metadata can carry: [`bounded_status`] cuts a message over
+/// [`STATUS_MESSAGE_MAX_BYTES`] and details over [`STATUS_DETAILS_MAX_BYTES`]. Without it, an
+/// error that repeated a huge request field would reach the client as a transport failure
+/// instead of its own code.
+///
+/// It reads the status where tonic puts a failed call's: in the headers of a trailers-only
+/// response. A stream that fails after its first message carries its status in the trailers,
+/// which this layer does not see; fleetcmd's streams end only with fixed messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BoundedStatusLayer;
+
+impl<S> tower_layer::Layer<S> for BoundedStatusLayer {
+    type Service = BoundedStatus<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BoundedStatus { inner }
+    }
+}
+
+/// The service [`BoundedStatusLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct BoundedStatus<S> {
+    inner: S,
+}
+
+type Bound<B, E> = fn(Result<http::Response<B>, E>) -> Result<http::Response<B>, E>;
+
+impl<S, Req, B> tower_service::Service<Req> for BoundedStatus<S>
+where
+    S: tower_service::Service<Req, Response = http::Response<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Map<S::Future, Bound<B, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let bound: Bound<B, S::Error> = |result| {
+            result.map(|mut response| {
+                bound_headers(response.headers_mut());
+                response
+            })
+        };
+        self.inner.call(req).map(bound)
+    }
+}
+
+/// Rewrites an oversized status in `headers` (`grpc-message` is percent-encoded, so its length
+/// is at least the message's; `grpc-status-details-bin` is base64, 4/3 of the details).
+fn bound_headers(headers: &mut http::HeaderMap) {
+    let len = |name: &http::HeaderName| headers.get(name).map_or(0, |v| v.len());
+    let oversized = len(&Status::GRPC_MESSAGE) > STATUS_MESSAGE_MAX_BYTES
+        || len(&Status::GRPC_STATUS_DETAILS) > STATUS_DETAILS_MAX_BYTES / 3 * 4 + 4;
+    if !oversized {
+        return;
+    }
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let bounded = bounded_status(status);
+    headers.remove(Status::GRPC_MESSAGE);
+    headers.remove(Status::GRPC_STATUS_DETAILS);
+    if bounded.add_header(headers).is_err() {
+        // Cannot happen (a cut message encodes as well as the whole one did); never send the
+        // oversized original.
+        headers.remove(Status::GRPC_MESSAGE);
     }
 }
 
@@ -137,4 +220,75 @@ pub struct HealthAll;
 
 impl NamedService for HealthAll {
     const NAME: &'static str = "";
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::{Ready, ready};
+
+    use tonic::Code;
+    use tonic_types::{ErrorDetails, StatusExt};
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+
+    use super::*;
+
+    /// A service that answers every call with a fixed status, as tonic answers a failed call.
+    #[derive(Clone)]
+    struct Fails(Status);
+
+    impl tower_service::Service<()> for Fails {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            ready(Ok(self.0.clone().into_http()))
+        }
+    }
+
+    async fn answer(status: Status) -> Status {
+        let response = BoundedStatusLayer
+            .layer(Fails(status))
+            .call(())
+            .await
+            .unwrap();
+        Status::from_header_map(response.headers()).expect("a status in the headers")
+    }
+
+    #[tokio::test]
+    async fn oversized_statuses_are_bounded_on_the_way_out() {
+        for len in [5_000, 100_000] {
+            // Not made by the status mapping: a handler's own status.
+            let huge = "ä".repeat(len);
+            let s = answer(Status::not_found(format!("no {huge}"))).await;
+            assert_eq!(s.code(), Code::NotFound);
+            assert!(s.message().len() <= STATUS_MESSAGE_MAX_BYTES, "{len}");
+            assert!(s.message().starts_with("no ää"), "{}", s.message());
+
+            let details = ErrorDetails::with_bad_request_violation("namespace", huge.clone());
+            let s = answer(Status::with_error_details(
+                Code::InvalidArgument,
+                huge.clone(),
+                details,
+            ))
+            .await;
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(s.message().len() <= STATUS_MESSAGE_MAX_BYTES);
+            assert!(s.details().len() <= STATUS_DETAILS_MAX_BYTES);
+            let details = s.get_error_details();
+            let v = &details.bad_request().unwrap().field_violations[0];
+            assert_eq!(v.field, "namespace");
+        }
+        // Small statuses pass untouched.
+        let s = answer(Status::invalid_argument("invalid namespace: only AWS-IoT")).await;
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "invalid namespace: only AWS-IoT")
+        );
+    }
 }

@@ -27,11 +27,27 @@ impl ProjectionWatch {
         read_model: Arc<dyn ReadModel>,
         partitions: u32,
     ) -> Result<Arc<Self>, PortError> {
-        let mut sub = bus.subscribe(PROJECTED_SUBJECT, None).await?;
+        let sub = bus.subscribe(PROJECTED_SUBJECT, None).await?;
         let mut positions = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             positions.push(watch::Sender::new(read_model.position(p).await?));
         }
+        Ok(Self::following(sub, positions))
+    }
+
+    /// Like [`ProjectionWatch::start`], for a process without a read model (the edge): every
+    /// position starts at 0 and follows the projector's progress messages, which is enough
+    /// to wait for new writes: the commit that projects one announces it.
+    pub async fn follow(bus: Arc<dyn Bus>, partitions: u32) -> Result<Arc<Self>, PortError> {
+        let sub = bus.subscribe(PROJECTED_SUBJECT, None).await?;
+        let positions = (0..partitions).map(|_| watch::Sender::new(0)).collect();
+        Ok(Self::following(sub, positions))
+    }
+
+    fn following(
+        mut sub: fleetcmd_domain::ports::BoxStream<fleetcmd_domain::ports::BusMessage>,
+        positions: Vec<watch::Sender<u64>>,
+    ) -> Arc<Self> {
         let this = Arc::new(Self { positions });
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
@@ -43,7 +59,7 @@ impl ProjectionWatch {
                 }
             }
         });
-        Ok(this)
+        this
     }
 
     /// Records that `partition` is projected up to `next_offset`.

@@ -1,5 +1,5 @@
-//! A simulated device that speaks the Commands device protocol (reference §3) over real
-//! MQTT, for `fleetcmd device simulate`, the end-to-end tests and the load generator.
+//! A simulated device that speaks the Commands device protocol (`docs/device-protocol.md`)
+//! over real MQTT, for `fleetcmd device simulate`, the end-to-end tests and the load generator.
 //!
 //! [`run`] drives one device until a shutdown future resolves or it has handled
 //! `max_executions`; [`SimulatedDevice`] wraps it in a task with an event channel. Many
@@ -11,7 +11,8 @@
 //! publishes its update(s) and waits for the `/accepted` or `/rejected` reply the loop
 //! routes to it. The loop never waits on a responder, so a full request channel cannot
 //! deadlock it. Updates for one execution are serialised (IN_PROGRESS, then SUCCEEDED
-//! only after IN_PROGRESS was accepted), as the reference asks of devices (§2.6).
+//! only after IN_PROGRESS was accepted), as AWS asks of devices (`docs/device-protocol.md`,
+//! Status updates).
 
 mod cli;
 mod link;
@@ -236,7 +237,8 @@ impl Emitter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reply {
     Accepted,
-    /// `retryable`: the error code says the same update may succeed later (reference §3.2).
+    /// `retryable`: the error code says the same update may succeed later
+    /// (`docs/device-protocol.md`, Replies).
     Rejected {
         retryable: bool,
     },
@@ -460,8 +462,8 @@ where
 }
 
 /// One execution: wait, publish each update, and wait for its reply before the next. An
-/// update rejected with a retryable error is sent again after a backoff, as the reference
-/// asks of devices. Returns the execution id (for the loop's bookkeeping).
+/// update rejected with a retryable error is sent again after a backoff, as AWS asks of
+/// devices. Returns the execution id (for the loop's bookkeeping).
 async fn respond(
     ctx: Arc<Responders>,
     execution_id: String,

@@ -52,7 +52,7 @@ pub enum Link {
 
 fn network_options() -> NetworkOptions {
     let mut network = NetworkOptions::new();
-    // Nagle plus delayed ACKs cost ~40 ms per QoS 1 round trip (ENGINES.md).
+    // Nagle plus delayed ACKs cost ~40 ms per QoS 1 round trip (docs/engines.md).
     network.set_tcp_nodelay(true);
     network
 }

@@ -1,4 +1,4 @@
-//! The device's side of the wire (reference §3): which topics it subscribes to, how it
+//! The device's side of the wire (`docs/device-protocol.md`): which topics it subscribes to, how it
 //! reads the topics it receives, and the update bodies it publishes.
 
 use fleetcmd_domain::Target;
@@ -154,7 +154,8 @@ pub fn parse_rejected(body: &[u8]) -> (Option<String>, Option<String>) {
 }
 
 /// Whether a `/rejected` error code invites the device to send the same update again
-/// (reference §3.2: InternalError and DataConflict are retryable; so is throttling).
+/// (AWS documents InternalError, DataConflict and RequestThrottled as retryable; see
+/// `docs/device-protocol.md`, Replies).
 pub fn is_retryable_error(code: Option<&str>) -> bool {
     matches!(
         code,

@@ -1,5 +1,7 @@
-//! `fleetcmd serve`: the registry, dispatcher, edge and projector in one process on the
-//! embedded adapters (SQLite file, in-process bus, embedded MQTT broker).
+//! `fleetcmd serve`: the registry, dispatcher and edge in one process on the embedded
+//! adapters (SQLite file, in-process bus, embedded MQTT broker). The shard owners project
+//! into the read model in the transaction of each append (the log and the read model are one
+//! SQLite file), so the projector's stage is not needed here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use fleetcmd_dispatcher::OwnerConfig;
 use fleetcmd_dispatcher::owner::OwnerDeps;
 use fleetcmd_domain::command::CommandSettings;
 use fleetcmd_domain::policy::Policy;
-use fleetcmd_domain::ports::{Bus, Clock, EventLog, ReadModel};
+use fleetcmd_domain::ports::{Bus, Clock, EventLog, ProjectingLog, ReadModel, SnapshotStore};
 use fleetcmd_domain::topics::TopicRoot;
 use fleetcmd_service_kit::grpc::{GrpcServer, ServeError};
 use fleetcmd_service_kit::{ProjectionWatch, ShardClient};
@@ -156,6 +158,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let store = SqliteStore::open(&db, args.shards, Durability::Process)
         .with_context(|| format!("opening {}", db.display()))?;
     let log: Arc<dyn EventLog> = store.clone();
+    let snapshots: Arc<dyn SnapshotStore> = store.clone();
+    let inline: Arc<dyn ProjectingLog> = store.clone();
     let read_model: Arc<dyn ReadModel> = store;
     let in_process = Arc::new(InProcessBus::new());
     let bus: Arc<dyn Bus> = in_process.clone();
@@ -194,7 +198,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         log: log.clone(),
         bus: bus.clone(),
         read_model: read_model.clone(),
+        snapshots,
         clock: clock.clone(),
+        // One SQLite file holds the log and the read model: each owner writes its read-model
+        // rows in the transaction of its append, so there is no projector stage to wait for.
+        inline_projection: Some(inline),
     };
     background.push(tokio::spawn(fleetcmd_dispatcher::run_owners(
         owner_deps,
@@ -203,31 +211,24 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         shutdown_rx.clone(),
     )));
 
+    // No projector: the owners project inline. Only its purger of expired records runs.
     let projector_deps = fleetcmd_projector::ProjectorDeps {
         log: log.clone(),
         read_model: read_model.clone(),
         bus: bus.clone(),
         clock: clock.clone(),
     };
-    background.push(tokio::spawn(fleetcmd_projector::run(
+    background.push(tokio::spawn(fleetcmd_projector::run_purger(
         projector_deps,
-        fleetcmd_projector::ProjectorConfig::default(),
-        shards.clone(),
+        fleetcmd_projector::ProjectorConfig::default().purge_interval,
         shutdown_rx.clone(),
     )));
 
     let projection = ProjectionWatch::start(bus.clone(), read_model.clone(), args.shards).await?;
     let shard_client = ShardClient::new(bus.clone(), args.shards);
 
-    let broker_host = if mqtt_addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        mqtt_addr.ip().to_string()
-    };
+    // The edge works inside the broker: no MQTT client, no socket, no client id of its own.
     let edge_config = fleetcmd_edge::EdgeConfig {
-        broker_host,
-        broker_port: mqtt_addr.port(),
-        client_id: "fleetcmd-edge-0".into(),
         topic_root: topic_root.clone(),
         ..fleetcmd_edge::EdgeConfig::default()
     };
@@ -235,20 +236,15 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         bus: bus.clone(),
         shards: shard_client.clone(),
         clock: clock.clone(),
-        event_subscribers: Some(Arc::new(BrokerSubscriptions(broker.subscriptions()))),
+        link: Arc::new(broker.link()),
+        // The owners project inline: an accepted update is readable when they answer.
+        projection: None,
     };
-    let mut link = fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        link.wait_for(|s| *s == fleetcmd_edge::LinkState::Connected),
-    )
-    .await
-    .context("the edge did not connect to the embedded broker within 10 s")?
-    .context("edge stopped")?;
+    fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
 
     let auth = Auth::new(policy.map(Arc::new));
     let grpc = GrpcServer::new()?
-        .add(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
+        .with(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
             read_model: read_model.clone(),
             bus: bus.clone(),
             shards: shard_client.clone(),
@@ -257,7 +253,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             arns: Default::default(),
             shutdown: shutdown_rx.clone(),
         }))
-        .add(fleetcmd_dispatcher::grpc::service(
+        .with(fleetcmd_dispatcher::grpc::service(
             fleetcmd_dispatcher::grpc::DispatcherDeps {
                 read_model: read_model.clone(),
                 shards: shard_client,
@@ -321,15 +317,4 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// The embedded broker's subscriptions, as the edge asks for them: status events nobody
-/// subscribes to are not published.
-struct BrokerSubscriptions(fleetcmd_adapters::embedded::broker::Subscriptions);
-
-#[async_trait::async_trait]
-impl fleetcmd_edge::SubscriberProbe for BrokerSubscriptions {
-    async fn has_subscribers(&self, topic: &str) -> bool {
-        self.0.has_subscribers(topic).await
-    }
 }

@@ -111,7 +111,9 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, Error> {
             )
         }
     };
-    Ok(install(config.log_json, provider, std::io::stderr))
+    // Colours only for a person at a terminal: a file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    Ok(install(config.log_json, ansi, provider, std::io::stderr))
 }
 
 /// Installs the global subscriber with spans going synchronously to `exporter` and log
@@ -125,7 +127,7 @@ where
         .with_simple_exporter(exporter)
         .with_resource(resource(&config.service_name))
         .build();
-    install(config.log_json, Some(provider), logs)
+    install(config.log_json, false, Some(provider), logs)
 }
 
 fn resource(service_name: &str) -> Resource {
@@ -137,13 +139,15 @@ fn resource(service_name: &str) -> Resource {
     }
 }
 
-fn install<W>(log_json: bool, provider: Option<SdkTracerProvider>, logs: W) -> Telemetry
+fn install<W>(log_json: bool, ansi: bool, provider: Option<SdkTracerProvider>, logs: W) -> Telemetry
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(logs);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(logs)
+        .with_ansi(ansi);
     let fmt = if log_json {
         fmt.json()
             .event_format(json::WithTraceIds(tracing_subscriber::fmt::format().json()))

@@ -1,12 +1,16 @@
-//! The edge: bridges the bus and an MQTT broker. It holds no execution state.
+//! The edge: bridges the bus and the devices' MQTT broker, through an [`MqttLink`] (the
+//! embedded broker's own API in `fleetcmd serve`, an MQTT client of an external broker in a
+//! cluster). It holds no execution state.
 //!
 //! - Device updates (`.../executions/<id>/response/{json,cbor}`) are parsed, sent to the
-//!   owner of the target's shard, and answered on `/accepted` or `/rejected`. The update's
-//!   PUBACK is sent only after the owner answered, so an update the broker considers
-//!   delivered has been appended (or refused).
+//!   owner of the target's shard, and answered on `/accepted` or `/rejected`. The update is
+//!   acknowledged (PUBACK) only after the owner answered, so an update the broker considers
+//!   delivered has been appended (or refused); and `/accepted` is sent only once the update
+//!   is readable (`projection`), so a device that reads its execution right after sees it.
 //! - Deliveries from the dispatcher are published QoS 1 with the MQTT 5 content type and a
-//!   message expiry equal to the remaining execution timeout.
-//! - Projected status changes are published on `<root>/events/commandExecution/<cmd>/<status>`.
+//!   message expiry of the remaining execution timeout.
+//! - Status changes are published on `<root>/events/commandExecution/<cmd>/<status>`, unless
+//!   the link can tell nobody subscribes.
 //!
 //! Updates are processed in lanes keyed by target, so one device's updates keep their order
 //! while different devices proceed in parallel.
@@ -19,32 +23,24 @@ use fleetcmd_domain::device::{self, StatusEvent};
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::{command_arn, target_arn};
-use fleetcmd_domain::ports::{Bus, Clock, PortError};
+use fleetcmd_domain::ports::{
+    BoxStream, Bus, BusMessage, Clock, DeviceMessage, MqttLink, MqttMessage, PortError,
+};
 use fleetcmd_domain::protocol::{
     DELIVER_SUBJECT, EDGE_QUEUE_GROUP, EVENTS_ALL, ShardReply, ShardRequest,
 };
 use fleetcmd_domain::shard::hash_key;
 use fleetcmd_domain::topics::TopicRoot;
-use fleetcmd_service_kit::{CallError, ShardClient};
+use fleetcmd_service_kit::{CallError, ProjectionWatch, ShardClient, await_projection};
 use fleetcmd_telemetry::context as trace_context;
 use fleetcmd_telemetry::metrics::{self, DeliveryOutcome};
 use futures::StreamExt;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument as _, Span};
-
-/// Most QoS 1 publishes the edge keeps unacknowledged (the broker may grant fewer).
-const EDGE_MAX_INFLIGHT: u16 = 1024;
 
 /// Edge settings.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
-    pub broker_host: String,
-    pub broker_port: u16,
-    /// MQTT client id of this edge instance (unique per instance; the session is persistent).
-    pub client_id: String,
     pub topic_root: TopicRoot,
     /// Parallel update lanes (updates of one target always share a lane).
     pub lanes: usize,
@@ -63,9 +59,6 @@ pub struct EdgeConfig {
 impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
-            broker_host: "127.0.0.1".into(),
-            broker_port: 1883,
-            client_id: "fleetcmd-edge-0".into(),
             topic_root: TopicRoot::default(),
             lanes: 64,
             arn_region: "local".into(),
@@ -83,165 +76,109 @@ pub struct EdgeDeps {
     pub bus: Arc<dyn Bus>,
     pub shards: ShardClient,
     pub clock: Arc<dyn Clock>,
-    /// Where the broker can say whether a topic has subscribers (the embedded one can):
-    /// status events nobody subscribes to are then not published at all, which changes
-    /// nothing anyone can observe and spares two publishes per execution. `None` (an
-    /// external broker): every status event is published.
-    pub event_subscribers: Option<Arc<dyn SubscriberProbe>>,
+    pub link: Arc<dyn MqttLink>,
+    /// Where an accepted update's write becomes readable, when that lags the owner's answer
+    /// (a cluster: the projector writes the read model): `/accepted` waits for it. `None`
+    /// when the owner's answer means readable (the embedded store projects inline).
+    pub projection: Option<Arc<ProjectionWatch>>,
 }
 
-/// Tells whether a publish to a topic would reach any subscriber.
-#[async_trait::async_trait]
-pub trait SubscriberProbe: Send + Sync {
-    /// True when some session (online, or persistent and offline) subscribes to a filter
-    /// matching `topic`; true as well when the answer is not known.
-    async fn has_subscribers(&self, topic: &str) -> bool;
-}
-
-/// The MQTT connection's state, for readiness probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    Connecting,
-    Connected,
-}
-
-/// Runs the edge until `shutdown` turns true. Returns a watch of the MQTT link state.
+/// Runs the edge until `shutdown` turns true.
 pub async fn run(
     config: EdgeConfig,
     deps: EdgeDeps,
     shutdown: watch::Receiver<bool>,
-) -> Result<watch::Receiver<LinkState>, PortError> {
-    let mut options = MqttOptions::new(
-        config.client_id.clone(),
-        config.broker_host.clone(),
-        config.broker_port,
-    );
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_start(false)
-        .set_session_expiry_interval(Some(3600))
-        .set_manual_acks(true)
-        .set_max_packet_size(Some(1024 * 1024))
-        // rumqttc's v5 default upper limit (65535) allocates a slot per possible packet id
-        // up front, ~16 MiB; brokers grant far fewer (the embedded one 256, Mosquitto 20 by
-        // default), so a bounded window costs nothing.
-        .set_outgoing_inflight_upper_limit(EDGE_MAX_INFLIGHT);
-    let mut net = options.network_options();
-    net.set_tcp_nodelay(true);
-    options.set_network_options(net);
-    let (client, eventloop) = AsyncClient::new(options, 10_000);
-    let (link_tx, link_rx) = watch::channel(LinkState::Connecting);
+) -> Result<(), PortError> {
     let config = Arc::new(config);
-
-    // Update lanes.
     let mut update_shards = deps.shards.clone();
     update_shards.retry_budget = config.update_retry_budget;
     let mut lanes = Vec::with_capacity(config.lanes.max(1));
     for _ in 0..config.lanes.max(1) {
-        let (tx, rx) = mpsc::channel::<Publish>(1024);
+        let (tx, rx) = mpsc::channel::<DeviceMessage>(1024);
         lanes.push(tx);
         tokio::spawn(lane(
             rx,
-            client.clone(),
+            deps.link.clone(),
             config.clone(),
             update_shards.clone(),
+            deps.projection.clone(),
         ));
     }
+    let updates = deps
+        .link
+        .device_messages(config.topic_root.update_filters().to_vec())
+        .await?;
+    tokio::spawn(route_updates(
+        updates,
+        config.clone(),
+        lanes,
+        shutdown.clone(),
+    ));
 
-    // Deliveries and events from the bus.
     let deliveries = deps
         .bus
         .subscribe(DELIVER_SUBJECT, Some(EDGE_QUEUE_GROUP))
         .await?;
     tokio::spawn(forward_deliveries(
         deliveries,
-        client.clone(),
+        deps.link.clone(),
         deps.clock.clone(),
     ));
     let events = deps.bus.subscribe(EVENTS_ALL, Some("edge-events")).await?;
-    tokio::spawn(forward_events(
-        events,
-        client.clone(),
-        config.clone(),
-        deps.event_subscribers.clone(),
-    ));
-
-    tokio::spawn(async move {
-        mqtt_loop(eventloop, client.clone(), config, lanes, link_tx, shutdown).await;
-        let _ = client.disconnect().await;
-    });
-    Ok(link_rx)
+    tokio::spawn(forward_events(events, deps.link.clone(), config.clone()));
+    tokio::spawn(report_link(deps.link.clone(), shutdown));
+    Ok(())
 }
 
-async fn mqtt_loop(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
+/// Keeps the MQTT link gauge in step with the link.
+async fn report_link(link: Arc<dyn MqttLink>, mut shutdown: watch::Receiver<bool>) {
+    let mut gauge = metrics::MqttLink::default();
+    loop {
+        gauge.set(link.is_ready());
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { return; }
+            }
+        }
+    }
+}
+
+/// Hands each device update to its target's lane (acknowledging at once the ones another
+/// edge instance handles).
+async fn route_updates(
+    mut updates: BoxStream<DeviceMessage>,
     config: Arc<EdgeConfig>,
-    lanes: Vec<mpsc::Sender<Publish>>,
-    link: watch::Sender<LinkState>,
+    lanes: Vec<mpsc::Sender<DeviceMessage>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let mut connected = metrics::MqttLink::default();
     loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { return; }
+        let message = tokio::select! {
+            m = updates.next() => m,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { return; }
                 continue;
             }
         };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
-                link.send_replace(LinkState::Connected);
-                connected.set(true);
-                tracing::info!(client_id = %config.client_id, "edge connected to the MQTT broker");
-                let filters: Vec<Filter> = config
-                    .topic_root
-                    .update_filters()
-                    .into_iter()
-                    .map(|f| Filter::new(f, QoS::AtLeastOnce))
-                    .collect();
-                if let Err(e) = client.subscribe_many(filters).await {
-                    tracing::error!(error = %e, "subscribing to device updates failed");
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let key = target_key(&publish.topic);
-                if config.instances > 1
-                    && hash_key(&key) % u64::from(config.instances) != u64::from(config.instance)
-                {
-                    // Another edge instance handles this target.
-                    if let Err(e) = client.ack(&publish).await {
-                        tracing::warn!(error = %e, "acknowledging a device update failed");
-                    }
-                    continue;
-                }
-                let lane = (hash_key(&key) % lanes.len() as u64) as usize;
-                if let Err(e) = lanes[lane].send(publish).await {
-                    tracing::error!(error = %e, "update lane closed");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                link.send_replace(LinkState::Connecting);
-                connected.set(false);
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => { if *shutdown.borrow() { return; } }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let Some(message) = message else { return };
+        let key = target_key(&message.topic);
+        if config.instances > 1
+            && hash_key(&key) % u64::from(config.instances) != u64::from(config.instance)
+        {
+            // Another edge instance handles this target.
+            (message.ack)();
+            continue;
+        }
+        let lane = (hash_key(&key) % lanes.len() as u64) as usize;
+        if let Err(e) = lanes[lane].send(message).await {
+            tracing::error!(error = %e, "update lane closed");
         }
     }
 }
 
 /// The `<kind>/<id>` segments after `<root>/commands/`: lanes and edge shares are chosen by
 /// it, so one device's updates stay in order on one instance and lane.
-fn target_key(topic: &[u8]) -> String {
-    let topic = String::from_utf8_lossy(topic);
+fn target_key(topic: &str) -> String {
     let mut parts = topic
         .split("/commands/")
         .nth(1)
@@ -255,42 +192,41 @@ fn target_key(topic: &[u8]) -> String {
 }
 
 async fn lane(
-    mut rx: mpsc::Receiver<Publish>,
-    client: AsyncClient,
+    mut rx: mpsc::Receiver<DeviceMessage>,
+    link: Arc<dyn MqttLink>,
     config: Arc<EdgeConfig>,
     shards: ShardClient,
+    projection: Option<Arc<ProjectionWatch>>,
 ) {
-    while let Some(publish) = rx.recv().await {
+    while let Some(message) = rx.recv().await {
         // Devices send no trace context: this span starts a trace of its own, and the shard
         // owner links it from the execution's trace, which the update joins.
         let span = if trace_context::enabled() {
-            tracing::info_span!(
-                "edge.update",
-                otel.kind = "consumer",
-                topic = %String::from_utf8_lossy(&publish.topic),
-            )
+            tracing::info_span!("edge.update", otel.kind = "consumer", topic = %message.topic)
         } else {
             Span::none()
         };
-        handle_update(&publish, &client, &config, &shards)
-            .instrument(span)
-            .await;
-        if let Err(e) = client.ack(&publish).await {
-            tracing::warn!(error = %e, "acknowledging a device update failed");
-        }
+        handle_update(
+            &message,
+            link.as_ref(),
+            &config,
+            &shards,
+            projection.as_deref(),
+        )
+        .instrument(span)
+        .await;
+        (message.ack)();
     }
 }
 
 async fn handle_update(
-    publish: &Publish,
-    client: &AsyncClient,
+    message: &DeviceMessage,
+    link: &dyn MqttLink,
     config: &EdgeConfig,
     shards: &ShardClient,
+    projection: Option<&ProjectionWatch>,
 ) {
-    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-        tracing::debug!("device update on a non-UTF-8 topic ignored");
-        return;
-    };
+    let topic = message.topic.as_str();
     let (target, execution_id, format) = match config.topic_root.parse_update(topic) {
         Ok(parsed) => parsed,
         Err(rejection) => {
@@ -304,17 +240,17 @@ async fn handle_update(
             .topic_root
             .reply(&target, &execution_id, accepted, format)
     };
-    let update = match device::parse_update(format, &publish.payload) {
+    let update = match device::parse_update(format, &message.payload) {
         Ok(u) => u,
         Err(rejection) => {
             let body = device::encode_rejected(
                 format,
                 execution_id.as_str(),
-                device::peek_client_token(format, &publish.payload).as_deref(),
+                device::peek_client_token(format, &message.payload).as_deref(),
                 &rejection,
             );
             metrics::device_update_rejected(rejection.code.device_code());
-            publish_reply(client, reply(false), body).await;
+            publish_reply(link, reply(false), body).await;
             return;
         }
     };
@@ -329,7 +265,11 @@ async fn handle_update(
         },
     };
     let (accepted, body) = match shards.call(&request).await {
-        Ok(ShardReply::Execution { .. }) => {
+        Ok(ShardReply::Execution { position, .. }) => {
+            // Readable before the device hears "accepted".
+            if let Some(projection) = projection {
+                await_projection(projection, position).await;
+            }
             metrics::device_update_accepted();
             (
                 true,
@@ -366,21 +306,40 @@ async fn handle_update(
             )
         }
     };
-    publish_reply(client, reply(accepted), body).await;
+    publish_reply(link, reply(accepted), body).await;
 }
 
-async fn publish_reply(client: &AsyncClient, topic: String, body: Vec<u8>) {
-    if let Err(e) = client
-        .publish(topic, QoS::AtLeastOnce, false, Bytes::from(body))
-        .await
-    {
+async fn publish_reply(link: &dyn MqttLink, topic: String, body: Vec<u8>) {
+    let message = MqttMessage {
+        topic,
+        payload: Bytes::from(body),
+        ..MqttMessage::default()
+    };
+    if let Err(e) = link.publish(message).await {
         tracing::warn!(error = %e, "publishing a reply failed");
     }
 }
 
+/// The MQTT 5 message expiry of a request with `remaining_ms` left before its execution
+/// times out (`None`: no time is left, the request is not sent).
+///
+/// The whole seconds left, rounded down as AWS does (a 10 s timeout arrives as 9, since some
+/// milliseconds always pass before the publish), but at least 1 while any time remains: 0
+/// would be no second at all, and an absent expiry would mean "never expires".
+fn message_expiry_secs(remaining_ms: i64) -> Option<u32> {
+    if remaining_ms <= 0 {
+        return None;
+    }
+    Some(
+        u32::try_from(remaining_ms / 1000)
+            .unwrap_or(u32::MAX)
+            .max(1),
+    )
+}
+
 async fn forward_deliveries(
-    mut sub: fleetcmd_domain::ports::BoxStream<fleetcmd_domain::ports::BusMessage>,
-    client: AsyncClient,
+    mut sub: BoxStream<BusMessage>,
+    link: Arc<dyn MqttLink>,
     clock: Arc<dyn Clock>,
 ) {
     while let Some(msg) = sub.next().await {
@@ -391,40 +350,28 @@ async fn forward_deliveries(
                 continue;
             }
         };
-        let mut props = PublishProperties {
-            content_type: Some(d.content_type.clone()),
-            ..Default::default()
+        let mut message = MqttMessage {
+            content_type: Some(d.content_type),
+            ..MqttMessage::default()
         };
         if let Some(expires_at) = d.expires_at {
-            let remaining_ms = expires_at - clock.now_ms();
-            if remaining_ms <= 0 {
+            let Some(expiry_secs) = message_expiry_secs(expires_at - clock.now_ms()) else {
                 tracing::debug!(topic = %d.topic, "delivery expired before it could be sent");
                 metrics::delivery(DeliveryOutcome::Expired);
                 continue;
-            }
-            // Whole seconds left, rounded up here: brokers count down from it and round down
-            // themselves, so a 10 s timeout arrives as 9 as with AWS, and a 1 s timeout is not
-            // rounded away to "no expiry".
-            props.message_expiry_interval = Some(((remaining_ms + 999) / 1000) as u32);
+            };
+            message.message_expiry_secs = Some(expiry_secs);
         }
         // The device sees the execution's trace as the MQTT 5 user property `traceparent`.
         let span = publish_span("edge.deliver", &msg.headers, &d.topic);
         if let Some(tp) = trace_context::traceparent(&span) {
-            props
+            message
                 .user_properties
                 .push((trace_context::TRACEPARENT.to_string(), tp));
         }
-        match client
-            .publish_with_properties(
-                d.topic,
-                QoS::AtLeastOnce,
-                false,
-                Bytes::from(d.payload),
-                props,
-            )
-            .instrument(span)
-            .await
-        {
+        message.topic = d.topic;
+        message.payload = Bytes::from(d.payload);
+        match link.publish(message).instrument(span).await {
             Ok(()) => metrics::delivery(DeliveryOutcome::Published),
             Err(e) => {
                 metrics::delivery(DeliveryOutcome::Failed);
@@ -435,10 +382,9 @@ async fn forward_deliveries(
 }
 
 async fn forward_events(
-    mut sub: fleetcmd_domain::ports::BoxStream<fleetcmd_domain::ports::BusMessage>,
-    client: AsyncClient,
+    mut sub: BoxStream<BusMessage>,
+    link: Arc<dyn MqttLink>,
     config: Arc<EdgeConfig>,
-    subscribers: Option<Arc<dyn SubscriberProbe>>,
 ) {
     while let Some(msg) = sub.next().await {
         let c = match fleetcmd_contracts::codec::decode_changed(&msg.payload) {
@@ -449,9 +395,7 @@ async fn forward_events(
             }
         };
         let topic = config.topic_root.event(c.command_id.as_str(), c.status);
-        if let Some(probe) = &subscribers
-            && !probe.has_subscribers(&topic).await
-        {
+        if !link.has_subscribers(&topic).await {
             continue;
         }
         let command_arn = command_arn(&config.arn_region, &config.arn_account, &c.command_id);
@@ -466,30 +410,17 @@ async fn forward_events(
             result: (!c.result.is_empty()).then_some(&c.result),
         });
         let span = publish_span("edge.status_event", &msg.headers, &topic);
-        let published = match trace_context::traceparent(&span) {
-            None => {
-                client
-                    .publish(topic, QoS::AtLeastOnce, false, Bytes::from(body))
-                    .await
-            }
-            Some(tp) => {
-                let props = PublishProperties {
-                    user_properties: vec![(trace_context::TRACEPARENT.to_string(), tp)],
-                    ..Default::default()
-                };
-                client
-                    .publish_with_properties(
-                        topic,
-                        QoS::AtLeastOnce,
-                        false,
-                        Bytes::from(body),
-                        props,
-                    )
-                    .instrument(span)
-                    .await
-            }
+        let mut message = MqttMessage {
+            topic,
+            payload: Bytes::from(body),
+            ..MqttMessage::default()
         };
-        if let Err(e) = published {
+        if let Some(tp) = trace_context::traceparent(&span) {
+            message
+                .user_properties
+                .push((trace_context::TRACEPARENT.to_string(), tp));
+        }
+        if let Err(e) = link.publish(message).instrument(span).await {
             tracing::warn!(error = %e, "publishing a status event failed");
         }
     }
@@ -509,5 +440,31 @@ fn publish_span(name: &'static str, headers: &[(String, String)], topic: &str) -
             span
         }
         _ => Span::none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_expiry_is_the_whole_seconds_left_but_never_zero() {
+        // A 10 s timeout, published a few milliseconds after the start, arrives as 9.
+        assert_eq!(message_expiry_secs(9_996), Some(9));
+        assert_eq!(message_expiry_secs(10_000), Some(10), "exactly 10 s left");
+        assert_eq!(message_expiry_secs(10_999), Some(10));
+        assert_eq!(message_expiry_secs(29_990), Some(29));
+        // Less than a second left: 1, never 0 (no time) or absent (never expires).
+        assert_eq!(message_expiry_secs(1), Some(1));
+        assert_eq!(message_expiry_secs(999), Some(1));
+        assert_eq!(message_expiry_secs(1_000), Some(1));
+        assert_eq!(message_expiry_secs(1_999), Some(1));
+        assert_eq!(message_expiry_secs(2_000), Some(2));
+        // No time left: not sent.
+        assert_eq!(message_expiry_secs(0), None);
+        assert_eq!(message_expiry_secs(-5), None);
+        // The longest timeout (12 h) and beyond what MQTT can carry.
+        assert_eq!(message_expiry_secs(43_200_000), Some(43_200));
+        assert_eq!(message_expiry_secs(i64::MAX), Some(u32::MAX));
     }
 }

@@ -5,7 +5,3 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
-
-// The end-to-end tests still reach the one-process server and the simulator through here.
-pub use fleetcmd_simulator as simulator;
-pub use fleetcmd_standalone as serve;

@@ -120,6 +120,7 @@ pub fn fold(
     let mut seen_c: HashSet<CommandId> = HashSet::new();
     let mut changed = Vec::new();
     let mut causes = Vec::new();
+    let mut last_before_delete: HashMap<ExecutionId, Execution> = HashMap::new();
     for (i, env) in envelopes.iter().enumerate() {
         match &env.aggregate {
             Aggregate::Execution { execution_id, .. } => {
@@ -127,6 +128,12 @@ pub fn fold(
                     order_e.push(execution_id.clone());
                 }
                 let slot = executions.entry(execution_id.clone()).or_insert(None);
+                if matches!(env.event, Event::ExecutionDeleted)
+                    && let Some(e) = slot.as_ref()
+                {
+                    // Its listing rows are keyed by its fields: the delete names them all.
+                    last_before_delete.insert(execution_id.clone(), e.clone());
+                }
                 let step = execution::fold(slot, &env.event, env.at, env.seq);
                 if step == Step::Applied
                     && env.event.new_status().is_some()
@@ -157,7 +164,10 @@ pub fn fold(
     for id in order_e {
         match executions.remove(&id) {
             Some(Some(e)) => batch.executions.push(ExecutionWrite::Upsert(e)),
-            _ => batch.executions.push(ExecutionWrite::Delete(id)),
+            _ => {
+                let last = last_before_delete.remove(&id);
+                batch.executions.push(ExecutionWrite::Delete { id, last })
+            }
         }
     }
     for id in order_c {
@@ -284,7 +294,7 @@ mod tests {
         let folded = fold(&[succeeded("gone", 5)], Loaded::default(), 0, 1);
         assert_eq!(
             folded.batch.executions,
-            [ExecutionWrite::Delete(ExecutionId::parse("gone").unwrap())]
+            [ExecutionWrite::delete(ExecutionId::parse("gone").unwrap())]
         );
         assert!(folded.changed.is_empty());
     }

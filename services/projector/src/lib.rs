@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetcmd_contracts::codec;
-use fleetcmd_domain::event::{Event, EventEnvelope};
+use fleetcmd_domain::event::EventEnvelope;
 use fleetcmd_domain::ports::{Bus, BusMessage, EventLog, LogRecord, PortError, ReadModel};
 use fleetcmd_domain::protocol::{ExecutionChanged, PROJECTED_SUBJECT, Projected, events_subject};
 use fleetcmd_telemetry::{context as trace_context, metrics};
@@ -244,26 +244,12 @@ fn project_span(env: &EventEnvelope, partition: u32) -> Span {
                 otel.kind = "consumer",
                 partition,
                 seq = env.seq,
-                event = event_name(&env.event),
+                event = env.event.name(),
             );
             trace_context::set_parent(&span, parent);
             span
         }
         _ => Span::none(),
-    }
-}
-
-fn event_name(event: &Event) -> &'static str {
-    match event {
-        Event::CommandCreated { .. } => "CommandCreated",
-        Event::CommandUpdated { .. } => "CommandUpdated",
-        Event::CommandDeletionScheduled { .. } => "CommandDeletionScheduled",
-        Event::CommandDeleted => "CommandDeleted",
-        Event::ExecutionStarted { .. } => "ExecutionStarted",
-        Event::StatusReported { .. } => "StatusReported",
-        Event::ExecutionTimedOut => "ExecutionTimedOut",
-        Event::ExecutionCanceled { .. } => "ExecutionCanceled",
-        Event::ExecutionDeleted => "ExecutionDeleted",
     }
 }
 

@@ -53,7 +53,7 @@ impl LiveCache {
                 ExecutionWrite::Upsert(e) => {
                     self.executions.remove(&e.execution_id);
                 }
-                ExecutionWrite::Delete(id) => {
+                ExecutionWrite::Delete { id, .. } => {
                     self.executions.remove(id);
                 }
             }
@@ -133,7 +133,7 @@ mod tests {
         );
         live.remember(&[
             ExecutionWrite::Upsert(execution("a", true)),
-            ExecutionWrite::Delete(id("b")),
+            ExecutionWrite::delete(id("b")),
         ]);
         assert!(live.is_empty(), "a finished and a deleted execution leave");
     }

@@ -60,7 +60,7 @@ pub async fn run(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), fleetcmd_service_kit::grpc::ServeError> {
     fleetcmd_service_kit::grpc::GrpcServer::new()?
-        .add(grpc(deps))
+        .with(grpc(deps))
         .serve(listener, shutdown)
         .await
 }

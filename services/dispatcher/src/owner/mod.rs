@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetcmd_domain::command::CommandSettings;
-use fleetcmd_domain::ports::{Bus, Clock, EventLog, ReadModel};
+use fleetcmd_domain::ports::{Bus, Clock, EventLog, ProjectingLog, ReadModel, SnapshotStore};
 use fleetcmd_domain::topics::TopicRoot;
 use tokio::sync::watch;
 
@@ -39,6 +39,12 @@ pub struct OwnerConfig {
     /// window (the execution's timeout + 24 h): memory stays bounded by the start rate times
     /// this, not times a day.
     pub token_memory: Duration,
+    /// A snapshot of the shard's state is saved after this many records since the last one
+    /// (0: never), so a new owner replays at most about this many.
+    pub snapshot_every_records: u64,
+    /// A new owner that replayed at least this many records after the latest snapshot saves
+    /// one as soon as it is ready (after a hand-over), so the next hand-over is quick.
+    pub snapshot_after_tail_records: u64,
 }
 
 impl Default for OwnerConfig {
@@ -51,6 +57,8 @@ impl Default for OwnerConfig {
             max_batch: 512,
             terminal_cache: 2_048,
             token_memory: Duration::from_secs(15 * 60),
+            snapshot_every_records: 100_000,
+            snapshot_after_tail_records: 10_000,
         }
     }
 }
@@ -61,7 +69,12 @@ pub struct OwnerDeps {
     pub log: Arc<dyn EventLog>,
     pub bus: Arc<dyn Bus>,
     pub read_model: Arc<dyn ReadModel>,
+    pub snapshots: Arc<dyn SnapshotStore>,
     pub clock: Arc<dyn Clock>,
+    /// The log again, when it projects what it appends in the same write (the embedded
+    /// store): the owner then writes its read-model rows with each append and announces the
+    /// status changes itself, and no projector runs. `None` in a cluster.
+    pub inline_projection: Option<Arc<dyn ProjectingLog>>,
 }
 
 /// Runs the owners of `shards` until `shutdown` turns true. Each owner retries its startup

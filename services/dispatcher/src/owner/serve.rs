@@ -16,9 +16,10 @@ use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::ids::ExecutionId;
 use fleetcmd_domain::model::{Execution, Payload, TimestampMs};
-use fleetcmd_domain::ports::{BusMessage, PortError};
+use fleetcmd_domain::ports::{BusMessage, CommandWrite, ExecutionWrite, PortError};
 use fleetcmd_domain::protocol::{
-    DELIVER_SUBJECT, Delivery, LogPosition, ShardReply, ShardRequest, shard_subject,
+    DELIVER_SUBJECT, Delivery, ExecutionChanged, LogPosition, ShardReply, ShardRequest,
+    events_subject, shard_subject,
 };
 use fleetcmd_domain::topics::RequestFormat;
 use fleetcmd_telemetry::{context as trace_context, metrics};
@@ -44,12 +45,32 @@ struct Staged {
     events: Vec<EventEnvelope>,
 }
 
+/// What a batch's records change, for the owner that projects inline: the status changes to
+/// announce once durable (one per status-changing event, with the state right after it).
+#[derive(Default)]
+struct Changes {
+    changed: Vec<(ExecutionChanged, Option<String>)>,
+    /// The projection span of each traced change; they end once the changes are announced.
+    spans: Vec<Span>,
+}
+
 pub(super) struct Owner {
     deps: OwnerDeps,
     config: Arc<OwnerConfig>,
     shard: u32,
     settings: Settings,
     state: ShardState,
+    /// The `next_offset` of the latest snapshot saved or loaded.
+    snapshot_at: u64,
+}
+
+/// How a rebuild went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Where the snapshot it started from ended (0: no snapshot).
+    pub snapshot_at: u64,
+    /// Records replayed after it.
+    pub tail_records: u64,
 }
 
 impl Owner {
@@ -66,13 +87,37 @@ impl Owner {
             config,
             shard,
             settings,
+            snapshot_at: 0,
         }
     }
 
-    /// Rebuilds the shard's state from its log partition.
-    async fn rebuild(&mut self) -> Result<(), PortError> {
+    /// Rebuilds the shard's state from its latest snapshot and the log after it (from offset
+    /// 0 when there is no snapshot, or it cannot be read).
+    pub(super) async fn rebuild(&mut self) -> Result<Rebuilt, PortError> {
         self.state = ShardState::new(token_memory_ms(&self.config));
-        let mut from = 0;
+        self.snapshot_at = 0;
+        match self.deps.snapshots.load_snapshot(self.shard).await {
+            Ok(Some((offset, data))) => match codec::decode_snapshot(&data) {
+                Ok(snapshot) if snapshot.next_offset == offset => {
+                    self.state = ShardState::from_snapshot(snapshot, token_memory_ms(&self.config));
+                    self.snapshot_at = offset;
+                }
+                Ok(_) => tracing::warn!(
+                    shard = self.shard,
+                    offset,
+                    "snapshot offset mismatch; rebuilding from offset 0"
+                ),
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, error = %e, "unreadable snapshot; rebuilding from offset 0")
+                }
+            },
+            Ok(None) => {}
+            // A snapshot is only a shortcut: without one the log still has everything.
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "cannot load the snapshot; rebuilding from offset 0")
+            }
+        }
+        let mut from = self.snapshot_at;
         loop {
             let records = self.deps.log.read(self.shard, from, REBUILD_READ).await?;
             let Some(last) = records.last() else { break };
@@ -91,14 +136,50 @@ impl Owner {
             );
         }
         self.state.appended(from, 0);
-        Ok(())
+        Ok(Rebuilt {
+            snapshot_at: self.snapshot_at,
+            tail_records: from - self.snapshot_at,
+        })
+    }
+
+    /// Saves a snapshot of the state (a failure only costs the next rebuild some time).
+    pub(super) async fn save_snapshot(&mut self) {
+        let snapshot = self.state.to_snapshot();
+        let offset = snapshot.next_offset;
+        let data = bytes::Bytes::from(codec::encode_snapshot(&snapshot));
+        let size = data.len();
+        match self
+            .deps
+            .snapshots
+            .save_snapshot(self.shard, offset, data)
+            .await
+        {
+            Ok(()) => {
+                self.snapshot_at = offset;
+                tracing::debug!(shard = self.shard, offset, bytes = size, "snapshot saved");
+            }
+            Err(e) => tracing::warn!(shard = self.shard, error = %e, "saving a snapshot failed"),
+        }
+    }
+
+    /// Saves a snapshot when enough records were appended since the last one.
+    async fn maybe_snapshot(&mut self) {
+        let every = self.config.snapshot_every_records;
+        if every > 0 && self.state.next_offset() >= self.snapshot_at + every {
+            self.save_snapshot().await;
+        }
     }
 
     pub(super) async fn serve(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), PortError> {
-        self.rebuild().await?;
+        let rebuilt = self.rebuild().await?;
+        if self.config.snapshot_every_records > 0
+            && rebuilt.tail_records >= self.config.snapshot_after_tail_records.max(1)
+        {
+            self.save_snapshot().await;
+        }
         self.redeliver().await;
         let mut sub = self
             .deps
@@ -112,6 +193,10 @@ impl Owner {
             "shard owner ready"
         );
         let _owned = metrics::OwnedShard::acquire();
+        if self.deps.inline_projection.is_some() {
+            // Projected in the append's own write: the read model is never behind the log.
+            metrics::projector_lag(self.shard, 0);
+        }
         let mut batches_since_evict = 0u32;
         loop {
             let next_timer = self.state.next_timer();
@@ -144,6 +229,7 @@ impl Owner {
                         }
                     }
                     self.process_batch(batch).await?;
+                    self.maybe_snapshot().await;
                     batches_since_evict += 1;
                     if batches_since_evict >= EVICT_EVERY_BATCHES {
                         batches_since_evict = 0;
@@ -202,6 +288,7 @@ impl Owner {
             .collect();
         let lookups = self.look_up(&requests).await;
         let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
+        let mut changes = Changes::default();
         // Spans of the traced inputs: they end once their events are durable, answered and
         // handed to the edge.
         let mut spans: Vec<Span> = Vec::new();
@@ -236,7 +323,10 @@ impl Owner {
                 spans.push(span);
             }
             let (outcome, events) = match decided {
-                Ok(decision) => self.stage(decision, staged.len() as u64, now, trace),
+                Ok(decision) => {
+                    let index = staged.iter().filter(|s| !s.events.is_empty()).count() as u64;
+                    self.stage(decision, index, now, trace, &mut changes)
+                }
                 Err(Refusal::Rejected(r)) => (Outcome::Reply(ShardReply::Rejected(r)), Vec::new()),
                 Err(Refusal::Unavailable(why)) => {
                     (Outcome::Reply(ShardReply::Unavailable(why)), Vec::new())
@@ -283,8 +373,28 @@ impl Owner {
         for s in &staged {
             self.after_append(&s.events).await;
         }
+        self.announce(changes).await;
         drop(spans);
         Ok(())
+    }
+
+    /// Publishes the status changes of an inline projection (nothing otherwise: the
+    /// projector announces what it projects).
+    async fn announce(&self, changes: Changes) {
+        let Changes { changed, spans } = changes;
+        for (c, trace) in changed {
+            let mut message =
+                BusMessage::new(events_subject(&c.command_id), codec::encode_changed(&c));
+            if let Some(tp) = trace {
+                message
+                    .headers
+                    .push((trace_context::TRACEPARENT.to_string(), tp));
+            }
+            if let Err(e) = self.deps.bus.publish(message).await {
+                tracing::warn!(error = %e, "publishing a status notification failed");
+            }
+        }
+        drop(spans);
     }
 
     /// Applies a decision's events to the state (at the provisional offset of the batch's
@@ -295,6 +405,7 @@ impl Owner {
         index: u64,
         now: TimestampMs,
         trace: Option<String>,
+        changes: &mut Changes,
     ) -> (Outcome, Vec<EventEnvelope>) {
         if let Some(e) = decision.hydrate {
             self.state.hydrate(e);
@@ -318,6 +429,22 @@ impl Owner {
                 event,
             };
             self.state.apply(&env, offset);
+            if self.deps.inline_projection.is_some()
+                && env.event.new_status().is_some()
+                && let Aggregate::Execution { execution_id, .. } = &env.aggregate
+                && let Some(e) = self.state.execution(execution_id)
+            {
+                // The projection of a traced event, as the projector would have spanned it:
+                // the status event published for it joins the trace here.
+                let span = trace::projection_span(self.shard, &env);
+                let tp = trace_context::traceparent(&span).or_else(|| env.trace.clone());
+                if !span.is_none() {
+                    changes.spans.push(span);
+                }
+                changes
+                    .changed
+                    .push((ExecutionChanged::from_execution(e, now), tp));
+            }
             envelopes.push(env);
         }
         (decision.outcome, envelopes)
@@ -360,6 +487,7 @@ impl Owner {
         let now = self.deps.clock.now_ms();
         let mut records: Vec<Vec<EventEnvelope>> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
+        let mut changes = Changes::default();
         for timer in self.state.take_due_timers(now) {
             let events = decide::decide_timer(&self.state, &timer, now, &self.settings);
             if events.is_empty() {
@@ -377,7 +505,8 @@ impl Owner {
                 events,
                 outcome: Outcome::Reply(ShardReply::Unavailable(String::new())),
             };
-            let (_, envelopes) = self.stage(decision, records.len() as u64, now, trace);
+            let (_, envelopes) =
+                self.stage(decision, records.len() as u64, now, trace, &mut changes);
             records.push(envelopes);
             if !span.is_none() {
                 spans.push(span);
@@ -388,6 +517,7 @@ impl Owner {
         for envelopes in &records {
             self.after_append(envelopes).await;
         }
+        self.announce(changes).await;
         drop(spans);
         Ok(())
     }
@@ -413,7 +543,14 @@ impl Owner {
             .collect();
         let n = encoded.len() as u64;
         let expected = self.state.next_offset();
-        let first = self.deps.log.append(self.shard, encoded).await?;
+        let first = match &self.deps.inline_projection {
+            Some(log) => {
+                let (commands, executions) = self.projection_writes(records);
+                log.append_and_project(self.shard, encoded, commands, executions)
+                    .await?
+            }
+            None => self.deps.log.append(self.shard, encoded).await?,
+        };
         if first != expected {
             // Someone else wrote to our partition: our state is stale. Rebuild before serving on.
             return Err(PortError::Unavailable(format!(
@@ -422,12 +559,50 @@ impl Owner {
             )));
         }
         self.state.appended(first, n);
+        if self.deps.inline_projection.is_some() {
+            // Readable already: callers have nothing to wait for.
+            return Ok(Vec::new());
+        }
         Ok((0..n)
             .map(|i| LogPosition {
                 partition: self.shard,
                 next_offset: first + i + 1,
             })
             .collect())
+    }
+
+    /// The read-model writes of `records` (already applied to the state): each execution and
+    /// command they touch, as the state now holds it, or its deletion.
+    fn projection_writes(
+        &self,
+        records: &[&[EventEnvelope]],
+    ) -> (Vec<CommandWrite>, Vec<ExecutionWrite>) {
+        let mut commands = Vec::new();
+        let mut executions = Vec::new();
+        let mut seen_c = std::collections::HashSet::new();
+        let mut seen_e = std::collections::HashSet::new();
+        for env in records.iter().flat_map(|r| r.iter()) {
+            match &env.aggregate {
+                Aggregate::Execution { execution_id, .. } => {
+                    if seen_e.insert(execution_id) {
+                        executions.push(match self.state.execution(execution_id) {
+                            Some(e) => ExecutionWrite::Upsert(e.clone()),
+                            // Inline projection is SQLite's, which deletes by id.
+                            None => ExecutionWrite::delete(execution_id.clone()),
+                        });
+                    }
+                }
+                Aggregate::Command(id) => {
+                    if seen_c.insert(id) {
+                        commands.push(match self.state.command(id.as_str()) {
+                            Some(c) => CommandWrite::Upsert(c.clone()),
+                            None => CommandWrite::Delete(id.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        (commands, executions)
     }
 
     /// Delivers again every execution that is still CREATED and not expired: the previous

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use fleetcmd_domain::command;
-use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
+use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, ShardSnapshot, SnapshotToken};
 use fleetcmd_domain::execution::{self, Folded};
 use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, TimestampMs};
@@ -307,5 +307,105 @@ impl ShardState {
         let mut live: Vec<&Execution> = self.executions.values().filter(|e| !e.terminal).collect();
         live.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
         live
+    }
+
+    /// The state as a snapshot at [`ShardState::next_offset`], in a stable order (so two
+    /// equal states give equal snapshots).
+    pub fn to_snapshot(&self) -> ShardSnapshot {
+        let mut executions: Vec<(Execution, u64)> = self
+            .executions
+            .values()
+            .map(|e| {
+                let offset = self.last_offsets.get(&e.execution_id).copied().unwrap_or(0);
+                (e.clone(), offset)
+            })
+            .collect();
+        executions.sort_by(|a, b| a.0.execution_id.cmp(&b.0.execution_id));
+        let mut undelivered: Vec<(ExecutionId, Payload)> = self
+            .undelivered
+            .iter()
+            .map(|(id, p)| (id.clone(), p.clone()))
+            .collect();
+        undelivered.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut traces: Vec<(ExecutionId, String)> = self
+            .traces
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        traces.sort();
+        let mut tokens: Vec<SnapshotToken> = self
+            .tokens
+            .iter()
+            .map(|((target, token), t)| SnapshotToken {
+                target: target.clone(),
+                token: token.clone(),
+                execution_id: t.execution_id.clone(),
+                fingerprint: t.fingerprint,
+                memory_until: t.memory_until,
+                offset: t.offset,
+            })
+            .collect();
+        tokens.sort_by(|a, b| (&a.target, &a.token).cmp(&(&b.target, &b.token)));
+        let mut commands: Vec<(Command, u64)> = self.commands.values().cloned().collect();
+        commands.sort_by(|a, b| a.0.command_id.cmp(&b.0.command_id));
+        ShardSnapshot {
+            next_offset: self.next_offset,
+            executions,
+            undelivered,
+            traces,
+            tokens,
+            commands,
+        }
+    }
+
+    /// The state a snapshot describes: timers, eviction and token orders are derived again
+    /// (deadlines of the executions that are not terminal, scheduled command deletions;
+    /// terminal executions in the order of their last event, tokens by their memory time).
+    pub fn from_snapshot(snapshot: ShardSnapshot, token_memory_ms: i64) -> Self {
+        let mut state = Self::new(token_memory_ms);
+        state.next_offset = snapshot.next_offset;
+        let mut terminal: Vec<(u64, ExecutionId)> = Vec::new();
+        for (e, offset) in snapshot.executions {
+            let id = e.execution_id.clone();
+            if e.terminal {
+                terminal.push((offset, id.clone()));
+            } else {
+                state
+                    .timers
+                    .push(Reverse((e.deadline(), TimerKey::Execution(id.clone()))));
+            }
+            state.last_offsets.insert(id.clone(), offset);
+            state.executions.insert(id, e);
+        }
+        terminal.sort();
+        state.terminal_order = terminal.into_iter().map(|(_, id)| id).collect();
+        state.undelivered = snapshot.undelivered.into_iter().collect();
+        state.traces = snapshot.traces.into_iter().collect();
+        let mut order: Vec<(TokenKey, TimestampMs)> = Vec::new();
+        for t in snapshot.tokens {
+            let key = (t.target, t.token);
+            order.push((key.clone(), t.memory_until));
+            state.tokens.insert(
+                key,
+                TokenEntry {
+                    fingerprint: t.fingerprint,
+                    execution_id: t.execution_id,
+                    memory_until: t.memory_until,
+                    offset: t.offset,
+                },
+            );
+        }
+        order.sort_by_key(|(_, until)| *until);
+        state.token_order = order.into();
+        for (c, seq) in snapshot.commands {
+            let key = c.command_id.as_str().to_string();
+            if let Some(delete_at) = c.delete_at {
+                state
+                    .timers
+                    .push(Reverse((delete_at, TimerKey::CommandDeletion(key.clone()))));
+            }
+            state.commands.insert(key, (c, seq));
+        }
+        state
     }
 }

@@ -110,3 +110,22 @@ pub fn delivery_span(
         _ => Span::none(),
     }
 }
+
+/// The span of an event projected inline (by the owner, in its append), parented on the
+/// envelope's trace; none when untraced.
+pub fn projection_span(shard: u32, env: &fleetcmd_domain::event::EventEnvelope) -> Span {
+    match &env.trace {
+        Some(parent) if trace_context::enabled() => {
+            let span = tracing::info_span!(
+                "shard.project",
+                otel.kind = "internal",
+                shard,
+                seq = env.seq,
+                event = env.event.name(),
+            );
+            trace_context::set_parent(&span, parent);
+            span
+        }
+        _ => Span::none(),
+    }
+}

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use fleetcmd_adapters::kafka::KafkaCompat;
+use fleetcmd_adapters::scylla::Dialect;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +98,11 @@ pub struct KafkaConfig {
     /// trade the projector's wake-up latency against their CPU (2 ms: ~15 % of a core per
     /// 16 idle partitions).
     pub fetch_wait_ms: u64,
+    /// Workarounds for a broker that is not Apache Kafka: `none` (the default: Apache Kafka)
+    /// or `tansu` (the tansu 0.6 stand-in of the local scripts: assignment checks against
+    /// its stale SyncGroup answers, a takeover grace, fetches restarted inside record
+    /// batches).
+    pub compat: KafkaCompat,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +112,10 @@ pub struct ScyllaConfig {
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub replication_factor: u32,
+    /// What the CQL server understands: `full` (the default: ScyllaDB, Cassandra) or
+    /// `limited` (only the CQL test server of the local scripts: no `USING` clauses, no
+    /// ordering, no TTL, no schema agreement).
+    pub dialect: Dialect,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +193,7 @@ impl Default for KafkaConfig {
             topic: "fleetcmd.events".into(),
             group_prefix: "fleetcmd".into(),
             fetch_wait_ms: 2,
+            compat: KafkaCompat::None,
         }
     }
 }
@@ -192,6 +204,7 @@ impl Default for ScyllaConfig {
             nodes: vec!["127.0.0.1:9042".into()],
             keyspace: "fleetcmd".into(),
             replication_factor: 1,
+            dialect: Dialect::Full,
         }
     }
 }
@@ -246,6 +259,7 @@ pub fn load(
         let parsed = parse_like(leaf, raw.trim()).with_context(|| format!("--set {key}"))?;
         set(&mut value, key, parsed);
     }
+    normalize_choices(&mut value)?;
     let config: ClusterConfig = value.try_into().context("configuration")?;
     config.validate()?;
     Ok(config)
@@ -313,6 +327,42 @@ impl ClusterConfig {
     pub fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+}
+
+/// Keys whose value is one of a few names: parsed here (in any case) so that a bad value is
+/// reported with its key, and written back as the canonical name.
+fn normalize_choices(value: &mut toml::Value) -> anyhow::Result<()> {
+    fn canonical<T: std::str::FromStr + std::fmt::Display>(
+        value: &toml::Value,
+        key: &str,
+    ) -> anyhow::Result<Option<String>>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(raw) = get(value, key) else {
+            return Ok(None);
+        };
+        let Some(text) = raw.as_str() else {
+            bail!("{key}: expected a string, got {raw}");
+        };
+        let parsed: T = text.parse().with_context(|| key.to_owned())?;
+        Ok(Some(parsed.to_string()))
+    }
+    for (key, name) in [
+        (
+            "kafka.compat",
+            canonical::<KafkaCompat>(value, "kafka.compat")?,
+        ),
+        (
+            "scylla.dialect",
+            canonical::<Dialect>(value, "scylla.dialect")?,
+        ),
+    ] {
+        if let Some(name) = name {
+            set(value, key, toml::Value::String(name));
+        }
+    }
+    Ok(())
 }
 
 fn merge(base: &mut toml::Value, overlay: toml::Value) {
@@ -473,6 +523,38 @@ mod tests {
         std::fs::write(&file, "[kafka]\nbrokerz = \"x\"\n").unwrap();
         let e = load(Some(&file), &[], &[]).unwrap_err();
         assert!(format!("{e:#}").contains("brokerz"), "{e:#}");
+    }
+
+    #[test]
+    fn compat_settings_default_to_the_real_engines_and_are_layered() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.kafka.compat, KafkaCompat::None, "Apache Kafka by default");
+        assert_eq!(c.scylla.dialect, Dialect::Full, "ScyllaDB by default");
+        let dumped = c.to_toml().unwrap();
+        assert!(dumped.contains("compat = \"none\""), "{dumped}");
+        assert!(dumped.contains("dialect = \"full\""), "{dumped}");
+        let c = load(
+            None,
+            &env(&[
+                ("FLEETCMD_KAFKA_COMPAT", "tansu"),
+                ("FLEETCMD_SCYLLA_DIALECT", "Limited"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.compat, KafkaCompat::Tansu);
+        assert_eq!(c.scylla.dialect, Dialect::Limited, "names in any case");
+        let c = load(
+            None,
+            &env(&[("FLEETCMD_KAFKA_COMPAT", "tansu")]),
+            &["kafka.compat=none".into()],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.compat, KafkaCompat::None, "flag over env");
+        let e = load(None, &[], &["kafka.compat=kafka".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("kafka.compat"), "{e:#}");
+        let e = load(None, &env(&[("FLEETCMD_SCYLLA_DIALECT", "cql")]), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("scylla.dialect"), "{e:#}");
     }
 
     #[test]

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleetcmd_adapters::clock::SystemClock;
-use fleetcmd_adapters::kafka::{KafkaLog, KafkaLogConfig, KafkaMembership};
+use fleetcmd_adapters::kafka::{KafkaLog, KafkaLogConfig, KafkaMembership, KafkaMembershipConfig};
 use fleetcmd_adapters::nats::NatsBus;
-use fleetcmd_adapters::scylla::ScyllaReadModel;
+use fleetcmd_adapters::scylla::{Replication, ScyllaReadModel};
 use fleetcmd_contracts::auth::Auth;
 use fleetcmd_dispatcher::OwnerConfig;
 use fleetcmd_dispatcher::owner::OwnerDeps;
@@ -159,7 +159,7 @@ pub async fn start(
                 ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
             let shards = ShardClient::new(bus.clone(), config.shards);
             let auth = auth(&config)?;
-            let grpc = grpc.add(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
+            let grpc = grpc.with(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
                 read_model,
                 bus: bus.clone(),
                 shards,
@@ -173,7 +173,8 @@ pub async fn start(
         }
         Service::Dispatcher => {
             let log = kafka_log(&config, shutdown.clone()).await?;
-            let read_model = scylla(&config, shutdown.clone()).await?;
+            let store = scylla_store(&config, shutdown.clone()).await?;
+            let read_model: Arc<dyn ReadModel> = store.clone();
             let owner_config = Arc::new(OwnerConfig {
                 shards: config.shards,
                 retention_secs: config.retention_secs,
@@ -188,7 +189,10 @@ pub async fn start(
                 log,
                 bus: bus.clone(),
                 read_model: read_model.clone(),
+                snapshots: store,
                 clock: clock.clone(),
+                // The projector projects: the log and the read model are different engines.
+                inline_projection: None,
             };
             let pool = pool::ShardTasks::new(shutdown.clone(), move |shard, stop| {
                 Box::pin(fleetcmd_dispatcher::owner::run_owner(
@@ -208,7 +212,7 @@ pub async fn start(
                 .context("joining the dispatcher group")?;
             let projection =
                 ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
-            let grpc = grpc.add(fleetcmd_dispatcher::grpc::service(
+            let grpc = grpc.with(fleetcmd_dispatcher::grpc::service(
                 fleetcmd_dispatcher::grpc::DispatcherDeps {
                     read_model,
                     shards: ShardClient::new(bus.clone(), config.shards),
@@ -223,22 +227,31 @@ pub async fn start(
         }
         Service::Edge => {
             let edge_config = fleetcmd_edge::EdgeConfig {
-                broker_host: config.mqtt.host.clone(),
-                broker_port: config.mqtt.port,
-                client_id: config.mqtt.client_id.clone(),
                 topic_root,
                 instances: config.mqtt.instances,
                 instance: config.mqtt.instance,
                 ..fleetcmd_edge::EdgeConfig::default()
             };
+            let link = fleetcmd_adapters::mqtt::MqttClientLink::start(
+                fleetcmd_adapters::mqtt::MqttClientConfig::new(
+                    config.mqtt.host.clone(),
+                    config.mqtt.port,
+                    config.mqtt.client_id.clone(),
+                ),
+                shutdown.clone(),
+            );
+            // The projector writes the read model: an accepted update is answered once it
+            // is readable there.
+            let projection = ProjectionWatch::follow(bus.clone(), config.shards).await?;
             let deps = fleetcmd_edge::EdgeDeps {
                 bus: bus.clone(),
                 shards: ShardClient::new(bus.clone(), config.shards),
                 clock,
-                // An external broker cannot say who subscribes: every event is published.
-                event_subscribers: None,
+                link: link.clone(),
+                projection: Some(projection),
             };
-            let link = fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
+            fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
+            let link: Arc<dyn fleetcmd_domain::ports::MqttLink> = link;
             // Readiness follows the NATS connection and the MQTT link.
             spawn_readiness(
                 health_reporter,
@@ -293,7 +306,7 @@ pub async fn start(
 fn spawn_readiness(
     reporter: tonic_health::server::HealthReporter,
     bus: Arc<NatsBus>,
-    link: Option<watch::Receiver<fleetcmd_edge::LinkState>>,
+    link: Option<Arc<dyn fleetcmd_domain::ports::MqttLink>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
@@ -301,9 +314,7 @@ fn spawn_readiness(
         loop {
             let ready = bus.connection_state()
                 == fleetcmd_adapters::nats::ConnectionState::Connected
-                && link
-                    .as_ref()
-                    .is_none_or(|l| *l.borrow() == fleetcmd_edge::LinkState::Connected);
+                && link.as_ref().is_none_or(|l| l.is_ready());
             if last != Some(ready) {
                 let status = if ready {
                     ServingStatus::Serving
@@ -345,9 +356,22 @@ async fn scylla(
     config: &ClusterConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<dyn ReadModel>> {
+    Ok(scylla_store(config, shutdown).await?)
+}
+
+/// The ScyllaDB store: the read model, and the shard owners' snapshots.
+async fn scylla_store(
+    config: &ClusterConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<ScyllaReadModel>> {
     let c = config.scylla.clone();
     let store = connect("scylla", shutdown, || {
-        ScyllaReadModel::connect(&c.nodes, &c.keyspace, c.replication_factor)
+        let replication = Replication::Factor(c.replication_factor);
+        let sc = fleetcmd_adapters::scylla::ScyllaConfig {
+            dialect: c.dialect,
+            ..fleetcmd_adapters::scylla::ScyllaConfig::new(&c.nodes, &c.keyspace, replication)
+        };
+        ScyllaReadModel::connect_with(sc)
     })
     .await?;
     Ok(store)
@@ -362,6 +386,7 @@ async fn kafka_log(
     let log = connect("kafka", shutdown, || {
         let mut lc = KafkaLogConfig::new(&c.brokers, &c.topic, shards);
         lc.fetch_wait_max = Duration::from_millis(c.fetch_wait_ms);
+        lc.compat = c.compat;
         KafkaLog::connect_with(lc)
     })
     .await?;
@@ -374,7 +399,10 @@ async fn kafka_membership(
 ) -> anyhow::Result<Arc<dyn ShardMembership>> {
     let c = config.kafka.clone();
     let m = connect("kafka membership", shutdown, || async {
-        KafkaMembership::new(&c.brokers, &c.topic)
+        KafkaMembership::with_config(KafkaMembershipConfig {
+            compat: c.compat,
+            ..KafkaMembershipConfig::new(&c.brokers, &c.topic)
+        })
     })
     .await?;
     Ok(m)
