@@ -1,39 +1,32 @@
-//! Helpers for the gRPC API tests (`tests/api.rs`): request builders, error assertions that
+//! Helpers for the gRPC API tests (`tests/api`): request builders, error assertions that
 //! check the code, the message and the field named in the `google.rpc.BadRequest` details,
-//! paging loops, Watch streams with a timeout guard, and a one-shot MQTT device that settles
-//! an execution the way a real device does.
+//! paging with [`collect_pages`], Watch streams whose reads are bounded, and a one-shot MQTT
+//! device that settles an execution the way a real device does.
 
 use std::collections::HashSet;
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use fleetcmd_contracts::pb;
-use fleetcmd_contracts::pb::command_dispatcher_client::CommandDispatcherClient;
-use fleetcmd_contracts::pb::command_registry_client::CommandRegistryClient;
+use fleetcmd_domain::paging::{collect_pages, non_empty};
 use prost_types::Timestamp;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
-use crate::Server;
-
-pub type Registry = CommandRegistryClient<Channel>;
-pub type Dispatcher = CommandDispatcherClient<Channel>;
-
-/// How long any single wait on the server (a stream event, an MQTT reply) may take before the
-/// test fails instead of hanging.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub use crate::{Dispatcher, Registry, WAIT};
+use crate::{Server, within};
 
 /// A long timeout for executions that must not time out while a test runs.
 pub const LONG_TIMEOUT_SECS: i64 = 3_600;
 
 /// A raw channel to the server (for the health and reflection clients).
 pub async fn channel(server: &Server) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(server.grpc_endpoint())?
-        .connect()
-        .await?)
+    server.channel().await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,26 +211,6 @@ pub fn placeholder(name: &str) -> String {
 /// The execution-timeout placeholder.
 pub const TIMEOUT_PLACEHOLDER: &str = "${aws:iot:commandexecution::executionTimeoutSec}";
 
-/// A CreateCommandRequest with a payload template rendered to `format`.
-pub fn template_command(
-    id: &str,
-    template: &str,
-    parameters: Vec<pb::CommandParameter>,
-    format: pb::OutputFormat,
-) -> pb::CreateCommandRequest {
-    pb::CreateCommandRequest {
-        command_id: id.into(),
-        payload_template: template.into(),
-        preprocessor: Some(pb::Preprocessor {
-            aws_json_substitution: Some(pb::AwsJsonSubstitution {
-                output_format: format as i32,
-            }),
-        }),
-        mandatory_parameters: parameters,
-        ..Default::default()
-    }
-}
-
 /// A start request with a long timeout (executions must not time out under the test).
 pub fn start_request(command_id: &str, target: pb::Target) -> pb::StartCommandExecutionRequest {
     pb::StartCommandExecutionRequest {
@@ -248,14 +221,22 @@ pub fn start_request(command_id: &str, target: pb::Target) -> pb::StartCommandEx
     }
 }
 
-/// Starts an execution and returns its id.
+/// Starts an execution with a long timeout and returns its id.
 pub async fn start(
     dispatcher: &mut Dispatcher,
     command_id: &str,
     target: pb::Target,
 ) -> anyhow::Result<String> {
+    start_execution(dispatcher, start_request(command_id, target)).await
+}
+
+/// Starts an execution and returns its id.
+pub async fn start_execution(
+    dispatcher: &mut Dispatcher,
+    request: impl tonic::IntoRequest<pb::StartCommandExecutionRequest>,
+) -> anyhow::Result<String> {
     Ok(dispatcher
-        .start_command_execution(start_request(command_id, target))
+        .start_command_execution(request)
         .await?
         .into_inner()
         .execution_id)
@@ -294,6 +275,14 @@ pub async fn assert_no_command(registry: &mut Registry, command_id: &str) {
     expect_code(r, Code::NotFound, &[command_id]);
 }
 
+/// Asserts that an execution does not exist: NOT_FOUND, naming it.
+pub async fn assert_no_execution(registry: &mut Registry, execution_id: &str) {
+    let r = get_execution(registry, execution_id)
+        .await
+        .map(Response::new);
+    expect_code(r, Code::NotFound, &[execution_id]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Time
 
@@ -319,49 +308,76 @@ pub fn now_ms() -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Paging
 
+/// Every item of a listing, following page tokens with [`collect_pages`] until the last
+/// page; fails if a page is larger than `page_max`, if an item (by `id`) is listed twice, or
+/// after 1,000 pages. Returns the items and the number of pages.
+async fn all_pages<T, F, Fut>(
+    what: &str,
+    page_max: usize,
+    id: impl Fn(&T) -> &str,
+    mut fetch: F,
+) -> anyhow::Result<(Vec<T>, usize)>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut pages = 0usize;
+    let items = collect_pages(None, |token| {
+        pages += 1;
+        let page_no = pages;
+        let page = fetch(token.unwrap_or_default());
+        async move {
+            anyhow::ensure!(page_no <= 1_000, "paging {what} does not end");
+            let (items, next) = page.await?;
+            anyhow::ensure!(
+                items.len() <= page_max,
+                "page of {} {what} > {page_max}",
+                items.len()
+            );
+            anyhow::Ok((items, non_empty(next)))
+        }
+    })
+    .await?;
+    let mut seen = HashSet::new();
+    for item in &items {
+        anyhow::ensure!(seen.insert(id(item)), "{what} {} listed twice", id(item));
+    }
+    Ok((items, pages))
+}
+
+/// The page size a request asks for (the server's default is 25).
+fn page_max(max_results: i32) -> usize {
+    if max_results == 0 {
+        25
+    } else {
+        max_results as usize
+    }
+}
+
 /// Every command matching `base`, following `next_token` until it is empty; asserts that no
 /// page is larger than asked and that no command is visited twice.
 pub async fn list_all_commands(
     registry: &mut Registry,
     base: pb::ListCommandsRequest,
 ) -> anyhow::Result<(Vec<pb::CommandSummary>, usize)> {
-    let page_max = if base.max_results == 0 {
-        25
-    } else {
-        base.max_results as usize
-    };
-    let mut all = Vec::new();
-    let mut seen = HashSet::new();
-    let mut token = String::new();
-    let mut pages = 0;
-    loop {
-        pages += 1;
-        anyhow::ensure!(pages <= 1_000, "paging does not end");
-        let page = registry
-            .list_commands(pb::ListCommandsRequest {
-                next_token: token.clone(),
+    let registry = registry.clone();
+    all_pages(
+        "commands",
+        page_max(base.max_results),
+        |c: &pb::CommandSummary| c.command_id.as_str(),
+        |next_token| {
+            let mut registry = registry.clone();
+            let request = pb::ListCommandsRequest {
+                next_token,
                 ..base.clone()
-            })
-            .await?
-            .into_inner();
-        anyhow::ensure!(
-            page.commands.len() <= page_max,
-            "page of {} > {page_max}",
-            page.commands.len()
-        );
-        for c in page.commands {
-            anyhow::ensure!(
-                seen.insert(c.command_id.clone()),
-                "command {} listed twice",
-                c.command_id
-            );
-            all.push(c);
-        }
-        if page.next_token.is_empty() {
-            return Ok((all, pages));
-        }
-        token = page.next_token;
-    }
+            };
+            async move {
+                let page = registry.list_commands(request).await?.into_inner();
+                Ok((page.commands, page.next_token))
+            }
+        },
+    )
+    .await
 }
 
 /// Every execution matching `base`, as [`list_all_commands`] does for commands.
@@ -369,43 +385,27 @@ pub async fn list_all_executions(
     registry: &mut Registry,
     base: pb::ListCommandExecutionsRequest,
 ) -> anyhow::Result<(Vec<pb::CommandExecutionSummary>, usize)> {
-    let page_max = if base.max_results == 0 {
-        25
-    } else {
-        base.max_results as usize
-    };
-    let mut all = Vec::new();
-    let mut seen = HashSet::new();
-    let mut token = String::new();
-    let mut pages = 0;
-    loop {
-        pages += 1;
-        anyhow::ensure!(pages <= 1_000, "paging does not end");
-        let page = registry
-            .list_command_executions(pb::ListCommandExecutionsRequest {
-                next_token: token.clone(),
+    let registry = registry.clone();
+    all_pages(
+        "executions",
+        page_max(base.max_results),
+        |e: &pb::CommandExecutionSummary| e.execution_id.as_str(),
+        |next_token| {
+            let mut registry = registry.clone();
+            let request = pb::ListCommandExecutionsRequest {
+                next_token,
                 ..base.clone()
-            })
-            .await?
-            .into_inner();
-        anyhow::ensure!(
-            page.command_executions.len() <= page_max,
-            "page of {} > {page_max}",
-            page.command_executions.len()
-        );
-        for e in page.command_executions {
-            anyhow::ensure!(
-                seen.insert(e.execution_id.clone()),
-                "execution {} listed twice",
-                e.execution_id
-            );
-            all.push(e);
-        }
-        if page.next_token.is_empty() {
-            return Ok((all, pages));
-        }
-        token = page.next_token;
-    }
+            };
+            async move {
+                let page = registry
+                    .list_command_executions(request)
+                    .await?
+                    .into_inner();
+                Ok((page.command_executions, page.next_token))
+            }
+        },
+    )
+    .await
 }
 
 /// The ids of a listing, in order.
@@ -434,20 +434,37 @@ impl Watch {
         registry: &mut Registry,
         request: pb::WatchCommandExecutionsRequest,
     ) -> anyhow::Result<Self> {
-        let stream = registry
-            .watch_command_executions(request)
-            .await?
-            .into_inner();
+        let stream = within(
+            "opening a Watch stream",
+            registry.watch_command_executions(request),
+        )
+        .await??
+        .into_inner();
         Ok(Self { stream })
     }
 
     /// The next event.
     pub async fn next(&mut self) -> anyhow::Result<pb::CommandExecutionEvent> {
-        match tokio::time::timeout(WAIT, self.stream.message()).await {
-            Err(_) => anyhow::bail!("no watch event within {WAIT:?}"),
-            Ok(Err(status)) => anyhow::bail!("watch stream failed: {status}"),
-            Ok(Ok(None)) => anyhow::bail!("watch stream ended"),
-            Ok(Ok(Some(e))) => Ok(e),
+        match within("the next Watch event", self.stream.message()).await? {
+            Err(status) => anyhow::bail!("watch stream failed: {status}"),
+            Ok(None) => anyhow::bail!("watch stream ended"),
+            Ok(Some(e)) => Ok(e),
+        }
+    }
+
+    /// Every event before the first of `marker` (a change that the filter matches, made
+    /// last: whatever arrives before it is everything the stream got).
+    pub async fn before(&mut self, marker: &str) -> anyhow::Result<Vec<pb::CommandExecutionEvent>> {
+        let mut got = Vec::new();
+        loop {
+            let e = self
+                .next()
+                .await
+                .with_context(|| format!("waiting for the marker {marker}; got {got:?}"))?;
+            if e.execution_id == marker {
+                return Ok(got);
+            }
+            got.push(e);
         }
     }
 
@@ -458,7 +475,9 @@ impl Watch {
         status: pb::ExecutionStatus,
     ) -> anyhow::Result<pb::CommandExecutionEvent> {
         loop {
-            let e = self.next().await?;
+            let e = self.next().await.with_context(|| {
+                format!("waiting for {execution_id} to be {}", status.as_str_name())
+            })?;
             if e.execution_id == execution_id && e.status == status as i32 {
                 return Ok(e);
             }
@@ -498,6 +517,8 @@ pub fn execution_topic(target: &pb::Target, execution_id: &str) -> String {
 
 /// Publishes one device update (QoS 1) on `.../response/json` and returns the reply:
 /// `(accepted, body)` from `.../response/accepted/json` or `.../response/rejected/json`.
+/// On a timeout the error says how far the exchange got (connected, subscribed, update
+/// acknowledged by the broker).
 pub async fn device_update(
     server: &Server,
     target: &pb::Target,
@@ -510,9 +531,10 @@ pub async fn device_update(
         std::process::id(),
         NEXT_DEVICE.fetch_add(1, Ordering::Relaxed)
     );
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", server.mqtt_port());
+    let mut options = MqttOptions::new(client_id.clone(), "127.0.0.1", server.mqtt_port());
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let mut progress = "connecting";
     let exchange = async {
         client
             .subscribe(format!("{base}/response/+/json"), QoS::AtLeastOnce)
@@ -520,6 +542,7 @@ pub async fn device_update(
         let mut published = false;
         loop {
             match eventloop.poll().await? {
+                Event::Incoming(Packet::ConnAck(_)) => progress = "connected, subscribing",
                 Event::Incoming(Packet::SubAck(_)) if !published => {
                     client
                         .publish(
@@ -530,6 +553,10 @@ pub async fn device_update(
                         )
                         .await?;
                     published = true;
+                    progress = "subscribed, update published";
+                }
+                Event::Incoming(Packet::PubAck(_)) => {
+                    progress = "update acknowledged by the broker, no reply yet";
                 }
                 Event::Incoming(Packet::Publish(p)) => {
                     let accepted = if p.topic == format!("{base}/response/accepted/json") {
@@ -546,11 +573,11 @@ pub async fn device_update(
             }
         }
     };
-    let result = tokio::time::timeout(WAIT, exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("no MQTT reply within {WAIT:?}"))?;
+    let result = within(format!("the reply to {body} on {base}"), exchange).await;
     let _ = client.disconnect().await;
     result
+        .with_context(|| format!("device {client_id}: {progress}"))
+        .and_then(|r| r)
 }
 
 /// Settles an execution as its device would (`{"status": ...}` over MQTT), asserts the update
@@ -577,20 +604,4 @@ pub async fn settle(
         status.as_str_name()
     );
     watch.until(execution_id, status).await
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cleanup
-
-/// Stops the server and removes its data directory.
-pub async fn stop(server: Server) -> anyhow::Result<()> {
-    let dir = server.stop().await?;
-    std::fs::remove_dir_all(&dir).or_else(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
-    Ok(())
 }

@@ -7,7 +7,7 @@
 //! matching message under a timeout and fails with a message that lists what did arrive.
 //! Messages that do not match are kept, in arrival order, for later `expect`s.
 //!
-//! [`Topics`] builds the device-protocol topics of one target (reference §3.1, README).
+//! [`Topics`] builds the device-protocol topics of one target (`docs/device-protocol.md`, Topics).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -20,11 +20,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::wait::WAIT;
+
 /// How long a device waits for the broker's CONNACK, SUBACK or PUBACK.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// A generous default for `expect`: scenarios wait on events, never on the clock, so this
-/// only bounds how long a broken scenario takes to fail.
-pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ACK_TIMEOUT: Duration = WAIT;
+/// The default for `expect`: scenarios wait on events, never on the clock, so this only
+/// bounds how long a broken scenario takes to fail.
+pub const EXPECT_TIMEOUT: Duration = WAIT;
 
 /// The MQTT protocol version a device speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,8 +419,46 @@ impl Device {
     }
 }
 
-fn closed(control: &mpsc::Sender<Control>, why: String) {
-    let _ = control.try_send(Control::Closed(why));
+/// What one poll of an event loop yielded, whatever the protocol version.
+enum Polled {
+    Message(Message),
+    Control(Control),
+    /// The connection ended (an error, the broker's DISCONNECT, or ours flushed).
+    Closed(String),
+    Other,
+}
+
+/// Hands one polled event to the device; false once the event loop must stop.
+async fn forward(
+    polled: Polled,
+    messages: &mpsc::Sender<Message>,
+    control: &mpsc::Sender<Control>,
+) -> bool {
+    match polled {
+        Polled::Message(m) => messages.send(m).await.is_ok(),
+        Polled::Control(c) => control.send(c).await.is_ok(),
+        Polled::Closed(why) => {
+            let _ = control.try_send(Control::Closed(why));
+            false
+        }
+        Polled::Other => true,
+    }
+}
+
+fn connack(session_present: bool, accepted: bool, code: impl fmt::Debug) -> Polled {
+    Polled::Control(Control::ConnAck {
+        session_present,
+        refused: (!accepted).then(|| format!("{code:?}")),
+    })
+}
+
+fn suback<C: fmt::Debug>(codes: &[C], granted: impl Fn(&C) -> bool) -> Polled {
+    let refused = codes
+        .iter()
+        .filter(|c| !granted(c))
+        .map(|c| format!("{c:?}"))
+        .collect();
+    Polled::Control(Control::SubAck { refused })
 }
 
 async fn run_v5(
@@ -429,7 +469,7 @@ async fn run_v5(
     use rumqttc::v5::Event;
     use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
     loop {
-        let sent = match eventloop.poll().await {
+        let polled = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let (content_type, message_expiry_secs, user_properties) =
                     p.properties.map_or((None, None, Vec::new()), |props| {
@@ -439,55 +479,34 @@ async fn run_v5(
                             props.user_properties,
                         )
                     });
-                let m = Message {
+                Polled::Message(Message {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload,
                     content_type,
                     message_expiry_secs,
                     user_properties,
-                };
-                messages.send(m).await.is_ok()
+                })
             }
-            Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                let refused =
-                    (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code));
-                control
-                    .send(Control::ConnAck {
-                        session_present: c.session_present,
-                        refused,
-                    })
-                    .await
-                    .is_ok()
-            }
-            Ok(Event::Incoming(Packet::SubAck(s))) => {
-                let refused = s
-                    .return_codes
-                    .iter()
-                    .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                    .map(|c| format!("{c:?}"))
-                    .collect();
-                control.send(Control::SubAck { refused }).await.is_ok()
-            }
-            Ok(Event::Incoming(Packet::PubAck(_))) => control.send(Control::PubAck).await.is_ok(),
+            Ok(Event::Incoming(Packet::ConnAck(c))) => connack(
+                c.session_present,
+                c.code == ConnectReturnCode::Success,
+                c.code,
+            ),
+            Ok(Event::Incoming(Packet::SubAck(s))) => suback(&s.return_codes, |c| {
+                matches!(c, SubscribeReasonCode::Success(_))
+            }),
+            Ok(Event::Incoming(Packet::PubAck(_))) => Polled::Control(Control::PubAck),
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                closed(
-                    &control,
-                    format!("the broker disconnected: {:?}", d.reason_code),
-                );
-                return;
+                Polled::Closed(format!("the broker disconnected: {:?}", d.reason_code))
             }
+            // DISCONNECT is flushed; the client closes the connection (MQTT 5 §3.14.4).
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                // DISCONNECT is flushed; the client closes the connection (MQTT 5 §3.14.4).
-                closed(&control, "disconnected".into());
-                return;
+                Polled::Closed("disconnected".into())
             }
-            Ok(_) => true,
-            Err(e) => {
-                closed(&control, e.to_string());
-                return;
-            }
+            Ok(_) => Polled::Other,
+            Err(e) => Polled::Closed(e.to_string()),
         };
-        if !sent {
+        if !forward(polled, &messages, &control).await {
             return;
         }
     }
@@ -500,50 +519,31 @@ async fn run_v311(
 ) {
     use rumqttc::{ConnectReturnCode, Event, Packet, SubscribeReasonCode};
     loop {
-        let sent = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let m = Message {
-                    topic: p.topic,
-                    payload: p.payload,
-                    content_type: None,
-                    message_expiry_secs: None,
-                    user_properties: Vec::new(),
-                };
-                messages.send(m).await.is_ok()
-            }
-            Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                let refused =
-                    (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code));
-                control
-                    .send(Control::ConnAck {
-                        session_present: c.session_present,
-                        refused,
-                    })
-                    .await
-                    .is_ok()
-            }
-            Ok(Event::Incoming(Packet::SubAck(s))) => {
-                let refused = s
-                    .return_codes
-                    .iter()
-                    .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                    .map(|c| format!("{c:?}"))
-                    .collect();
-                control.send(Control::SubAck { refused }).await.is_ok()
-            }
-            Ok(Event::Incoming(Packet::PubAck(_))) => control.send(Control::PubAck).await.is_ok(),
+        let polled = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => Polled::Message(Message {
+                topic: p.topic,
+                payload: p.payload,
+                content_type: None,
+                message_expiry_secs: None,
+                user_properties: Vec::new(),
+            }),
+            Ok(Event::Incoming(Packet::ConnAck(c))) => connack(
+                c.session_present,
+                c.code == ConnectReturnCode::Success,
+                c.code,
+            ),
+            Ok(Event::Incoming(Packet::SubAck(s))) => suback(&s.return_codes, |c| {
+                matches!(c, SubscribeReasonCode::Success(_))
+            }),
+            Ok(Event::Incoming(Packet::PubAck(_))) => Polled::Control(Control::PubAck),
+            // DISCONNECT is flushed; the client closes the connection (MQTT 3.1.1 §3.14.4).
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                // DISCONNECT is flushed; the client closes the connection (MQTT 3.1.1 §3.14.4).
-                closed(&control, "disconnected".into());
-                return;
+                Polled::Closed("disconnected".into())
             }
-            Ok(_) => true,
-            Err(e) => {
-                closed(&control, e.to_string());
-                return;
-            }
+            Ok(_) => Polled::Other,
+            Err(e) => Polled::Closed(e.to_string()),
         };
-        if !sent {
+        if !forward(polled, &messages, &control).await {
             return;
         }
     }

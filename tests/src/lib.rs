@@ -1,17 +1,35 @@
 //! Test harness for end-to-end scenarios: a real `fleetcmd serve` (started in this process
 //! on ephemeral ports, over real sockets), gRPC clients, and raw MQTT devices.
+//!
+//! - [`Env`]: a running server with one client of each API, the "given" of every scenario;
+//! - [`api`]: request builders, error assertions, paging, Watch streams and a one-shot
+//!   device for the gRPC API tests;
+//! - [`device`]: raw MQTT 3.1.1 and 5 devices; [`scenario`]: status-event observers and the
+//!   assertions of the device scenarios;
+//! - [`wait`]: every wait is bounded, so a hang fails naming what did not happen.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fleetcmd::serve::{Running, ServeArgs, start};
+use anyhow::Context as _;
 use fleetcmd_contracts::pb;
 use fleetcmd_contracts::pb::command_dispatcher_client::CommandDispatcherClient;
 use fleetcmd_contracts::pb::command_registry_client::CommandRegistryClient;
+pub use fleetcmd_standalone::ServeArgs;
+use fleetcmd_standalone::{Running, start};
 use tonic::transport::Channel;
+
+/// A registry client.
+pub type Registry = CommandRegistryClient<Channel>;
+/// A dispatcher client.
+pub type Dispatcher = CommandDispatcherClient<Channel>;
 
 pub mod api;
 pub mod device;
+pub mod scenario;
+pub mod wait;
+
+pub use wait::{WAIT, eventually, within};
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
@@ -56,7 +74,7 @@ impl Server {
 
     pub async fn start_with(args: ServeArgs) -> anyhow::Result<Self> {
         let data_dir = args.data_dir.clone();
-        let running = start(args).await?;
+        let running = within("fleetcmd serve to start", start(args)).await??;
         Ok(Self { running, data_dir })
     }
 
@@ -68,25 +86,128 @@ impl Server {
         self.running.mqtt_addr.port()
     }
 
-    async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.grpc_endpoint())?
+    /// A channel whose calls fail after [`WAIT`] instead of hanging (the limit covers a call
+    /// up to its response headers: a Watch stream, once open, is not cut).
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let endpoint = Channel::from_shared(self.grpc_endpoint())?
             .tcp_nodelay(true)
-            .connect()
-            .await?)
+            .connect_timeout(WAIT)
+            .timeout(WAIT);
+        within("connecting to the gRPC API", endpoint.connect())
+            .await?
+            .map_err(Into::into)
     }
 
-    pub async fn registry(&self) -> anyhow::Result<CommandRegistryClient<Channel>> {
-        Ok(CommandRegistryClient::new(self.channel().await?))
+    pub async fn registry(&self) -> anyhow::Result<Registry> {
+        Ok(Registry::new(self.channel().await?))
     }
 
-    pub async fn dispatcher(&self) -> anyhow::Result<CommandDispatcherClient<Channel>> {
-        Ok(CommandDispatcherClient::new(self.channel().await?))
+    pub async fn dispatcher(&self) -> anyhow::Result<Dispatcher> {
+        Ok(Dispatcher::new(self.channel().await?))
     }
 
     /// Stops the server; its data directory stays for a restart.
     pub async fn stop(self) -> anyhow::Result<PathBuf> {
-        self.running.stop().await?;
+        within("the server to stop", self.running.stop()).await??;
         Ok(self.data_dir)
+    }
+
+    /// Stops the server and removes its data directory (the end of a scenario).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let dir = self.stop().await?;
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A running server and one client of each API: the "given" of every scenario.
+pub struct Env {
+    pub server: Server,
+    pub registry: Registry,
+    pub dispatcher: Dispatcher,
+}
+
+impl Env {
+    /// Starts `fleetcmd serve` with default test arguments.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        Self::with(Server::start(name).await?).await
+    }
+
+    /// Starts `fleetcmd serve` with `args`.
+    pub async fn start_with(args: ServeArgs) -> anyhow::Result<Self> {
+        Self::with(Server::start_with(args).await?).await
+    }
+
+    /// Clients of a running server.
+    pub async fn with(server: Server) -> anyhow::Result<Self> {
+        let registry = server.registry().await?;
+        let dispatcher = server.dispatcher().await?;
+        Ok(Self {
+            server,
+            registry,
+            dispatcher,
+        })
+    }
+
+    /// The server's MQTT port.
+    pub fn port(&self) -> u16 {
+        self.server.mqtt_port()
+    }
+
+    /// Creates a command.
+    pub async fn create(&mut self, request: pb::CreateCommandRequest) -> anyhow::Result<()> {
+        let id = request.command_id.clone();
+        self.registry
+            .create_command(request)
+            .await
+            .with_context(|| format!("creating command {id}"))?;
+        Ok(())
+    }
+
+    /// Creates static JSON commands `{}` with these ids.
+    pub async fn with_commands(mut self, ids: &[&str]) -> anyhow::Result<Self> {
+        for id in ids {
+            self.create(static_json_command(id, "{}")).await?;
+        }
+        Ok(self)
+    }
+
+    /// Starts an execution and returns its id.
+    pub async fn start_execution(
+        &mut self,
+        request: pb::StartCommandExecutionRequest,
+    ) -> anyhow::Result<String> {
+        let r = self
+            .dispatcher
+            .start_command_execution(request)
+            .await
+            .context("StartCommandExecution")?;
+        Ok(r.into_inner().execution_id)
+    }
+
+    /// Reads an execution.
+    pub async fn get(
+        &mut self,
+        execution_id: &str,
+        include_result: bool,
+    ) -> anyhow::Result<pb::CommandExecution> {
+        let r = self
+            .registry
+            .get_command_execution(pb::GetCommandExecutionRequest {
+                execution_id: execution_id.into(),
+                target: None,
+                include_result,
+            })
+            .await
+            .with_context(|| format!("GetCommandExecution {execution_id}"))?;
+        Ok(r.into_inner())
+    }
+
+    /// Stops the server and removes its data directory.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.server.shutdown().await
     }
 }
 
@@ -115,15 +236,6 @@ pub fn static_json_command(id: &str, payload: &str) -> pb::CreateCommandRequest 
             content_type: "application/json".into(),
         }),
         ..Default::default()
-    }
-}
-
-impl Server {
-    /// Stops the server and removes its data directory (the end of a scenario).
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        let dir = self.stop().await?;
-        let _ = std::fs::remove_dir_all(dir);
-        Ok(())
     }
 }
 

@@ -11,12 +11,11 @@
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use fleetcmd_contracts::pb;
 use fleetcmd_e2e::device::{Device, EXPECT_TIMEOUT, Topics};
-use fleetcmd_e2e::{Server, static_json_command, thing};
+use fleetcmd_e2e::{Env, eventually, static_json_command, thing, within};
 use fleetcmd_telemetry::TelemetryConfig;
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, TraceId};
@@ -126,26 +125,29 @@ async fn wait_for_spans<T>(
     trace: TraceId,
     mut pick: impl FnMut(&[SpanData]) -> Option<T>,
 ) -> anyhow::Result<(T, Vec<SpanData>)> {
-    let deadline = tokio::time::Instant::now() + EXPECT_TIMEOUT;
-    loop {
-        let spans: Vec<SpanData> = telemetry()
-            .spans
-            .get_finished_spans()
-            .context("reading the exported spans")?
-            .into_iter()
-            .filter(|s| s.span_context.trace_id() == trace)
-            .collect();
-        if let Some(found) = pick(&spans) {
-            return Ok((found, spans));
+    let mut last = Vec::new();
+    let found = eventually(format!("the expected spans of trace {trace}"), || {
+        let spans = finished_spans(trace);
+        let found = spans.as_ref().ok().and_then(|s| pick(s));
+        if let Ok(spans) = spans {
+            last = spans;
         }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "the expected spans of trace {trace} did not all end within {EXPECT_TIMEOUT:?}; got:\n{}",
-                describe(&spans)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        async move { Ok(found) }
+    })
+    .await
+    .with_context(|| format!("got:\n{}", describe(&last)))?;
+    Ok((found, finished_spans(trace)?))
+}
+
+/// The finished spans of `trace`.
+fn finished_spans(trace: TraceId) -> anyhow::Result<Vec<SpanData>> {
+    Ok(telemetry()
+        .spans
+        .get_finished_spans()
+        .context("reading the exported spans")?
+        .into_iter()
+        .filter(|s| s.span_context.trace_id() == trace)
+        .collect())
 }
 
 fn one<'a>(spans: &'a [SpanData], name: &str, event: Option<&str>) -> Option<&'a SpanData> {
@@ -163,7 +165,7 @@ fn trace_of(traceparent: &str) -> Option<&str> {
 /// metadata, lets an MQTT 5 device answer SUCCEEDED, and waits for the SUCCEEDED status
 /// event. Returns the execution id, the request the device received and the status event.
 async fn run_one_execution(
-    server: &Server,
+    env: &mut Env,
     command_id: &str,
     device: &str,
     traceparent: &str,
@@ -172,19 +174,11 @@ async fn run_one_execution(
     fleetcmd_e2e::device::Message,
     fleetcmd_e2e::device::Message,
 )> {
-    let mut registry = server.registry().await?;
-    let mut dispatcher = server.dispatcher().await?;
-    registry
-        .create_command(static_json_command(command_id, r#"{"op":"reboot"}"#))
-        .await
-        .context("CreateCommand")?;
-    let topics = Topics::thing(device);
-    let mut dev = Device::v5(server.mqtt_port(), device).await?;
-    dev.subscribe(&topics.device_filters()).await?;
-    let mut observer = Device::v5(server.mqtt_port(), &format!("observer-{device}")).await?;
-    observer
-        .subscribe(&[format!("$aws/events/commandExecution/{command_id}/+")])
+    env.create(static_json_command(command_id, r#"{"op":"reboot"}"#))
         .await?;
+    let topics = Topics::thing(device);
+    let mut dev = env.device(device, &topics).await?;
+    let mut observer = env.observer(&[command_id]).await?;
 
     let mut start = tonic::Request::new(pb::StartCommandExecutionRequest {
         target: Some(thing(device)),
@@ -195,7 +189,8 @@ async fn run_one_execution(
     start
         .metadata_mut()
         .insert("traceparent", traceparent.parse().expect("ascii metadata"));
-    let execution_id = dispatcher
+    let execution_id = env
+        .dispatcher
         .start_command_execution(start)
         .await
         .context("StartCommandExecution")?
@@ -228,9 +223,9 @@ async fn run_one_execution(
 async fn one_execution_is_one_connected_trace() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let installed = telemetry();
-    let server = Server::start("telemetry-trace").await?;
+    let mut env = Env::start("telemetry-trace").await?;
     let (execution_id, request, event) = run_one_execution(
-        &server,
+        &mut env,
         "traced-reboot",
         "traced-device",
         &format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01"),
@@ -256,8 +251,8 @@ async fn one_execution_is_one_connected_trace() -> anyhow::Result<()> {
             ("edge.deliver", None),
             ("edge.status_event", None),
             ("shard.owner report", None),
-            ("projector.project", Some("ExecutionStarted")),
-            ("projector.project", Some("StatusReported")),
+            ("shard.project", Some("ExecutionStarted")),
+            ("shard.project", Some("StatusReported")),
         ]
         .iter()
         .all(|(name, event)| one(spans, name, *event).is_some())
@@ -273,8 +268,8 @@ async fn one_execution_is_one_connected_trace() -> anyhow::Result<()> {
     let deliver = get("shard.deliver", None)?;
     let publish = get("edge.deliver", None)?;
     let owner_report = get("shard.owner report", None)?;
-    let projected_start = get("projector.project", Some("ExecutionStarted"))?;
-    let projected_report = get("projector.project", Some("StatusReported"))?;
+    let projected_start = get("shard.project", Some("ExecutionStarted"))?;
+    let projected_report = get("shard.project", Some("StatusReported"))?;
 
     // One parent chain from the caller's span to every hop.
     let parent_of = |child: &SpanData, parent: &SpanData, what: &str| {
@@ -408,17 +403,21 @@ async fn one_execution_is_one_connected_trace() -> anyhow::Result<()> {
     );
     let _ = std::io::stderr().flush();
 
-    server.shutdown().await
+    env.stop().await
 }
 
 /// `GET /metrics` over plain HTTP/1.1.
 async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: fleetcmd\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    let response = within(format!("GET /metrics from {addr}"), async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: fleetcmd\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    })
+    .await??;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .context("an HTTP response")?;
@@ -442,9 +441,9 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 async fn the_metrics_endpoint_exposes_the_documented_series() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     telemetry();
-    let server = Server::start("telemetry-metrics").await?;
+    let mut env = Env::start("telemetry-metrics").await?;
     let (execution_id, _, _) = run_one_execution(
-        &server,
+        &mut env,
         "metered-reboot",
         "metered-device",
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -452,7 +451,7 @@ async fn the_metrics_endpoint_exposes_the_documented_series() -> anyhow::Result<
     .await?;
     // A second update of a terminal execution is rejected with a device error code.
     let topics = Topics::thing("metered-device");
-    let mut dev = Device::v5(server.mqtt_port(), "metered-device-again").await?;
+    let mut dev = Device::v5(env.port(), "metered-device-again").await?;
     dev.subscribe(&topics.reply_filters()).await?;
     let reply = dev
         .report_json(&topics, &execution_id, &json!({"status": "FAILED"}))
@@ -462,8 +461,8 @@ async fn the_metrics_endpoint_exposes_the_documented_series() -> anyhow::Result<
         "an update after SUCCEEDED must be rejected"
     );
     // An unknown execution is NOT_FOUND.
-    let mut registry = server.registry().await?;
-    let missing = registry
+    let missing = env
+        .registry
         .get_command_execution(pb::GetCommandExecutionRequest {
             execution_id: "0190c0de-0000-7000-8000-000000000000".into(),
             ..Default::default()
@@ -472,7 +471,7 @@ async fn the_metrics_endpoint_exposes_the_documented_series() -> anyhow::Result<
         .expect_err("unknown execution");
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
-    let text = scrape(server.running.metrics_addr).await?;
+    let text = scrape(env.server.running.metrics_addr).await?;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
     for name in fleetcmd_telemetry::metrics::ALL {
         assert!(
@@ -529,5 +528,5 @@ async fn the_metrics_endpoint_exposes_the_documented_series() -> anyhow::Result<
     );
     at_least("fleetcmd_deliveries_total{outcome=\"published\"}", 1.0);
 
-    server.shutdown().await
+    env.stop().await
 }
