@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a clean checkout:
 #   1. installs (cached in ~/.cache/fleetcmd-engines) and starts the engines the cluster tests
-#      use: NATS, Mosquitto, the tansu Kafka-protocol broker and the CQL test server;
+#      use: NATS, Mosquitto, Apache Kafka and Cassandra (or their old stand-ins, see the compat
+#      block below);
 #   2. formatting, clippy on every crate and feature;
 #   3. every test: unit, property, conformance suites of each adapter against its real
 #      engine, in-process gRPC and end-to-end tests with real MQTT clients, and the
@@ -35,6 +36,20 @@ export FLEETCMD_NATS_URL=nats://127.0.0.1:4222
 export FLEETCMD_MQTT_BROKER=127.0.0.1:1884
 export FLEETCMD_KAFKA_BROKERS=127.0.0.1:9092
 export FLEETCMD_CQL_URI=127.0.0.1:9042
+
+# ---- compat modes of the engines ------------------------------------------------------------
+# fleetcmd's adapters default to the real engines (kafka.compat = "none", scylla.dialect =
+# "full"), which deploy/engines/kafka.sh and cql.sh run by default: Apache Kafka, Cassandra.
+# Their old stand-ins, still selectable with FLEETCMD_KAFKA_ENGINE=tansu and
+# FLEETCMD_CQL_ENGINE=kassandra, need workarounds, asked for here and only here (the same
+# block is in deploy/cluster.sh): FLEETCMD_KAFKA_COMPAT and FLEETCMD_SCYLLA_DIALECT, which the
+# adapter tests and `fleetcmd run` read. A value already in the environment wins.
+if [[ "${FLEETCMD_KAFKA_ENGINE:-kafka}" == tansu ]]; then
+    export FLEETCMD_KAFKA_COMPAT=${FLEETCMD_KAFKA_COMPAT:-tansu}
+fi
+if [[ "${FLEETCMD_CQL_ENGINE:-cassandra}" == kassandra ]]; then
+    export FLEETCMD_SCYLLA_DIALECT=${FLEETCMD_SCYLLA_DIALECT:-limited}
+fi
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

@@ -17,7 +17,8 @@
 #   FLEETCMD_ENGINES_DIR              runtime files: cassandra.yaml, logback.xml, data, pid,
 #                                     log (default: <repo>/.engines; this script uses cql/)
 #   FLEETCMD_CQL_START_TIMEOUT_SECS   how long `start` waits for the port (default: 120)
-#   FLEETCMD_CQL_HEAP                 JVM heap options (default: -Xms1g -Xmx1g)
+#   FLEETCMD_CQL_HEAP                 JVM heap options (default: -Xms2g -Xmx2g: the test suites
+#                                     create many tables, and each costs heap)
 #   FLEETCMD_CQL_FLUSH_SCHEMA         1: flush the schema after every DDL statement, as
 #                                     Cassandra does by default (slower DDL; default 0, see
 #                                     prepare_start: a killed node loses new keyspaces)
@@ -157,7 +158,7 @@ EOF
             mkdir -p "$data_dir"
             write_config
             # shellcheck disable=SC2206 # the heap options are words
-            local heap=(${FLEETCMD_CQL_HEAP:--Xms1g -Xmx1g})
+            local heap=(${FLEETCMD_CQL_HEAP:--Xms2g -Xmx2g})
             # jvm17-server.options of Cassandra 5.0 (its module options must all be there: it
             # reaches into JDK internals), jvm-server.options' general settings, the jamm agent
             # of cassandra.in.sh, and the system properties that make one node start fast.

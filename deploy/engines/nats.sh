@@ -15,7 +15,7 @@
 #   FLEETCMD_NATS_PORT      client port (default 4222)
 #
 # Every command is idempotent. Debian's nats-server (2.9.10) is too old for async-nats 0.51's
-# KV and multi-filter consumers, so the PyPI build is used instead (see shared ENGINES.md).
+# KV and multi-filter consumers, so the PyPI build is used instead (see docs/engines.md).
 # The pidfile, start, stop, status and dispatch machinery is in lib.sh.
 set -euo pipefail
 

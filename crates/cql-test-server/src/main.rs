@@ -1,5 +1,8 @@
-//! `fleetcmd-cql-test-server`: a small CQL v4 server for the tests of fleetcmd's CQL
-//! (ScyllaDB) adapter, on machines where no ScyllaDB or Cassandra can run.
+//! `fleetcmd-cql-test-server`: a small CQL v4 server, the former stand-in for ScyllaDB in the
+//! tests of fleetcmd's CQL (ScyllaDB) adapter. The tests and local clusters now run against
+//! Apache Cassandra (`deploy/engines/cql.sh`); this server is kept for compatibility and
+//! comparison only (`FLEETCMD_CQL_ENGINE=kassandra`, with which `deploy/cluster.sh` and
+//! `deploy/test.sh` set `scylla.dialect = "limited"`).
 //!
 //! It is a **test tool, not a database**. It accepts TCP connections, decodes CQL v4 frames,
 //! hands every request to one shared, in-memory [`KassandraSession`] (the `kassandra` crate),
@@ -7,7 +10,7 @@
 //! stops. kassandra understands enough CQL for the `scylla` driver to connect, create keyspaces
 //! and tables, prepare statements, read and write by key, delete, batch and page, but it
 //! ignores `ORDER BY`, clustering order, range conditions on clustering columns, `USING
-//! TIMESTAMP`/`USING TTL` and lightweight transactions (see `shared/ENGINES.md`). Adapters
+//! TIMESTAMP`/`USING TTL` and lightweight transactions (see `docs/engines.md`). Adapters
 //! that run against it must use a statement dialect without those clauses, and their
 //! conformance suites skip the checks that depend on them.
 //!
