@@ -7,7 +7,9 @@
 #   3. every test: unit, property, conformance suites of each adapter against its real
 #      engine, in-process gRPC and end-to-end tests with real MQTT clients, and the
 #      multi-process cluster scenarios;
-#   4. validation of the deploy files (Dockerfile, docker-compose.yml, k8s/).
+#   4. a short fuzzing run of every cargo-fuzz target (deploy/fuzz-smoke.sh, FUZZ_SECONDS
+#      each, 10 by default here; FUZZ_SECONDS=0 skips it);
+#   5. validation of the deploy files (Dockerfile, docker-compose.yml, k8s/).
 # Engines this script started are stopped again when it ends under CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,12 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "== cargo test"
 # A hung test must fail the run, not eat the whole CI window.
 timeout 3000 cargo test --workspace --all-features --locked
+
+echo "== fuzz smoke run"
+fuzz_seconds=${FUZZ_SECONDS:-10}
+if [[ "$fuzz_seconds" != 0 ]]; then
+    FUZZ_SECONDS=$fuzz_seconds deploy/fuzz-smoke.sh
+fi
 
 echo "== deploy files"
 deploy/validate.sh

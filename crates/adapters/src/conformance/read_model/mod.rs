@@ -45,10 +45,10 @@ pub use commands::{
     malformed_command_page_tokens_are_refused,
 };
 pub use executions::{
+    a_lagging_upsert_after_a_delete_brings_nothing_back,
     a_lower_seq_after_a_higher_one_in_a_batch_changes_nothing,
     a_lower_seq_in_a_later_batch_changes_nothing, deleted_executions_are_not_found_by_token,
-    a_lagging_upsert_after_a_delete_brings_nothing_back, deleted_executions_leave_gets_and_listings,
-    executions_are_found_by_target_and_client_token,
+    deleted_executions_leave_gets_and_listings, executions_are_found_by_target_and_client_token,
     executions_round_trip_every_field, found_executions_have_their_latest_state,
     get_executions_leaves_missing_ones_out,
 };
