@@ -530,3 +530,242 @@ fn a_rebuild_from_the_log_equals_the_state_the_owner_staged() {
         shard.state.token(&(target(), "a".into()))
     );
 }
+
+/// Decides with `decide` (which stages its decision into the shard) and appends to `log` the
+/// record the owner would write for it: the decision's events, numbered from the state
+/// before it as the owner numbers them.
+fn logged(
+    shard: &mut Shard,
+    log: &mut Vec<Vec<EventEnvelope>>,
+    now: TimestampMs,
+    decide: impl FnOnce(&mut Shard) -> Option<Decision>,
+) {
+    let mut scratch = shard.state.clone();
+    let Some(d) = decide(shard) else {
+        return;
+    };
+    if let Some(e) = &d.hydrate {
+        scratch.hydrate(e.clone());
+    }
+    let mut envelopes = Vec::new();
+    for (aggregate, event) in d.events {
+        let seq = match &aggregate {
+            Aggregate::Execution { execution_id, .. } => {
+                scratch.execution(execution_id).map_or(0, |e| e.seq) + 1
+            }
+            Aggregate::Command(id) => scratch.command_seq(id.as_str()) + 1,
+        };
+        let env = envelope(aggregate, seq, now, event);
+        scratch.apply(&env, log.len() as u64);
+        envelopes.push(env);
+    }
+    if !envelopes.is_empty() {
+        log.push(envelopes);
+    }
+}
+
+#[test]
+fn a_rebuild_from_a_snapshot_and_the_tail_equals_a_rebuild_from_offset_zero() {
+    // Given a log with live, settled and timed-out executions, tokens and a command.
+    let mut shard = given();
+    let mut log = Vec::new();
+    let request = |shard: &mut Shard, log: &mut Vec<_>, req: ShardRequest, now| {
+        logged(shard, log, now, |s| s.when(req, now).ok());
+    };
+    for i in 0..6 {
+        let token = format!("t{i}");
+        request(&mut shard, &mut log, start(Some(&token), Some(100)), 10 + i);
+    }
+    request(&mut shard, &mut log, start(None, Some(5)), 20);
+    for (i, status) in [
+        ExecutionStatus::InProgress,
+        ExecutionStatus::Succeeded,
+        ExecutionStatus::Failed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("e{}", i + 1);
+        request(
+            &mut shard,
+            &mut log,
+            report(&id, target(), status),
+            30 + i as i64,
+        );
+    }
+    let now = 10_000;
+    for key in shard.state.take_due_timers(now) {
+        logged(&mut shard, &mut log, now, |s| {
+            let events = decide::decide_timer(&s.state, &key, now, &SETTINGS);
+            let d = Decision {
+                hydrate: None,
+                events,
+                outcome: Outcome::Reply(ShardReply::Unavailable(String::new())),
+            };
+            s.stage(&d, now);
+            Some(d)
+        });
+    }
+    assert!(log.len() >= 10, "the log holds {} records", log.len());
+    assert!(
+        log.iter()
+            .flatten()
+            .any(|e| e.event == Event::ExecutionTimedOut),
+        "a timeout is in the log"
+    );
+
+    let from_zero = |upto: usize| {
+        let mut s = ShardState::new(60_000);
+        for (offset, events) in log[..upto].iter().enumerate() {
+            s.apply_record(events, offset as u64);
+        }
+        s
+    };
+    let full = from_zero(log.len());
+    // When a new owner starts from a snapshot taken at any offset (encoded and decoded as
+    // the snapshot store keeps it) and replays the rest of the log,
+    for at in 0..=log.len() {
+        let saved = fleetcmd_contracts::codec::encode_snapshot(&from_zero(at).to_snapshot());
+        let loaded = fleetcmd_contracts::codec::decode_snapshot(&saved).expect("decodes");
+        let mut resumed = ShardState::from_snapshot(loaded, 60_000);
+        assert_eq!(resumed.next_offset(), at as u64);
+        for (offset, events) in log.iter().enumerate().skip(at) {
+            resumed.apply_record(events, offset as u64);
+        }
+        // then it holds exactly what a rebuild from offset 0 holds: executions and their
+        // offsets, tokens, undelivered payloads, traces, commands, and the same next timer.
+        assert_eq!(
+            resumed.to_snapshot(),
+            full.to_snapshot(),
+            "a snapshot at offset {at} plus the tail"
+        );
+        assert_eq!(resumed.next_timer(), full.next_timer(), "at offset {at}");
+    }
+}
+
+/// Rebuild time of a shard whose log holds `FLEETCMD_REBUILD_EVENTS` events (1,000,000 by
+/// default) in the SQLite log, from offset 0 and from a snapshot taken 1,000 records before
+/// the end: the same read, decode and fold the owner's rebuild does. A measurement, not a
+/// check (figures in BENCHMARKS.md):
+/// `cargo test --release -p fleetcmd-dispatcher measure_rebuild -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn measure_rebuild_with_and_without_a_snapshot() {
+    use std::time::Instant;
+
+    use fleetcmd_adapters::embedded::sqlite::{Durability, SqliteStore};
+    use fleetcmd_contracts::codec;
+    use fleetcmd_domain::ports::{EventLog, SnapshotStore};
+
+    let events_wanted: usize = std::env::var("FLEETCMD_REBUILD_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("log.db"), 1, Durability::Process).unwrap();
+
+    // A log as the owner writes it: each execution started, then IN_PROGRESS, then settled.
+    let mut shard = given();
+    let (mut events, mut records) = (0usize, 0u64);
+    let mut batch: Vec<(String, bytes::Bytes)> = Vec::new();
+    let mut now = 1_000;
+    while events < events_wanted {
+        now += 1;
+        let reqs = [
+            start(None, Some(3_600)),
+            report(
+                &format!("e{}", shard.next_id + 1),
+                target(),
+                ExecutionStatus::InProgress,
+            ),
+            report(
+                &format!("e{}", shard.next_id + 1),
+                target(),
+                ExecutionStatus::Succeeded,
+            ),
+        ];
+        for req in reqs {
+            let d = shard.when(req, now).unwrap();
+            let n = d.events.len() as u64;
+            let envs: Vec<EventEnvelope> = d
+                .events
+                .into_iter()
+                .enumerate()
+                .map(|(i, (aggregate, event))| {
+                    let last = match &aggregate {
+                        Aggregate::Execution { execution_id, .. } => {
+                            shard.state.execution(execution_id).map_or(0, |e| e.seq)
+                        }
+                        Aggregate::Command(id) => shard.state.command_seq(id.as_str()),
+                    };
+                    envelope(aggregate, last + 1 + i as u64 - n, now, event)
+                })
+                .collect();
+            events += envs.len();
+            records += 1;
+            batch.push(("k".into(), codec::encode_record(&envs).into()));
+        }
+        if batch.len() >= 3_000 {
+            rt.block_on(store.append(0, std::mem::take(&mut batch)))
+                .unwrap();
+            shard.state.evict(2_048, shard.offset, now);
+        }
+    }
+    rt.block_on(store.append(0, batch)).unwrap();
+
+    let rebuild = |from: u64, mut state: ShardState| {
+        let mut from = from;
+        loop {
+            let read = rt.block_on(store.read(0, from, 4_096)).unwrap();
+            let Some(last) = read.last() else { break };
+            from = last.offset + 1;
+            for r in &read {
+                state.apply_record(&codec::decode_record(&r.payload).unwrap(), r.offset);
+            }
+            state.evict(2_048, from, now);
+        }
+        state
+    };
+    let t = Instant::now();
+    let full = rebuild(0, ShardState::new(60_000));
+    let from_zero = t.elapsed();
+
+    // A snapshot 1,000 records before the end, saved and loaded through the store.
+    let at = records - 1_000;
+    let mut head = ShardState::new(60_000);
+    let read_to = |state: &mut ShardState| {
+        let mut from = 0;
+        while from < at {
+            let max = 4_096.min((at - from) as usize);
+            let read = rt.block_on(store.read(0, from, max)).unwrap();
+            from = read.last().unwrap().offset + 1;
+            for r in &read {
+                state.apply_record(&codec::decode_record(&r.payload).unwrap(), r.offset);
+            }
+            state.evict(2_048, from, now);
+        }
+    };
+    read_to(&mut head);
+    let data = codec::encode_snapshot(&head.to_snapshot());
+    let size = data.len();
+    rt.block_on(store.save_snapshot(0, at, data.into()))
+        .unwrap();
+
+    let t = Instant::now();
+    let (offset, data) = rt.block_on(store.load_snapshot(0)).unwrap().unwrap();
+    let state = ShardState::from_snapshot(codec::decode_snapshot(&data).unwrap(), 60_000);
+    let resumed = rebuild(offset, state);
+    let from_snapshot = t.elapsed();
+    assert_eq!(resumed.live(), full.live());
+    println!(
+        "rebuild of {events} events in {records} records: from offset 0 {:.2} s; from a \
+         snapshot ({size} bytes) + 1,000 records {:.3} s",
+        from_zero.as_secs_f64(),
+        from_snapshot.as_secs_f64()
+    );
+}
