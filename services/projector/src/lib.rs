@@ -134,7 +134,9 @@ async fn project(
     for p in partitions {
         positions.push((*p, deps.read_model.position(*p).await?));
     }
+    // Declared before the sampler, so the sampler stops before the series are removed.
     let _lag = LagSeries(partitions);
+    let mut sampler = LagSampler(None);
     // Rebuilt empty on every (re)start: it only ever holds this run's own folds.
     let mut live = LiveCache::new(config.live_cache);
     let mut next_lag_sample = tokio::time::Instant::now();
@@ -143,9 +145,15 @@ async fn project(
             return Ok(());
         }
         let now = tokio::time::Instant::now();
-        if now >= next_lag_sample {
+        if now >= next_lag_sample && sampler.idle() {
+            // In a task of its own: an exact end offset costs a fetch cycle per partition
+            // (up to `fetch.wait.max.ms` on Kafka), which must not hold up projecting.
             next_lag_sample = now + LAG_SAMPLE_INTERVAL;
-            sample_lag(deps.log.as_ref(), &positions).await;
+            let log = deps.log.clone();
+            let at = positions.clone();
+            sampler.0 = Some(tokio::spawn(
+                async move { sample_lag(log.as_ref(), &at).await },
+            ));
         }
         let mut progressed = false;
         for (partition, position) in positions.iter_mut() {
@@ -195,12 +203,32 @@ async fn project(
     }
 }
 
-/// Samples the lag of each partition; a failed read of the end offset skips that sample.
+/// Samples the lag of each partition (the end offsets read concurrently) against the
+/// positions of when the sample started; a failed read of an end offset skips that partition.
 async fn sample_lag(log: &dyn EventLog, positions: &[(u32, u64)]) {
-    for (partition, position) in positions {
-        match log.end_offset(*partition).await {
+    let ends = futures::future::join_all(positions.iter().map(|(p, _)| log.end_offset(*p))).await;
+    for ((partition, position), end) in positions.iter().zip(ends) {
+        match end {
             Ok(end) => metrics::projector_lag(*partition, end.saturating_sub(*position)),
             Err(e) => tracing::debug!(partition, error = %e, "sampling projector lag"),
+        }
+    }
+}
+
+/// The running lag sample, aborted when the worker stops (so it cannot set a series after
+/// [`LagSeries`] removed it).
+struct LagSampler(Option<tokio::task::JoinHandle<()>>);
+
+impl LagSampler {
+    fn idle(&self) -> bool {
+        self.0.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for LagSampler {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
         }
     }
 }

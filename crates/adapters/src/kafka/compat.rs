@@ -49,6 +49,19 @@ impl KafkaCompat {
     /// Every value, as written in configuration.
     pub const NAMES: [&'static str; 2] = ["none", "tansu"];
 
+    /// The `fetch.wait.max.ms` to use when none is configured. Apache Kafka answers a held
+    /// fetch as soon as records arrive, so a long wait costs no latency and spares the
+    /// broker the CPU of answering empty fetches (an idle 16-partition log: ~19 % of a core
+    /// at 2 ms, ~4 % at 100 ms); it bounds only how stale an exact `end_offset` (lag
+    /// sampling) may wait. tansu holds every fetch for the full wait, so there it is the
+    /// wake-up latency of every reader.
+    pub fn default_fetch_wait(self) -> Duration {
+        match self {
+            Self::None => Duration::from_millis(100),
+            Self::Tansu => Duration::from_millis(2),
+        }
+    }
+
     /// How often a member compares its shards with its range share of the group (`None`:
     /// never; DescribeGroups is then never sent).
     pub fn assignment_check(self) -> Option<Duration> {

@@ -59,7 +59,7 @@ impl KafkaLogConfig {
             replication_factor: -1,
             append_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
-            fetch_wait_max: Duration::from_millis(2),
+            fetch_wait_max: KafkaCompat::None.default_fetch_wait(),
             idle_fetch: Duration::from_secs(30),
             compat: KafkaCompat::None,
         }

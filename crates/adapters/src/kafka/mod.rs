@@ -37,9 +37,8 @@
 //!   partition's queue becomes non-empty. The wake-up latency is the fetch latency: about a
 //!   round trip on Kafka (its long poll answers as soon as data arrives), one to two
 //!   `fetch.wait.max.ms` on brokers that hold every fetch that long, like tansu
-//!   ([`KafkaLogConfig::fetch_wait_max`], 2 ms by default: 4–5 ms median measured on tansu,
-//!   where an idle waiting client then costs ~15 % of a core per 16 partitions, ~3 % at
-//!   50 ms. Against Kafka, 100–500 ms is as fast and cheaper, but makes `end_offset` that slow.)
+//!   ([`KafkaLogConfig::fetch_wait_max`]; [`KafkaCompat::default_fetch_wait`] gives 100 ms
+//!   for Kafka, where only an exact `end_offset` may wait that long, and 2 ms for tansu.)
 //!
 //! Memory: each fetched partition keeps at most `queued.max.messages.kbytes` (4 MiB) of
 //! prefetched records in librdkafka, plus what a read asked for.

@@ -42,6 +42,7 @@ pub fn compat() -> KafkaCompat {
 pub async fn connect(brokers: &str, topic: &str, partitions: u32) -> Arc<KafkaLog> {
     let config = KafkaLogConfig {
         compat: compat(),
+        fetch_wait_max: compat().default_fetch_wait(),
         ..KafkaLogConfig::new(brokers, topic, partitions)
     };
     within("connect", KafkaLog::connect_with(config))

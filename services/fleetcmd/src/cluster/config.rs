@@ -94,10 +94,10 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// `fetch.wait.max.ms` of the log readers (1–10000): how long the broker may hold a
     /// fetch that found nothing. Kafka answers a held fetch as soon as records arrive, so a
-    /// few hundred ms costs nothing there; brokers that hold every fetch this long (tansu)
-    /// trade the projector's wake-up latency against their CPU (2 ms: ~15 % of a core per
-    /// 16 idle partitions).
-    pub fetch_wait_ms: u64,
+    /// long wait costs nothing there; brokers that hold every fetch this long (tansu) trade
+    /// the readers' wake-up latency against their CPU. Unset: the compat mode's default
+    /// (`KafkaCompat::default_fetch_wait`: 100 ms for Apache Kafka, 2 ms for tansu).
+    pub fetch_wait_ms: Option<u64>,
     /// Workarounds for a broker that is not Apache Kafka: `none` (the default: Apache Kafka)
     /// or `tansu` (the tansu 0.6 stand-in of the local scripts: assignment checks against
     /// its stale SyncGroup answers, a takeover grace, fetches restarted inside record
@@ -192,7 +192,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "fleetcmd.events".into(),
             group_prefix: "fleetcmd".into(),
-            fetch_wait_ms: 2,
+            fetch_wait_ms: None,
             compat: KafkaCompat::None,
         }
     }
@@ -287,11 +287,10 @@ impl ClusterConfig {
         {
             bail!("kafka.brokers, kafka.topic and kafka.group_prefix must not be empty");
         }
-        if !(1..=10_000).contains(&self.kafka.fetch_wait_ms) {
-            bail!(
-                "kafka.fetch_wait_ms must be between 1 and 10000, got {}",
-                self.kafka.fetch_wait_ms
-            );
+        if let Some(ms) = self.kafka.fetch_wait_ms
+            && !(1..=10_000).contains(&ms)
+        {
+            bail!("kafka.fetch_wait_ms must be between 1 and 10000, got {ms}");
         }
         if self.scylla.nodes.is_empty() || self.scylla.keyspace.is_empty() {
             bail!("scylla.nodes and scylla.keyspace must not be empty");

@@ -385,7 +385,9 @@ async fn kafka_log(
     let shards = config.shards;
     let log = connect("kafka", shutdown, || {
         let mut lc = KafkaLogConfig::new(&c.brokers, &c.topic, shards);
-        lc.fetch_wait_max = Duration::from_millis(c.fetch_wait_ms);
+        lc.fetch_wait_max = c
+            .fetch_wait_ms
+            .map_or(c.compat.default_fetch_wait(), Duration::from_millis);
         lc.compat = c.compat;
         KafkaLog::connect_with(lc)
     })
