@@ -45,6 +45,25 @@ async fn in_progress_is_accepted_announced_and_readable_with_its_reason() -> Res
     scene.stop().await
 }
 
+/// The edge answers `/accepted` only once the update is readable: a Get made as soon as the
+/// device has the reply, before any event is awaited, already shows it, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_right_after_accepted_shows_the_update() -> Result {
+    let (mut scene, id, _) = given_a_delivered_execution("read-after-accepted").await?;
+    let reply = scene.report(&id, &serde_json::from_str(PROGRESS)?).await?;
+    assert_accepted(&reply, &id)?;
+    let e = scene.env.get(&id, false).await?;
+    assert_eq!(status_of(&e), pb::ExecutionStatus::InProgress);
+    assert_eq!(reason_code(&e), Some("DOWNLOADING"));
+
+    let done = json!({"status": "SUCCEEDED"});
+    assert_accepted(&scene.report(&id, &done).await?, &id)?;
+    let e = scene.env.get(&id, false).await?;
+    assert_eq!(status_of(&e), pb::ExecutionStatus::Succeeded);
+    assert!(e.terminal, "terminal as soon as /accepted is out");
+    scene.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_with_a_result_is_terminal_announced_and_readable() -> Result {
     let (mut scene, id, created) = given_a_delivered_execution("success").await?;
