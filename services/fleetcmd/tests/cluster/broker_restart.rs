@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use fleetcmd_local_cluster::engines::managed_by_script;
-use fleetcmd_local_cluster::reads::{settle_all, settle_exactly};
+use fleetcmd_local_cluster::reads::Settle;
 use fleetcmd_local_cluster::starts::{jobs, start_all};
 use fleetcmd_local_cluster::{EngineOutage, Fleet, ServingStatus};
 
@@ -29,15 +29,8 @@ async fn s3_mqtt_broker_restart_edges_recover() {
     let all_jobs = jobs(&fleet, 4, 0, "s3");
     let (before, after) = all_jobs.split_at(80);
     let mut started = start_all(dispatchers.clone(), &command_id, before.to_vec(), 32).await;
-    settle_all(
-        "s3 before the restart",
-        &registry,
-        &command_id,
-        &started,
-        &fleet,
-        SETTLE_WITHIN,
-    )
-    .await;
+    let settle = Settle::new(&registry, &command_id, &fleet, SETTLE_WITHIN);
+    settle.all("s3 before the restart", &started).await;
 
     // When: the broker restarts (its persistence keeps the sessions).
     let restart_at = Instant::now();
@@ -63,15 +56,7 @@ async fn s3_mqtt_broker_restart_edges_recover() {
     let recovered = restart_at.elapsed();
     let sessions_kept = fleet.seen().sessions_kept();
     started.extend(start_all(dispatchers, &command_id, after.to_vec(), 32).await);
-    settle_exactly(
-        "s3 after the restart",
-        &registry,
-        &command_id,
-        &started,
-        &fleet,
-        SETTLE_WITHIN,
-    )
-    .await;
+    settle.exactly("s3 after the restart", &started).await;
     cluster.assert_all_alive();
     fleet.stop().await;
     println!(

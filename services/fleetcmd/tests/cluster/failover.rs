@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fleetcmd_contracts::convert::status_to_pb;
 use fleetcmd_local_cluster::Fleet;
 use fleetcmd_local_cluster::log::read_log;
-use fleetcmd_local_cluster::reads::{Watcher, get_all, settle_all};
+use fleetcmd_local_cluster::reads::{Settle, Watcher, get_all};
 use fleetcmd_local_cluster::starts::{StartStats, jobs, spawn_starts};
 use tokio::sync::watch;
 
@@ -108,15 +108,9 @@ async fn s1_failover_2000_executions_with_a_dispatcher_killed() {
     );
 
     // Every execution ends as its device dictates; none doubled, none lost.
-    let listed = settle_all(
-        "s1",
-        &registry,
-        &command_id,
-        &started,
-        &fleet,
-        Duration::from_secs(90),
-    )
-    .await;
+    let listed = Settle::new(&registry, &command_id, &fleet, Duration::from_secs(90))
+        .all("s1", &started)
+        .await;
     let settled = run_started.elapsed();
     let listed_ids: HashSet<&str> = listed.keys().map(String::as_str).collect();
     assert_eq!(

@@ -15,6 +15,8 @@
 //! 4. [`nats_outage`], [`kafka_outage`]: engine outages give UNAVAILABLE quickly, not
 //!    INTERNAL or a hang; after NATS is back calls succeed again. After the Kafka outage only
 //!    the error kind is checked, and that nothing answers wrongly.
+//! 5. [`read_after_accepted`]: a Get made as soon as a device has `/accepted` shows the
+//!    update it accepted.
 //!
 //! ```text
 //! for e in nats mosquitto kafka cql; do deploy/engines/$e.sh install && deploy/engines/$e.sh start; done
@@ -34,6 +36,7 @@ mod failover;
 mod kafka_outage;
 mod nats_outage;
 mod projector_restart;
+mod read_after_accepted;
 mod shard_moves;
 
 use fleetcmd_domain::Target;

@@ -8,7 +8,7 @@ use fleetcmd_contracts::convert::status_to_pb;
 use fleetcmd_contracts::pb;
 use fleetcmd_local_cluster::Fleet;
 use fleetcmd_local_cluster::log::read_log;
-use fleetcmd_local_cluster::reads::{get_all, settle_exactly};
+use fleetcmd_local_cluster::reads::{Settle, get_all};
 use fleetcmd_local_cluster::starts::{StartStats, jobs, spawn_starts, start_all};
 use tokio::sync::watch;
 use tonic::Code;
@@ -74,15 +74,9 @@ async fn s2_projector_restart_catches_up() {
     cluster.start_process("projector");
     cluster.wait_serving(&["projector"]).await;
     started.extend(start_all(dispatchers, &command_id, after.to_vec(), 32).await);
-    settle_exactly(
-        "s2",
-        &registry,
-        &command_id,
-        &started,
-        &fleet,
-        SETTLE_WITHIN,
-    )
-    .await;
+    Settle::new(&registry, &command_id, &fleet, SETTLE_WITHIN)
+        .exactly("s2", &started)
+        .await;
     let expected = fleet.expected(&started);
     let reads = get_all(&registry, expected.keys().cloned().collect(), 32).await;
     for (id, r) in &reads {
