@@ -243,7 +243,7 @@ async fn one_execution_is_one_connected_trace() -> anyhow::Result<()> {
 
     let trace = TraceId::from_hex(TRACE_ID)?;
     let (_, spans) = wait_for_spans(trace, |spans| {
-        [
+        let hops = [
             ("fleetcmd.v1.CommandDispatcher/StartCommandExecution", None),
             ("shard.request", None),
             ("shard.owner start", None),
@@ -255,8 +255,13 @@ async fn one_execution_is_one_connected_trace() -> anyhow::Result<()> {
             ("shard.project", Some("StatusReported")),
         ]
         .iter()
-        .all(|(name, event)| one(spans, name, *event).is_some())
-        .then_some(())
+        .all(|(name, event)| one(spans, name, *event).is_some());
+        // The status event's own span too: an execution has a status event per status, and
+        // the SUCCEEDED one may be exported after the others.
+        let status_event = spans
+            .iter()
+            .any(|s| fleetcmd_telemetry::context::format(&s.span_context) == event_tp);
+        (hops && status_event).then_some(())
     })
     .await?;
     let get = |name: &str, event: Option<&str>| {
