@@ -14,7 +14,7 @@
 #   FLEETCMD_ENGINES_DIR  runtime files; this script uses its cluster/ subfolder
 #                         (default: <repo>/.engines)
 #   plus every FLEETCMD_<SECTION>_<KEY> variable `fleetcmd run` reads (engines' addresses;
-#   FLEETCMD_KAFKA_COMPAT and FLEETCMD_SCYLLA_DIALECT follow the engines' choice below).
+#   FLEETCMD_KAFKA_COMPAT follows the engine's choice below).
 #
 # Ports (127.0.0.1): registry gRPC 50051, dispatchers 50052 and 50053, projector health
 # 50061, edges' health 50062 and 50063, metrics 9464-9469 in the same order. The edges share
@@ -26,18 +26,14 @@ run_dir="${FLEETCMD_ENGINES_DIR:-$repo_root/.engines}/cluster"
 bin="${FLEETCMD_BIN:-$repo_root/target/release/fleetcmd}"
 HOST=127.0.0.1
 
-# ---- compat modes of the engines ------------------------------------------------------------
-# fleetcmd's adapters default to the real engines (kafka.compat = "none", scylla.dialect =
-# "full"), which deploy/engines/kafka.sh and cql.sh run by default: Apache Kafka, Cassandra.
-# Their old stand-ins, still selectable with FLEETCMD_KAFKA_ENGINE=tansu and
-# FLEETCMD_CQL_ENGINE=kassandra, need workarounds, asked for here and only here (the same
-# block is in deploy/test.sh): FLEETCMD_KAFKA_COMPAT and FLEETCMD_SCYLLA_DIALECT, which the
+# ---- compat mode of the engines -------------------------------------------------------------
+# fleetcmd's adapters default to the real engines (kafka.compat = "none"), which
+# deploy/engines/kafka.sh and cql.sh run by default: Apache Kafka, Cassandra. The old Kafka
+# stand-in, still selectable with FLEETCMD_KAFKA_ENGINE=tansu, needs workarounds, asked for
+# here and only here (the same block is in deploy/test.sh): FLEETCMD_KAFKA_COMPAT, which the
 # adapter tests and `fleetcmd run` read. A value already in the environment wins.
 if [[ "${FLEETCMD_KAFKA_ENGINE:-kafka}" == tansu ]]; then
     export FLEETCMD_KAFKA_COMPAT=${FLEETCMD_KAFKA_COMPAT:-tansu}
-fi
-if [[ "${FLEETCMD_CQL_ENGINE:-cassandra}" == kassandra ]]; then
-    export FLEETCMD_SCYLLA_DIALECT=${FLEETCMD_SCYLLA_DIALECT:-limited}
 fi
 
 # name | service | port to wait for | flags

@@ -39,18 +39,14 @@ export FLEETCMD_MQTT_BROKER=127.0.0.1:1884
 export FLEETCMD_KAFKA_BROKERS=127.0.0.1:9092
 export FLEETCMD_CQL_URI=127.0.0.1:9042
 
-# ---- compat modes of the engines ------------------------------------------------------------
-# fleetcmd's adapters default to the real engines (kafka.compat = "none", scylla.dialect =
-# "full"), which deploy/engines/kafka.sh and cql.sh run by default: Apache Kafka, Cassandra.
-# Their old stand-ins, still selectable with FLEETCMD_KAFKA_ENGINE=tansu and
-# FLEETCMD_CQL_ENGINE=kassandra, need workarounds, asked for here and only here (the same
-# block is in deploy/cluster.sh): FLEETCMD_KAFKA_COMPAT and FLEETCMD_SCYLLA_DIALECT, which the
+# ---- compat mode of the engines -------------------------------------------------------------
+# fleetcmd's adapters default to the real engines (kafka.compat = "none"), which
+# deploy/engines/kafka.sh and cql.sh run by default: Apache Kafka, Cassandra. The old Kafka
+# stand-in, still selectable with FLEETCMD_KAFKA_ENGINE=tansu, needs workarounds, asked for
+# here and only here (the same block is in deploy/cluster.sh): FLEETCMD_KAFKA_COMPAT, which the
 # adapter tests and `fleetcmd run` read. A value already in the environment wins.
 if [[ "${FLEETCMD_KAFKA_ENGINE:-kafka}" == tansu ]]; then
     export FLEETCMD_KAFKA_COMPAT=${FLEETCMD_KAFKA_COMPAT:-tansu}
-fi
-if [[ "${FLEETCMD_CQL_ENGINE:-cassandra}" == kassandra ]]; then
-    export FLEETCMD_SCYLLA_DIALECT=${FLEETCMD_SCYLLA_DIALECT:-limited}
 fi
 
 echo "== cargo clippy"

@@ -25,10 +25,7 @@
 #   FLEETCMD_JAVA                     the java binary (default: the first Java 11-17 of
 #                                     $JAVA_HOME, the PATH, /usr/lib/jvm; Cassandra 5.0 runs on
 #                                     11 and 17 only)
-#   FLEETCMD_CQL_ENGINE               cassandra (default) or kassandra: the old stand-in
-#                                     (crates/cql-test-server, in-memory; ignores ORDER BY,
-#                                     TTL, USING TIMESTAMP and LWT; `install` builds it with
-#                                     cargo). Only for comparing; the tests expect Cassandra.
+#   FLEETCMD_CQL_ENGINE               cassandra (the default and only engine)
 #
 # The node: native transport (CQL) 127.0.0.1:9042, inter-node storage port 127.0.0.1:7000 (no
 # other node ever joins), no JMX (so no nodetool), no authentication, SimpleSnitch, one token.
@@ -36,8 +33,8 @@
 # Schema changes are slow on Cassandra (~0.1-0.5 s per CREATE TABLE here); the driver waits for
 # schema agreement after each, which on one node is immediate.
 #
-# Every command is idempotent; use the same FLEETCMD_CQL_ENGINE for start and stop. The
-# pidfile, start, stop, status and dispatch machinery is in lib.sh.
+# Every command is idempotent. The pidfile, start, stop, status and dispatch machinery is in
+# lib.sh.
 set -euo pipefail
 
 ENGINE=cql
@@ -66,26 +63,19 @@ case "$CQL_ENGINE" in
         conf_file="$run_dir/cassandra.yaml"
         logback_file="$run_dir/logback.xml"
         data_dir="$run_dir/data"
-        pid_file="$run_dir/cassandra.pid"
-        log_file="$run_dir/cassandra.log"
+        engine_files cassandra
 
         installed() {
             [[ -f "$libs_dir/cassandra-all-$CASSANDRA_VERSION.jar" && -f "$libs_dir/jamm-$JAMM_VERSION.jar" ]]
         }
 
         cmd_install() {
-            if installed; then
-                echo "cql: Apache Cassandra $CASSANDRA_VERSION already installed in $install_dir"
-                return 0
-            fi
+            already_installed "Apache Cassandra $CASSANDRA_VERSION" "in $install_dir" && return 0
             mkdir -p "$cache_root"
             # Two runs on one machine (a developer and CI) may install at once: take turns.
             exec 9>"$cache_root/cassandra.lock"
             flock 9
-            if installed; then
-                echo "cql: Apache Cassandra $CASSANDRA_VERSION already installed in $install_dir"
-                return 0
-            fi
+            already_installed "Apache Cassandra $CASSANDRA_VERSION" "in $install_dir" && return 0
             echo "cql: fetching Apache Cassandra $CASSANDRA_VERSION (cassandra-all and its jars) from Maven Central"
             maven_fetch_jars "$install_dir" "org.apache.cassandra:cassandra-all:$CASSANDRA_VERSION"
             installed || {
@@ -237,43 +227,8 @@ EOF
         }
         ;;
 
-    kassandra)
-        START_TIMEOUT_SECS=${FLEETCMD_CQL_START_TIMEOUT_SECS:-30}
-        STOP_TIMEOUT_SECS=5
-        PROCESS_MATCH=fleetcmd-cql-test-server
-        SERVER_NOUN="the server"
-
-        target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
-        case "$target_dir" in
-            /*) ;;
-            *) target_dir="$repo_root/$target_dir" ;;
-        esac
-        server_bin="$target_dir/debug/fleetcmd-cql-test-server"
-        NOT_INSTALLED="$server_bin is missing"
-        pid_file="$run_dir/cql-test-server.pid"
-        log_file="$run_dir/cql-test-server.log"
-
-        installed() {
-            [[ -x "$server_bin" ]]
-        }
-
-        cmd_install() {
-            echo "cql: building fleetcmd-cql-test-server"
-            (cd "$repo_root" && cargo build --locked -p fleetcmd-cql-test-server)
-            installed || {
-                echo "cql: $server_bin was not built" >&2
-                exit 1
-            }
-            echo "cql: installed $server_bin"
-        }
-
-        prepare_start() {
-            server_cmd=("$server_bin" --listen "$HOST:$PORT")
-        }
-        ;;
-
     *)
-        echo "cql: FLEETCMD_CQL_ENGINE must be cassandra or kassandra, not '$CQL_ENGINE'" >&2
+        echo "cql: FLEETCMD_CQL_ENGINE must be cassandra, not '$CQL_ENGINE'" >&2
         exit 2
         ;;
 esac

@@ -10,9 +10,8 @@
 //! Every adapter of a port runs the same suite from `conformance` (feature `test-util`, for
 //! tests only), so the embedded and the cluster adapters are held to one behaviour.
 //!
-//! Settings for the local stand-ins of the cluster engines are explicit and default to the
-//! real engine: `kafka::KafkaCompat` (`Tansu` for the tansu broker) and
-//! `scylla::Dialect` (`Limited` for the CQL test server).
+//! The one setting for a local stand-in of a cluster engine is explicit and defaults to the
+//! real engine: `kafka::KafkaCompat` (`Tansu` for the tansu broker).
 //!
 //! Conventions shared by every adapter of the read model:
 //! - A page size of 0 means [`DEFAULT_PAGE_SIZE`]; larger sizes are capped at

@@ -1,28 +1,10 @@
 //! The ScyllaDB read model against a CQL server, in a keyspace unique to the run.
 //!
 //! - `FLEETCMD_CQL_URI` (`host:port[,host:port...]`): the server `deploy/engines/cql.sh start`
-//!   serves on `127.0.0.1:9042` (Cassandra), in the dialect `FLEETCMD_SCYLLA_DIALECT` names
-//!   (`full`, the default, or `limited`), as `scylla.dialect` does for `fleetcmd run`: the
-//!   full suite on Cassandra. The old CQL test server (`FLEETCMD_CQL_ENGINE=kassandra`, the
-//!   in-memory `kassandra` library) ignores `USING` clauses: with `limited`
-//!   ([`Dialect::Limited`], which `deploy/test.sh` then sets) the suite runs the subset it
-//!   supports. Unset: the tests print a skip line and pass, except under `CI`, where they
-//!   fail.
-//! - `FLEETCMD_SCYLLA_URI`: a real ScyllaDB (or Cassandra) cluster, always in the full
-//!   dialect. When set, the full suite runs against it too.
-//!
-//! Checks that need the full dialect (they are skipped in the limited one):
-//! - listings in the contract's order (clustering order, `ORDER BY`): on the test server
-//!   every listing is still checked to return each matching execution or command exactly
-//!   once, but as a set;
-//! - an execution upsert with a lower or equal `seq` in a *later* batch changing nothing
-//!   (`USING TIMESTAMP`; within one batch the adapter keeps the highest `seq` itself, which is
-//!   checked everywhere);
-//! - retention by TTL: an expired execution is never written or readable, a live one expires
-//!   by itself and leaves the listings (the test server has no TTL, so there the suite checks
-//!   `purge_expired` instead, which the adapter implements as a scan on such a server);
-//! - the position never moving backwards under an overlapping projector, and the schema's
-//!   replication and clustering options (the test server accepts and ignores them).
+//!   serves on `127.0.0.1:9042` (Apache Cassandra): the full suite runs against it. Unset:
+//!   the tests print a skip line and pass, except under `CI`, where they fail.
+//! - `FLEETCMD_SCYLLA_URI`: a real ScyllaDB (or Cassandra) cluster. When set, the full suite
+//!   runs against it too.
 
 #![cfg(feature = "scylla")]
 
@@ -34,9 +16,7 @@ use fleetcmd_adapters::conformance::{
     within,
 };
 use fleetcmd_adapters::is_invalid_page_token;
-use fleetcmd_adapters::scylla::{
-    BucketWidths, Dialect, Replication, ScyllaConfig, ScyllaReadModel,
-};
+use fleetcmd_adapters::scylla::{BucketWidths, Replication, ScyllaConfig, ScyllaReadModel};
 use fleetcmd_domain::ports::{
     CommandQuery, CommandWrite, ExecutionWrite, ProjectionBatch, ReadModel,
 };
@@ -54,12 +34,13 @@ fn nodes(var: &str) -> Option<Vec<String>> {
     (!nodes.is_empty()).then_some(nodes)
 }
 
-/// The CQL test server's nodes; `None` (after a skip line) when not configured outside CI.
+/// The `FLEETCMD_CQL_URI` server's nodes; `None` (after a skip line) when not configured
+/// outside CI.
 fn test_server() -> Option<Vec<String>> {
     match nodes("FLEETCMD_CQL_URI") {
         Some(n) => Some(n),
         None if std::env::var_os("CI").is_some() => panic!(
-            "FLEETCMD_CQL_URI is not set but CI is: start the CQL test server \
+            "FLEETCMD_CQL_URI is not set but CI is: start Cassandra \
              (deploy/engines/cql.sh install && deploy/engines/cql.sh start) and set \
              FLEETCMD_CQL_URI=127.0.0.1:9042"
         ),
@@ -73,36 +54,19 @@ fn test_server() -> Option<Vec<String>> {
     }
 }
 
-/// The dialect of the `FLEETCMD_CQL_URI` server, from `FLEETCMD_SCYLLA_DIALECT` (full when
-/// unset).
-fn dialect() -> Dialect {
-    match std::env::var("FLEETCMD_SCYLLA_DIALECT") {
-        Ok(v) if !v.trim().is_empty() => v
-            .parse()
-            .unwrap_or_else(|e| panic!("FLEETCMD_SCYLLA_DIALECT: {e}")),
-        _ => Dialect::Full,
-    }
-}
-
-/// The settings of a keyspace unique to the run on `nodes`, in `dialect`.
-fn config(nodes: &[String], dialect: Dialect) -> ScyllaConfig {
+/// The settings of a keyspace unique to the run on `nodes`.
+fn config(nodes: &[String]) -> ScyllaConfig {
     let keyspace = conformance::unique("fleetcmd_t");
-    ScyllaConfig {
-        dialect,
-        ..ScyllaConfig::new(nodes, &keyspace, Replication::Factor(1))
-    }
+    ScyllaConfig::new(nodes, &keyspace, Replication::Factor(1))
 }
 
 /// The settings of the keyspace the suites of this test process share (`tag` tells apart
 /// keyspaces created with different bucket widths). The checks use ids unique to each run, so
 /// they share one keyspace the way they would share a production cluster; creating a
 /// keyspace per test instead costs seconds of DDL each on a real server.
-fn shared_config(nodes: &[String], dialect: Dialect, tag: &str) -> ScyllaConfig {
+fn shared_config(nodes: &[String], tag: &str) -> ScyllaConfig {
     let keyspace = format!("fleetcmd_t{}_{tag}", std::process::id());
-    ScyllaConfig {
-        dialect,
-        ..ScyllaConfig::new(nodes, &keyspace, Replication::Factor(1))
-    }
+    ScyllaConfig::new(nodes, &keyspace, Replication::Factor(1))
 }
 
 /// Connecting runs the schema's DDL; on a real server under load that takes several
@@ -133,19 +97,10 @@ async fn connect_shared(config: ScyllaConfig) -> Arc<ScyllaReadModel> {
 
 /// A new keyspace on the `FLEETCMD_CQL_URI` server.
 async fn connect(nodes: &[String]) -> Arc<ScyllaReadModel> {
-    connect_with(config(nodes, dialect())).await
+    connect_with(config(nodes)).await
 }
 
-/// What the limited dialect (the CQL test server) supports: no ordering, write timestamps or
-/// TTL.
-const LIMITED: Capabilities = Capabilities {
-    ordering: false,
-    write_timestamps: false,
-    tombstones: false,
-    expiry: Expiry::Purge,
-};
-
-/// The full dialect (a real cluster): everything, with retention by TTL.
+/// A real cluster: everything, with retention by TTL.
 const FULL: Capabilities = Capabilities {
     ordering: true,
     write_timestamps: true,
@@ -153,18 +108,10 @@ const FULL: Capabilities = Capabilities {
     expiry: Expiry::Ttl,
 };
 
-fn capabilities(dialect: Dialect) -> Capabilities {
-    match dialect {
-        Dialect::Full => FULL,
-        Dialect::Limited => LIMITED,
-    }
-}
-
-/// A store for the suite in a keyspace of its own on `nodes` (`None`: skipped), speaking
-/// `dialect` (as configured: nothing is probed), with `buckets` when given.
+/// A store for the suite in a keyspace of its own on `nodes` (`None`: skipped), with
+/// `buckets` when given.
 async fn suite_store(
     nodes: Option<Vec<String>>,
-    dialect: Dialect,
     buckets: Option<BucketWidths>,
 ) -> Option<Arc<ScyllaReadModel>> {
     let tag = if buckets.is_some() {
@@ -172,16 +119,11 @@ async fn suite_store(
     } else {
         "default"
     };
-    let mut config = shared_config(&nodes?, dialect, tag);
+    let mut config = shared_config(&nodes?, tag);
     if let Some(b) = buckets {
         config.buckets = b;
     }
     let store = connect_shared(config).await;
-    assert_eq!(
-        store.dialect(),
-        dialect,
-        "the store speaks the configured dialect, nothing probed"
-    );
     if let Some(b) = buckets {
         assert_eq!(
             store.bucket_widths(),
@@ -206,8 +148,8 @@ fn real_scylla() -> Option<Vec<String>> {
 mod read_model_on_the_cql_server {
     use super::*;
     fleetcmd_adapters::read_model_conformance!(
-        async || suite_store(test_server(), dialect(), None).await,
-        capabilities = capabilities(dialect())
+        async || suite_store(test_server(), None).await,
+        capabilities = FULL
     );
 }
 
@@ -215,12 +157,7 @@ mod read_model_on_the_cql_server {
 /// buckets of a second or two, every listing walks many buckets (and empty gaps).
 mod snapshots_on_the_cql_server {
     use super::*;
-    fleetcmd_adapters::snapshot_store_conformance!(async || suite_store(
-        test_server(),
-        dialect(),
-        None
-    )
-    .await);
+    fleetcmd_adapters::snapshot_store_conformance!(async || suite_store(test_server(), None).await);
 }
 
 mod read_model_across_many_time_buckets {
@@ -233,8 +170,8 @@ mod read_model_across_many_time_buckets {
     };
 
     fleetcmd_adapters::read_model_conformance!(
-        async || suite_store(test_server(), dialect(), Some(NARROW)).await,
-        capabilities = capabilities(dialect())
+        async || suite_store(test_server(), Some(NARROW)).await,
+        capabilities = FULL
     );
 }
 
@@ -242,29 +179,9 @@ mod read_model_across_many_time_buckets {
 mod read_model_on_real_scylla {
     use super::*;
     fleetcmd_adapters::read_model_conformance!(
-        async || suite_store(real_scylla(), Dialect::Full, None).await,
+        async || suite_store(real_scylla(), None).await,
         capabilities = FULL
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_full_dialect_refuses_a_server_that_ignores_using_clauses() {
-    let Some(nodes) = test_server() else { return };
-    if dialect() != Dialect::Limited {
-        println!("skipped: FLEETCMD_CQL_URI is a full-dialect server");
-        return;
-    }
-    let err = within(
-        "connect",
-        ScyllaReadModel::connect_with(config(&nodes, Dialect::Full)),
-    )
-    .await
-    .expect_err("the test server in the full dialect");
-    assert!(
-        err.to_string().contains("FLEETCMD_SCYLLA_DIALECT=limited"),
-        "the error names the setting: {err}"
-    );
-    assert!(!err.is_retryable(), "a misconfiguration is not retryable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +197,7 @@ async fn reconnecting_keeps_the_schema_data_and_bucket_widths() {
     within("commit", first.commit(batch)).await.expect("commit");
     let mut c = ScyllaConfig {
         keyspace: first.keyspace().to_owned(),
-        ..config(&nodes, dialect())
+        ..config(&nodes)
     };
     // Asking for other widths on an existing keyspace: the stored ones win.
     c.buckets.command_ms = 60_000;
@@ -460,13 +377,7 @@ async fn a_reused_client_token_finds_the_newest_execution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_scylla_finds_reused_tokens_and_keeps_positions_from_moving_back() {
     let Some(nodes) = real_scylla() else { return };
-    let store = connect_with(config(&nodes, Dialect::Full)).await;
-    assert_eq!(
-        store.dialect(),
-        Dialect::Full,
-        "FLEETCMD_SCYLLA_URI points at a server that ignores USING clauses (the CQL test \
-         server?)"
-    );
+    let store = connect_with(config(&nodes)).await;
     reused_client_token_finds_the_newest(&store).await;
     let position = || within("position", store.position(0));
     let at = position().await.expect("position");

@@ -1,9 +1,7 @@
 //! The ScyllaDB read model ([`ScyllaReadModel`]), on the `scylla` driver.
 //!
 //! Written for real ScyllaDB (or Cassandra): clustering order, per-write TTLs and write
-//! timestamps do the work. It also runs against the in-memory CQL test server
-//! (`crates/cql-test-server`), which ignores those clauses, when told so with
-//! [`Dialect::Limited`]; see [Dialects](#dialects).
+//! timestamps do the work; see [Server requirements](#server-requirements).
 //!
 //! # Schema
 //!
@@ -105,25 +103,13 @@
 //! `default_time_to_live = 0`, since the TTL is per execution. Don't use TWCS on these tables
 //! (write timestamps are versions, not times).
 //!
-//! # Dialects
+//! # Server requirements
 //!
-//! [`ScyllaConfig::dialect`] says what the server understands; nothing is probed. The
-//! default, [`Dialect::Full`], is ScyllaDB's and Cassandra's: `USING TTL/TIMESTAMP`,
-//! clustering slices and `ORDER BY`, and the driver awaits schema agreement after every DDL
-//! statement (the adapter checks once more after each). At connect the adapter checks that the server counted the bind markers of the
-//! `USING TTL ? AND TIMESTAMP ?` clause, so a server that ignores it fails the connect (with a
-//! hint at the setting) instead of every write.
-//!
-//! [`Dialect::Limited`] is only for the CQL test server (`scylla.dialect = "limited"` in the
-//! cluster configuration, `FLEETCMD_SCYLLA_DIALECT=limited` for the tests and local scripts),
-//! whose parser stops before `USING` clauses: the adapter then prepares every statement
-//! without `USING` clauses and clustering-range conditions (that server would ignore them
-//! anyway), re-applies the range filters on the client (it always does), makes
-//! `purge_expired` scan and delete expired executions, and turns the driver's automatic
-//! schema agreement off (it does not work against that server; the adapter's own check after
-//! each DDL statement does). On that server: no ordering (it ignores `ORDER BY` and
-//! clustering order), no protection against an older `seq` written in a later batch, no TTL.
-//! The conformance suite runs accordingly with its `Capabilities`.
+//! The server must understand ScyllaDB's and Cassandra's CQL: `USING TTL/TIMESTAMP`,
+//! clustering slices and `ORDER BY`; the driver awaits schema agreement after every DDL
+//! statement (the adapter checks once more after each). At connect the adapter checks that
+//! the server counted the bind markers of the `USING TTL ? AND TIMESTAMP ?` clause, so a
+//! server that ignores it fails the connect instead of every write.
 
 mod error;
 mod paging;
@@ -137,7 +123,6 @@ mod tables;
 mod writes;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use fleetcmd_domain::TimestampMs;
@@ -206,9 +191,6 @@ pub struct ScyllaConfig {
     pub write_concurrency: usize,
     /// Turns `time_to_live` into CQL TTLs.
     pub clock: Arc<dyn Clock>,
-    /// What the server understands: [`Dialect::Full`] (ScyllaDB, Cassandra) unless it is the
-    /// CQL test server.
-    pub dialect: Dialect,
 }
 
 impl std::fmt::Debug for ScyllaConfig {
@@ -219,7 +201,6 @@ impl std::fmt::Debug for ScyllaConfig {
             .field("replication", &self.replication)
             .field("buckets", &self.buckets)
             .field("write_concurrency", &self.write_concurrency)
-            .field("dialect", &self.dialect)
             .finish_non_exhaustive()
     }
 }
@@ -233,53 +214,6 @@ impl ScyllaConfig {
             buckets: BucketWidths::default(),
             write_concurrency: 64,
             clock: Arc::new(SystemClock),
-            dialect: Dialect::Full,
-        }
-    }
-}
-
-/// What the server understands ([`ScyllaConfig::dialect`], `scylla.dialect` in the cluster
-/// configuration; see the module docs).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Dialect {
-    /// ScyllaDB or Cassandra: `USING TTL/TIMESTAMP`, clustering slices, `ORDER BY`, schema
-    /// agreement.
-    #[default]
-    Full,
-    /// The CQL test server, which does not parse `USING` clauses; only for tests.
-    Limited,
-}
-
-impl Dialect {
-    /// Every value, as written in configuration.
-    pub const NAMES: [&'static str; 2] = ["full", "limited"];
-}
-
-impl std::fmt::Display for Dialect {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Full => "full",
-            Self::Limited => "limited",
-        })
-    }
-}
-
-/// A value that is not one of [`Dialect::NAMES`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown CQL dialect {0:?} (expected full or limited)")]
-pub struct UnknownDialect(pub String);
-
-impl FromStr for Dialect {
-    type Err = UnknownDialect;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "full" => Ok(Self::Full),
-            "limited" => Ok(Self::Limited),
-            _ => Err(UnknownDialect(s.to_owned())),
         }
     }
 }
@@ -288,7 +222,6 @@ impl FromStr for Dialect {
 pub struct ScyllaReadModel {
     session: Session,
     keyspace: String,
-    dialect: Dialect,
     buckets: BucketWidths,
     write_concurrency: usize,
     clock: Arc<dyn Clock>,
@@ -303,7 +236,6 @@ impl std::fmt::Debug for ScyllaReadModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScyllaReadModel")
             .field("keyspace", &self.keyspace)
-            .field("dialect", &self.dialect)
             .field("buckets", &self.buckets)
             .finish_non_exhaustive()
     }
@@ -348,13 +280,11 @@ impl ScyllaReadModel {
             ));
         }
         let replication = replication_cql(&config.replication)?;
-        let dialect = config.dialect;
         let session = SessionBuilder::new()
             .known_nodes(&config.nodes)
             .tcp_nodelay(true)
-            // The driver's wait for schema agreement after every schema change does not work
-            // against the CQL test server; agreement is also awaited after each DDL below.
-            .auto_await_schema_agreement(dialect == Dialect::Full)
+            // Agreement is also awaited after each DDL below.
+            .auto_await_schema_agreement(true)
             .build()
             .await
             .map_err(|e| {
@@ -371,15 +301,14 @@ impl ScyllaReadModel {
                 PortError::Unavailable(format!("scylla: awaiting schema agreement: {e}"))
             })?;
         }
-        let st = Statements::prepare(&session, statement_texts(&ks, dialect)).await?;
-        let snap = snapshots::SnapshotStatements::prepare(&session, &ks, dialect).await?;
-        check_dialect(dialect, &st.upsert_execution)?;
+        let st = Statements::prepare(&session, statement_texts(&ks)).await?;
+        let snap = snapshots::SnapshotStatements::prepare(&session, &ks).await?;
+        check_using_clauses(&st.upsert_execution)?;
         let buckets = settle_settings(&session, &ks, config.buckets).await?;
-        tracing::info!(keyspace = %ks, ?dialect, ?buckets, "ScyllaDB read model ready");
+        tracing::info!(keyspace = %ks, ?buckets, "ScyllaDB read model ready");
         Ok(Arc::new(Self {
             session,
             keyspace: ks,
-            dialect,
             buckets,
             write_concurrency: config.write_concurrency.max(1),
             clock: config.clock,
@@ -387,11 +316,6 @@ impl ScyllaReadModel {
             snap,
             buckets_written: Mutex::new(HashMap::new()),
         }))
-    }
-
-    /// What the connected server understands.
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
     }
 
     /// The bucket widths in use (the ones stored when the keyspace was created).
@@ -405,42 +329,19 @@ impl ScyllaReadModel {
     }
 }
 
-/// Fails the connect when the server did not count the bind markers of the full dialect's
-/// `USING TTL ? AND TIMESTAMP ?` (the CQL test server ignores the clause): every write would
-/// fail otherwise.
-fn check_dialect(dialect: Dialect, upsert_execution: &PreparedStatement) -> PortResult<()> {
-    let markers = upsert_execution.get_variable_col_specs().len();
-    match (dialect, markers) {
-        (Dialect::Full, 5) | (Dialect::Limited, 3) => Ok(()),
-        (Dialect::Full, 3) => Err(PortError::Backend(
-            "the server ignores USING clauses (the CQL test server?): connect with \
-             Dialect::Limited (scylla.dialect = \"limited\", FLEETCMD_SCYLLA_DIALECT=limited)"
+/// Fails the connect when the server did not count the bind markers of the execution
+/// upsert's `USING TTL ? AND TIMESTAMP ?` (a server that ignores the clause): every write
+/// would fail otherwise.
+fn check_using_clauses(upsert_execution: &PreparedStatement) -> PortResult<()> {
+    match upsert_execution.get_variable_col_specs().len() {
+        5 => Ok(()),
+        3 => Err(PortError::Backend(
+            "the server ignores USING clauses: the read model needs ScyllaDB or Cassandra \
+             (USING TTL/TIMESTAMP, clustering order)"
                 .into(),
         )),
-        (d, n) => Err(PortError::Backend(format!(
-            "the server reports {n} bind markers for the execution upsert in the {d} dialect"
+        n => Err(PortError::Backend(format!(
+            "the server reports {n} bind markers for the execution upsert, expected 5"
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_dialect_is_scyllas_and_names_parse_both_ways() {
-        assert_eq!(Dialect::default(), Dialect::Full);
-        let config = ScyllaConfig::new(&["n:9042".into()], "ks", Replication::Factor(1));
-        assert_eq!(
-            config.dialect,
-            Dialect::Full,
-            "no probing: full unless told otherwise"
-        );
-        for name in Dialect::NAMES {
-            let d: Dialect = name.parse().expect("a known name");
-            assert_eq!(d.to_string(), name);
-        }
-        assert_eq!(" Limited".parse(), Ok(Dialect::Limited));
-        assert!("kassandra".parse::<Dialect>().is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The [`ReadModel`] methods: commits (deletes, then upserts, then the position), gets,
-//! listings page by page, client-token lookups, and the purge (a scan, limited dialect only).
+//! listings page by page, client-token lookups, and the purge (nothing to do: TTLs expire
+//! the records).
 
 use std::collections::HashMap;
 
@@ -16,16 +17,15 @@ use super::paging::{
 };
 use super::plan::{ExecutionPlan, matches};
 use super::tables::{ALL_SCOPE, bucket_start, index_slot};
-use super::writes::winning_execution_writes;
-use super::{Dialect, MAX_FETCHES, MAX_ROWS_SCANNED, ScyllaReadModel};
+use super::writes::{ts_last, winning_execution_writes};
+use super::{MAX_FETCHES, MAX_ROWS_SCANNED, ScyllaReadModel};
 use crate::{effective_page_size, invalid_page_token};
 
 #[async_trait::async_trait]
 impl ReadModel for ScyllaReadModel {
     async fn commit(&self, batch: ProjectionBatch) -> PortResult<()> {
-        // Deletes run first, then upserts, then the position. With write timestamps the
-        // order would not matter; without them (the limited dialect) a command deleted and
-        // re-created in one batch must end up re-created.
+        // Deletes run first, then upserts, then the position (with write timestamps the order
+        // does not matter).
         let mut deletes = Vec::new();
         let mut upserts = Vec::new();
 
@@ -115,7 +115,7 @@ impl ReadModel for ScyllaReadModel {
         self.exec(
             "writing the projector position",
             &self.st.upsert_position,
-            self.ts_last(vec![CqlValue::Int(partition), CqlValue::BigInt(next)], next),
+            ts_last(vec![CqlValue::Int(partition), CqlValue::BigInt(next)], next),
         )
         .await
     }
@@ -346,45 +346,8 @@ impl ReadModel for ScyllaReadModel {
         .await
     }
 
-    async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
-        if self.dialect == Dialect::Full {
-            // Every execution row carries its TTL: ScyllaDB has already removed them.
-            return Ok(0);
-        }
-        // A server without TTLs: scan and delete (fine for the test server it exists for).
-        let mut state = None;
-        let mut purged = 0u64;
-        loop {
-            let got = self
-                .fetch(
-                    "scanning executions",
-                    &self.st.scan_executions,
-                    Vec::new(),
-                    500,
-                    state.take(),
-                )
-                .await?;
-            let mut expired = Vec::new();
-            for data in got.rows {
-                let e: Execution = decode_json("execution", &data)?;
-                if e.time_to_live < now {
-                    expired.push(e);
-                }
-            }
-            let writes: Vec<_> = expired
-                .iter()
-                .flat_map(|e| {
-                    let mut w = self.delete_listing_rows(e);
-                    w.push(self.delete_execution_by_id(&e.execution_id));
-                    w
-                })
-                .collect();
-            self.run_writes(writes).await?;
-            purged += expired.len() as u64;
-            match got.more {
-                Some(s) => state = Some(s),
-                None => return Ok(purged),
-            }
-        }
+    async fn purge_expired(&self, _now: TimestampMs) -> PortResult<u64> {
+        // Every execution row carries its TTL: ScyllaDB has already removed them.
+        Ok(0)
     }
 }

@@ -9,10 +9,10 @@ use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
+use super::ScyllaReadModel;
 use super::error::{decode_json, exec_error, rows_error};
 use super::plan::ExecutionPlan;
 use super::tables::bucket_start;
-use super::{Dialect, ScyllaReadModel};
 use crate::invalid_page_token;
 
 /// Concurrent point reads in `get_executions`.
@@ -89,89 +89,38 @@ impl ScyllaReadModel {
             return Ok(None);
         }
         let scope = plan.scope();
-        match self.dialect {
-            Dialect::Full => {
-                let st = if plan.ascending {
-                    &self.st.next_bucket_asc
-                } else {
-                    &self.st.next_bucket_desc
-                };
-                let res = self
-                    .session
-                    .execute_unpaged(
-                        st,
-                        vec![
-                            CqlValue::Text(scope),
-                            CqlValue::BigInt(lo),
-                            CqlValue::BigInt(hi),
-                        ],
-                    )
-                    .await
-                    .map_err(|e| exec_error("finding the next bucket", e))?;
-                let rows = res
-                    .into_rows_result()
-                    .map_err(|e| rows_error("buckets", e))?;
-                rows.maybe_first_row::<(i64,)>()
-                    .map(|r| r.map(|(b,)| b))
-                    .map_err(|e| rows_error("buckets", e))
-            }
-            Dialect::Limited => {
-                // No slices or ordering on that server: read the scope's buckets and pick.
-                let mut best: Option<i64> = None;
-                let mut state = None;
-                loop {
-                    let res = {
-                        let mut st = self.st.next_bucket_desc.clone();
-                        st.set_page_size(1000);
-                        let paging = match state.take() {
-                            Some(s) => PagingState::new_from_raw_bytes(s),
-                            None => PagingState::start(),
-                        };
-                        self.session
-                            .execute_single_page(&st, vec![CqlValue::Text(scope.clone())], paging)
-                            .await
-                            .map_err(|e| exec_error("reading buckets", e))?
-                    };
-                    let (res, more) = res;
-                    let rows = res
-                        .into_rows_result()
-                        .map_err(|e| rows_error("buckets", e))?;
-                    for row in rows
-                        .rows::<(i64,)>()
-                        .map_err(|e| rows_error("buckets", e))?
-                    {
-                        let (b,) = row.map_err(|e| rows_error("buckets", e))?;
-                        if b < lo || b > hi {
-                            continue;
-                        }
-                        best = Some(match best {
-                            None => b,
-                            Some(x) if plan.ascending => x.min(b),
-                            Some(x) => x.max(b),
-                        });
-                    }
-                    match more {
-                        PagingStateResponse::HasMorePages { state: s } => {
-                            state = s.as_bytes_slice().map(|s| s.to_vec());
-                            if state.is_none() {
-                                break;
-                            }
-                        }
-                        PagingStateResponse::NoMorePages => break,
-                    }
-                }
-                Ok(best)
-            }
-        }
+        let st = if plan.ascending {
+            &self.st.next_bucket_asc
+        } else {
+            &self.st.next_bucket_desc
+        };
+        let res = self
+            .session
+            .execute_unpaged(
+                st,
+                vec![
+                    CqlValue::Text(scope),
+                    CqlValue::BigInt(lo),
+                    CqlValue::BigInt(hi),
+                ],
+            )
+            .await
+            .map_err(|e| exec_error("finding the next bucket", e))?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| rows_error("buckets", e))?;
+        rows.maybe_first_row::<(i64,)>()
+            .map(|r| r.map(|(b,)| b))
+            .map_err(|e| rows_error("buckets", e))
     }
 
     pub(super) fn page_values(&self, plan: &ExecutionPlan, bucket: i64) -> Vec<CqlValue> {
-        let mut v = vec![CqlValue::Text(plan.key.clone()), CqlValue::BigInt(bucket)];
-        if self.dialect == Dialect::Full {
-            v.push(CqlValue::BigInt(plan.lo));
-            v.push(CqlValue::BigInt(plan.hi));
-        }
-        v
+        vec![
+            CqlValue::Text(plan.key.clone()),
+            CqlValue::BigInt(bucket),
+            CqlValue::BigInt(plan.lo),
+            CqlValue::BigInt(plan.hi),
+        ]
     }
 
     /// Point reads in parallel, in input order: each id is its own partition (an `IN` over
@@ -188,7 +137,7 @@ impl ScyllaReadModel {
     }
 
     /// The `(started_at, execution_id)` of every `executions_by_token` row of `target` and
-    /// `client_token`, newest first (sorted here: the test server ignores clustering order).
+    /// `client_token`, newest first (sorted here too, whatever order the rows arrive in).
     pub(super) async fn token_rows(
         &self,
         target: &Target,

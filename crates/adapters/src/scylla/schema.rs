@@ -51,8 +51,7 @@ pub(super) fn replication_cql(r: &Replication) -> PortResult<String> {
     }
 }
 
-/// DDL, in order. Written in the subset of CQL both ScyllaDB and the CQL test server parse
-/// (upper-case keywords, `AND` between options).
+/// DDL, in order (upper-case keywords, `AND` between options).
 pub(super) fn schema_cql(ks: &str, replication: &str) -> Vec<String> {
     let mut ddl = vec![format!(
         "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"

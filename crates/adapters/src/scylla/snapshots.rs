@@ -12,9 +12,9 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
+use super::ScyllaReadModel;
 use super::error::{exec_error, rows_error};
 use super::statements::prepare;
-use super::{Dialect, ScyllaReadModel};
 
 /// The largest chunk of a snapshot in one row.
 pub(super) const CHUNK_BYTES: usize = 512 * 1024;
@@ -43,11 +43,7 @@ pub(super) struct SnapshotStatements {
 }
 
 impl SnapshotStatements {
-    pub(super) async fn prepare(session: &Session, ks: &str, d: Dialect) -> PortResult<Self> {
-        let stamp = match d {
-            Dialect::Full => " USING TIMESTAMP ?",
-            Dialect::Limited => "",
-        };
+    pub(super) async fn prepare(session: &Session, ks: &str) -> PortResult<Self> {
         Ok(Self {
             get_head: prepare(
                 session,
@@ -58,7 +54,7 @@ impl SnapshotStatements {
                 session,
                 format!(
                     "INSERT INTO {ks}.snapshots (log_partition, next_offset, chunks) \
-                     VALUES (?, ?, ?){stamp}"
+                     VALUES (?, ?, ?) USING TIMESTAMP ?"
                 ),
             )
             .await?,
@@ -140,15 +136,13 @@ impl SnapshotStore for ScyllaReadModel {
                 .await
                 .map_err(|e| exec_error("writing a snapshot chunk", e))?;
         }
-        let mut head = vec![
+        let head = vec![
             CqlValue::Int(p),
             CqlValue::BigInt(offset),
             CqlValue::Int(chunks.len() as i32),
-        ];
-        if self.dialect == Dialect::Full {
             // The write timestamp is the offset: the newest snapshot wins.
-            head.push(CqlValue::BigInt(offset));
-        }
+            CqlValue::BigInt(offset),
+        ];
         self.session
             .execute_unpaged(&self.snap.put_head, head)
             .await

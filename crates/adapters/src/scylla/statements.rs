@@ -1,10 +1,9 @@
-//! The CQL of every statement the adapter runs after the DDL, per [`Dialect`], and their
-//! preparation at connect.
+//! The CQL of every statement the adapter runs after the DDL, and their preparation at
+//! connect.
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::Dialect;
 use super::error::prepare_error;
 use super::tables::{INDEXES, index_table, key_column, sort_column};
 use fleetcmd_domain::ports::PortResult;
@@ -20,7 +19,6 @@ pub(super) struct IndexStatements<S> {
 /// Every statement the adapter runs after the DDL, prepared once at connect.
 pub(super) struct Statements<S = PreparedStatement> {
     pub(super) get_execution: S,
-    pub(super) scan_executions: S,
     pub(super) upsert_execution: S,
     pub(super) delete_execution: S,
     pub(super) index: Vec<IndexStatements<S>>,
@@ -41,41 +39,17 @@ pub(super) struct Statements<S = PreparedStatement> {
     pub(super) upsert_position: S,
 }
 
-/// `USING` clauses in the full dialect, nothing in the limited one.
-fn using(dialect: Dialect, clause: &str) -> String {
-    match dialect {
-        Dialect::Full => format!(" USING {clause}"),
-        Dialect::Limited => String::new(),
-    }
-}
-
-/// `AND <range>` in the full dialect (the limited server would ignore it).
-fn slice(dialect: Dialect, cond: &str) -> String {
-    match dialect {
-        Dialect::Full => format!(" AND {cond}"),
-        Dialect::Limited => String::new(),
-    }
-}
-
-/// `ORDER BY` in the full dialect (the limited server would ignore it).
-fn order_by(dialect: Dialect, order: &str) -> String {
-    match dialect {
-        Dialect::Full => format!(" ORDER BY {order}"),
-        Dialect::Limited => String::new(),
-    }
-}
-
-pub(super) fn execution_upsert_cql(ks: &str, dialect: Dialect) -> String {
+pub(super) fn execution_upsert_cql(ks: &str) -> String {
     format!(
-        "INSERT INTO {ks}.executions (execution_id, seq, data) VALUES (?, ?, ?){}",
-        using(dialect, "TTL ? AND TIMESTAMP ?")
+        "INSERT INTO {ks}.executions (execution_id, seq, data) VALUES (?, ?, ?) \
+         USING TTL ? AND TIMESTAMP ?"
     )
 }
 
 /// The CQL of every statement. The bind markers of each one match the values its caller
 /// builds (checked by a unit test): `USING TTL ? AND TIMESTAMP ?` and `VALUES (...) USING
 /// TIMESTAMP ?` take their values last, `DELETE ... USING TIMESTAMP ? WHERE` first.
-pub(super) fn statement_texts(ks: &str, d: Dialect) -> Statements<String> {
+pub(super) fn statement_texts(ks: &str) -> Statements<String> {
     let index = INDEXES
         .iter()
         .map(|&(per, sort)| {
@@ -83,61 +57,48 @@ pub(super) fn statement_texts(ks: &str, d: Dialect) -> Statements<String> {
             let k = key_column(per);
             let s = sort_column(sort);
             let page = format!(
-                "SELECT data FROM {ks}.{t} WHERE {k} = ? AND bucket = ?{}",
-                slice(d, &format!("{s} >= ? AND {s} <= ?"))
+                "SELECT data FROM {ks}.{t} WHERE {k} = ? AND bucket = ? \
+                 AND {s} >= ? AND {s} <= ?"
             );
             IndexStatements {
                 upsert: format!(
                     "INSERT INTO {ks}.{t} ({k}, bucket, {s}, execution_id, data) \
-                     VALUES (?, ?, ?, ?, ?){}",
-                    using(d, "TTL ? AND TIMESTAMP ?")
+                     VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
                 ),
                 delete: format!(
-                    "DELETE FROM {ks}.{t}{} WHERE {k} = ? AND bucket = ? AND {s} = ? \
-                     AND execution_id = ?",
-                    using(d, "TIMESTAMP ?")
+                    "DELETE FROM {ks}.{t} USING TIMESTAMP ? WHERE {k} = ? AND bucket = ? \
+                     AND {s} = ? AND execution_id = ?"
                 ),
-                page_asc: format!(
-                    "{page}{}",
-                    order_by(d, &format!("{s} ASC, execution_id ASC"))
-                ),
+                page_asc: format!("{page} ORDER BY {s} ASC, execution_id ASC"),
                 page_desc: page,
             }
         })
         .collect();
     let buckets = format!(
-        "SELECT bucket FROM {ks}.execution_buckets WHERE scope = ?{}",
-        slice(d, "bucket >= ? AND bucket <= ?")
+        "SELECT bucket FROM {ks}.execution_buckets WHERE scope = ? \
+         AND bucket >= ? AND bucket <= ?"
     );
-    let limit_one = |d: Dialect| match d {
-        Dialect::Full => " LIMIT 1",
-        Dialect::Limited => "",
-    };
     let commands = format!("SELECT data FROM {ks}.commands_by_created WHERE scope = ?");
     Statements {
         get_execution: format!("SELECT data FROM {ks}.executions WHERE execution_id = ?"),
-        scan_executions: format!("SELECT data FROM {ks}.executions"),
-        upsert_execution: execution_upsert_cql(ks, d),
+        upsert_execution: execution_upsert_cql(ks),
         delete_execution: format!(
-            "DELETE FROM {ks}.executions{} WHERE execution_id = ?",
-            using(d, "TIMESTAMP ?")
+            "DELETE FROM {ks}.executions USING TIMESTAMP ? WHERE execution_id = ?"
         ),
         index,
         upsert_bucket: format!(
-            "INSERT INTO {ks}.execution_buckets (scope, bucket) VALUES (?, ?){}",
-            using(d, "TTL ? AND TIMESTAMP ?")
+            "INSERT INTO {ks}.execution_buckets (scope, bucket) VALUES (?, ?) \
+             USING TTL ? AND TIMESTAMP ?"
         ),
-        next_bucket_desc: format!("{buckets}{}", limit_one(d)),
-        next_bucket_asc: format!("{buckets}{}{}", order_by(d, "bucket ASC"), limit_one(d)),
+        next_bucket_desc: format!("{buckets} LIMIT 1"),
+        next_bucket_asc: format!("{buckets} ORDER BY bucket ASC LIMIT 1"),
         upsert_token: format!(
             "INSERT INTO {ks}.executions_by_token (target_kind, target_id, client_token, \
-             started_at, execution_id) VALUES (?, ?, ?, ?, ?){}",
-            using(d, "TTL ? AND TIMESTAMP ?")
+             started_at, execution_id) VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
         ),
         delete_token: format!(
-            "DELETE FROM {ks}.executions_by_token{} WHERE target_kind = ? AND target_id = ? \
-             AND client_token = ? AND started_at = ? AND execution_id = ?",
-            using(d, "TIMESTAMP ?")
+            "DELETE FROM {ks}.executions_by_token USING TIMESTAMP ? WHERE target_kind = ? \
+             AND target_id = ? AND client_token = ? AND started_at = ? AND execution_id = ?"
         ),
         tokens_of: format!(
             "SELECT started_at, execution_id FROM {ks}.executions_by_token \
@@ -145,32 +106,23 @@ pub(super) fn statement_texts(ks: &str, d: Dialect) -> Statements<String> {
         ),
         get_command: format!("SELECT data FROM {ks}.commands WHERE command_id = ?"),
         upsert_command: format!(
-            "INSERT INTO {ks}.commands (command_id, data) VALUES (?, ?){}",
-            using(d, "TIMESTAMP ?")
+            "INSERT INTO {ks}.commands (command_id, data) VALUES (?, ?) USING TIMESTAMP ?"
         ),
-        delete_command: format!(
-            "DELETE FROM {ks}.commands{} WHERE command_id = ?",
-            using(d, "TIMESTAMP ?")
-        ),
+        delete_command: format!("DELETE FROM {ks}.commands USING TIMESTAMP ? WHERE command_id = ?"),
         upsert_command_row: format!(
             "INSERT INTO {ks}.commands_by_created (scope, created_at, command_id, data) \
-             VALUES (?, ?, ?, ?){}",
-            using(d, "TIMESTAMP ?")
+             VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
         ),
         delete_command_row: format!(
-            "DELETE FROM {ks}.commands_by_created{} WHERE scope = ? AND created_at = ? \
-             AND command_id = ?",
-            using(d, "TIMESTAMP ?")
+            "DELETE FROM {ks}.commands_by_created USING TIMESTAMP ? WHERE scope = ? \
+             AND created_at = ? AND command_id = ?"
         ),
-        commands_asc: format!(
-            "{commands}{}",
-            order_by(d, "created_at ASC, command_id ASC")
-        ),
+        commands_asc: format!("{commands} ORDER BY created_at ASC, command_id ASC"),
         commands_desc: commands,
         get_position: format!("SELECT next_offset FROM {ks}.positions WHERE log_partition = ?"),
         upsert_position: format!(
-            "INSERT INTO {ks}.positions (log_partition, next_offset) VALUES (?, ?){}",
-            using(d, "TIMESTAMP ?")
+            "INSERT INTO {ks}.positions (log_partition, next_offset) VALUES (?, ?) \
+             USING TIMESTAMP ?"
         ),
     }
 }
@@ -198,7 +150,6 @@ impl Statements {
         }
         Ok(Self {
             get_execution: prepare(session, texts.get_execution).await?,
-            scan_executions: prepare(session, texts.scan_executions).await?,
             upsert_execution: prepare(session, texts.upsert_execution).await?,
             delete_execution: prepare(session, texts.delete_execution).await?,
             index,
@@ -226,68 +177,47 @@ mod tests {
     use super::*;
 
     /// The values each caller binds (see `upsert_execution`, `delete_listing_rows`,
-    /// `page_values`, `next_bucket`, `upsert_command`, `commit`, `token_rows`...), per
-    /// dialect.
+    /// `page_values`, `next_bucket`, `upsert_command`, `commit`, `token_rows`...).
     #[test]
     fn bind_markers_match_the_values_each_statement_gets() {
         let markers = |cql: &str| cql.matches('?').count();
-        for (d, expected) in [
-            (
-                Dialect::Full,
-                [
-                    1, 0, 5, 2, 7, 5, 4, 4, 4, 3, 3, 1, 3, 2, 5, 4, 1, 1, 1, 3, 7, 6, 3,
-                ],
-            ),
-            (
-                Dialect::Limited,
-                [
-                    1, 0, 3, 1, 5, 4, 2, 2, 2, 1, 1, 1, 2, 1, 4, 3, 1, 1, 1, 2, 5, 5, 3,
-                ],
-            ),
-        ] {
-            let t = statement_texts("ks", d);
-            for i in &t.index {
-                let got = [&i.upsert, &i.delete, &i.page_desc, &i.page_asc].map(|c| markers(c));
-                assert_eq!(
-                    got,
-                    [expected[4], expected[5], expected[6], expected[7]],
-                    "{d:?}"
-                );
-            }
-            let i = &t.index[0];
-            let all = [
-                &t.get_execution,
-                &t.scan_executions,
-                &t.upsert_execution,
-                &t.delete_execution,
-                &i.upsert,
-                &i.delete,
-                &i.page_desc,
-                &i.page_asc,
-                &t.upsert_bucket,
-                &t.next_bucket_desc,
-                &t.next_bucket_asc,
-                &t.get_command,
-                &t.upsert_command,
-                &t.delete_command,
-                &t.upsert_command_row,
-                &t.delete_command_row,
-                &t.commands_desc,
-                &t.commands_asc,
-                &t.get_position,
-                &t.upsert_position,
-                &t.upsert_token,
-                &t.delete_token,
-                &t.tokens_of,
-            ];
-            for (cql, want) in all.iter().zip(expected) {
-                assert_eq!(markers(cql), want, "{d:?}: {cql}");
-                let full_only = cql.contains("USING") || cql.contains("ORDER BY");
-                assert!(!(full_only && d == Dialect::Limited), "{cql}");
-            }
+        let expected = [
+            1, 5, 2, 7, 5, 4, 4, 4, 3, 3, 1, 3, 2, 5, 4, 1, 1, 1, 3, 7, 6, 3,
+        ];
+        let t = statement_texts("ks");
+        for i in &t.index {
+            let got = [&i.upsert, &i.delete, &i.page_desc, &i.page_asc].map(|c| markers(c));
+            assert_eq!(got, [expected[3], expected[4], expected[5], expected[6]]);
         }
-        // `check_dialect` tells a server that ignores USING clauses by these counts.
-        assert_eq!(markers(&execution_upsert_cql("ks", Dialect::Full)), 5);
-        assert_eq!(markers(&execution_upsert_cql("ks", Dialect::Limited)), 3);
+        let i = &t.index[0];
+        let all = [
+            &t.get_execution,
+            &t.upsert_execution,
+            &t.delete_execution,
+            &i.upsert,
+            &i.delete,
+            &i.page_desc,
+            &i.page_asc,
+            &t.upsert_bucket,
+            &t.next_bucket_desc,
+            &t.next_bucket_asc,
+            &t.get_command,
+            &t.upsert_command,
+            &t.delete_command,
+            &t.upsert_command_row,
+            &t.delete_command_row,
+            &t.commands_desc,
+            &t.commands_asc,
+            &t.get_position,
+            &t.upsert_position,
+            &t.upsert_token,
+            &t.delete_token,
+            &t.tokens_of,
+        ];
+        for (cql, want) in all.iter().zip(expected) {
+            assert_eq!(markers(cql), want, "{cql}");
+        }
+        // `check_using_clauses` tells a server that ignores USING clauses by this count.
+        assert_eq!(markers(&execution_upsert_cql("ks")), 5);
     }
 }

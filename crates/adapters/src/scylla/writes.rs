@@ -1,6 +1,5 @@
 //! The writes of a commit: every row an execution or command upsert writes (versioned by
-//! write timestamps, expiring by TTL in the full dialect), the deletes, and which write of a
-//! batch wins.
+//! write timestamps, expiring by TTL), the deletes, and which write of a batch wins.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,13 +16,33 @@ use super::error::{encode_json, exec_error, to_i64};
 use super::tables::{
     ALL_SCOPE, INDEXES, SortBy, bucket_scope, bucket_start, index_key, index_slot,
 };
-use super::{DELETE_TIMESTAMP, Dialect, ScyllaReadModel};
+use super::{DELETE_TIMESTAMP, ScyllaReadModel};
 
 /// ScyllaDB refuses TTLs above 20 years.
 const MAX_TTL_SECS: i64 = 20 * 365 * 24 * 3600;
 
 /// One write, run with others by [`ScyllaReadModel::run_writes`].
 pub(super) type WriteFuture<'a> = Pin<Box<dyn Future<Output = PortResult<()>> + Send + 'a>>;
+
+/// Values plus `TTL ?, TIMESTAMP ?`.
+fn with_ttl(mut values: Vec<CqlValue>, ttl_secs: i32, ts: i64) -> Vec<CqlValue> {
+    values.push(CqlValue::Int(ttl_secs));
+    values.push(CqlValue::BigInt(ts));
+    values
+}
+
+/// `TIMESTAMP ?` first (deletes: `USING` precedes `WHERE`), then the values.
+fn ts_first(ts: i64, values: Vec<CqlValue>) -> Vec<CqlValue> {
+    std::iter::once(CqlValue::BigInt(ts))
+        .chain(values)
+        .collect()
+}
+
+/// Values plus `TIMESTAMP ?`.
+pub(super) fn ts_last(mut values: Vec<CqlValue>, ts: i64) -> Vec<CqlValue> {
+    values.push(CqlValue::BigInt(ts));
+    values
+}
 
 impl ScyllaReadModel {
     pub(super) fn exec<'a>(
@@ -39,38 +58,6 @@ impl ScyllaReadModel {
                 .map(|_| ())
                 .map_err(|e| exec_error(what, e))
         })
-    }
-
-    /// Values plus `TTL ?, TIMESTAMP ?` (full dialect).
-    pub(super) fn with_ttl(
-        &self,
-        mut values: Vec<CqlValue>,
-        ttl_secs: i32,
-        ts: i64,
-    ) -> Vec<CqlValue> {
-        if self.dialect == Dialect::Full {
-            values.push(CqlValue::Int(ttl_secs));
-            values.push(CqlValue::BigInt(ts));
-        }
-        values
-    }
-
-    /// `TIMESTAMP ?` first (deletes: `USING` precedes `WHERE`), then the values.
-    pub(super) fn ts_first(&self, ts: i64, values: Vec<CqlValue>) -> Vec<CqlValue> {
-        match self.dialect {
-            Dialect::Full => std::iter::once(CqlValue::BigInt(ts))
-                .chain(values)
-                .collect(),
-            Dialect::Limited => values,
-        }
-    }
-
-    /// Values plus `TIMESTAMP ?` (full dialect).
-    pub(super) fn ts_last(&self, mut values: Vec<CqlValue>, ts: i64) -> Vec<CqlValue> {
-        if self.dialect == Dialect::Full {
-            values.push(CqlValue::BigInt(ts));
-        }
-        values
     }
 
     /// The CQL TTL of a record expiring at `time_to_live`, `None` when already expired.
@@ -121,9 +108,8 @@ impl ScyllaReadModel {
         &'a self,
         e: &'a Execution,
     ) -> PortResult<Vec<WriteFuture<'a>>> {
-        let ttl = match (self.dialect, self.ttl_secs(e.time_to_live)) {
-            (Dialect::Full, None) => return Ok(Vec::new()),
-            (_, ttl) => ttl.unwrap_or(0),
+        let Some(ttl) = self.ttl_secs(e.time_to_live) else {
+            return Ok(Vec::new());
         };
         let seq = to_i64(e.seq, "seq")?;
         let id = e.execution_id.as_str();
@@ -135,13 +121,13 @@ impl ScyllaReadModel {
             out.push(self.exec(
                 "writing an execution's client-token row",
                 &self.st.upsert_token,
-                self.with_ttl(key, ttl, seq),
+                with_ttl(key, ttl, seq),
             ));
         }
         out.push(self.exec(
             "writing an execution",
             &self.st.upsert_execution,
-            self.with_ttl(
+            with_ttl(
                 vec![
                     CqlValue::Text(id.to_owned()),
                     CqlValue::BigInt(seq),
@@ -159,7 +145,7 @@ impl ScyllaReadModel {
             out.push(self.exec(
                 "writing an execution listing row",
                 &self.st.index[slot].upsert,
-                self.with_ttl(
+                with_ttl(
                     vec![
                         CqlValue::Text(key),
                         CqlValue::BigInt(bucket),
@@ -198,7 +184,7 @@ impl ScyllaReadModel {
                 return None;
             }
         }
-        let values = self.with_ttl(
+        let values = with_ttl(
             vec![CqlValue::Text(scope.clone()), CqlValue::BigInt(bucket)],
             ttl,
             until.saturating_mul(1000),
@@ -230,14 +216,14 @@ impl ScyllaReadModel {
             out.push(self.exec(
                 "deleting an execution's client-token row",
                 &self.st.delete_token,
-                self.ts_first(DELETE_TIMESTAMP, key),
+                ts_first(DELETE_TIMESTAMP, key),
             ));
         }
         for (slot, key, bucket, t) in self.index_rows(e) {
             out.push(self.exec(
                 "deleting an execution listing row",
                 &self.st.index[slot].delete,
-                self.ts_first(
+                ts_first(
                     DELETE_TIMESTAMP,
                     vec![
                         CqlValue::Text(key),
@@ -255,7 +241,7 @@ impl ScyllaReadModel {
         self.exec(
             "deleting an execution",
             &self.st.delete_execution,
-            self.ts_first(
+            ts_first(
                 DELETE_TIMESTAMP,
                 vec![CqlValue::Text(id.as_str().to_owned())],
             ),
@@ -278,7 +264,7 @@ impl ScyllaReadModel {
         let mut out = vec![self.exec(
             "writing a command",
             &self.st.upsert_command,
-            self.ts_last(
+            ts_last(
                 vec![CqlValue::Text(id.to_owned()), CqlValue::Blob(data.clone())],
                 ts,
             ),
@@ -287,7 +273,7 @@ impl ScyllaReadModel {
             out.push(self.exec(
                 "writing a command listing row",
                 &self.st.upsert_command_row,
-                self.ts_last(
+                ts_last(
                     vec![
                         CqlValue::Text(scope),
                         CqlValue::BigInt(c.created_at),
@@ -309,13 +295,13 @@ impl ScyllaReadModel {
         let mut out = vec![self.exec(
             "deleting a command",
             &self.st.delete_command,
-            self.ts_first(ts, vec![CqlValue::Text(id.to_owned())]),
+            ts_first(ts, vec![CqlValue::Text(id.to_owned())]),
         )];
         for scope in Self::command_scopes(stored) {
             out.push(self.exec(
                 "deleting a command listing row",
                 &self.st.delete_command_row,
-                self.ts_first(
+                ts_first(
                     ts,
                     vec![
                         CqlValue::Text(scope),

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use fleetcmd_adapters::kafka::KafkaCompat;
-use fleetcmd_adapters::scylla::Dialect;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,10 +111,6 @@ pub struct ScyllaConfig {
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub replication_factor: u32,
-    /// What the CQL server understands: `full` (the default: ScyllaDB, Cassandra) or
-    /// `limited` (only the CQL test server of the local scripts: no `USING` clauses, no
-    /// ordering, no TTL, no schema agreement).
-    pub dialect: Dialect,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,7 +199,6 @@ impl Default for ScyllaConfig {
             nodes: vec!["127.0.0.1:9042".into()],
             keyspace: "fleetcmd".into(),
             replication_factor: 1,
-            dialect: Dialect::Full,
         }
     }
 }
@@ -328,8 +322,8 @@ impl ClusterConfig {
     }
 }
 
-/// Keys whose value is one of a few names: parsed here (in any case) so that a bad value is
-/// reported with its key, and written back as the canonical name.
+/// Keys whose value is one of a few names (`kafka.compat`): parsed here (in any case) so
+/// that a bad value is reported with its key, and written back as the canonical name.
 fn normalize_choices(value: &mut toml::Value) -> anyhow::Result<()> {
     fn canonical<T: std::str::FromStr + std::fmt::Display>(
         value: &toml::Value,
@@ -347,19 +341,8 @@ fn normalize_choices(value: &mut toml::Value) -> anyhow::Result<()> {
         let parsed: T = text.parse().with_context(|| key.to_owned())?;
         Ok(Some(parsed.to_string()))
     }
-    for (key, name) in [
-        (
-            "kafka.compat",
-            canonical::<KafkaCompat>(value, "kafka.compat")?,
-        ),
-        (
-            "scylla.dialect",
-            canonical::<Dialect>(value, "scylla.dialect")?,
-        ),
-    ] {
-        if let Some(name) = name {
-            set(value, key, toml::Value::String(name));
-        }
+    if let Some(name) = canonical::<KafkaCompat>(value, "kafka.compat")? {
+        set(value, "kafka.compat", toml::Value::String(name));
     }
     Ok(())
 }
@@ -528,21 +511,10 @@ mod tests {
     fn compat_settings_default_to_the_real_engines_and_are_layered() {
         let c = load(None, &[], &[]).unwrap();
         assert_eq!(c.kafka.compat, KafkaCompat::None, "Apache Kafka by default");
-        assert_eq!(c.scylla.dialect, Dialect::Full, "ScyllaDB by default");
         let dumped = c.to_toml().unwrap();
         assert!(dumped.contains("compat = \"none\""), "{dumped}");
-        assert!(dumped.contains("dialect = \"full\""), "{dumped}");
-        let c = load(
-            None,
-            &env(&[
-                ("FLEETCMD_KAFKA_COMPAT", "tansu"),
-                ("FLEETCMD_SCYLLA_DIALECT", "Limited"),
-            ]),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(c.kafka.compat, KafkaCompat::Tansu);
-        assert_eq!(c.scylla.dialect, Dialect::Limited, "names in any case");
+        let c = load(None, &env(&[("FLEETCMD_KAFKA_COMPAT", "Tansu")]), &[]).unwrap();
+        assert_eq!(c.kafka.compat, KafkaCompat::Tansu, "names in any case");
         let c = load(
             None,
             &env(&[("FLEETCMD_KAFKA_COMPAT", "tansu")]),
@@ -552,8 +524,6 @@ mod tests {
         assert_eq!(c.kafka.compat, KafkaCompat::None, "flag over env");
         let e = load(None, &[], &["kafka.compat=kafka".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("kafka.compat"), "{e:#}");
-        let e = load(None, &env(&[("FLEETCMD_SCYLLA_DIALECT", "cql")]), &[]).unwrap_err();
-        assert!(format!("{e:#}").contains("scylla.dialect"), "{e:#}");
     }
 
     #[test]

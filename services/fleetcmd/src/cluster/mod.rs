@@ -367,10 +367,7 @@ async fn scylla_store(
     let c = config.scylla.clone();
     let store = connect("scylla", shutdown, || {
         let replication = Replication::Factor(c.replication_factor);
-        let sc = fleetcmd_adapters::scylla::ScyllaConfig {
-            dialect: c.dialect,
-            ..fleetcmd_adapters::scylla::ScyllaConfig::new(&c.nodes, &c.keyspace, replication)
-        };
+        let sc = fleetcmd_adapters::scylla::ScyllaConfig::new(&c.nodes, &c.keyspace, replication);
         ScyllaReadModel::connect_with(sc)
     })
     .await?;

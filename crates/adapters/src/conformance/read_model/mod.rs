@@ -8,9 +8,9 @@
 //! that expired before the check started.
 //!
 //! Each check takes the store's [`Capabilities`] and skips or adapts what a backend cannot
-//! honour: the CQL test server, for instance, ignores clustering order, write timestamps and
-//! TTLs, so the ScyllaDB adapter runs the subset there and everything against a real
-//! cluster. [`Capabilities::ALL`] holds a store to every check (the SQLite store).
+//! honour (a store without clustering order, write timestamps or TTLs runs the subset it
+//! supports). [`Capabilities::ALL`] holds a store to every check (the SQLite store); the
+//! ScyllaDB adapter runs everything, with tombstones and expiry by TTL.
 //!
 //! Files: `commands.rs`, `executions.rs` (gets, versions, client tokens), `listings.rs`
 //! (execution listings and page tokens), `expiry.rs`.
