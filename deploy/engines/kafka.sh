@@ -67,26 +67,19 @@ case "$KAFKA_ENGINE" in
         conf_file="$run_dir/server.properties"
         log4j_file="$run_dir/log4j2.xml"
         data_dir="$run_dir/data"
-        pid_file="$run_dir/kafka.pid"
-        log_file="$run_dir/kafka.log"
+        engine_files kafka
 
         installed() {
             [[ -f "$libs_dir/kafka_2.13-$KAFKA_VERSION.jar" ]]
         }
 
         cmd_install() {
-            if installed; then
-                echo "kafka: Apache Kafka $KAFKA_VERSION already installed in $install_dir"
-                return 0
-            fi
+            already_installed "Apache Kafka $KAFKA_VERSION" "in $install_dir" && return 0
             mkdir -p "$cache_root"
             # Two runs on one machine (a developer and CI) may install at once: take turns.
             exec 9>"$cache_root/kafka.lock"
             flock 9
-            if installed; then
-                echo "kafka: Apache Kafka $KAFKA_VERSION already installed in $install_dir"
-                return 0
-            fi
+            already_installed "Apache Kafka $KAFKA_VERSION" "in $install_dir" && return 0
             echo "kafka: fetching Apache Kafka $KAFKA_VERSION (kafka_2.13 and its jars) from Maven Central"
             maven_fetch_jars "$install_dir" \
                 "org.apache.kafka:kafka_2.13:$KAFKA_VERSION" \
@@ -217,18 +210,14 @@ EOF
 
         install_root="$cache_root/tansu"
         tansu_bin="$install_root/bin/tansu"
-        pid_file="$run_dir/tansu.pid"
-        log_file="$run_dir/tansu.log"
+        engine_files tansu
 
         installed() {
             [[ -x "$tansu_bin" ]] && "$tansu_bin" --version 2>/dev/null | grep -q " $TANSU_VERSION\b"
         }
 
         cmd_install() {
-            if installed; then
-                echo "kafka: tansu $TANSU_VERSION already installed at $tansu_bin"
-                return 0
-            fi
+            already_installed "tansu $TANSU_VERSION" "at $tansu_bin" && return 0
             echo "kafka: installing tansu $TANSU_VERSION into $install_root (takes ~10 minutes)"
             mkdir -p "$install_root"
             cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore \

@@ -16,7 +16,8 @@
 #   STOP_TIMEOUT_SECS   how long `stop` waits after SIGTERM before it sends SIGKILL
 #   PROCESS_MATCH       a string in /proc/<pid>/cmdline that marks the engine's process
 #   NOT_INSTALLED       what `start` says when the engine is not installed
-#   pid_file, log_file  the engine's pidfile and log, in $run_dir
+#   pid_file, log_file  the engine's pidfile and log, in $run_dir: `engine_files NAME` sets
+#                       them to $run_dir/NAME.pid and $run_dir/NAME.log
 # and, when the defaults set here do not fit:
 #   SERVER_NOUN    what start failure messages call the process (default: nothing)
 #   URL_SCHEME     printed before host:port, e.g. nats:// (default: nothing)
@@ -45,6 +46,21 @@ SERVER_NOUN=
 URL_SCHEME=
 STATE_WORDING=terse
 port_file=
+
+# Sets pid_file and log_file to $run_dir/$1.pid and $run_dir/$1.log: every engine keeps them
+# there, named after its server process.
+engine_files() {
+    pid_file="$run_dir/$1.pid"
+    log_file="$run_dir/$1.log"
+}
+
+# Succeeds when the engine is installed, saying "$ENGINE: $1 already installed $2" (what and
+# where): `cmd_install` begins with `already_installed WHAT WHERE && return 0`, and asks again
+# once it holds the install lock.
+already_installed() {
+    installed || return 1
+    echo "$ENGINE: $1 already installed $2"
+}
 
 # The install cache of the engines that download or build something (FLEETCMD_ENGINES_CACHE,
 # default $HOME/.cache/fleetcmd-engines), outside the checkout so CI runs on the same machine

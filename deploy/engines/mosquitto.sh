@@ -33,9 +33,8 @@ STATE_WORDING=verbose
 
 conf_file="$run_dir/mosquitto.conf"
 data_dir="$run_dir/data"
-pid_file="$run_dir/mosquitto.pid"
+engine_files mosquitto
 port_file="$run_dir/port"
-log_file="$run_dir/mosquitto.log"
 
 # Debian puts the broker in /usr/sbin, which a non-login PATH may lack.
 mosquitto_bin() {

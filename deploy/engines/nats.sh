@@ -39,27 +39,20 @@ venv="$cache_root/nats"
 nats_bin="$venv/bin/nats-server"
 conf_file="$run_dir/nats.conf"
 data_dir="$run_dir/data"
-pid_file="$run_dir/nats.pid"
+engine_files nats
 port_file="$run_dir/port"
-log_file="$run_dir/nats.log"
 
 installed() {
     [[ -x "$nats_bin" ]] && "$nats_bin" --version 2>/dev/null | grep -q "v$NATS_VERSION\b"
 }
 
 cmd_install() {
-    if installed; then
-        echo "nats: nats-server $NATS_VERSION already installed at $nats_bin"
-        return 0
-    fi
+    already_installed "nats-server $NATS_VERSION" "at $nats_bin" && return 0
     mkdir -p "$cache_root"
     # Two runs on one machine (a developer and CI) may install at once: take turns.
     exec 9>"$cache_root/nats.lock"
     flock 9
-    if installed; then
-        echo "nats: nats-server $NATS_VERSION already installed at $nats_bin"
-        return 0
-    fi
+    already_installed "nats-server $NATS_VERSION" "at $nats_bin" && return 0
     echo "nats: installing nats-server $NATS_VERSION into $venv"
     if [[ ! -x "$venv/bin/pip" ]]; then
         python3 -m venv "$venv"

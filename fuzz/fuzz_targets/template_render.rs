@@ -50,31 +50,6 @@ impl Name {
 }
 
 #[derive(Debug, Arbitrary)]
-enum Type {
-    String,
-    Integer,
-    Double,
-    Long,
-    UnsignedLong,
-    Boolean,
-    Binary,
-}
-
-impl From<&Type> for ParameterType {
-    fn from(t: &Type) -> Self {
-        match t {
-            Type::String => ParameterType::String,
-            Type::Integer => ParameterType::Integer,
-            Type::Double => ParameterType::Double,
-            Type::Long => ParameterType::Long,
-            Type::UnsignedLong => ParameterType::UnsignedLong,
-            Type::Boolean => ParameterType::Boolean,
-            Type::Binary => ParameterType::Binary,
-        }
-    }
-}
-
-#[derive(Debug, Arbitrary)]
 enum Value {
     S(String),
     B(bool),
@@ -136,19 +111,7 @@ struct Condition {
 
 impl From<&Condition> for ValueCondition {
     fn from(c: &Condition) -> Self {
-        use ComparisonOperator::*;
-        const OPERATORS: [ComparisonOperator; 10] = [
-            Equals,
-            NotEquals,
-            LessThan,
-            LessThanEquals,
-            GreaterThan,
-            GreaterThanEquals,
-            InSet,
-            NotInSet,
-            InRange,
-            NotInRange,
-        ];
+        const OPERATORS: [ComparisonOperator; 10] = ComparisonOperator::ALL;
         let operand = match &c.operand {
             OperandInput::Number(n) => Operand::Number(n.text()),
             OperandInput::Numbers(ns) => Operand::Numbers(ns.iter().map(Number::text).collect()),
@@ -169,7 +132,8 @@ impl From<&Condition> for ValueCondition {
 #[derive(Debug, Arbitrary)]
 struct Parameter {
     name: Name,
-    r#type: Type,
+    /// An index into [`ParameterType::ALL`].
+    r#type: u8,
     default_value: Option<Value>,
     value: Option<Value>,
     conditions: Vec<Condition>,
@@ -287,7 +251,7 @@ fuzz_target!(|input: Input| {
         .iter()
         .map(|p| CommandParameter {
             name: p.name.text(),
-            r#type: (&p.r#type).into(),
+            r#type: ParameterType::ALL[usize::from(p.r#type) % ParameterType::ALL.len()],
             default_value: p.default_value.as_ref().map(Into::into),
             value: p.value.as_ref().map(Into::into),
             value_conditions: p.conditions.iter().map(Into::into).collect(),

@@ -211,6 +211,14 @@ pub fn placeholder(name: &str) -> String {
 /// The execution-timeout placeholder.
 pub const TIMEOUT_PLACEHOLDER: &str = "${aws:iot:commandexecution::executionTimeoutSec}";
 
+/// A target of any raw kind, for checking how the API answers kinds it does not know.
+pub fn target_of_kind(kind: i32, id: &str) -> pb::Target {
+    pb::Target {
+        kind,
+        id: id.into(),
+    }
+}
+
 /// A start request with a long timeout (executions must not time out under the test).
 pub fn start_request(command_id: &str, target: pb::Target) -> pb::StartCommandExecutionRequest {
     pb::StartCommandExecutionRequest {

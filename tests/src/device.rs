@@ -461,6 +461,32 @@ fn suback<C: fmt::Debug>(codes: &[C], granted: impl Fn(&C) -> bool) -> Polled {
     Polled::Control(Control::SubAck { refused })
 }
 
+/// The rest of what an event loop polls, which both protocol versions report alike.
+/// rumqttc's v5 and 3.1.1 events have the same names and fields but are different types,
+/// so this is a macro over the `Event`, `Packet`, `ConnectReturnCode` and
+/// `SubscribeReasonCode` that each caller has in scope.
+macro_rules! polled_alike {
+    ($event:expr) => {
+        match $event {
+            Ok(Event::Incoming(Packet::ConnAck(c))) => connack(
+                c.session_present,
+                c.code == ConnectReturnCode::Success,
+                c.code,
+            ),
+            Ok(Event::Incoming(Packet::SubAck(s))) => suback(&s.return_codes, |c| {
+                matches!(c, SubscribeReasonCode::Success(_))
+            }),
+            Ok(Event::Incoming(Packet::PubAck(_))) => Polled::Control(Control::PubAck),
+            // DISCONNECT is flushed; the client closes the connection (§3.14.4 in both).
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                Polled::Closed("disconnected".into())
+            }
+            Ok(_) => Polled::Other,
+            Err(e) => Polled::Closed(e.to_string()),
+        }
+    };
+}
+
 async fn run_v5(
     mut eventloop: rumqttc::v5::EventLoop,
     messages: mpsc::Sender<Message>,
@@ -487,24 +513,10 @@ async fn run_v5(
                     user_properties,
                 })
             }
-            Ok(Event::Incoming(Packet::ConnAck(c))) => connack(
-                c.session_present,
-                c.code == ConnectReturnCode::Success,
-                c.code,
-            ),
-            Ok(Event::Incoming(Packet::SubAck(s))) => suback(&s.return_codes, |c| {
-                matches!(c, SubscribeReasonCode::Success(_))
-            }),
-            Ok(Event::Incoming(Packet::PubAck(_))) => Polled::Control(Control::PubAck),
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 Polled::Closed(format!("the broker disconnected: {:?}", d.reason_code))
             }
-            // DISCONNECT is flushed; the client closes the connection (MQTT 5 §3.14.4).
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                Polled::Closed("disconnected".into())
-            }
-            Ok(_) => Polled::Other,
-            Err(e) => Polled::Closed(e.to_string()),
+            other => polled_alike!(other),
         };
         if !forward(polled, &messages, &control).await {
             return;
@@ -527,21 +539,7 @@ async fn run_v311(
                 message_expiry_secs: None,
                 user_properties: Vec::new(),
             }),
-            Ok(Event::Incoming(Packet::ConnAck(c))) => connack(
-                c.session_present,
-                c.code == ConnectReturnCode::Success,
-                c.code,
-            ),
-            Ok(Event::Incoming(Packet::SubAck(s))) => suback(&s.return_codes, |c| {
-                matches!(c, SubscribeReasonCode::Success(_))
-            }),
-            Ok(Event::Incoming(Packet::PubAck(_))) => Polled::Control(Control::PubAck),
-            // DISCONNECT is flushed; the client closes the connection (MQTT 3.1.1 §3.14.4).
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                Polled::Closed("disconnected".into())
-            }
-            Ok(_) => Polled::Other,
-            Err(e) => Polled::Closed(e.to_string()),
+            other => polled_alike!(other),
         };
         if !forward(polled, &messages, &control).await {
             return;

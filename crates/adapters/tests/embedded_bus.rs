@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetcmd_adapters::conformance::bus::sub;
 use fleetcmd_adapters::conformance::{self, within};
 use fleetcmd_adapters::embedded::bus::InProcessBus;
-use fleetcmd_domain::ports::{Bus, BusMessage, PortError};
+use fleetcmd_domain::ports::{Bus, BusMessage};
 use futures::StreamExt;
 
 mod conformance_suite {
@@ -39,12 +40,8 @@ async fn the_suite_leaves_no_subscription_behind() {
 #[tokio::test]
 async fn shutdown_ends_subscriptions_and_pending_requests() {
     let bus = InProcessBus::new();
-    let mut s = within("subscribe", bus.subscribe("a.>", None))
-        .await
-        .expect("subscribe");
-    let mut silent = within("subscribe", bus.subscribe("svc", Some("g")))
-        .await
-        .expect("subscribe");
+    let mut s = sub(&bus, "a.>", None).await;
+    let mut silent = sub(&bus, "svc", Some("g")).await;
     let requester = {
         let bus = bus.clone();
         tokio::spawn(async move {
@@ -62,21 +59,10 @@ async fn shutdown_ends_subscriptions_and_pending_requests() {
             .is_some_and(|r| r.starts_with("_INBOX."))
     );
     bus.shutdown();
-    assert_eq!(
-        within("stream end", s.next()).await,
-        None,
-        "shutdown ends streams"
-    );
-    let err = within("pending request", requester)
-        .await
-        .expect("task")
-        .expect_err("shutdown fails pending requests");
-    assert!(matches!(err, PortError::Unavailable(_)), "{err:?}");
+    conformance::bus::check_shut_down(&mut s, requester).await;
     assert_eq!(bus.subscription_count(), 0);
     // Still usable afterwards.
-    let mut s2 = within("subscribe", bus.subscribe("a.b", None))
-        .await
-        .expect("subscribe");
+    let mut s2 = sub(&bus, "a.b", None).await;
     within("publish", bus.publish(BusMessage::new("a.b", "y")))
         .await
         .expect("publish");
@@ -89,9 +75,7 @@ async fn shutdown_ends_subscriptions_and_pending_requests() {
 #[tokio::test]
 async fn dropping_the_bus_ends_subscriptions() {
     let bus = InProcessBus::new();
-    let mut s = within("subscribe", bus.subscribe("x", None))
-        .await
-        .expect("subscribe");
+    let mut s = sub(&bus, "x", None).await;
     drop(bus);
     assert_eq!(within("stream end", s.next()).await, None);
 }
@@ -124,9 +108,7 @@ async fn bad_subjects_are_refused() {
 #[tokio::test]
 async fn a_slow_subscriber_applies_backpressure_without_loss() {
     let bus = InProcessBus::with_capacity(4);
-    let mut s = within("subscribe", bus.subscribe("slow", None))
-        .await
-        .expect("subscribe");
+    let mut s = sub(&bus, "slow", None).await;
     let publisher = {
         let bus = bus.clone();
         tokio::spawn(async move {

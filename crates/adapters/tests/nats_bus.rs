@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fleetcmd_adapters::conformance::bus::publish;
 use fleetcmd_adapters::conformance::{self, WAIT, unique, within};
 use fleetcmd_adapters::nats::{ConnectionState, NatsBus};
 use fleetcmd_domain::ports::{BoxStream, Bus, BusMessage, PortError, PortResult};
@@ -178,12 +179,7 @@ async fn headers_and_reply_subjects_round_trip_between_connections() {
     assert_eq!(got.subject, subject);
 
     // No headers at all: an empty list, not an empty map's artefacts.
-    within(
-        "publish",
-        a.publish(BusMessage::new(subject.clone(), "plain")),
-    )
-    .await
-    .expect("publish");
+    publish(a.as_ref(), &subject, "plain").await;
     let plain = next("plain message", &mut s).await;
     assert!(plain.headers.is_empty(), "{:?}", plain.headers);
     assert_eq!(plain.reply, None);
@@ -209,12 +205,7 @@ async fn headers_and_reply_subjects_round_trip_between_connections() {
             .expect_err("invalid header in a request");
         assert!(matches!(err, PortError::Backend(_)), "{err:?}");
     }
-    within(
-        "publish",
-        a.publish(BusMessage::new(subject.clone(), "marker")),
-    )
-    .await
-    .expect("publish");
+    publish(a.as_ref(), &subject, "marker").await;
     assert_eq!(
         next("after refused headers", &mut s).await.payload.as_ref(),
         b"marker",
@@ -365,16 +356,7 @@ async fn shutdown_ends_subscriptions_and_pending_requests() {
     );
 
     within("shutdown", bus.shutdown()).await.expect("shutdown");
-    assert_eq!(
-        within("stream end", s.next()).await,
-        None,
-        "shutdown ends streams"
-    );
-    let err = within("pending request", requester)
-        .await
-        .expect("task")
-        .expect_err("shutdown fails pending requests");
-    assert!(matches!(err, PortError::Unavailable(_)), "{err:?}");
+    conformance::bus::check_shut_down(&mut s, requester).await;
     wait_for_state(&bus, ConnectionState::Closed).await;
     let err = within(
         "publish",

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use fleetcmd_adapters::conformance::bus::publish;
 use fleetcmd_adapters::conformance::{WAIT, unique, within};
 use fleetcmd_adapters::nats::ConnectionState;
 use fleetcmd_domain::ports::{Bus, BusMessage, PortError};
@@ -195,12 +196,7 @@ async fn losing_the_server_fails_fast_and_retryably_then_recovers() {
     within("ping after reconnect", bus.ping(WAIT))
         .await
         .expect("ping after reconnect");
-    within(
-        "publish",
-        direct.publish(BusMessage::new(events.clone(), "after")),
-    )
-    .await
-    .expect("publish");
+    publish(direct.as_ref(), &events, "after").await;
     assert_eq!(
         next("the subscription after a reconnect", &mut survivor)
             .await

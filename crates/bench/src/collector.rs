@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::stats::Latency;
+use super::stats::{Latency, Report};
 
 /// Something observed about one execution (or raw request), stamped when it happened.
 #[derive(Debug)]
@@ -52,6 +52,25 @@ impl Counters {
     pub fn finished(&self) -> u64 {
         self.completed.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
     }
+
+    /// The counts as they are now, for a progress line.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            started: self.started.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// [`Counters`] read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub started: u64,
+    pub delivered: u64,
+    pub completed: u64,
+    pub failed: u64,
 }
 
 /// What the collector measured.
@@ -67,6 +86,22 @@ pub struct Collected {
     pub last_end: Option<Instant>,
     /// Ids of the first completed executions (for checking them with Get afterwards).
     pub sample: Vec<String>,
+}
+
+impl Collected {
+    /// Puts what every bench mode reports alike into `report`: the counts, the span from
+    /// the first start to the last end, the delivery and end latencies and the errors.
+    pub fn fill(&self, report: &mut Report) {
+        report.started = self.started;
+        report.completed = self.completed;
+        report.elapsed_secs = match (self.first_start, self.last_end) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        report.delivered = self.delivered.summary();
+        report.terminal = self.terminal.summary();
+        report.errors = self.errors.clone();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -267,50 +302,37 @@ mod tests {
         )
     }
 
+    // One line per note, so that each test reads as the sequence of events it feeds in.
+    fn started(id: &str, at: Instant, rpc: Option<Duration>) -> Note {
+        let id = id.into();
+        Note::Started { id, at, rpc }
+    }
+
+    fn delivered(id: &str, at: Instant) -> Note {
+        let id = id.into();
+        Note::Delivered { id, at }
+    }
+
+    fn ended(id: &str, at: Instant, status: &'static str) -> Note {
+        let id = id.into();
+        Note::Ended { id, at, status }
+    }
+
     #[test]
     fn joins_notes_in_any_order() {
         let mut t = table(true);
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         // Delivered before the start RPC returned; ended before we learnt the id.
-        t.note(Note::Delivered {
-            id: "a".into(),
-            at: ms(2),
-        });
-        t.note(Note::Ended {
-            id: "a".into(),
-            at: ms(9),
-            status: "SUCCEEDED",
-        });
-        t.note(Note::Started {
-            id: "a".into(),
-            at: t0,
-            rpc: Some(Duration::from_millis(4)),
-        });
-        t.note(Note::Started {
-            id: "b".into(),
-            at: ms(1),
-            rpc: Some(Duration::from_millis(3)),
-        });
-        t.note(Note::Delivered {
-            id: "b".into(),
-            at: ms(3),
-        });
-        t.note(Note::Delivered {
-            id: "b".into(),
-            at: ms(30),
-        }); // redelivery: ignored
+        t.note(delivered("a", ms(2)));
+        t.note(ended("a", ms(9), "SUCCEEDED"));
+        t.note(started("a", t0, Some(Duration::from_millis(4))));
+        t.note(started("b", ms(1), Some(Duration::from_millis(3))));
+        t.note(delivered("b", ms(3)));
+        t.note(delivered("b", ms(30))); // redelivery: ignored
         assert_eq!(t.counters.completed.load(Ordering::Relaxed), 1);
-        t.note(Note::Ended {
-            id: "b".into(),
-            at: ms(11),
-            status: "FAILED",
-        });
-        t.note(Note::Started {
-            id: "c".into(),
-            at: ms(1),
-            rpc: None,
-        });
+        t.note(ended("b", ms(11), "FAILED"));
+        t.note(started("c", ms(1), None));
         t.note(Note::Failed {
             kind: "UNAVAILABLE".into(),
         });
@@ -335,22 +357,12 @@ mod tests {
     fn without_an_expected_end_delivery_completes() {
         let mut t = table(false);
         let t0 = Instant::now();
-        t.note(Note::Started {
-            id: "s".into(),
-            at: t0,
-            rpc: None,
-        });
-        t.note(Note::Delivered {
-            id: "s".into(),
-            at: t0 + Duration::from_millis(1),
-        });
+        t.note(started("s", t0, None));
+        t.note(delivered("s", t0 + Duration::from_millis(1)));
         t.note(Note::Incident {
             kind: "status_TIMED_OUT".into(),
         });
-        t.note(Note::Delivered {
-            id: "stray".into(),
-            at: t0,
-        });
+        t.note(delivered("stray", t0));
         let out = t.finish();
         assert_eq!(out.completed, 1);
         assert!(out.terminal.summary().is_none());

@@ -19,11 +19,11 @@ use clap::Parser as _;
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::topics::TopicRoot;
 
-use super::collector::{Collector, Expect, Note};
-use super::devices::{self, Behavior, FleetSpec};
+use super::collector::{Collector, Expect, Note, Tally};
+use super::devices::{Behavior, FleetSpec};
 use super::pace::due_offset;
 use super::stats::{Report, per_sec};
-use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag};
+use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag, start_devices, stop_after};
 use fleetcmd_cli::{Api, ClientArgs, code_name};
 use fleetcmd_standalone::{self as serve, ServeArgs};
 
@@ -233,18 +233,7 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
         delay: Duration::from_millis(args.delay_ms),
         root: TopicRoot::default(),
     };
-    let fleet = devices::start(
-        &spec,
-        collector.notes.clone(),
-        Duration::from_secs(120),
-        |n| {
-            progress.show(&format!(
-                "fleetcmd bench: {n}/{} devices subscribed",
-                spec.count
-            ));
-        },
-    )
-    .await?;
+    let fleet = start_devices(&spec, &collector.notes, &mut progress, "fleetcmd bench").await?;
 
     let resources = Resources::start(target.pids.clone(), Duration::from_secs(args.sample_secs));
     let budget = args.budget();
@@ -313,13 +302,7 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
             }
         }));
     }
-    if let Some(d) = args.duration {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    stop_after(args.duration, &stop);
 
     // Wait for the starts, then for outstanding executions (at most --drain-secs).
     let begun = Instant::now();
@@ -329,14 +312,16 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
         let finished = counters.finished();
         let all_started = workers.iter().all(|w| w.is_finished());
         let secs = begun.elapsed().as_secs_f64();
+        let Tally {
+            started,
+            delivered,
+            completed,
+            failed,
+        } = counters.tally();
+        let rate = per_sec(completed, secs);
         progress.show(&format!(
-            "fleetcmd bench: {} started, {} delivered, {} done, {} failed | {:.0}/s over {:.0} s",
-            counters.started.load(Ordering::Relaxed),
-            counters.delivered.load(Ordering::Relaxed),
-            counters.completed.load(Ordering::Relaxed),
-            counters.failed.load(Ordering::Relaxed),
-            per_sec(counters.completed.load(Ordering::Relaxed), secs),
-            secs,
+            "fleetcmd bench: {started} started, {delivered} delivered, {completed} done, \
+             {failed} failed | {rate:.0}/s over {secs:.0} s"
         ));
         if all_started {
             let deadline = *drain_deadline
@@ -368,16 +353,8 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
     let collected = collector.finish().await?;
     fleet.stop().await;
 
-    report.started = collected.started;
-    report.completed = collected.completed;
-    report.elapsed_secs = match (collected.first_start, collected.last_end) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
-        _ => 0.0,
-    };
+    collected.fill(&mut report);
     report.start = collected.start.summary();
-    report.delivered = collected.delivered.summary();
-    report.terminal = collected.terminal.summary();
-    report.errors = collected.errors;
     if args.rate.is_some() {
         report.max_schedule_lag_ms = Some(max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0);
     }

@@ -19,6 +19,7 @@ pub mod stats;
 use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -289,6 +290,29 @@ impl Resources {
     }
 }
 
+/// Raises `stop` once `duration` has passed; without one the run ends by its budget alone.
+fn stop_after(duration: Option<Duration>, stop: &Arc<AtomicBool>) {
+    if let Some(d) = duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Connects the bench's devices, showing `mode: n/count devices subscribed` meanwhile.
+async fn start_devices(
+    spec: &devices::FleetSpec,
+    notes: &tokio::sync::mpsc::Sender<collector::Note>,
+    progress: &mut Progress,
+    mode: &str,
+) -> anyhow::Result<devices::Fleet> {
+    let count = spec.count;
+    let show = |n| progress.show(&format!("{mode}: {n}/{count} devices subscribed"));
+    devices::start(spec, notes.clone(), Duration::from_secs(120), show).await
+}
+
 /// The progress line on stderr: redrawn in place on a terminal, one line every 5 s otherwise.
 struct Progress {
     enabled: bool,
@@ -449,22 +473,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
         let report: Value = serde_json::from_str(&text).unwrap();
-        for key in [
-            "executions_per_sec",
-            "p50_start_ms",
-            "p90_start_ms",
-            "p99_start_ms",
-            "max_start_ms",
-            "p50_delivered_ms",
-            "p99_delivered_ms",
-            "p50_terminal_ms",
-            "p99_terminal_ms",
-            "max_terminal_ms",
-            "errors",
-            "peak_rss_bytes",
-            "cpu_seconds",
-            "rss_samples",
-        ] {
+        for key in stats::FLAT_KEYS {
             assert!(report.get(key).is_some(), "missing {key} in {report}");
         }
         assert_eq!(report["mode"], "fleetcmd");

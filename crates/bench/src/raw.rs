@@ -24,10 +24,10 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::mpsc;
 
-use super::collector::{Collector, Expect, Note};
-use super::devices::{self, Behavior, FleetSpec, mqtt_options};
+use super::collector::{Collector, Expect, Note, Tally};
+use super::devices::{Behavior, FleetSpec, mqtt_options};
 use super::stats::{Report, per_sec};
-use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag};
+use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag, start_devices, stop_after};
 
 const RESPONSE_FILTER: &str = "$aws/commands/things/+/executions/+/response/json";
 /// Filters per SUBSCRIBE when a requester subscribes device by device.
@@ -96,15 +96,7 @@ async fn drive(
         delay: Duration::ZERO,
         root: TopicRoot::default(),
     };
-    let fleet = devices::start(
-        &spec,
-        collector.notes.clone(),
-        Duration::from_secs(120),
-        |n| {
-            progress.show(&format!("raw bench: {n}/{} devices subscribed", spec.count));
-        },
-    )
-    .await?;
+    let fleet = start_devices(&spec, &collector.notes, &mut progress, "raw bench").await?;
 
     let resources = Resources::start(pids, Duration::from_secs(args.sample_secs));
     let budget = args.budget();
@@ -134,26 +126,23 @@ async fn drive(
         };
         requesters.push(tokio::spawn(r.run()));
     }
-    if let Some(d) = args.duration {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    stop_after(args.duration, &stop);
 
     let begun = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     loop {
         let issued = next.load(Ordering::Relaxed).min(budget);
         let secs = begun.elapsed().as_secs_f64();
+        let Tally {
+            started: sent,
+            delivered,
+            completed: answered,
+            ..
+        } = counters.tally();
+        let rate = per_sec(answered, secs);
         progress.show(&format!(
-            "raw bench: {} sent, {} delivered, {} answered | {:.0}/s over {:.0} s",
-            counters.started.load(Ordering::Relaxed),
-            counters.delivered.load(Ordering::Relaxed),
-            counters.completed.load(Ordering::Relaxed),
-            per_sec(counters.completed.load(Ordering::Relaxed), secs),
-            secs,
+            "raw bench: {sent} sent, {delivered} delivered, {answered} answered | \
+             {rate:.0}/s over {secs:.0} s"
         ));
         let all_sent = issued >= budget || stop.load(Ordering::Relaxed);
         if all_sent {
@@ -188,15 +177,7 @@ async fn drive(
     }
     let collected = collector.finish().await?;
     fleet.stop().await;
-    report.started = collected.started;
-    report.completed = collected.completed;
-    report.elapsed_secs = match (collected.first_start, collected.last_end) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
-        _ => 0.0,
-    };
-    report.delivered = collected.delivered.summary();
-    report.terminal = collected.terminal.summary();
-    report.errors = collected.errors;
+    collected.fill(&mut report);
     report.what = vec![
         format!(
             "raw QoS 1 request/response, {} requester connection(s), no fleetcmd; always flat out (--rate is not applied)",

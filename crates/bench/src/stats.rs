@@ -293,6 +293,28 @@ pub fn compare_json(fleet: &Report, raw: &Report) -> Map<String, Value> {
     m
 }
 
+/// Flat keys of the JSON report that scripts read; present in every report (`null` when
+/// not measured). The unit test and the smoke run both check them.
+#[cfg(test)]
+pub(crate) const FLAT_KEYS: [&str; 16] = [
+    "executions_per_sec",
+    "p50_start_ms",
+    "p90_start_ms",
+    "p99_start_ms",
+    "max_start_ms",
+    "p50_delivered_ms",
+    "p99_delivered_ms",
+    "max_delivered_ms",
+    "p50_terminal_ms",
+    "p99_terminal_ms",
+    "max_terminal_ms",
+    "errors",
+    "error_count",
+    "peak_rss_bytes",
+    "cpu_seconds",
+    "rss_samples",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,22 +367,7 @@ mod tests {
     #[test]
     fn json_report_has_the_documented_flat_keys() {
         let m = sample_report().to_json();
-        for key in [
-            "executions_per_sec",
-            "p50_start_ms",
-            "p90_start_ms",
-            "p99_start_ms",
-            "max_start_ms",
-            "p50_delivered_ms",
-            "p99_delivered_ms",
-            "max_delivered_ms",
-            "p99_terminal_ms",
-            "errors",
-            "error_count",
-            "peak_rss_bytes",
-            "cpu_seconds",
-            "rss_samples",
-        ] {
+        for key in FLAT_KEYS {
             assert!(m.contains_key(key), "missing {key}");
         }
         assert_eq!(m["executions_per_sec"], json!(200.0));

@@ -9,8 +9,8 @@ use clap::ArgGroup;
 use fleetcmd_contracts::pb;
 use tonic::Status;
 
-use super::render::{self, KeyValues};
-use super::{Api, Output, SortArg, collect_pages, params};
+use super::render;
+use super::{Api, Output, SortArg, list_pages, params};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CommandCmd {
@@ -40,10 +40,8 @@ pub struct CreateArgs {
     /// The command id: 1–64 of [a-zA-Z0-9_-].
     #[arg(long = "id", value_name = "ID")]
     pub command_id: String,
-    #[arg(long, value_name = "TEXT")]
-    pub display_name: Option<String>,
-    #[arg(long, value_name = "TEXT")]
-    pub description: Option<String>,
+    #[command(flatten)]
+    pub naming: Naming,
     /// Static payload, given inline.
     #[arg(long, value_name = "TEXT")]
     pub payload: Option<String>,
@@ -77,6 +75,15 @@ pub struct CreateArgs {
     /// A tag (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
+}
+
+/// `--display-name` and `--description`, which `create` sets and `update` changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct Naming {
+    #[arg(long, value_name = "TEXT")]
+    pub display_name: Option<String>,
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -129,10 +136,8 @@ pub struct ListArgs {
 pub struct UpdateArgs {
     #[arg(value_name = "ID")]
     pub command_id: String,
-    #[arg(long, value_name = "TEXT")]
-    pub display_name: Option<String>,
-    #[arg(long, value_name = "TEXT")]
-    pub description: Option<String>,
+    #[command(flatten)]
+    pub naming: Naming,
     /// Deprecate (true) or restore (false).
     #[arg(long, value_name = "true|false")]
     pub deprecated: Option<bool>,
@@ -213,8 +218,8 @@ impl CreateArgs {
         Ok(pb::CreateCommandRequest {
             command_id: self.command_id.clone(),
             namespace: String::new(),
-            display_name: self.display_name.clone().unwrap_or_default(),
-            description: self.description.clone().unwrap_or_default(),
+            display_name: self.naming.display_name.clone().unwrap_or_default(),
+            description: self.naming.description.clone().unwrap_or_default(),
             payload,
             payload_template: template.unwrap_or_default(),
             preprocessor,
@@ -243,8 +248,8 @@ impl UpdateArgs {
     pub fn to_request(&self) -> pb::UpdateCommandRequest {
         pb::UpdateCommandRequest {
             command_id: self.command_id.clone(),
-            display_name: self.display_name.clone(),
-            description: self.description.clone(),
+            display_name: self.naming.display_name.clone(),
+            description: self.naming.description.clone(),
             deprecated: self.deprecated,
         }
     }
@@ -253,72 +258,23 @@ impl UpdateArgs {
 // ---------------------------------------------------------------------------------------
 // One function per verb
 
-pub async fn create(
-    api: &Api,
-    request: pb::CreateCommandRequest,
-) -> Result<pb::CreateCommandResponse, Status> {
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.create_command(request).await
-    })
-    .await
+// `list` answers one page; `super::list_pages` follows the tokens for `--all`.
+super::unary_verbs! {
+    pub create: registry.create_command(pb::CreateCommandRequest) -> pb::CreateCommandResponse;
+    pub list: registry.list_commands(pb::ListCommandsRequest) -> pb::ListCommandsResponse;
+    pub update: registry.update_command(pb::UpdateCommandRequest) -> pb::UpdateCommandResponse;
+    get_request: registry.get_command(pb::GetCommandRequest) -> pb::Command;
+    delete_request: registry.delete_command(pb::DeleteCommandRequest) -> pb::DeleteCommandResponse;
 }
 
 pub async fn get(api: &Api, command_id: &str) -> Result<pb::Command, Status> {
-    let request = pb::GetCommandRequest {
-        command_id: command_id.to_string(),
-    };
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.get_command(request).await
-    })
-    .await
-}
-
-/// One page.
-pub async fn list(
-    api: &Api,
-    request: pb::ListCommandsRequest,
-) -> Result<pb::ListCommandsResponse, Status> {
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.list_commands(request).await
-    })
-    .await
-}
-
-/// Every page from `request.next_token` on, concatenated (the result's `next_token` is empty).
-pub async fn list_all(
-    api: &Api,
-    mut request: pb::ListCommandsRequest,
-) -> anyhow::Result<pb::ListCommandsResponse> {
-    let commands = collect_pages(request.next_token.clone(), |next_token| {
-        request.next_token = next_token;
-        let page = list(api, request.clone());
-        async move { page.await.map(|page| (page.commands, page.next_token)) }
-    })
-    .await?;
-    Ok(pb::ListCommandsResponse {
-        commands,
-        next_token: String::new(),
-    })
-}
-
-pub async fn update(
-    api: &Api,
-    request: pb::UpdateCommandRequest,
-) -> Result<pb::UpdateCommandResponse, Status> {
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.update_command(request).await
-    })
-    .await
+    let command_id = command_id.to_string();
+    get_request(api, pb::GetCommandRequest { command_id }).await
 }
 
 pub async fn delete(api: &Api, command_id: &str) -> Result<pb::DeleteCommandResponse, Status> {
-    let request = pb::DeleteCommandRequest {
-        command_id: command_id.to_string(),
-    };
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.delete_command(request).await
-    })
-    .await
+    let command_id = command_id.to_string();
+    delete_request(api, pb::DeleteCommandRequest { command_id }).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,72 +286,43 @@ pub async fn run(
     output: Output,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    match cmd {
+    let (json, text) = match cmd {
         CommandCmd::Create(args) => {
             let response = create(api, args.to_request()?).await?;
-            match output {
-                Output::Json => print_json(out, &render::create_command_json(&response))?,
-                Output::Text => writeln!(
-                    out,
-                    "created {} ({})",
-                    response.command_id, response.command_arn
-                )?,
-            }
+            let text = format!(
+                "created {} ({})\n",
+                response.command_id, response.command_arn
+            );
+            (render::create_command_json(&response), text)
         }
         CommandCmd::Get(args) => {
             let command = get(api, &args.command_id).await?;
-            match output {
-                Output::Json => print_json(out, &render::command_json(&command))?,
-                Output::Text => write!(out, "{}", render::command_text(&command))?,
-            }
+            (
+                render::command_json(&command),
+                render::command_text(&command),
+            )
         }
         CommandCmd::List(args) => {
-            let request = args.to_request();
-            let response = if args.all {
-                list_all(api, request).await?
-            } else {
-                list(api, request).await?
-            };
-            match output {
-                Output::Json => print_json(out, &render::list_commands_json(&response))?,
-                Output::Text => {
-                    write!(
-                        out,
-                        "{}",
-                        render::command_list_table(&response.commands).render()
-                    )?;
-                    if !response.next_token.is_empty() {
-                        writeln!(out, "next token: {}", response.next_token)?;
-                    }
-                }
-            }
+            let response = list_pages(|r| list(api, r), args.to_request(), args.all).await?;
+            (
+                render::list_commands_json(&response),
+                render::list_commands_text(&response),
+            )
         }
         CommandCmd::Update(args) => {
             let response = update(api, args.to_request()).await?;
-            match output {
-                Output::Json => print_json(out, &render::update_command_json(&response))?,
-                Output::Text => {
-                    let mut kv = KeyValues::new();
-                    kv.add("command_id", &response.command_id)
-                        .add("display_name", &response.display_name)
-                        .add("description", &response.description)
-                        .add("deprecated", response.deprecated.to_string())
-                        .add(
-                            "last_updated_at",
-                            render::time_full(response.last_updated_at.as_ref()),
-                        );
-                    write!(out, "{}", kv.render())?;
-                }
-            }
+            (
+                render::update_command_json(&response),
+                render::update_command_text(&response),
+            )
         }
         CommandCmd::Delete(args) => {
             let response = delete(api, &args.command_id).await?;
-            match output {
-                Output::Json => print_json(out, &render::delete_command_json(&response))?,
-                Output::Text => writeln!(out, "{}", delete_text(&response))?,
-            }
+            let text = format!("{}\n", delete_text(&response));
+            (render::delete_command_json(&response), text)
         }
-    }
+    };
+    output.print(out, &json, &text)?;
     Ok(())
 }
 
@@ -411,16 +338,11 @@ pub fn delete_text(response: &pb::DeleteCommandResponse) -> String {
     }
 }
 
-/// One JSON object on one line.
-pub(crate) fn print_json(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    writeln!(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+    use clap::error::ErrorKind;
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -432,6 +354,11 @@ mod tests {
         Cli::try_parse_from(std::iter::once("command").chain(args.iter().copied())).map(|c| c.cmd)
     }
 
+    /// [`parse`] of a command line written as one string (for arguments without spaces).
+    fn parse_line(line: &str) -> Result<CommandCmd, clap::Error> {
+        parse(&line.split(' ').collect::<Vec<_>>())
+    }
+
     fn create_args(args: &[&str]) -> CreateArgs {
         match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")) {
             CommandCmd::Create(a) => a,
@@ -439,24 +366,23 @@ mod tests {
         }
     }
 
+    /// The request of `create <line>`.
+    fn create(line: &str) -> anyhow::Result<pb::CreateCommandRequest> {
+        create_args(&line.split(' ').collect::<Vec<_>>()).to_request()
+    }
+
+    /// The output format a template command is sent with.
+    fn output_format(req: pb::CreateCommandRequest) -> i32 {
+        let preprocessor = req.preprocessor.expect("a template has a preprocessor");
+        preprocessor.aws_json_substitution.unwrap().output_format
+    }
+
     #[test]
     fn create_static_payload() {
-        let req = create_args(&[
-            "create",
-            "--id",
-            "reboot",
-            "--payload",
-            "{\"op\":\"reboot\"}",
-            "--content-type",
-            "application/json",
-            "--display-name",
-            "Reboot",
-            "--tag",
-            "env=prod",
-            "--tag",
-            "team=",
-        ])
-        .to_request()
+        let req = create(
+            "create --id reboot --payload {\"op\":\"reboot\"} --content-type application/json \
+             --display-name Reboot --tag env=prod --tag team=",
+        )
         .unwrap();
         assert_eq!(req.command_id, "reboot");
         assert_eq!(req.display_name, "Reboot");
@@ -470,44 +396,21 @@ mod tests {
 
     #[test]
     fn create_template_with_parameters() {
-        let req = create_args(&[
-            "create",
-            "--id",
-            "heat",
-            "--template",
-            "{\"t\":\"${aws:iot:commandexecution::parameter:temp}\"}",
-            "--output-format",
-            "cbor",
-            "--parameters",
-            r#"[{"name":"temp","type":"INTEGER","defaultValue":{"i":20}}]"#,
-        ])
-        .to_request()
+        let req = create(
+            "create --id heat --template {\"t\":\"${aws:iot:commandexecution::parameter:temp}\"} \
+             --output-format cbor \
+             --parameters [{\"name\":\"temp\",\"type\":\"INTEGER\",\"defaultValue\":{\"i\":20}}]",
+        )
         .unwrap();
         assert!(req.payload.is_none());
         assert!(req.payload_template.contains("parameter:temp"));
-        assert_eq!(
-            req.preprocessor
-                .unwrap()
-                .aws_json_substitution
-                .unwrap()
-                .output_format,
-            pb::OutputFormat::Cbor as i32
-        );
         assert_eq!(req.mandatory_parameters.len(), 1);
         assert_eq!(req.mandatory_parameters[0].name, "temp");
+        assert_eq!(output_format(req), pb::OutputFormat::Cbor as i32);
 
         // The output format defaults to JSON, stated explicitly on the wire.
-        let req = create_args(&["create", "--id", "x", "--template", "{}"])
-            .to_request()
-            .unwrap();
-        assert_eq!(
-            req.preprocessor
-                .unwrap()
-                .aws_json_substitution
-                .unwrap()
-                .output_format,
-            pb::OutputFormat::Json as i32
-        );
+        let req = create("create --id x --template {}").unwrap();
+        assert_eq!(output_format(req), pb::OutputFormat::Json as i32);
     }
 
     #[test]
@@ -520,159 +423,72 @@ mod tests {
         std::fs::write(&params, r#"[{"name":"a","type":"STRING"}]"#).unwrap();
         let template = dir.join("t.json");
         std::fs::write(&template, "{\"a\":1}").unwrap();
+        let missing = dir.join("missing.json");
+        // Paths go in as arguments of their own: a temporary directory may have spaces.
+        let with = |flags: &[(&str, &Path)]| {
+            let mut args = vec!["create", "--id", "t"];
+            for (flag, path) in flags {
+                args.extend([*flag, path.to_str().unwrap()]);
+            }
+            create_args(&args).to_request()
+        };
 
-        let req = create_args(&[
-            "create",
-            "--id",
-            "b",
-            "--payload-file",
-            payload.to_str().unwrap(),
-        ])
-        .to_request()
-        .unwrap();
+        let req = with(&[("--payload-file", &payload)]).unwrap();
         assert_eq!(req.payload.unwrap().content, vec![0u8, 159, 146, 150]);
-
-        let req = create_args(&[
-            "create",
-            "--id",
-            "t",
-            "--template-file",
-            template.to_str().unwrap(),
-            "--parameters-file",
-            params.to_str().unwrap(),
+        let req = with(&[
+            ("--template-file", &template),
+            ("--parameters-file", &params),
         ])
-        .to_request()
         .unwrap();
         assert_eq!(req.payload_template, "{\"a\":1}");
         assert_eq!(req.mandatory_parameters[0].name, "a");
-
-        let err = create_args(&[
-            "create",
-            "--id",
-            "t",
-            "--template-file",
-            payload.to_str().unwrap(),
-        ])
-        .to_request()
-        .unwrap_err();
+        let err = with(&[("--template-file", &payload)]).unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
-        let missing = dir.join("missing.json");
-        let err = create_args(&[
-            "create",
-            "--id",
-            "t",
-            "--payload-file",
-            missing.to_str().unwrap(),
-        ])
-        .to_request()
-        .unwrap_err();
+        let err = with(&[("--payload-file", &missing)]).unwrap_err();
         assert!(err.to_string().contains("--payload-file: reading"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn create_flag_combinations_are_checked() {
-        use clap::error::ErrorKind;
-        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
-        assert_eq!(
-            kind(&["create", "--id", "x"]),
-            ErrorKind::MissingRequiredArgument
-        );
-        assert_eq!(
-            kind(&["create", "--id", "x", "--payload", "a", "--template", "{}"]),
-            ErrorKind::ArgumentConflict
-        );
-        assert_eq!(
-            kind(&[
-                "create",
-                "--id",
-                "x",
-                "--payload",
-                "a",
-                "--payload-file",
-                "f"
-            ]),
-            ErrorKind::ArgumentConflict
-        );
-        assert_eq!(
-            kind(&[
-                "create",
-                "--id",
-                "x",
-                "--template",
-                "{}",
-                "--content-type",
-                "a/b"
-            ]),
-            ErrorKind::MissingRequiredArgument
-        );
-        assert_eq!(
-            kind(&[
-                "create",
-                "--id",
-                "x",
-                "--payload",
-                "a",
-                "--parameters",
-                "[]"
-            ]),
-            ErrorKind::MissingRequiredArgument
-        );
-        assert_eq!(
-            kind(&[
-                "create",
-                "--id",
-                "x",
-                "--payload",
-                "a",
-                "--output-format",
-                "cbor"
-            ]),
-            ErrorKind::MissingRequiredArgument
-        );
-        assert_eq!(
-            kind(&[
-                "create",
-                "--id",
-                "x",
-                "--template",
-                "{}",
-                "--parameters",
-                "[]",
-                "--parameters-file",
-                "p"
-            ]),
-            ErrorKind::ArgumentConflict
-        );
-        assert_eq!(
-            kind(&["create", "--id", "x", "--payload", "a", "--tag", "novalue"]),
-            ErrorKind::ValueValidation
-        );
-        let err = create_args(&[
-            "create",
-            "--id",
-            "x",
-            "--payload",
-            "a",
-            "--tag",
-            "k=1",
-            "--tag",
-            "k=2",
-        ])
-        .to_request()
-        .unwrap_err();
+        let cases = [
+            ("--id x", ErrorKind::MissingRequiredArgument),
+            (
+                "--id x --payload a --template {}",
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                "--id x --payload a --payload-file f",
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                "--id x --template {} --content-type a/b",
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                "--id x --payload a --parameters []",
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                "--id x --payload a --output-format cbor",
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                "--id x --template {} --parameters [] --parameters-file p",
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                "--id x --payload a --tag novalue",
+                ErrorKind::ValueValidation,
+            ),
+        ];
+        for (flags, kind) in cases {
+            let err = parse_line(&format!("create {flags}")).unwrap_err();
+            assert_eq!(err.kind(), kind, "create {flags}");
+        }
+        let err = create("create --id x --payload a --tag k=1 --tag k=2").unwrap_err();
         assert_eq!(err.to_string(), "--tag k is given more than once");
-        let err = create_args(&[
-            "create",
-            "--id",
-            "x",
-            "--template",
-            "{}",
-            "--parameters",
-            "[{\"name\":1}]",
-        ])
-        .to_request()
-        .unwrap_err();
+        let err = create("create --id x --template {} --parameters [{\"name\":1}]").unwrap_err();
         assert_eq!(
             err.to_string(),
             "parameters[0].name: expected a string, got 1"
@@ -681,17 +497,8 @@ mod tests {
 
     #[test]
     fn list_update_delete_parse() {
-        let CommandCmd::List(list) = parse(&[
-            "list",
-            "--max-results",
-            "10",
-            "--sort",
-            "asc",
-            "--parameter-name",
-            "temp",
-            "--all",
-        ])
-        .unwrap() else {
+        let line = "list --max-results 10 --sort asc --parameter-name temp --all";
+        let CommandCmd::List(list) = parse_line(line).unwrap() else {
             panic!()
         };
         let req = list.to_request();
@@ -699,13 +506,12 @@ mod tests {
         assert_eq!(req.sort_order, pb::SortOrder::Ascending as i32);
         assert_eq!(req.command_parameter_name, "temp");
         assert!(list.all);
-        let CommandCmd::List(list) = parse(&["list"]).unwrap() else {
+        let CommandCmd::List(list) = parse_line("list").unwrap() else {
             panic!()
         };
         assert_eq!(list.to_request(), pb::ListCommandsRequest::default());
 
-        let CommandCmd::Update(update) =
-            parse(&["update", "reboot", "--deprecated", "true"]).unwrap()
+        let CommandCmd::Update(update) = parse_line("update reboot --deprecated true").unwrap()
         else {
             panic!()
         };
@@ -713,10 +519,10 @@ mod tests {
         assert_eq!(req.command_id, "reboot");
         assert_eq!(req.deprecated, Some(true));
         assert_eq!(req.display_name, None);
-        assert!(parse(&["update", "reboot"]).is_err(), "nothing to change");
-        assert!(parse(&["update", "reboot", "--deprecated", "maybe"]).is_err());
+        assert!(parse_line("update reboot").is_err(), "nothing to change");
+        assert!(parse_line("update reboot --deprecated maybe").is_err());
 
-        let CommandCmd::Delete(delete) = parse(&["delete", "reboot"]).unwrap() else {
+        let CommandCmd::Delete(delete) = parse_line("delete reboot").unwrap() else {
             panic!()
         };
         assert_eq!(delete.command_id, "reboot");
@@ -724,21 +530,14 @@ mod tests {
 
     #[test]
     fn delete_outcomes_read_well() {
+        let response = |status_code, seconds: Option<i64>| pb::DeleteCommandResponse {
+            status_code,
+            deletion_scheduled_at: seconds
+                .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+        };
+        assert_eq!(delete_text(&response(204, None)), "deleted");
         assert_eq!(
-            delete_text(&pb::DeleteCommandResponse {
-                status_code: 204,
-                deletion_scheduled_at: None
-            }),
-            "deleted"
-        );
-        assert_eq!(
-            delete_text(&pb::DeleteCommandResponse {
-                status_code: 202,
-                deletion_scheduled_at: Some(prost_types::Timestamp {
-                    seconds: 1_730_430_000,
-                    nanos: 0
-                })
-            }),
+            delete_text(&response(202, Some(1_730_430_000))),
             "deletion scheduled at 2024-11-01T03:00:00Z"
         );
     }

@@ -6,9 +6,10 @@ use fleetcmd_contracts::pb;
 use prost_types::Timestamp;
 use tonic::Status;
 
-use super::command::print_json;
+use serde_json::json;
+
 use super::render;
-use super::{Api, Output, RequiredTarget, SortArg, TargetFilter, collect_pages, params, timefmt};
+use super::{Api, Output, RequiredTarget, SortArg, TargetFilter, list_pages, params, timefmt};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ExecCmd {
@@ -57,13 +58,20 @@ pub struct GetArgs {
     pub include_result: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, clap::Args)]
-pub struct ListArgs {
+/// `--command` and `--thing`/`--client`: the executions `list` and `watch` are about.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ExecutionScope {
     /// Only executions of this command.
     #[arg(long = "command", value_name = "ID")]
     pub command_id: Option<String>,
     #[command(flatten)]
     pub target: TargetFilter,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub scope: ExecutionScope,
     /// Only executions in this status (repeatable: any of them).
     #[arg(long = "status", value_name = "STATUS", value_parser = super::parse_status)]
     pub statuses: Vec<pb::ExecutionStatus>,
@@ -116,11 +124,8 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct WatchArgs {
-    /// Only executions of this command.
-    #[arg(long = "command", value_name = "ID")]
-    pub command_id: Option<String>,
     #[command(flatten)]
-    pub target: TargetFilter,
+    pub scope: ExecutionScope,
     /// Only changes to these statuses (repeatable).
     #[arg(long = "status", value_name = "STATUS", value_parser = super::parse_status)]
     pub statuses: Vec<pb::ExecutionStatus>,
@@ -191,8 +196,8 @@ impl ListArgs {
                 as i32,
             started_time_filter: time_filter(self.started_after, self.started_before),
             completed_time_filter: time_filter(self.completed_after, self.completed_before),
-            command_id: self.command_id.clone().unwrap_or_default(),
-            target: self.target.to_pb(),
+            command_id: self.scope.command_id.clone().unwrap_or_default(),
+            target: self.scope.target.to_pb(),
             statuses,
         }
     }
@@ -223,8 +228,8 @@ impl DeleteArgs {
 impl WatchArgs {
     pub fn to_request(&self) -> pb::WatchCommandExecutionsRequest {
         pb::WatchCommandExecutionsRequest {
-            command_id: self.command_id.clone().unwrap_or_default(),
-            target: self.target.to_pb(),
+            command_id: self.scope.command_id.clone().unwrap_or_default(),
+            target: self.scope.target.to_pb(),
             statuses: self.statuses.iter().map(|s| *s as i32).collect(),
         }
     }
@@ -233,80 +238,14 @@ impl WatchArgs {
 // ---------------------------------------------------------------------------------------
 // One function per verb
 
-/// Retried on UNAVAILABLE; safe because the request carries a client token.
-pub async fn start(
-    api: &Api,
-    request: pb::StartCommandExecutionRequest,
-) -> Result<pb::StartCommandExecutionResponse, Status> {
-    api.call(
-        api.dispatcher(),
-        request,
-        |mut client, request| async move { client.start_command_execution(request).await },
-    )
-    .await
-}
-
-pub async fn get(
-    api: &Api,
-    request: pb::GetCommandExecutionRequest,
-) -> Result<pb::CommandExecution, Status> {
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.get_command_execution(request).await
-    })
-    .await
-}
-
-/// One page.
-pub async fn list(
-    api: &Api,
-    request: pb::ListCommandExecutionsRequest,
-) -> Result<pb::ListCommandExecutionsResponse, Status> {
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.list_command_executions(request).await
-    })
-    .await
-}
-
-/// Every page from `request.next_token` on, concatenated.
-pub async fn list_all(
-    api: &Api,
-    mut request: pb::ListCommandExecutionsRequest,
-) -> anyhow::Result<pb::ListCommandExecutionsResponse> {
-    let command_executions = collect_pages(request.next_token.clone(), |next_token| {
-        request.next_token = next_token;
-        let page = list(api, request.clone());
-        async move {
-            page.await
-                .map(|page| (page.command_executions, page.next_token))
-        }
-    })
-    .await?;
-    Ok(pb::ListCommandExecutionsResponse {
-        command_executions,
-        next_token: String::new(),
-    })
-}
-
-pub async fn cancel(
-    api: &Api,
-    request: pb::CancelCommandExecutionRequest,
-) -> Result<pb::CancelCommandExecutionResponse, Status> {
-    api.call(
-        api.dispatcher(),
-        request,
-        |mut client, request| async move { client.cancel_command_execution(request).await },
-    )
-    .await
-}
-
-pub async fn delete(
-    api: &Api,
-    request: pb::DeleteCommandExecutionRequest,
-) -> Result<pb::DeleteCommandExecutionResponse, Status> {
-    api.call(api.registry(), request, |mut client, request| async move {
-        client.delete_command_execution(request).await
-    })
-    .await
+// `start` is retried on UNAVAILABLE like the rest: safe because the request carries a
+// client token. `list` answers one page; `super::list_pages` follows the tokens for `--all`.
+super::unary_verbs! {
+    pub start: dispatcher.start_command_execution(pb::StartCommandExecutionRequest) -> pb::StartCommandExecutionResponse;
+    pub get: registry.get_command_execution(pb::GetCommandExecutionRequest) -> pb::CommandExecution;
+    pub list: registry.list_command_executions(pb::ListCommandExecutionsRequest) -> pb::ListCommandExecutionsResponse;
+    pub cancel: dispatcher.cancel_command_execution(pb::CancelCommandExecutionRequest) -> pb::CancelCommandExecutionResponse;
+    pub delete: registry.delete_command_execution(pb::DeleteCommandExecutionRequest) -> pb::DeleteCommandExecutionResponse;
 }
 
 /// Opens the stream (opening is retried on UNAVAILABLE; a stream that breaks later is not
@@ -330,85 +269,65 @@ pub async fn run(
     output: Output,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    match cmd {
+    let (json, text) = match cmd {
         ExecCmd::Start(args) => {
-            let response = start(api, args.to_request()?).await?;
-            match output {
-                Output::Json => print_json(
-                    out,
-                    &serde_json::json!({"execution_id": response.execution_id}),
-                )?,
-                Output::Text => writeln!(out, "{}", response.execution_id)?,
-            }
+            let id = start(api, args.to_request()?).await?.execution_id;
+            (json!({"execution_id": id}), format!("{id}\n"))
         }
         ExecCmd::Get(args) => {
             let execution = get(api, args.to_request()).await?;
-            match output {
-                Output::Json => print_json(out, &render::execution_json(&execution))?,
-                Output::Text => write!(out, "{}", render::execution_text(&execution))?,
-            }
+            (
+                render::execution_json(&execution),
+                render::execution_text(&execution),
+            )
         }
         ExecCmd::List(args) => {
-            let request = args.to_request();
-            let response = if args.all {
-                list_all(api, request).await?
-            } else {
-                list(api, request).await?
-            };
-            match output {
-                Output::Json => print_json(out, &render::list_executions_json(&response))?,
-                Output::Text => {
-                    write!(
-                        out,
-                        "{}",
-                        render::execution_list_table(&response.command_executions).render()
-                    )?;
-                    if !response.next_token.is_empty() {
-                        writeln!(out, "next token: {}", response.next_token)?;
-                    }
-                }
-            }
+            let response = list_pages(|r| list(api, r), args.to_request(), args.all).await?;
+            (
+                render::list_executions_json(&response),
+                render::list_executions_text(&response),
+            )
         }
         ExecCmd::Cancel(args) => {
             let response = cancel(api, args.to_request()).await?;
-            match output {
-                Output::Json => print_json(out, &render::cancel_json(&response))?,
-                Output::Text => writeln!(
-                    out,
-                    "{}  {}",
-                    response.execution_id,
-                    render::status_name(response.status)
-                )?,
-            }
+            let status = render::status_name(response.status);
+            let text = format!("{}  {status}\n", response.execution_id);
+            (render::cancel_json(&response), text)
         }
         ExecCmd::Delete(args) => {
             delete(api, args.to_request()).await?;
-            match output {
-                Output::Json => print_json(
-                    out,
-                    &serde_json::json!({"execution_id": args.execution_id, "deleted": true}),
-                )?,
-                Output::Text => writeln!(out, "deleted")?,
-            }
+            let id = args.execution_id;
+            (
+                json!({"execution_id": id, "deleted": true}),
+                "deleted\n".to_string(),
+            )
         }
-        ExecCmd::Watch(args) => {
-            let mut stream = watch(api, args.to_request()).await?;
-            let ctrl_c = tokio::signal::ctrl_c();
-            tokio::pin!(ctrl_c);
-            loop {
-                let event = tokio::select! {
-                    _ = &mut ctrl_c => break,
-                    event = stream.message() => event?,
-                };
-                let Some(event) = event else { break };
-                match output {
-                    Output::Json => print_json(out, &render::execution_event_json(&event))?,
-                    Output::Text => writeln!(out, "{}", render::execution_event_line(&event))?,
-                }
-                // One line per event as it happens, also when stdout is a pipe.
-                out.flush()?;
-            }
-        }
+        ExecCmd::Watch(args) => return watch_and_print(api, args, output, out).await,
+    };
+    output.print(out, &json, &text)?;
+    Ok(())
+}
+
+/// Prints each event as it comes, until the stream ends or Ctrl-C.
+async fn watch_and_print(
+    api: &Api,
+    args: WatchArgs,
+    output: Output,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut stream = watch(api, args.to_request()).await?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let event = tokio::select! {
+            _ = &mut ctrl_c => break,
+            event = stream.message() => event?,
+        };
+        let Some(event) = event else { break };
+        let line = format!("{}\n", render::execution_event_line(&event));
+        output.print(out, &render::execution_event_json(&event), &line)?;
+        // One line per event as it happens, also when stdout is a pipe.
+        out.flush()?;
     }
     Ok(())
 }
@@ -430,26 +349,40 @@ mod tests {
         Cli::try_parse_from(std::iter::once("exec").chain(args.iter().copied())).map(|c| c.cmd)
     }
 
+    /// [`parse`] of a command line written as one string (for arguments without spaces).
+    fn parse_line(line: &str) -> Result<ExecCmd, clap::Error> {
+        parse(&line.split(' ').collect::<Vec<_>>())
+    }
+
+    fn error_kind(line: &str) -> ErrorKind {
+        parse_line(line).unwrap_err().kind()
+    }
+
+    /// The verb `line` parses to, or a panic naming the line.
+    fn verb(line: &str) -> ExecCmd {
+        parse_line(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    fn start_args(line: &str) -> StartArgs {
+        match verb(line) {
+            ExecCmd::Start(args) => args,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    fn list_request(line: &str) -> pb::ListCommandExecutionsRequest {
+        match verb(line) {
+            ExecCmd::List(args) => args.to_request(),
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
     #[test]
     fn start_builds_a_request_with_typed_params() {
-        let ExecCmd::Start(args) = parse(&[
-            "start",
-            "--command",
-            "heat",
-            "--thing",
-            "boiler-1",
-            "--param",
-            "temp=i:21",
-            "--param",
-            "mode=s:eco",
-            "--timeout",
-            "30",
-            "--client-token",
-            "tok-1",
-        ])
-        .unwrap() else {
-            panic!()
-        };
+        let args = start_args(
+            "start --command heat --thing boiler-1 --param temp=i:21 --param mode=s:eco \
+             --timeout 30 --client-token tok-1",
+        );
         let req = args.to_request().unwrap();
         assert_eq!(req.command_id, "heat");
         assert_eq!(
@@ -468,11 +401,7 @@ mod tests {
 
     #[test]
     fn start_fills_in_a_client_token_and_checks_the_timeout() {
-        let ExecCmd::Start(args) =
-            parse(&["start", "--command", "c", "--client", "dev-7"]).unwrap()
-        else {
-            panic!()
-        };
+        let args = start_args("start --command c --client dev-7");
         let a = args.to_request().unwrap();
         let b = args.to_request().unwrap();
         assert_eq!(
@@ -486,29 +415,12 @@ mod tests {
             "a fresh token per invocation"
         );
 
-        let ExecCmd::Start(args) =
-            parse(&["start", "--command", "c", "--client", "d", "--timeout", "0"]).unwrap()
-        else {
-            panic!()
-        };
+        let args = start_args("start --command c --client d --timeout 0");
         assert_eq!(
             args.to_request().unwrap_err().to_string(),
             "invalid --timeout: must be between 1 and 43200 seconds, got 0"
         );
-        let ExecCmd::Start(args) = parse(&[
-            "start",
-            "--command",
-            "c",
-            "--client",
-            "d",
-            "--param",
-            "a=i:1",
-            "--param",
-            "a=i:2",
-        ])
-        .unwrap() else {
-            panic!()
-        };
+        let args = start_args("start --command c --client d --param a=i:1 --param a=i:2");
         assert_eq!(
             args.to_request().unwrap_err().to_string(),
             "--param a is given more than once"
@@ -517,70 +429,33 @@ mod tests {
 
     #[test]
     fn start_flag_errors() {
-        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
         assert_eq!(
-            kind(&["start", "--command", "c"]),
+            error_kind("start --command c"),
             ErrorKind::MissingRequiredArgument
         );
         assert_eq!(
-            kind(&["start", "--command", "c", "--thing", "a", "--client", "b"]),
+            error_kind("start --command c --thing a --client b"),
             ErrorKind::ArgumentConflict
         );
         assert_eq!(
-            kind(&["start", "--thing", "a"]),
+            error_kind("start --thing a"),
             ErrorKind::MissingRequiredArgument
         );
-        let err = parse(&[
-            "start",
-            "--command",
-            "c",
-            "--thing",
-            "a",
-            "--param",
-            "t=int:1",
-        ])
-        .unwrap_err();
+        let err = parse_line("start --command c --thing a --param t=int:1").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ValueValidation);
         assert!(err.to_string().contains("unknown type \"int\""), "{err}");
         assert_eq!(
-            kind(&[
-                "start",
-                "--command",
-                "c",
-                "--thing",
-                "a",
-                "--timeout",
-                "ten"
-            ]),
+            error_kind("start --command c --thing a --timeout ten"),
             ErrorKind::ValueValidation
         );
     }
 
     #[test]
     fn list_builds_filters() {
-        let ExecCmd::List(args) = parse(&[
-            "list",
-            "--command",
-            "reboot",
-            "--client",
-            "c1",
-            "--status",
-            "failed",
-            "--started-after",
-            "2024-11-01T03:00",
-            "--started-before",
-            "2024-11-02T00:00:00Z",
-            "--sort",
-            "asc",
-            "--max-results",
-            "50",
-            "--next-token",
-            "abc",
-        ])
-        .unwrap() else {
-            panic!()
-        };
-        let req = args.to_request();
+        let req = list_request(
+            "list --command reboot --client c1 --status failed --started-after 2024-11-01T03:00 \
+             --started-before 2024-11-02T00:00:00Z --sort asc --max-results 50 --next-token abc",
+        );
         assert_eq!(req.command_id, "reboot");
         assert_eq!(req.target.as_ref().unwrap().id, "c1");
         assert_eq!(req.status, pb::ExecutionStatus::Failed as i32);
@@ -593,19 +468,9 @@ mod tests {
         assert_eq!(req.max_results, 50);
         assert_eq!(req.next_token, "abc");
 
-        let ExecCmd::List(args) = parse(&[
-            "list",
-            "--status",
-            "SUCCEEDED",
-            "--status",
-            "timed-out",
-            "--completed-before",
-            "2024-11-01",
-        ])
-        .unwrap() else {
-            panic!()
-        };
-        let req = args.to_request();
+        let req = list_request(
+            "list --status SUCCEEDED --status timed-out --completed-before 2024-11-01",
+        );
         assert_eq!(req.status, 0);
         assert_eq!(
             req.statuses,
@@ -618,27 +483,19 @@ mod tests {
         assert!(completed.after.is_none());
         assert_eq!(completed.before.unwrap().seconds, 1_730_419_200);
 
-        let err = parse(&["list", "--started-after", "yesterday"]).unwrap_err();
+        let err = parse_line("list --started-after yesterday").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ValueValidation);
         assert!(err.to_string().contains("yyyy-MM-ddTHH:mm"), "{err}");
+        assert_eq!(error_kind("list --status done"), ErrorKind::ValueValidation);
         assert_eq!(
-            parse(&["list", "--status", "done"]).unwrap_err().kind(),
-            ErrorKind::ValueValidation
-        );
-        let ExecCmd::List(args) = parse(&["list"]).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            args.to_request(),
+            list_request("list"),
             pb::ListCommandExecutionsRequest::default()
         );
     }
 
     #[test]
     fn get_cancel_delete_watch_requests() {
-        let ExecCmd::Get(args) =
-            parse(&["get", "e-1", "--thing", "lamp", "--include-result"]).unwrap()
-        else {
+        let ExecCmd::Get(args) = verb("get e-1 --thing lamp --include-result") else {
             panic!()
         };
         let req = args.to_request();
@@ -646,6 +503,7 @@ mod tests {
         assert!(req.include_result);
         assert_eq!(req.target.unwrap().id, "lamp");
 
+        // (The description has a space, so this one is spelled out.)
         let ExecCmd::Cancel(args) = parse(&[
             "cancel",
             "e-1",
@@ -662,18 +520,16 @@ mod tests {
         let reason = req.status_reason.unwrap();
         assert_eq!(reason.reason_code, "OPERATOR");
         assert_eq!(reason.reason_description, "wrong device");
-        let ExecCmd::Cancel(args) = parse(&["cancel", "e-1"]).unwrap() else {
+        let ExecCmd::Cancel(args) = verb("cancel e-1") else {
             panic!()
         };
         assert!(args.to_request().status_reason.is_none());
         assert_eq!(
-            parse(&["cancel", "e-1", "--reason-description", "x"])
-                .unwrap_err()
-                .kind(),
+            error_kind("cancel e-1 --reason-description x"),
             ErrorKind::MissingRequiredArgument
         );
 
-        let ExecCmd::Delete(args) = parse(&["delete", "e-1", "--client", "c"]).unwrap() else {
+        let ExecCmd::Delete(args) = verb("delete e-1 --client c") else {
             panic!()
         };
         assert_eq!(
@@ -681,16 +537,9 @@ mod tests {
             pb::TargetKind::Client as i32
         );
 
-        let ExecCmd::Watch(args) = parse(&[
-            "watch",
-            "--command",
-            "reboot",
-            "--status",
-            "succeeded",
-            "--status",
-            "failed",
-        ])
-        .unwrap() else {
+        let ExecCmd::Watch(args) =
+            verb("watch --command reboot --status succeeded --status failed")
+        else {
             panic!()
         };
         let req = args.to_request();

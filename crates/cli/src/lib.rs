@@ -17,6 +17,7 @@ pub mod timefmt;
 mod fake_server_tests;
 
 use std::future::Future;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -94,6 +95,25 @@ pub enum Output {
     Text,
     /// One JSON object per result (per line for streams).
     Json,
+}
+
+impl Output {
+    /// Writes `json` on one line with `--json`, otherwise `text` as it is. Each verb builds
+    /// both forms of its answer and leaves the choice to this one place.
+    pub fn print(
+        self,
+        out: &mut dyn Write,
+        json: &serde_json::Value,
+        text: &str,
+    ) -> io::Result<()> {
+        match self {
+            Output::Json => {
+                serde_json::to_writer(&mut *out, json)?;
+                writeln!(out)
+            }
+            Output::Text => out.write_all(text.as_bytes()),
+        }
+    }
 }
 
 /// Adds `authorization: Bearer <token>` to every request when a token is configured.
@@ -338,6 +358,95 @@ where
     }
 }
 
+/// A list RPC's request, as far as following `next_token` goes: one impl per list RPC
+/// (written by `paged!`), so that [`list_pages`] serves them all.
+pub trait Paged: Clone {
+    /// The page this request is answered with.
+    type Response;
+    /// What a page lists.
+    type Item;
+    fn next_token(&self) -> &str;
+    fn set_next_token(&mut self, token: String);
+    /// A page's items and the token of the page after it (empty on the last page).
+    fn into_page(response: Self::Response) -> (Vec<Self::Item>, String);
+    /// One response holding `items`, with no next page.
+    fn from_items(items: Vec<Self::Item>) -> Self::Response;
+}
+
+/// `impl Paged for <request>`: the response type and the field that holds its items.
+macro_rules! paged {
+    ($request:ty => $response:path, $items:ident: $item:ty) => {
+        impl Paged for $request {
+            type Response = $response;
+            type Item = $item;
+            fn next_token(&self) -> &str {
+                &self.next_token
+            }
+            fn set_next_token(&mut self, token: String) {
+                self.next_token = token;
+            }
+            fn into_page(response: $response) -> (Vec<$item>, String) {
+                (response.$items, response.next_token)
+            }
+            fn from_items($items: Vec<$item>) -> $response {
+                $response {
+                    $items,
+                    next_token: String::new(),
+                }
+            }
+        }
+    };
+}
+
+paged!(pb::ListCommandsRequest => pb::ListCommandsResponse, commands: pb::CommandSummary);
+paged!(
+    pb::ListCommandExecutionsRequest => pb::ListCommandExecutionsResponse,
+    command_executions: pb::CommandExecutionSummary
+);
+
+/// One page (`list(request)`), or with `all` every page from the request's `next_token`
+/// on, concatenated into one response whose `next_token` is empty.
+pub async fn list_pages<Req, F, Fut>(
+    mut list: F,
+    mut request: Req,
+    all: bool,
+) -> anyhow::Result<Req::Response>
+where
+    Req: Paged,
+    F: FnMut(Req) -> Fut,
+    Fut: Future<Output = Result<Req::Response, Status>>,
+{
+    if !all {
+        return Ok(list(request).await?);
+    }
+    let items = collect_pages(request.next_token().to_string(), |next_token| {
+        request.set_next_token(next_token);
+        let page = list(request.clone());
+        async move { page.await.map(Req::into_page) }
+    })
+    .await?;
+    Ok(Req::from_items(items))
+}
+
+/// Defines one `async fn NAME(api, request)` per line: the unary RPC `METHOD` on the
+/// `CLIENT` (registry or dispatcher) under the handle's retry policy. Every verb is that
+/// same call, so the list says only which RPC each one is.
+macro_rules! unary_verbs {
+    ($($vis:vis $name:ident: $client:ident.$method:ident($request:ty) -> $response:ty;)*) => {
+        $(
+            $vis async fn $name(
+                api: &$crate::Api,
+                request: $request,
+            ) -> Result<$response, tonic::Status> {
+                api.call(api.$client(), request, |mut client, request| async move {
+                    client.$method(request).await
+                })
+                .await
+            }
+        )*
+    };
+}
+pub(crate) use unary_verbs;
 /// The gRPC name of a status code (`INVALID_ARGUMENT`), as grpcurl and the gRPC docs spell it.
 pub fn code_name(code: Code) -> &'static str {
     match code {

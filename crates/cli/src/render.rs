@@ -569,6 +569,33 @@ pub fn command_text(c: &pb::Command) -> String {
     out
 }
 
+/// A listing for people: the table, then the token of the next page when there is one.
+fn page_text(table: &Table, next_token: &str) -> String {
+    let mut text = table.render();
+    if !next_token.is_empty() {
+        text.push_str(&format!("next token: {next_token}\n"));
+    }
+    text
+}
+
+pub fn list_commands_text(r: &pb::ListCommandsResponse) -> String {
+    page_text(&command_list_table(&r.commands), &r.next_token)
+}
+
+pub fn list_executions_text(r: &pb::ListCommandExecutionsResponse) -> String {
+    page_text(&execution_list_table(&r.command_executions), &r.next_token)
+}
+
+pub fn update_command_text(r: &pb::UpdateCommandResponse) -> String {
+    let mut kv = KeyValues::new();
+    kv.add("command_id", &r.command_id)
+        .add("display_name", &r.display_name)
+        .add("description", &r.description)
+        .add("deprecated", r.deprecated.to_string())
+        .add("last_updated_at", time_full(r.last_updated_at.as_ref()));
+    kv.render()
+}
+
 pub fn command_list_table(commands: &[pb::CommandSummary]) -> Table {
     let mut table = Table::new([
         "COMMAND_ID",

@@ -356,6 +356,14 @@ mod tests {
         }))
     }
 
+    /// The update that deprecates a command, which several lifecycle steps need.
+    fn deprecate() -> CommandInput {
+        CommandInput::Update(UpdateCommand {
+            deprecated: Some(true),
+            ..Default::default()
+        })
+    }
+
     fn run(
         state: &mut Option<Command>,
         input: CommandInput,
@@ -507,15 +515,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.as_ref().unwrap().display_name, "Reboot");
         assert_eq!(s.as_ref().unwrap().last_updated_at, 2);
-        run(
-            &mut s,
-            CommandInput::Update(UpdateCommand {
-                deprecated: Some(true),
-                ..Default::default()
-            }),
-            3,
-        )
-        .unwrap();
+        run(&mut s, deprecate(), 3).unwrap();
         assert_eq!(s.as_ref().unwrap().deprecated_at, Some(3));
         let edit = UpdateCommand {
             description: Some("d".into()),
@@ -537,16 +537,7 @@ mod tests {
             (false, None, "d")
         );
         assert_eq!(
-            run(
-                &mut None,
-                CommandInput::Update(UpdateCommand {
-                    deprecated: Some(true),
-                    ..Default::default()
-                }),
-                6
-            )
-            .unwrap_err()
-            .code,
+            run(&mut None, deprecate(), 6).unwrap_err().code,
             RejectionCode::ResourceNotFound
         );
     }
@@ -564,16 +555,7 @@ mod tests {
         // Deleting again is idempotent; updates are refused; the timer removes it.
         assert!(run(&mut s, CommandInput::Delete, 20).unwrap().is_empty());
         assert_eq!(
-            run(
-                &mut s,
-                CommandInput::Update(UpdateCommand {
-                    deprecated: Some(true),
-                    ..Default::default()
-                }),
-                30
-            )
-            .unwrap_err()
-            .code,
+            run(&mut s, deprecate(), 30).unwrap_err().code,
             RejectionCode::FailedPrecondition
         );
         assert!(
@@ -590,15 +572,7 @@ mod tests {
         // Deprecated for longer than the wait: removed at once.
         let mut s = None;
         run(&mut s, create("c"), 0).unwrap();
-        run(
-            &mut s,
-            CommandInput::Update(UpdateCommand {
-                deprecated: Some(true),
-                ..Default::default()
-            }),
-            1,
-        )
-        .unwrap();
+        run(&mut s, deprecate(), 1).unwrap();
         assert_eq!(
             run(&mut s.clone(), CommandInput::Delete, 100_001).unwrap(),
             vec![Event::CommandDeletionScheduled { delete_at: 200_001 }]

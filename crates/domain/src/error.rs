@@ -52,6 +52,34 @@ impl ValidationError {
     }
 }
 
+/// `Ok` when `ok`, else the violation of `field` that `message` describes: one line per
+/// check of a validation, with the message built only when the check fails.
+pub fn ensure(
+    ok: bool,
+    field: impl Into<String>,
+    message: impl FnOnce() -> String,
+) -> Result<(), ValidationError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, message()))
+    }
+}
+
+/// Refuses the first character of `value` that `allowed` does not accept, as
+/// `"<rule>, found <the character>"`.
+pub fn check_chars(
+    field: impl Into<String>,
+    value: &str,
+    allowed: impl Fn(char) -> bool,
+    rule: &str,
+) -> Result<(), ValidationError> {
+    match value.chars().find(|c| !allowed(*c)) {
+        Some(c) => Err(ValidationError::new(field, format!("{rule}, found {c:?}"))),
+        None => Ok(()),
+    }
+}
+
 /// Why the state machine refused an input. The codes cover both the device-facing error
 /// codes of AWS IoT Commands (`docs/device-protocol.md`, Replies) and the API-facing ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

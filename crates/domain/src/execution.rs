@@ -216,29 +216,13 @@ pub fn fold(state: &mut Option<Execution>, event: &Event, at: TimestampMs, seq: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{CommandId, ExecutionId, Target};
+    use crate::ids::Target;
     use proptest::prelude::*;
 
     fn created() -> Execution {
-        Execution {
-            execution_id: ExecutionId::parse("e1").unwrap(),
-            command_id: CommandId::parse("reboot").unwrap(),
-            target: Target::thing("t1").unwrap(),
-            status: ExecutionStatus::Created,
-            status_reason: None,
-            result: BTreeMap::new(),
-            parameters: BTreeMap::new(),
-            timeout_secs: 10,
-            client_token: None,
-            created_at: 1_000,
-            last_updated_at: 1_000,
-            started_at: 1_000,
-            completed_at: None,
-            time_to_live: 9_999_999,
-            terminal: false,
-            seq: 1,
-            request_fingerprint: 0,
-        }
+        let mut e = crate::testing::execution("e1", "reboot", Some(Target::thing("t1").unwrap()));
+        e.time_to_live = 9_999_999;
+        e
     }
 
     fn started(e: &Execution) -> Event {
@@ -443,14 +427,10 @@ mod tests {
     fn cancel_ends_a_live_execution_and_delete_needs_terminal() {
         let err = run(created(), ExecutionInput::Delete, 2_000).unwrap_err();
         assert_eq!(err.code, RejectionCode::FailedPrecondition);
-        let e = run(
-            created(),
-            ExecutionInput::Cancel {
-                status_reason: None,
-            },
-            2_000,
-        )
-        .unwrap();
+        let cancel = ExecutionInput::Cancel {
+            status_reason: None,
+        };
+        let e = run(created(), cancel, 2_000).unwrap();
         assert_eq!(
             (e.status, e.terminal, e.completed_at),
             (Canceled, true, Some(2_000))

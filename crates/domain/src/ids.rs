@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ValidationError;
+use crate::error::{ValidationError, check_chars, ensure};
 use crate::limits::{ID_MAX_CHARS, TARGET_ID_MAX_CHARS};
 
 fn is_id_char(c: char) -> bool {
@@ -12,22 +12,17 @@ fn is_id_char(c: char) -> bool {
 }
 
 fn check_id(field: &str, value: &str) -> Result<(), ValidationError> {
-    if value.is_empty() {
-        return Err(ValidationError::new(field, "must not be empty"));
-    }
-    if value.chars().count() > ID_MAX_CHARS {
-        return Err(ValidationError::new(
-            field,
-            format!("must be at most {ID_MAX_CHARS} characters"),
-        ));
-    }
-    if let Some(c) = value.chars().find(|c| !is_id_char(*c)) {
-        return Err(ValidationError::new(
-            field,
-            format!("must match [a-zA-Z0-9_-]+, found {c:?}"),
-        ));
-    }
-    Ok(())
+    check_length(field, value, ID_MAX_CHARS)?;
+    check_chars(field, value, is_id_char, "must match [a-zA-Z0-9_-]+")
+}
+
+/// Ids and target ids: not empty, at most `max` characters.
+fn check_length(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    ensure(!value.is_empty(), field, || "must not be empty".into())?;
+    let too_long = value.chars().count() > max;
+    ensure(!too_long, field, || {
+        format!("must be at most {max} characters")
+    })
 }
 
 macro_rules! id_type {
@@ -109,15 +104,7 @@ impl Target {
     pub fn new(kind: TargetKind, id: impl Into<String>) -> Result<Self, ValidationError> {
         let id = id.into();
         let field = "target.id";
-        if id.is_empty() {
-            return Err(ValidationError::new(field, "must not be empty"));
-        }
-        if id.chars().count() > TARGET_ID_MAX_CHARS {
-            return Err(ValidationError::new(
-                field,
-                format!("must be at most {TARGET_ID_MAX_CHARS} characters"),
-            ));
-        }
+        check_length(field, &id, TARGET_ID_MAX_CHARS)?;
         let bad = match kind {
             TargetKind::Thing => id.chars().find(|c| !(is_id_char(*c) || *c == ':')),
             TargetKind::Client => id

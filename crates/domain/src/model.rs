@@ -46,6 +46,17 @@ pub enum ParameterType {
 }
 
 impl ParameterType {
+    /// Every type, in declaration order, for code and tests that go over all of them.
+    pub const ALL: [Self; 7] = [
+        Self::String,
+        Self::Integer,
+        Self::Double,
+        Self::Long,
+        Self::UnsignedLong,
+        Self::Boolean,
+        Self::Binary,
+    ];
+
     pub fn is_numeric(self) -> bool {
         matches!(
             self,
@@ -94,6 +105,22 @@ pub enum ComparisonOperator {
     NotInSet,
     InRange,
     NotInRange,
+}
+
+impl ComparisonOperator {
+    /// Every operator, in declaration order, for code and tests that go over all of them.
+    pub const ALL: [Self; 10] = [
+        Self::Equals,
+        Self::NotEquals,
+        Self::LessThan,
+        Self::LessThanEquals,
+        Self::GreaterThan,
+        Self::GreaterThanEquals,
+        Self::InSet,
+        Self::NotInSet,
+        Self::InRange,
+        Self::NotInRange,
+    ];
 }
 
 /// The operand of a value condition; numbers are decimal strings as in the reference.

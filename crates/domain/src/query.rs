@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ValidationError;
+use crate::error::{ValidationError, ensure};
 use crate::thing::{ATTRIBUTE_NAME_MAX_CHARS, ATTRIBUTE_VALUE_MAX_CHARS, Connectivity, Thing};
 
 /// The longest query text, in characters.
@@ -205,15 +205,10 @@ impl Term {
 /// Parses a query; errors name the field `query` and the 1-based column of the problem.
 pub fn parse(text: &str) -> Result<Query, ValidationError> {
     let chars: Vec<char> = text.chars().collect();
-    if chars.len() > QUERY_MAX_CHARS {
-        return Err(ValidationError::new(
-            "query",
-            format!(
-                "must be at most {QUERY_MAX_CHARS} characters, got {}",
-                chars.len()
-            ),
-        ));
-    }
+    let (length, max) = (chars.len(), QUERY_MAX_CHARS);
+    ensure(length <= max, "query", || {
+        format!("must be at most {max} characters, got {length}")
+    })?;
     let mut p = Parser {
         chars,
         pos: 0,
@@ -315,24 +310,28 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Query, ValidationError> {
-        let mut items = vec![self.and()?];
-        loop {
-            self.skip_ws();
-            if !self.keyword("OR") {
-                return Ok(Query::join(false, items));
-            }
-            items.push(self.and()?);
-        }
+        self.joined("OR", false, Self::and)
     }
 
     fn and(&mut self) -> Result<Query, ValidationError> {
-        let mut items = vec![self.unary()?];
+        self.joined("AND", true, Self::unary)
+    }
+
+    /// One or more `operand`s separated by `keyword`, joined as a conjunction (`all`) or a
+    /// disjunction: OR and AND differ only in their keyword and what binds tighter.
+    fn joined(
+        &mut self,
+        keyword: &str,
+        all: bool,
+        operand: fn(&mut Self) -> Result<Query, ValidationError>,
+    ) -> Result<Query, ValidationError> {
+        let mut items = vec![operand(self)?];
         loop {
             self.skip_ws();
-            if !self.keyword("AND") {
-                return Ok(Query::join(true, items));
+            if !self.keyword(keyword) {
+                return Ok(Query::join(all, items));
             }
-            items.push(self.unary()?);
+            items.push(operand(self)?);
         }
     }
 

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::TimestampMs;
+use crate::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use crate::ids::{CommandId, ExecutionId, Target};
-use crate::model::{Execution, ExecutionStatus};
+use crate::model::{Execution, ExecutionStatus, Payload};
 
 /// A freshly created execution `id` of command `command` on `target` (the thing `t` when
 /// `None`): created at 1 s after the epoch, 10 s timeout, no token, `seq` 1, kept for 1,000 s.
@@ -44,4 +46,33 @@ pub fn execution_in(id: &str, command: &str, status: ExecutionStatus) -> Executi
         }
     }
     e
+}
+
+/// `event` of execution `e` as the log holds it: number `seq` of its events, recorded at
+/// `at`, with the event id `<execution id>-<seq>`.
+pub fn execution_envelope(e: &Execution, seq: u64, at: TimestampMs, event: Event) -> EventEnvelope {
+    EventEnvelope {
+        event_id: format!("{}-{seq}", e.execution_id.as_str()),
+        schema: SCHEMA_VERSION,
+        aggregate: Aggregate::Execution {
+            execution_id: e.execution_id.clone(),
+            target: e.target.clone(),
+        },
+        seq,
+        at,
+        trace: None,
+        event,
+    }
+}
+
+/// The ExecutionStarted event of `e`, sent with the JSON payload `{}`.
+pub fn started_event(e: &Execution) -> Event {
+    Event::ExecutionStarted {
+        execution: Box::new(e.clone()),
+        payload: Payload {
+            content: b"{}".to_vec(),
+            content_type: "application/json".into(),
+        },
+        request_fingerprint: 0,
+    }
 }

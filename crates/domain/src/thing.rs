@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Rejection, RejectionCode, ValidationError};
+use crate::error::{Rejection, RejectionCode, ValidationError, check_chars, ensure};
 use crate::ids::Target;
 use crate::model::TimestampMs;
 
@@ -125,20 +125,10 @@ pub fn validate_thing_name(name: &str) -> Result<(), ValidationError> {
 
 /// A thing group name: `[a-zA-Z0-9:_-]{1,128}`.
 pub fn validate_group_name(name: &str) -> Result<(), ValidationError> {
-    let field = "thing_group_name";
-    if name.is_empty() || name.chars().count() > GROUP_NAME_MAX_CHARS {
-        return Err(ValidationError::new(
-            field,
-            format!("must be 1–{GROUP_NAME_MAX_CHARS} characters"),
-        ));
-    }
-    if let Some(c) = name.chars().find(|c| !is_name_char(*c)) {
-        return Err(ValidationError::new(
-            field,
-            format!("must match [a-zA-Z0-9:_-]+, found {c:?}"),
-        ));
-    }
-    Ok(())
+    let (field, max) = ("thing_group_name", GROUP_NAME_MAX_CHARS);
+    let length_ok = (1..=max).contains(&name.chars().count());
+    ensure(length_ok, field, || format!("must be 1–{max} characters"))?;
+    check_chars(field, name, is_name_char, "must match [a-zA-Z0-9:_-]+")
 }
 
 /// Attribute names and values. `allow_empty_values`: an update may send `""` to remove one.
@@ -146,47 +136,25 @@ pub fn validate_attributes(
     attributes: &BTreeMap<String, String>,
     allow_empty_values: bool,
 ) -> Result<(), ValidationError> {
-    if attributes.len() > ATTRIBUTES_MAX {
-        return Err(ValidationError::new(
-            "attributes",
-            format!(
-                "at most {ATTRIBUTES_MAX} attributes, got {}",
-                attributes.len()
-            ),
-        ));
-    }
+    let (count, max) = (attributes.len(), ATTRIBUTES_MAX);
+    ensure(count <= max, "attributes", || {
+        format!("at most {max} attributes, got {count}")
+    })?;
+    let (name_max, value_max) = (ATTRIBUTE_NAME_MAX_CHARS, ATTRIBUTE_VALUE_MAX_CHARS);
     for (name, value) in attributes {
         let field = format!("attributes[{name:?}]");
-        if name.is_empty() || name.chars().count() > ATTRIBUTE_NAME_MAX_CHARS {
-            return Err(ValidationError::new(
-                field,
-                format!("attribute names must be 1–{ATTRIBUTE_NAME_MAX_CHARS} characters"),
-            ));
-        }
-        if let Some(c) = name.chars().find(|c| !is_attribute_char(*c)) {
-            return Err(ValidationError::new(
-                field,
-                format!("attribute names must match [a-zA-Z0-9_.,@/:#=\\[\\]-]+, found {c:?}"),
-            ));
-        }
-        if value.is_empty() && !allow_empty_values {
-            return Err(ValidationError::new(
-                field,
-                "attribute values must not be empty",
-            ));
-        }
-        if value.chars().count() > ATTRIBUTE_VALUE_MAX_CHARS {
-            return Err(ValidationError::new(
-                field,
-                format!("attribute values must be at most {ATTRIBUTE_VALUE_MAX_CHARS} characters"),
-            ));
-        }
-        if let Some(c) = value.chars().find(|c| !is_attribute_char(*c)) {
-            return Err(ValidationError::new(
-                field,
-                format!("attribute values must match [a-zA-Z0-9_.,@/:#=\\[\\]-]*, found {c:?}"),
-            ));
-        }
+        let name_ok = (1..=name_max).contains(&name.chars().count());
+        let message = || format!("attribute names must be 1–{name_max} characters");
+        ensure(name_ok, &field, message)?;
+        let rule = "attribute names must match [a-zA-Z0-9_.,@/:#=\\[\\]-]+";
+        check_chars(&field, name, is_attribute_char, rule)?;
+        let message = || "attribute values must not be empty".to_string();
+        ensure(!value.is_empty() || allow_empty_values, &field, message)?;
+        let value_ok = value.chars().count() <= value_max;
+        let message = || format!("attribute values must be at most {value_max} characters");
+        ensure(value_ok, &field, message)?;
+        let rule = "attribute values must match [a-zA-Z0-9_.,@/:#=\\[\\]-]*";
+        check_chars(&field, value, is_attribute_char, rule)?;
     }
     Ok(())
 }

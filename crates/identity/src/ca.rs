@@ -12,15 +12,15 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::certs::{BACKDATE, TrustedCa, random_serial};
+use crate::certs::{TrustedCa, set_subject_and_validity};
 use crate::error::{Error, Result};
 use crate::util::{hex, random_bytes, read_file, unix_time, write_file_atomic};
 
@@ -99,19 +99,13 @@ impl Ca {
     pub fn generate(now: OffsetDateTime) -> Result<Self> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
         // A random suffix, so two deployments' CAs never share a subject name: name-based
         // chain building (OpenSSL) cannot confuse them.
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("fleetcmd CA {}", hex(&random_bytes::<8>()?)),
-        );
+        let common_name = format!("fleetcmd CA {}", hex(&random_bytes::<8>()?));
+        set_subject_and_validity(&mut params, common_name, now, now + CA_VALIDITY)?;
         params
             .distinguished_name
             .push(DnType::OrganizationName, "fleetcmd");
-        params.not_before = now - BACKDATE;
-        params.not_after = now + CA_VALIDITY;
-        params.serial_number = Some(random_serial()?);
         // Path length 0: this CA signs end-entity certificates only.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -244,13 +238,7 @@ pub fn server_certificate(
     let names = server_names(extra_sans);
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(names)?;
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "fleetcmd server");
-    params.not_before = now - BACKDATE;
-    params.not_after = now + validity;
-    params.serial_number = Some(random_serial()?);
+    set_subject_and_validity(&mut params, "fleetcmd server", now, now + validity)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -8,7 +8,7 @@
 //! exactly as the TLS handshake judges it.
 
 use rcgen::{
-    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, RevokedCertParams,
     SerialNumber,
 };
@@ -221,13 +221,8 @@ fn sign_device(
         return Err(Error::invalid("validity", "must be at least one day"));
     }
     let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, identity.as_str());
-    params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::days(i64::from(validity_days));
-    params.serial_number = Some(random_serial()?);
+    let not_after = now + Duration::days(i64::from(validity_days));
+    set_subject_and_validity(&mut params, identity.as_str(), now, not_after)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -249,6 +244,25 @@ pub(crate) fn issued_from_der(der: &[u8]) -> Result<Issued> {
         not_after: from_unix(validity.not_after.timestamp()),
         serial_hex: serial_hex(x509.raw_serial()),
     })
+}
+
+/// What every certificate issued here has (the CA's own, servers', devices'): the subject
+/// `CN=common_name`, validity from [`BACKDATE`] before `now` to `not_after`, and a fresh
+/// random serial.
+pub(crate) fn set_subject_and_validity(
+    params: &mut CertificateParams,
+    common_name: impl Into<DnValue>,
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<()> {
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.not_before = now - BACKDATE;
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial()?);
+    Ok(())
 }
 
 /// 128 random bits. The magnitude is what counts: DER adds a zero byte when the top bit is

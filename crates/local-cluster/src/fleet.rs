@@ -366,17 +366,12 @@ async fn collect(mut events: mpsc::Receiver<DeviceEvent>, seen: Arc<Mutex<Seen>>
             }
             DeviceEventKind::Subscribed { .. } => *s.subscribed.entry(device).or_default() += 1,
             DeviceEventKind::ConnectionLost { .. } => s.connection_losses += 1,
-            DeviceEventKind::Request {
-                execution_id,
-                content_type,
-                duplicate,
-                ..
-            } => {
-                let e = s.execs.entry(execution_id).or_default();
+            DeviceEventKind::Request(r) => {
+                let e = s.execs.entry(r.execution_id).or_default();
                 e.devices.insert(device);
                 e.requests += 1;
-                e.duplicates += u32::from(duplicate);
-                e.content_types.push(content_type);
+                e.duplicates += u32::from(r.duplicate);
+                e.content_types.push(r.content_type);
             }
             DeviceEventKind::Responded {
                 execution_id,

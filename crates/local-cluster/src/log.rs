@@ -238,40 +238,16 @@ pub fn compare_with_log(read: &pb::CommandExecution, log: &Execution) -> Vec<Str
 mod tests {
     use fleetcmd_contracts::convert::{Arns, execution_to_pb};
     use fleetcmd_domain::ExecutionStatus;
-    use fleetcmd_domain::event::SCHEMA_VERSION;
-    use fleetcmd_domain::model::Payload;
-    use fleetcmd_domain::testing::{execution, execution_in};
+    use fleetcmd_domain::testing::{execution, execution_envelope, execution_in, started_event};
 
     use super::*;
 
     fn envelope(e: &Execution, seq: u64, event: Event) -> EventEnvelope {
-        EventEnvelope {
-            event_id: format!("ev-{seq}"),
-            schema: SCHEMA_VERSION,
-            aggregate: Aggregate::Execution {
-                execution_id: e.execution_id.clone(),
-                target: e.target.clone(),
-            },
-            seq,
-            at: 2_000,
-            trace: None,
-            event,
-        }
+        execution_envelope(e, seq, 2_000, event)
     }
 
     fn started(e: &Execution) -> EventEnvelope {
-        envelope(
-            e,
-            1,
-            Event::ExecutionStarted {
-                execution: Box::new(e.clone()),
-                payload: Payload {
-                    content: b"{}".to_vec(),
-                    content_type: "application/json".into(),
-                },
-                request_fingerprint: 0,
-            },
-        )
+        envelope(e, 1, started_event(e))
     }
 
     fn partition_of(e: &Execution) -> u32 {

@@ -201,38 +201,58 @@ pub fn assert_expected_statuses(
     expected
 }
 
-/// Waits (up to `within`) until every started execution is listed in its expected status,
-/// and asserts that; returns the listing by id.
-pub async fn settle_all(
-    what: &str,
-    registry: &Registry,
-    command_id: &str,
-    started: &[Started],
-    fleet: &Fleet,
+/// Where a scenario's executions settle: those of `command_id`, listed through `registry`,
+/// each in the status its device on `fleet` gives it, within `within`. A scenario builds
+/// one and checks it after each phase.
+pub struct Settle<'a> {
+    registry: &'a Registry,
+    command_id: &'a str,
+    fleet: &'a Fleet,
     within: Duration,
-) -> HashMap<String, pb::CommandExecutionSummary> {
-    let expected = fleet.expected(started);
-    let listed = wait_statuses(registry, command_id, &expected, within).await;
-    assert_expected_statuses(what, started, fleet, &listed);
-    listed
 }
 
-/// [`settle_all`], and asserts that the listing holds exactly the started executions.
-pub async fn settle_exactly(
-    what: &str,
-    registry: &Registry,
-    command_id: &str,
-    started: &[Started],
-    fleet: &Fleet,
-    within: Duration,
-) -> HashMap<String, pb::CommandExecutionSummary> {
-    let listed = settle_all(what, registry, command_id, started, fleet, within).await;
-    assert_eq!(
-        listed.len(),
-        started.len(),
-        "{what}: exactly the started executions are listed"
-    );
-    listed
+impl<'a> Settle<'a> {
+    pub fn new(
+        registry: &'a Registry,
+        command_id: &'a str,
+        fleet: &'a Fleet,
+        within: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            command_id,
+            fleet,
+            within,
+        }
+    }
+
+    /// Waits (up to `within`) until every started execution is listed in its expected
+    /// status, and asserts that; returns the listing by id.
+    pub async fn all(
+        &self,
+        what: &str,
+        started: &[Started],
+    ) -> HashMap<String, pb::CommandExecutionSummary> {
+        let expected = self.fleet.expected(started);
+        let listed = wait_statuses(self.registry, self.command_id, &expected, self.within).await;
+        assert_expected_statuses(what, started, self.fleet, &listed);
+        listed
+    }
+
+    /// [`all`](Self::all), and asserts that the listing holds exactly the started executions.
+    pub async fn exactly(
+        &self,
+        what: &str,
+        started: &[Started],
+    ) -> HashMap<String, pb::CommandExecutionSummary> {
+        let listed = self.all(what, started).await;
+        assert_eq!(
+            listed.len(),
+            started.len(),
+            "{what}: exactly the started executions are listed"
+        );
+        listed
+    }
 }
 
 /// Reading the SUCCEEDED execution `id` gives the right answer or UNAVAILABLE, never a

@@ -66,6 +66,19 @@ async fn cloud(
     (client, rx)
 }
 
+/// Publishes `payload` at QoS 1, not retained, as the cloud side does.
+async fn publish(cloud: &AsyncClient, topic: String, payload: &'static [u8]) {
+    cloud
+        .publish(topic, QoS::AtLeastOnce, false, Bytes::from_static(payload))
+        .await
+        .unwrap();
+}
+
+/// Waits for `future`, failing the test after [`WAIT`].
+async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(WAIT, future).await.unwrap()
+}
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}",
@@ -105,28 +118,17 @@ async fn progress_waits_for_accepted_before_succeeding() {
         .wait_for(WAIT, |k| matches!(k, DeviceEventKind::Request { .. }))
         .await
         .unwrap();
-    let DeviceEventKind::Request {
-        execution_id,
-        format,
-        payload,
-        content_type,
-        message_expiry_secs,
-        duplicate,
-    } = request.kind
-    else {
+    let DeviceEventKind::Request(r) = request.kind else {
         unreachable!()
     };
-    assert_eq!(execution_id, "e-1");
-    assert_eq!(format, RequestFormat::Json);
-    assert_eq!(&payload[..], b"{\"op\":\"on\"}");
-    assert_eq!(content_type.as_deref(), Some("application/json"));
-    assert!(matches!(message_expiry_secs, Some(8 | 9)));
-    assert!(!duplicate);
+    assert_eq!(r.execution_id, "e-1");
+    assert_eq!(r.format, RequestFormat::Json);
+    assert_eq!(&r.payload[..], b"{\"op\":\"on\"}");
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert!(matches!(r.message_expiry_secs, Some(8 | 9)));
+    assert!(!r.duplicate);
 
-    let (topic, body) = tokio::time::timeout(WAIT, updates.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (topic, body) = within(updates.recv()).await.unwrap();
     assert_eq!(topic, format!("{base}/e-1/response/json"));
     assert_eq!(&body[..], b"{\"status\":\"IN_PROGRESS\"}");
     // Nothing more until the update is accepted (devices serialise their updates).
@@ -135,37 +137,20 @@ async fn progress_waits_for_accepted_before_succeeding() {
             .await
             .is_err()
     );
-    cloud
-        .publish(
-            format!("{base}/e-1/response/accepted/json"),
-            QoS::AtLeastOnce,
-            false,
-            Bytes::from_static(b"{\"executionId\":\"e-1\"}"),
-        )
-        .await
-        .unwrap();
-    let (_, body) = tokio::time::timeout(WAIT, updates.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    // The cloud accepts each of the device's two updates the same way.
+    let accept = || {
+        let topic = format!("{base}/e-1/response/accepted/json");
+        publish(&cloud, topic, b"{\"executionId\":\"e-1\"}")
+    };
+    accept().await;
+    let (_, body) = within(updates.recv()).await.unwrap();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         body,
         serde_json::json!({"status": "SUCCEEDED", "result": {"ok": {"b": true}}})
     );
-    cloud
-        .publish(
-            format!("{base}/e-1/response/accepted/json"),
-            QoS::AtLeastOnce,
-            false,
-            Bytes::from_static(b"{\"executionId\":\"e-1\"}"),
-        )
-        .await
-        .unwrap();
-    let summary = tokio::time::timeout(WAIT, device.join())
-        .await
-        .unwrap()
-        .unwrap();
+    accept().await;
+    let summary = within(device.join()).await.unwrap();
     assert_eq!(summary.handled, 1);
     assert_eq!(summary.accepted, 2);
 }
@@ -186,15 +171,7 @@ async fn requests_sent_while_offline_arrive_on_reconnect() {
         first.wait_subscribed(WAIT).await.unwrap();
         first.stop().await.unwrap();
 
-        cloud
-            .publish(
-                format!("{base}/q-1/request"),
-                QoS::AtLeastOnce,
-                false,
-                Bytes::from_static(b"queued"),
-            )
-            .await
-            .unwrap();
+        publish(&cloud, format!("{base}/q-1/request"), b"queued").await;
         // Let the broker take it before the device comes back.
         tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -211,19 +188,13 @@ async fn requests_sent_while_offline_arrive_on_reconnect() {
             },
             "{version:?}"
         );
-        let (topic, body) = tokio::time::timeout(WAIT, updates.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let (topic, body) = within(updates.recv()).await.unwrap();
         assert_eq!(topic, format!("{base}/q-1/response/json"));
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["status"], "FAILED");
         assert_eq!(body["statusReason"]["reasonCode"], "SIMULATED_FAILURE");
         // No reply comes: the responder gives up after the reply timeout and the run ends.
-        let summary = tokio::time::timeout(WAIT, second.join())
-            .await
-            .unwrap()
-            .unwrap();
+        let summary = within(second.join()).await.unwrap();
         assert_eq!(summary.requests, 1, "{version:?}");
         assert_eq!(summary.handled, 1, "{version:?}");
     }
@@ -251,32 +222,23 @@ async fn many_devices_share_one_event_channel() {
     drop(events_tx);
     let mut subscribed = std::collections::HashSet::new();
     while subscribed.len() < names.len() {
-        let event = tokio::time::timeout(WAIT, events.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let event = within(events.recv()).await.unwrap();
         if matches!(event.kind, DeviceEventKind::Subscribed { refused: 0, .. }) {
             subscribed.insert(event.device.to_string());
         }
     }
     let (cloud, _) = cloud(&host, port, "unused/+").await;
     for name in &names {
-        cloud
-            .publish(
-                format!("$aws/commands/things/{name}/executions/x/request"),
-                QoS::AtLeastOnce,
-                false,
-                Bytes::from_static(b"ping"),
-            )
-            .await
-            .unwrap();
+        publish(
+            &cloud,
+            format!("$aws/commands/things/{name}/executions/x/request"),
+            b"ping",
+        )
+        .await;
     }
     let mut requested = std::collections::HashSet::new();
     while requested.len() < names.len() {
-        let event = tokio::time::timeout(WAIT, events.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let event = within(events.recv()).await.unwrap();
         if matches!(event.kind, DeviceEventKind::Request { .. }) {
             requested.insert(event.device.to_string());
         }
@@ -285,11 +247,7 @@ async fn many_devices_share_one_event_channel() {
     // Drain so no device waits on a full channel while stopping.
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     for r in runs {
-        let summary = tokio::time::timeout(WAIT, r)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let summary = within(r).await.unwrap().unwrap();
         assert_eq!(summary.requests, 1);
         assert_eq!(summary.handled, 1);
     }

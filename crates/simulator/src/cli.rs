@@ -149,26 +149,20 @@ pub fn event_line(event: &DeviceEvent) -> String {
                 retry_in.as_millis()
             )
         }
-        DeviceEventKind::Request {
-            execution_id,
-            format,
-            payload,
-            content_type,
-            message_expiry_secs,
-            duplicate,
-        } => {
+        DeviceEventKind::Request(r) => {
             let mut line = format!(
-                "request  {execution_id}  {}  {} bytes",
-                format_name(*format),
-                payload.len()
+                "request  {}  {}  {} bytes",
+                r.execution_id,
+                format_name(r.format),
+                r.payload.len()
             );
-            if let Some(ct) = content_type {
+            if let Some(ct) = &r.content_type {
                 line.push_str(&format!("  content-type={ct}"));
             }
-            if let Some(expiry) = message_expiry_secs {
+            if let Some(expiry) = r.message_expiry_secs {
                 line.push_str(&format!("  expiry={expiry}s"));
             }
-            if *duplicate {
+            if r.duplicate {
                 line.push_str("  (duplicate, not answered again)");
             }
             line
@@ -218,24 +212,17 @@ pub fn event_json(event: &DeviceEvent) -> Json {
             "error": error,
             "retry_in_ms": u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
         }),
-        DeviceEventKind::Request {
-            execution_id,
-            format,
-            payload,
-            content_type,
-            message_expiry_secs,
-            duplicate,
-        } => {
+        DeviceEventKind::Request(r) => {
             let mut j = json!({
                 "event": "request",
-                "execution_id": execution_id,
-                "format": format_name(*format),
-                "payload_bytes": payload.len(),
-                "content_type": content_type,
-                "message_expiry_secs": message_expiry_secs,
-                "duplicate": duplicate,
+                "execution_id": r.execution_id,
+                "format": format_name(r.format),
+                "payload_bytes": r.payload.len(),
+                "content_type": r.content_type,
+                "message_expiry_secs": r.message_expiry_secs,
+                "duplicate": r.duplicate,
             });
-            let (key, value) = payload_json(payload);
+            let (key, value) = payload_json(&r.payload);
             j[key] = value;
             j
         }
@@ -291,6 +278,7 @@ pub fn summary_json(s: &Summary) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RequestEvent;
     use bytes::Bytes;
     use clap::Parser;
     use fleetcmd_domain::TargetKind;
@@ -412,14 +400,14 @@ mod tests {
 
     #[test]
     fn request_lines_show_format_size_and_mqtt5_properties() {
-        let e = event(DeviceEventKind::Request {
+        let e = event(DeviceEventKind::Request(RequestEvent {
             execution_id: "e-1".into(),
             format: RequestFormat::Json,
             payload: Bytes::from_static(b"{\"op\":1}"),
             content_type: Some("application/json".into()),
             message_expiry_secs: Some(9),
             duplicate: false,
-        });
+        }));
         assert_eq!(
             event_line(&e),
             "request  e-1  json  8 bytes  content-type=application/json  expiry=9s"
@@ -431,14 +419,14 @@ mod tests {
         assert_eq!(j["payload"], "{\"op\":1}");
         assert_eq!(j["message_expiry_secs"], 9);
 
-        let raw = event(DeviceEventKind::Request {
+        let raw = event(DeviceEventKind::Request(RequestEvent {
             execution_id: "e-2".into(),
             format: RequestFormat::Raw,
             payload: Bytes::from_static(&[0xff]),
             content_type: None,
             message_expiry_secs: None,
             duplicate: true,
-        });
+        }));
         assert_eq!(
             event_line(&raw),
             "request  e-2  raw  1 bytes  (duplicate, not answered again)"

@@ -145,6 +145,19 @@ pub struct DeviceEvent {
     pub kind: DeviceEventKind,
 }
 
+/// A request as it arrived: a struct of its own because printing, JSON and the tests each
+/// read most of its fields, which a six-field variant would make every one of them list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestEvent {
+    pub execution_id: String,
+    pub format: RequestFormat,
+    pub payload: Bytes,
+    pub content_type: Option<String>,
+    pub message_expiry_secs: Option<u32>,
+    /// A redelivery of an execution already seen, which is not answered again.
+    pub duplicate: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceEventKind {
     /// CONNACK received; subscriptions follow.
@@ -161,16 +174,8 @@ pub enum DeviceEventKind {
         error: String,
         retry_in: Duration,
     },
-    /// A request arrived. `duplicate` marks a redelivery of an execution already seen,
-    /// which is not answered again.
-    Request {
-        execution_id: String,
-        format: RequestFormat,
-        payload: Bytes,
-        content_type: Option<String>,
-        message_expiry_secs: Option<u32>,
-        duplicate: bool,
-    },
+    /// A request arrived.
+    Request(RequestEvent),
     /// An update was handed to the MQTT client.
     Responded {
         execution_id: String,
@@ -383,14 +388,14 @@ where
                                 summary.duplicates += 1;
                             }
                             emitter
-                                .emit(DeviceEventKind::Request {
+                                .emit(DeviceEventKind::Request(RequestEvent {
                                     execution_id: execution_id.clone(),
                                     format,
                                     payload: message.payload,
                                     content_type: message.content_type,
                                     message_expiry_secs: message.message_expiry_secs,
                                     duplicate: !first,
-                                })
+                                }))
                                 .await;
                             if first {
                                 if opts.behavior == Behavior::Silent {

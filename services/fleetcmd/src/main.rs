@@ -144,79 +144,50 @@ mod tests {
         }
     }
 
+    /// `parse` of a command line written as one string (no argument has a space).
+    fn parse_line(line: &str) -> Result<Cli, clap::Error> {
+        parse(&line.split(' ').collect::<Vec<_>>())
+    }
+
     #[test]
     fn every_subcommand_parses() {
         let ok = [
-            vec!["serve"],
-            vec!["serve", "--grpc-addr", "127.0.0.1:6000", "--shards", "4"],
-            vec!["command", "create", "--id", "c", "--payload", "x"],
-            vec!["command", "get", "c"],
-            vec!["command", "list", "--all"],
-            vec!["command", "update", "c", "--description", "d"],
-            vec!["command", "delete", "c"],
-            vec![
-                "exec",
-                "start",
-                "--command",
-                "c",
-                "--thing",
-                "t",
-                "--param",
-                "a=i:1",
-            ],
-            vec!["exec", "get", "e", "--include-result"],
-            vec!["exec", "list", "--status", "failed"],
-            vec!["exec", "cancel", "e"],
-            vec!["exec", "delete", "e"],
-            vec!["exec", "watch", "--client", "c"],
-            vec![
-                "bench",
-                "--devices",
-                "10",
-                "--executions",
-                "100",
-                "--rate",
-                "500",
-            ],
-            vec!["bench", "--raw-mqtt", "--mqtt", "127.0.0.1:1884"],
-            vec![
-                "device",
-                "simulate",
-                "--client",
-                "c",
-                "--behavior",
-                "silent",
-            ],
+            "serve",
+            "serve --grpc-addr 127.0.0.1:6000 --shards 4",
+            "command create --id c --payload x",
+            "command get c",
+            "command list --all",
+            "command update c --description d",
+            "command delete c",
+            "exec start --command c --thing t --param a=i:1",
+            "exec get e --include-result",
+            "exec list --status failed",
+            "exec cancel e",
+            "exec delete e",
+            "exec watch --client c",
+            "bench --devices 10 --executions 100 --rate 500",
+            "bench --raw-mqtt --mqtt 127.0.0.1:1884",
+            "device simulate --client c --behavior silent",
         ];
-        for args in ok {
-            parse(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        for line in ok {
+            parse_line(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         }
-        let cli = parse(&["serve", "--shards", "4"]).unwrap();
+        let cli = parse_line("serve --shards 4").unwrap();
         let Cmd::Serve(serve) = cli.command else {
             panic!()
         };
         assert_eq!(serve.shards, 4);
-        let cli = parse(&[
-            "exec",
-            "start",
-            "--command",
-            "c",
-            "--thing",
-            "t",
-            "--timeout",
-            "30",
-        ])
-        .unwrap();
+        let cli = parse_line("exec start --command c --thing t --timeout 30").unwrap();
         let Cmd::Exec(ExecCmd::Start(start)) = cli.command else {
             panic!()
         };
         assert_eq!(start.timeout_secs, Some(30));
-        let cli = parse(&["exec", "watch", "--status", "succeeded"]).unwrap();
+        let cli = parse_line("exec watch --status succeeded").unwrap();
         assert!(matches!(
             cli.command,
             Cmd::Exec(ExecCmd::Watch(exec::WatchArgs { .. }))
         ));
-        let cli = parse(&["command", "delete", "c"]).unwrap();
+        let cli = parse_line("command delete c").unwrap();
         assert!(matches!(
             cli.command,
             Cmd::Command(CommandCmd::Delete(command::DeleteArgs { .. }))

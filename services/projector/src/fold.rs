@@ -185,40 +185,22 @@ pub fn fold(
 
 #[cfg(test)]
 mod tests {
-    use fleetcmd_domain::event::SCHEMA_VERSION;
-    use fleetcmd_domain::ids::Target;
-    use fleetcmd_domain::model::{ExecutionStatus, Payload};
+    use fleetcmd_domain::model::ExecutionStatus;
     use fleetcmd_domain::testing;
 
     use super::*;
 
+    /// `event` of the fixture execution `id` (command `c` on the thing `t`).
     fn env(id: &str, seq: u64, event: Event) -> EventEnvelope {
-        EventEnvelope {
-            event_id: format!("{id}-{seq}"),
-            schema: SCHEMA_VERSION,
-            aggregate: Aggregate::Execution {
-                execution_id: ExecutionId::parse(id).unwrap(),
-                target: Target::thing("t").unwrap(),
-            },
-            seq,
-            at: 1_000 + seq as i64,
-            trace: None,
-            event,
-        }
+        let e = testing::execution(id, "c", None);
+        testing::execution_envelope(&e, seq, 1_000 + seq as i64, event)
     }
 
     fn started(id: &str) -> EventEnvelope {
         env(
             id,
             1,
-            Event::ExecutionStarted {
-                execution: Box::new(testing::execution(id, "c", None)),
-                payload: Payload {
-                    content: b"{}".to_vec(),
-                    content_type: "application/json".into(),
-                },
-                request_fingerprint: 0,
-            },
+            testing::started_event(&testing::execution(id, "c", None)),
         )
     }
 

@@ -73,14 +73,8 @@ async fn a_settled_execution_is_deleted_and_then_gone_everywhere() -> Result {
         &[&done],
     );
     expect_invalid(
-        reg.delete_command_execution(delete(
-            &done,
-            Some(pb::Target {
-                kind: 9,
-                id: "t1".into(),
-            }),
-        ))
-        .await,
+        reg.delete_command_execution(delete(&done, Some(target_of_kind(9, "t1"))))
+            .await,
         "target.kind",
         &["9"],
     );
@@ -303,54 +297,45 @@ async fn cancel_of_an_unknown_or_malformed_request_is_refused_and_changes_nothin
         Code::NotFound,
         &["0190aaaa-0000-7000-8000-000000000000"],
     );
-    expect_invalid(
-        disp.cancel_command_execution(cancel("", None, None)).await,
-        "execution_id",
-        &["empty"],
-    );
-    expect_invalid(
-        disp.cancel_command_execution(cancel(
-            &d,
-            Some(pb::Target {
-                kind: 0,
-                id: "t1".into(),
-            }),
-            None,
-        ))
-        .await,
-        "target.kind",
-        &[],
-    );
-    expect_invalid(
-        disp.cancel_command_execution(cancel(&d, None, Some(("", "why"))))
-            .await,
-        "status_reason.reason_code",
-        &["required"],
-    );
-    expect_invalid(
-        disp.cancel_command_execution(cancel(&d, None, Some(("$MINE", ""))))
-            .await,
-        "status_reason.reason_code",
-        &["[A-Z0-9_-]+", "reserved"],
-    );
-    expect_invalid(
-        disp.cancel_command_execution(cancel(&d, None, Some(("lower", ""))))
-            .await,
-        "status_reason.reason_code",
-        &["[A-Z0-9_-]+"],
-    );
-    expect_invalid(
-        disp.cancel_command_execution(cancel(&d, None, Some((&"C".repeat(65), ""))))
-            .await,
-        "status_reason.reason_code",
-        &["64"],
-    );
-    expect_invalid(
-        disp.cancel_command_execution(cancel(&d, None, Some(("OK", &"d".repeat(1025)))))
-            .await,
-        "status_reason.reason_description",
-        &["1024"],
-    );
+    let (long_code, long_description) = ("C".repeat(65), "d".repeat(1025));
+    let reason_code = "status_reason.reason_code";
+    // (the request, the field named, what the message says)
+    let cases: [(pb::CancelCommandExecutionRequest, &str, &[&str]); 7] = [
+        (cancel("", None, None), "execution_id", &["empty"]),
+        (
+            cancel(&d, Some(target_of_kind(0, "t1")), None),
+            "target.kind",
+            &[],
+        ),
+        (
+            cancel(&d, None, Some(("", "why"))),
+            reason_code,
+            &["required"],
+        ),
+        (
+            cancel(&d, None, Some(("$MINE", ""))),
+            reason_code,
+            &["[A-Z0-9_-]+", "reserved"],
+        ),
+        (
+            cancel(&d, None, Some(("lower", ""))),
+            reason_code,
+            &["[A-Z0-9_-]+"],
+        ),
+        (
+            cancel(&d, None, Some((&long_code, ""))),
+            reason_code,
+            &["64"],
+        ),
+        (
+            cancel(&d, None, Some(("OK", &long_description))),
+            "status_reason.reason_description",
+            &["1024"],
+        ),
+    ];
+    for (request, field, needles) in cases {
+        expect_invalid(disp.cancel_command_execution(request).await, field, needles);
+    }
     let e = get_execution(&mut reg, &d).await?;
     assert_eq!(
         (e.status(), e.terminal, e.completed_at),

@@ -534,10 +534,7 @@ async fn list_executions_refuses_bad_filters_and_page_tokens() -> Result {
         ),
         (
             pb::ListCommandExecutionsRequest {
-                target: Some(pb::Target {
-                    kind: 0,
-                    id: "t1".into(),
-                }),
+                target: Some(target_of_kind(0, "t1")),
                 ..base()
             },
             "target.kind",

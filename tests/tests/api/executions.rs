@@ -144,26 +144,14 @@ async fn get_execution_of_an_unknown_or_malformed_request_is_refused() -> Result
         &["empty"],
     );
     expect_invalid(
-        reg.get_command_execution(get(
-            &id,
-            Some(pb::Target {
-                kind: 0,
-                id: "x".into(),
-            }),
-        ))
-        .await,
+        reg.get_command_execution(get(&id, Some(target_of_kind(0, "x"))))
+            .await,
         "target.kind",
         &["THING, CLIENT"],
     );
     expect_invalid(
-        reg.get_command_execution(get(
-            &id,
-            Some(pb::Target {
-                kind: 5,
-                id: "x".into(),
-            }),
-        ))
-        .await,
+        reg.get_command_execution(get(&id, Some(target_of_kind(5, "x"))))
+            .await,
         "target.kind",
         &["5"],
     );

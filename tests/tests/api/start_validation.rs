@@ -101,10 +101,7 @@ fn beyond_every_rule() -> Vec<(
         (
             "unspecified target kind",
             pb::StartCommandExecutionRequest {
-                target: Some(pb::Target {
-                    kind: 0,
-                    id: "t1".into(),
-                }),
+                target: Some(target_of_kind(0, "t1")),
                 ..base()
             },
             "target.kind",
@@ -113,10 +110,7 @@ fn beyond_every_rule() -> Vec<(
         (
             "unknown target kind",
             pb::StartCommandExecutionRequest {
-                target: Some(pb::Target {
-                    kind: 3,
-                    id: "t1".into(),
-                }),
+                target: Some(target_of_kind(3, "t1")),
                 ..base()
             },
             "target.kind",

@@ -20,15 +20,8 @@ async fn watch_refuses_invalid_filters() -> Result {
         &["' '"],
     );
     expect_invalid(
-        reg.watch_command_executions(watch_request(
-            "",
-            Some(pb::Target {
-                kind: 0,
-                id: "t".into(),
-            }),
-            &[],
-        ))
-        .await,
+        reg.watch_command_executions(watch_request("", Some(target_of_kind(0, "t")), &[]))
+            .await,
         "target.kind",
         &[],
     );

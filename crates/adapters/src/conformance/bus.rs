@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fleetcmd_domain::ports::{BoxStream, Bus, BusMessage, PortError};
+use fleetcmd_domain::ports::{BoxStream, Bus, BusMessage, PortError, PortResult};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -48,16 +48,37 @@ async fn next(what: &str, s: &mut BoxStream<BusMessage>) -> BusMessage {
         .unwrap_or_else(|| panic!("{what}: the subscription ended"))
 }
 
-async fn sub(bus: &dyn Bus, subject: &str, group: Option<&str>) -> BoxStream<BusMessage> {
+/// Subscribes, failing the test (with the subject) if the bus refuses or takes too long.
+pub async fn sub(bus: &dyn Bus, subject: &str, group: Option<&str>) -> BoxStream<BusMessage> {
     within("subscribe", bus.subscribe(subject, group))
         .await
         .unwrap_or_else(|e| panic!("subscribe {subject} ({group:?}): {e}"))
 }
 
-async fn publish(bus: &dyn Bus, subject: &str, payload: impl Into<Bytes>) {
+/// Publishes, failing the test (with the subject) if the bus refuses or takes too long.
+pub async fn publish(bus: &dyn Bus, subject: &str, payload: impl Into<Bytes>) {
     within("publish", bus.publish(BusMessage::new(subject, payload)))
         .await
         .unwrap_or_else(|e| panic!("publish {subject}: {e}"));
+}
+
+/// What every bus promises of `shutdown`, for a test that has just shut its bus down (each
+/// bus is shut down its own way): the subscription `s` has ended, and the request that
+/// `requester` was waiting on failed as unavailable.
+pub async fn check_shut_down(
+    s: &mut BoxStream<BusMessage>,
+    requester: JoinHandle<PortResult<BusMessage>>,
+) {
+    assert_eq!(
+        within("stream end", s.next()).await,
+        None,
+        "shutdown ends streams"
+    );
+    let err = within("pending request", requester)
+        .await
+        .expect("task")
+        .expect_err("shutdown fails pending requests");
+    assert!(matches!(err, PortError::Unavailable(_)), "{err:?}");
 }
 
 /// Reads `s` up to the marker payload; returns what came before it.

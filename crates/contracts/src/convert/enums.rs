@@ -195,21 +195,8 @@ mod tests {
 
     #[test]
     fn comparison_operators_map_both_ways() {
-        use ComparisonOperator::*;
-        let all = [
-            Equals,
-            NotEquals,
-            LessThan,
-            LessThanEquals,
-            GreaterThan,
-            GreaterThanEquals,
-            InSet,
-            NotInSet,
-            InRange,
-            NotInRange,
-        ];
         let mut numbers = Vec::new();
-        for op in all {
+        for op in ComparisonOperator::ALL {
             let n = pb::ComparisonOperator::from(op) as i32;
             numbers.push(n);
             assert_eq!(comparison_operator_from_pb("op", n), Ok(op));
@@ -220,7 +207,7 @@ mod tests {
             "each operator has its own number"
         );
         assert_eq!(
-            pb::ComparisonOperator::from(NotInRange).as_str_name(),
+            pb::ComparisonOperator::from(ComparisonOperator::NotInRange).as_str_name(),
             "NOT_IN_RANGE"
         );
         let e = comparison_operator_from_pb("c.comparison_operator", 0).unwrap_err();

@@ -24,10 +24,18 @@ fn parse_json(v: Json) -> Result<DeviceUpdate, Rejection> {
 }
 
 /// Asserts an `InvalidRequest` on `field` whose message contains `needle`.
+/// Failures name the `needle`, which tells the cases of a table apart.
 fn assert_invalid(r: Result<DeviceUpdate, Rejection>, field: &str, needle: &str) {
-    let err = r.unwrap_err();
-    assert_eq!(err.code, RejectionCode::InvalidRequest, "{err:?}");
-    assert_eq!(err.field.as_deref(), Some(field), "{err:?}");
+    let err = match r {
+        Ok(u) => panic!("{needle:?}: expected a rejection, got {u:?}"),
+        Err(err) => err,
+    };
+    assert_eq!(
+        err.code,
+        RejectionCode::InvalidRequest,
+        "{needle:?}: {err:?}"
+    );
+    assert_eq!(err.field.as_deref(), Some(field), "{needle:?}: {err:?}");
     assert!(
         err.message.contains(needle),
         "{:?} lacks {needle:?}",
@@ -390,47 +398,49 @@ fn result_shape_errors_and_limits() {
     assert_invalid(with(json!({ "": {"s": "x"} })), "result.", "1–32");
     assert_invalid(with(json!({ "a.b": {"s": "x"} })), "result.a.b", "'.'");
 
-    assert_invalid(
-        with(json!({"k": "x"})),
-        "result.k",
-        "must be an object with one of",
-    );
-    assert_invalid(with(json!({"k": {}})), "result.k", "found none");
-    assert_invalid(
-        with(json!({"k": {"s": "x", "b": true}})),
-        "result.k",
-        "exactly one",
-    );
-    assert_invalid(
-        with(json!({"k": {"i": 3}})),
-        "result.k",
-        "unknown result type \"i\"",
-    );
-    assert_invalid(
-        with(json!({"k": {"S": "x"}})),
-        "result.k",
-        "unknown result type \"S\"",
-    );
-    assert_invalid(
-        with(json!({"k": {"s": 1}})),
-        "result.k.s",
-        "must be a string",
-    );
-    assert_invalid(
-        with(json!({"k": {"b": "true"}})),
-        "result.k.b",
-        "must be a boolean",
-    );
-    assert_invalid(
-        with(json!({"k": {"bin": "not base64!"}})),
-        "result.k.bin",
-        "base64",
-    );
-    assert_invalid(
-        with(json!({"k": {"bin": [1, 2]}})),
-        "result.k.bin",
-        "got an array",
-    );
+    // (result, the field named, what the message says)
+    let cases = [
+        (
+            json!({"k": "x"}),
+            "result.k",
+            "must be an object with one of",
+        ),
+        (json!({"k": {}}), "result.k", "found none"),
+        (
+            json!({"k": {"s": "x", "b": true}}),
+            "result.k",
+            "exactly one",
+        ),
+        (
+            json!({"k": {"i": 3}}),
+            "result.k",
+            "unknown result type \"i\"",
+        ),
+        (
+            json!({"k": {"S": "x"}}),
+            "result.k",
+            "unknown result type \"S\"",
+        ),
+        (json!({"k": {"s": 1}}), "result.k.s", "must be a string"),
+        (
+            json!({"k": {"b": "true"}}),
+            "result.k.b",
+            "must be a boolean",
+        ),
+        (
+            json!({"k": {"bin": "not base64!"}}),
+            "result.k.bin",
+            "base64",
+        ),
+        (
+            json!({"k": {"bin": [1, 2]}}),
+            "result.k.bin",
+            "got an array",
+        ),
+    ];
+    for (result, field, message) in cases {
+        assert_invalid(with(result), field, message);
+    }
     // A null sibling is as good as absent.
     let u = with(json!({"k": {"s": "x", "b": null}})).unwrap();
     assert_eq!(u.result.unwrap()["k"], ResultValue::S("x".into()));

@@ -19,7 +19,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use crate::command::check_text;
-use crate::error::{ValidationError, key_path, quote, truncate};
+use crate::error::{ValidationError, ensure, key_path, quote, truncate};
 use crate::limits::{
     CONDITION_OPERANDS_MAX, DESCRIPTION_MAX_CHARS, PARAMETER_NAME_MAX_CHARS, PARAMETERS_MAX,
     PAYLOAD_MAX_BYTES, TEMPLATE_MAX_CHARS,
@@ -403,15 +403,9 @@ fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
 /// unique), default and fixed values of the declared type, conditions allowed for the type
 /// with 1–10 well-formed operands.
 pub fn validate_parameters(parameters: &[CommandParameter]) -> Result<(), ValidationError> {
-    if parameters.len() > PARAMETERS_MAX {
-        return Err(ValidationError::new(
-            "mandatory_parameters",
-            format!(
-                "at most {PARAMETERS_MAX} parameters, got {}",
-                parameters.len()
-            ),
-        ));
-    }
+    let (count, max) = (parameters.len(), PARAMETERS_MAX);
+    let message = || format!("at most {max} parameters, got {count}");
+    ensure(count <= max, "mandatory_parameters", message)?;
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, p) in parameters.iter().enumerate() {
         let at = format!("mandatory_parameters[{i}]");
@@ -879,15 +873,10 @@ pub fn render(
             out
         }
     };
-    if bytes.len() > PAYLOAD_MAX_BYTES {
-        return Err(ValidationError::new(
-            "parameters",
-            format!(
-                "the rendered payload is {} bytes, more than the {PAYLOAD_MAX_BYTES}-byte limit",
-                bytes.len()
-            ),
-        ));
-    }
+    let (size, max) = (bytes.len(), PAYLOAD_MAX_BYTES);
+    let message =
+        || format!("the rendered payload is {size} bytes, more than the {max}-byte limit");
+    ensure(size <= max, "parameters", message)?;
     Ok(bytes)
 }
 

@@ -57,6 +57,64 @@ pub(super) struct PageQuery {
     limit: usize,
 }
 
+/// How a listing is sorted and where its pages start: by `(time_column, id_column)`, with
+/// page tokens of `token_kind`.
+struct Keyset<'a> {
+    token_kind: &'a str,
+    time_column: &'a str,
+    id_column: &'a str,
+}
+
+impl<'a> Keyset<'a> {
+    fn new(token_kind: &'a str, time_column: &'a str, id_column: &'a str) -> Self {
+        Self {
+            token_kind,
+            time_column,
+            id_column,
+        }
+    }
+
+    /// Ends the query of one page (`sql` holds the filters, `params` their values): after
+    /// the token's key in the sort direction, sorted, and one row more than the page size,
+    /// which tells whether another page follows.
+    fn finish(
+        &self,
+        mut sql: String,
+        mut params: Vec<Value>,
+        ascending: bool,
+        page_token: Option<&str>,
+        page_size: u32,
+    ) -> PortResult<PageQuery> {
+        let Keyset {
+            token_kind,
+            time_column,
+            id_column,
+        } = self;
+        let (cmp, dir) = if ascending {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        if let Some(token) = page_token {
+            let key = decode_token(token_kind, token)?;
+            params.push(Value::Integer(key.time));
+            params.push(Value::Text(key.id));
+            let n = params.len();
+            sql.push_str(&format!(
+                " AND ({time_column}, {id_column}) {cmp} (?{}, ?{n})",
+                n - 1
+            ));
+        }
+        let limit = effective_page_size(page_size) as usize;
+        params.push(Value::Integer(limit as i64 + 1));
+        sql.push_str(&format!(
+            " ORDER BY {time_column} {dir}, {id_column} {dir} LIMIT ?{}",
+            params.len()
+        ));
+        Ok(PageQuery { sql, params, limit })
+    }
+}
+
 pub(super) fn command_page_query(q: &CommandQuery) -> PortResult<PageQuery> {
     let mut sql = String::from("SELECT data, created_at, command_id FROM commands c WHERE 1 = 1");
     let mut params = Vec::new();
@@ -72,28 +130,13 @@ pub(super) fn command_page_query(q: &CommandQuery) -> PortResult<PageQuery> {
             params.len()
         ));
     }
-    let (cmp, dir) = if q.ascending {
-        (">", "ASC")
-    } else {
-        ("<", "DESC")
-    };
-    if let Some(token) = &q.page_token {
-        let key = decode_token(COMMAND_TOKEN, token)?;
-        params.push(Value::Integer(key.time));
-        params.push(Value::Text(key.id));
-        let n = params.len();
-        sql.push_str(&format!(
-            " AND (created_at, command_id) {cmp} (?{}, ?{n})",
-            n - 1
-        ));
-    }
-    let limit = effective_page_size(q.page_size) as usize;
-    params.push(Value::Integer(limit as i64 + 1));
-    sql.push_str(&format!(
-        " ORDER BY created_at {dir}, command_id {dir} LIMIT ?{}",
-        params.len()
-    ));
-    Ok(PageQuery { sql, params, limit })
+    Keyset::new(COMMAND_TOKEN, "created_at", "command_id").finish(
+        sql,
+        params,
+        q.ascending,
+        q.page_token.as_deref(),
+        q.page_size,
+    )
 }
 
 pub(super) fn execution_page_query(q: &ExecutionQuery) -> PortResult<PageQuery> {
@@ -149,28 +192,13 @@ pub(super) fn execution_page_query(q: &ExecutionQuery) -> PortResult<PageQuery> 
         }
         sql.push_str(&format!(" AND status IN ({list})"));
     }
-    let (cmp, dir) = if q.ascending {
-        (">", "ASC")
-    } else {
-        ("<", "DESC")
-    };
-    if let Some(token) = &q.page_token {
-        let key = decode_token(EXECUTION_TOKEN, token)?;
-        params.push(Value::Integer(key.time));
-        params.push(Value::Text(key.id));
-        let n = params.len();
-        sql.push_str(&format!(
-            " AND ({sort}, execution_id) {cmp} (?{}, ?{n})",
-            n - 1
-        ));
-    }
-    let limit = effective_page_size(q.page_size) as usize;
-    params.push(Value::Integer(limit as i64 + 1));
-    sql.push_str(&format!(
-        " ORDER BY {sort} {dir}, execution_id {dir} LIMIT ?{}",
-        params.len()
-    ));
-    Ok(PageQuery { sql, params, limit })
+    Keyset::new(EXECUTION_TOKEN, sort, "execution_id").finish(
+        sql,
+        params,
+        q.ascending,
+        q.page_token.as_deref(),
+        q.page_size,
+    )
 }
 
 /// Runs a page query whose columns are `(data, sort_time, id)`.

@@ -139,15 +139,8 @@ impl ReadModel for SqliteStore {
     }
 
     async fn get_command(&self, id: &CommandId) -> PortResult<Option<Command>> {
-        let id = id.clone();
-        self.read_with(move |_, conn| {
-            let data: Option<String> = conn
-                .prepare_cached("SELECT data FROM commands WHERE command_id = ?1")?
-                .query_row([id.as_str()], |r| r.get(0))
-                .optional()?;
-            data.map(|d| decode("command", id.as_str(), &d)).transpose()
-        })
-        .await
+        let sql = "SELECT data FROM commands WHERE command_id = ?1";
+        self.read_by_id("command", sql, id.as_str()).await
     }
 
     async fn list_commands(&self, query: &CommandQuery) -> PortResult<Page<Command>> {
@@ -157,16 +150,8 @@ impl ReadModel for SqliteStore {
     }
 
     async fn get_execution(&self, id: &ExecutionId) -> PortResult<Option<Execution>> {
-        let id = id.clone();
-        self.read_with(move |_, conn| {
-            let data: Option<String> = conn
-                .prepare_cached("SELECT data FROM executions WHERE execution_id = ?1")?
-                .query_row([id.as_str()], |r| r.get(0))
-                .optional()?;
-            data.map(|d| decode("execution", id.as_str(), &d))
-                .transpose()
-        })
-        .await
+        let sql = "SELECT data FROM executions WHERE execution_id = ?1";
+        self.read_by_id("execution", sql, id.as_str()).await
     }
 
     async fn find_execution_by_token(
@@ -244,6 +229,29 @@ impl ReadModel for SqliteStore {
                 .prepare_cached("DELETE FROM executions WHERE time_to_live < ?1")?
                 .execute([now])?;
             Ok(n as u64)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// The record `id` that `sql` (`SELECT data ... WHERE <id column> = ?1`) selects, decoded.
+    async fn read_by_id<T>(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        id: &str,
+    ) -> PortResult<Option<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let id = id.to_owned();
+        self.read_with(move |_, conn| {
+            let data: Option<String> = conn
+                .prepare_cached(sql)?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?;
+            data.map(|d| decode(what, &id, &d)).transpose()
         })
         .await
     }

@@ -185,10 +185,7 @@ fn retried_failures_count_only_after_their_last_attempt() {
     // AWS counts every failed attempt; fleetcmd counts a target once, when it is final.
     let mut s = list(1, 60_000);
     s.abort_criteria = vec![criterion(FailureType::Failed, 50.0, 1)];
-    s.retries = vec![RetryCriterion {
-        failure_type: RetryFailureType::Failed,
-        number_of_retries: 1,
-    }];
+    s.retries = vec![retry(RetryFailureType::Failed, 1)];
     let mut sim = Sim::start(s, T0);
     let (_, ids) = sim.step();
     sim.settle(&ids[0], Failed);

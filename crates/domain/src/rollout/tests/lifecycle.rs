@@ -152,12 +152,7 @@ fn validate_names_the_field_and_the_limit() {
             "at most 5",
         ),
         (
-            Box::new(|s| {
-                s.retries = vec![RetryCriterion {
-                    failure_type: RetryFailureType::All,
-                    number_of_retries: 11,
-                }]
-            }),
+            Box::new(|s| s.retries = vec![retry(RetryFailureType::All, 11)]),
             "retries[0].number_of_retries",
             "0 and 10",
         ),
@@ -488,12 +483,7 @@ fn repeated_and_stale_reports_are_harmless() {
 #[test]
 fn a_rebuilt_state_replans_the_same_intents_and_never_launches_twice() {
     // Given intents logged, some confirmed, then a crash before the others were sent,
-    let mut s = list(50, 60_000);
-    s.retries = vec![RetryCriterion {
-        failure_type: RetryFailureType::Failed,
-        number_of_retries: 2,
-    }];
-    let mut sim = Sim::start(s, T0);
+    let mut sim = retrying_list(50, RetryFailureType::Failed, 2);
     for _ in 0..5 {
         sim.step();
         sim.now += 1;

@@ -42,6 +42,22 @@ fn group(per_minute: u32) -> RolloutSpec {
     spec(TargetSelector::Group("lab".into()), per_minute)
 }
 
+/// Retry `number_of_retries` times on failures of `failure_type`.
+fn retry(failure_type: RetryFailureType, number_of_retries: u32) -> RetryCriterion {
+    RetryCriterion {
+        failure_type,
+        number_of_retries,
+    }
+}
+
+/// A rollout to `n` things at 60,000 a minute that retries failures of `failure_type`
+/// `number_of_retries` times, started at [`T0`].
+fn retrying_list(n: usize, failure_type: RetryFailureType, number_of_retries: u32) -> Sim {
+    let mut s = list(n, 60_000);
+    s.retries = vec![retry(failure_type, number_of_retries)];
+    Sim::start(s, T0)
+}
+
 fn launching(plan: &Plan) -> Vec<(u32, u32)> {
     plan.events
         .iter()

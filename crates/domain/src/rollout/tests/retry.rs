@@ -7,10 +7,7 @@ fn retrying(criteria: &[(RetryFailureType, u32)], base_secs: u64) -> Sim {
     let mut s = list(1, 60_000);
     s.retries = criteria
         .iter()
-        .map(|&(failure_type, number_of_retries)| RetryCriterion {
-            failure_type,
-            number_of_retries,
-        })
+        .map(|&(failure_type, number_of_retries)| retry(failure_type, number_of_retries))
         .collect();
     s.retry_backoff_base_secs = base_secs;
     Sim::start(s, T0)
@@ -150,12 +147,7 @@ fn a_refused_start_is_a_failed_attempt() {
 
 #[test]
 fn no_retry_starts_after_a_cancel() {
-    let mut s = list(2, 60_000);
-    s.retries = vec![RetryCriterion {
-        failure_type: RetryFailureType::All,
-        number_of_retries: 3,
-    }];
-    let mut sim = Sim::start(s, T0);
+    let mut sim = retrying_list(2, RetryFailureType::All, 3);
     let (_, a) = sim.step();
     sim.now += 1;
     let (_, b) = sim.step();

@@ -199,10 +199,7 @@ fn several_windows_take_the_earliest() {
 #[test]
 fn retries_wait_for_both_their_backoff_and_a_window() {
     let mut s = windowed("0 2 * * *", 1);
-    s.retries = vec![RetryCriterion {
-        failure_type: RetryFailureType::Failed,
-        number_of_retries: 1,
-    }];
+    s.retries = vec![retry(RetryFailureType::Failed, 1)];
     s.targets = TargetSelector::List(things(1));
     let mut sim = Sim::start(s, T0 + 2 * HOUR + 55 * SEC);
     let (_, ids) = sim.step();
