@@ -483,28 +483,7 @@ fn a_rebuild_from_the_log_equals_the_state_the_owner_staged() {
     let mut shard = given();
     let mut log: Vec<Vec<EventEnvelope>> = Vec::new();
     let mut record = |shard: &mut Shard, req: ShardRequest, now: TimestampMs| {
-        let before = shard.state.clone();
-        let d = shard.when(req, now).unwrap();
-        // Rebuild the envelopes the owner appended for this decision.
-        let mut scratch = before;
-        let mut envelopes = Vec::new();
-        if let Some(e) = &d.hydrate {
-            scratch.hydrate(e.clone());
-        }
-        for (aggregate, event) in d.events {
-            let seq = match &aggregate {
-                Aggregate::Execution { execution_id, .. } => {
-                    scratch.execution(execution_id).map_or(0, |e| e.seq) + 1
-                }
-                Aggregate::Command(id) => scratch.command_seq(id.as_str()) + 1,
-            };
-            let env = envelope(aggregate, seq, now, event);
-            scratch.apply(&env, 0);
-            envelopes.push(env);
-        }
-        if !envelopes.is_empty() {
-            log.push(envelopes);
-        }
+        logged(shard, &mut log, now, |s| Some(s.when(req, now).unwrap()));
     };
     record(&mut shard, start(Some("a"), Some(100)), 1);
     record(&mut shard, start(None, Some(100)), 2);
