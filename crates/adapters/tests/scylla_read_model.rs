@@ -102,8 +102,6 @@ async fn connect(nodes: &[String]) -> Arc<ScyllaReadModel> {
 
 /// A real cluster: everything, with retention by TTL.
 const FULL: Capabilities = Capabilities {
-    ordering: true,
-    write_timestamps: true,
     tombstones: true,
     expiry: Expiry::Ttl,
 };

@@ -97,16 +97,11 @@ macro_rules! __read_model_checks {
 
 crate::__read_model_checks!(__conformance_all!(ReadModel, Capabilities));
 
-/// What a store under test guarantees beyond the checks every store passes.
+/// What a store under test guarantees beyond the checks every store passes. (Every store
+/// returns listings in the contract's order and ignores an upsert whose `seq` is not above
+/// the stored one, across batches too.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Listings come back in the contract's order (sort time, then id). Without it each
-    /// listing is still checked for every matching item exactly once, as a set.
-    pub ordering: bool,
-    /// An execution upsert whose `seq` is not above the stored one changes nothing, also
-    /// across batches (write timestamps, or a guarded update). Without it only the
-    /// within-batch rule is checked.
-    pub write_timestamps: bool,
     /// A delete outlives the upserts that arrive after it from a lagging writer (a former
     /// projector of the partition): they bring back neither the execution nor a listing
     /// row. A store with one writer at a time (SQLite, in one process) needs no such
@@ -128,10 +123,8 @@ pub enum Expiry {
 }
 
 impl Capabilities {
-    /// The SQLite store: ordered listings, guarded upserts, explicit purging, one writer.
+    /// The SQLite store: explicit purging, one writer.
     pub const ALL: Self = Self {
-        ordering: true,
-        write_timestamps: true,
         tombstones: false,
         expiry: Expiry::Purge,
     };
@@ -343,17 +336,6 @@ async fn listed<Q: Listing>(store: &dyn ReadModel, prefix: &str, q: &Q) -> Vec<S
         .map(Q::id)
         .filter(|id| id.starts_with(prefix))
         .collect()
-}
-
-/// `got` against `want`: in order when the store orders listings, else as sets (each item
-/// exactly once).
-fn same_listing<T: Ord + Clone>(caps: Capabilities, got: &[T], want: &[T]) -> (Vec<T>, Vec<T>) {
-    let (mut got, mut want) = (got.to_vec(), want.to_vec());
-    if !caps.ordering {
-        got.sort();
-        want.sort();
-    }
-    (got, want)
 }
 
 /// A commit records the batch's next offset as the partition's position.
