@@ -8,6 +8,7 @@ use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{
     Command, Execution, ExecutionStatus, Payload, ResultValue, StatusReason, TimestampMs,
 };
+use crate::thing::{Thing, ThingEvent};
 
 /// The schema version written into every envelope.
 pub const SCHEMA_VERSION: u16 = 1;
@@ -20,17 +21,26 @@ pub enum Aggregate {
         execution_id: ExecutionId,
         target: Target,
     },
+    /// A registered thing, by name.
+    Thing(String),
 }
 
 impl Aggregate {
-    /// The partition key: executions are keyed by target so one shard owns a device,
-    /// commands by their id.
+    /// The partition key: executions are keyed by target so one shard owns a device (and
+    /// the thing it is, when registered), commands by their id.
     pub fn routing_key(&self) -> String {
         match self {
             Self::Command(id) => format!("command/{id}"),
             Self::Execution { target, .. } => target.resource_name(),
+            Self::Thing(name) => thing_routing_key(name),
         }
     }
+}
+
+/// The routing key of a thing: that of its executions (`thing/<name>`), so the shard that
+/// owns a device's executions owns its registration too.
+pub fn thing_routing_key(name: &str) -> String {
+    format!("thing/{name}")
 }
 
 /// The envelope every event travels in.
@@ -92,6 +102,10 @@ pub enum Event {
     },
     /// The execution record was deleted.
     ExecutionDeleted,
+    /// A fact about a registered thing.
+    Thing {
+        event: ThingEvent,
+    },
 }
 
 impl Event {
@@ -107,6 +121,13 @@ impl Event {
             Self::ExecutionTimedOut => "ExecutionTimedOut",
             Self::ExecutionCanceled { .. } => "ExecutionCanceled",
             Self::ExecutionDeleted => "ExecutionDeleted",
+            Self::Thing { event } => match event {
+                ThingEvent::Created(_) => "ThingCreated",
+                ThingEvent::Updated { .. } => "ThingUpdated",
+                ThingEvent::Deleted => "ThingDeleted",
+                ThingEvent::AddedToGroup { .. } => "ThingAddedToGroup",
+                ThingEvent::RemovedFromGroup { .. } => "ThingRemovedFromGroup",
+            },
         }
     }
 
@@ -138,6 +159,8 @@ pub struct ShardSnapshot {
     pub tokens: Vec<SnapshotToken>,
     /// The shard's commands, each with the sequence number of its last event.
     pub commands: Vec<(Command, u64)>,
+    /// The shard's registered things, each with the sequence number of its last event.
+    pub things: Vec<(Thing, u64)>,
 }
 
 /// A client token in a [`ShardSnapshot`].

@@ -169,7 +169,8 @@ pub fn apply(e: &mut Execution, event: &Event, at: TimestampMs, seq: u64) -> boo
         Event::CommandCreated { .. }
         | Event::CommandUpdated { .. }
         | Event::CommandDeletionScheduled { .. }
-        | Event::CommandDeleted => {}
+        | Event::CommandDeleted
+        | Event::Thing { .. } => {}
     }
     true
 }

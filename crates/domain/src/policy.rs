@@ -20,10 +20,15 @@ pub enum Action {
     WatchCommandExecutions,
     StartCommandExecution,
     CancelCommandExecution,
+    CreateThing,
+    GetThing,
+    ListThings,
+    UpdateThing,
+    DeleteThing,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 16] = [
         Self::CreateCommand,
         Self::GetCommand,
         Self::ListCommands,
@@ -35,6 +40,11 @@ impl Action {
         Self::WatchCommandExecutions,
         Self::StartCommandExecution,
         Self::CancelCommandExecution,
+        Self::CreateThing,
+        Self::GetThing,
+        Self::ListThings,
+        Self::UpdateThing,
+        Self::DeleteThing,
     ];
 
     /// The name used in policy files (the RPC name, e.g. `StartCommandExecution`).
@@ -51,6 +61,11 @@ impl Action {
             Self::WatchCommandExecutions => "WatchCommandExecutions",
             Self::StartCommandExecution => "StartCommandExecution",
             Self::CancelCommandExecution => "CancelCommandExecution",
+            Self::CreateThing => "CreateThing",
+            Self::GetThing => "GetThing",
+            Self::ListThings => "ListThings",
+            Self::UpdateThing => "UpdateThing",
+            Self::DeleteThing => "DeleteThing",
         }
     }
 

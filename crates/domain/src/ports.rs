@@ -10,6 +10,7 @@ use futures::Stream;
 
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{Command, Execution, ExecutionStatus, TimestampMs};
+use crate::thing::Thing;
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
@@ -242,6 +243,24 @@ impl ExecutionWrite {
     }
 }
 
+/// A write to the read model's things. Things of one partition are written in log order
+/// (one writer per partition), so a later write always wins.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ThingWrite {
+    Upsert(Thing),
+    Delete(String),
+}
+
+impl ThingWrite {
+    /// The thing this write is about.
+    pub fn thing_name(&self) -> &str {
+        match self {
+            Self::Upsert(t) => &t.thing_name,
+            Self::Delete(name) => name,
+        }
+    }
+}
+
 /// The writes of one projector batch of one partition.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProjectionBatch {
@@ -250,6 +269,7 @@ pub struct ProjectionBatch {
     pub next_offset: u64,
     pub commands: Vec<CommandWrite>,
     pub executions: Vec<ExecutionWrite>,
+    pub things: Vec<ThingWrite>,
 }
 
 /// The read model: what Get and List serve, folded from the log by the projector.
@@ -281,6 +301,12 @@ pub trait ReadModel: Send + Sync + 'static {
     async fn get_executions(&self, ids: &[ExecutionId]) -> PortResult<Vec<Execution>>;
 
     async fn list_executions(&self, query: &ExecutionQuery) -> PortResult<Page<Execution>>;
+
+    async fn get_thing(&self, name: &str) -> PortResult<Option<Thing>>;
+
+    /// Things by name, ascending, filtered by `query` (its connectivity filter is applied by
+    /// the caller, which knows who is connected; `group` by the store).
+    async fn list_things(&self, query: &ThingQuery) -> PortResult<Page<Thing>>;
 
     /// The execution started for `target` with `client_token`, if one is stored (the
     /// newest, should several share it). Shard owners ask it for tokens they no longer hold
@@ -318,16 +344,23 @@ pub trait ReadModel: Send + Sync + 'static {
 #[async_trait::async_trait]
 pub trait ProjectingLog: EventLog {
     /// Appends `records` to `partition` as [`EventLog::append`] does and, in the same atomic
-    /// write, applies `commands` and `executions` to the read model and records the
+    /// write, applies the writes to the read model and records the
     /// partition's projected position as the end of the log after `records`. Returns the
     /// offset of the first record.
     async fn append_and_project(
         &self,
         partition: u32,
         records: Vec<(String, Bytes)>,
-        commands: Vec<CommandWrite>,
-        executions: Vec<ExecutionWrite>,
+        writes: ProjectionWrites,
     ) -> PortResult<u64>;
+}
+
+/// The read-model writes of a [`ProjectingLog::append_and_project`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProjectionWrites {
+    pub commands: Vec<CommandWrite>,
+    pub executions: Vec<ExecutionWrite>,
+    pub things: Vec<ThingWrite>,
 }
 
 /// A change of the shards (= log partitions) this instance owns.

@@ -17,6 +17,7 @@ use crate::execution::ExecutionInput;
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{Command, Execution, ExecutionStatus, ResultValue, StatusReason, TimestampMs};
 use crate::start::StartRequest;
+use crate::thing::{Thing, ThingInput};
 
 pub const DELIVER_SUBJECT: &str = "fleetcmd.deliver";
 pub const EDGE_QUEUE_GROUP: &str = "edge";
@@ -47,6 +48,10 @@ pub enum ShardRequest {
         command_id: String,
         input: CommandInput,
     },
+    Thing {
+        thing_name: String,
+        input: ThingInput,
+    },
 }
 
 impl ShardRequest {
@@ -56,6 +61,7 @@ impl ShardRequest {
             Self::Start(r) => r.target.resource_name(),
             Self::Execution { target, .. } => target.resource_name(),
             Self::Command { command_id, .. } => format!("command/{command_id}"),
+            Self::Thing { thing_name, .. } => crate::event::thing_routing_key(thing_name),
         }
     }
 }
@@ -85,6 +91,12 @@ pub enum ShardReply {
     /// A command input was applied; `command` is the state after it (`None` once deleted).
     Command {
         command: Option<Box<Command>>,
+        deleted: bool,
+        position: Option<LogPosition>,
+    },
+    /// A thing input was applied; `thing` is the state after it (`None` once deleted).
+    Thing {
+        thing: Option<Box<Thing>>,
         deleted: bool,
         position: Option<LogPosition>,
     },

@@ -148,6 +148,7 @@ pub fn input_name(request: &ShardRequest) -> &'static str {
             ExecutionInput::Delete => "delete",
         },
         ShardRequest::Command { .. } => "command",
+        ShardRequest::Thing { .. } => "thing",
     }
 }
 

@@ -10,8 +10,11 @@ use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
 use fleetcmd_domain::execution::{self, Folded as Step};
 use fleetcmd_domain::ids::{CommandId, ExecutionId};
 use fleetcmd_domain::model::{Command, Execution};
-use fleetcmd_domain::ports::{CommandWrite, ExecutionWrite, PortError, ProjectionBatch, ReadModel};
+use fleetcmd_domain::ports::{
+    CommandWrite, ExecutionWrite, PortError, ProjectionBatch, ReadModel, ThingWrite,
+};
 use fleetcmd_domain::protocol::ExecutionChanged;
+use fleetcmd_domain::thing::{self, Thing, ThingEvent};
 
 use crate::live::LiveCache;
 
@@ -20,6 +23,8 @@ use crate::live::LiveCache;
 pub struct Needs {
     pub executions: Vec<ExecutionId>,
     pub commands: Vec<CommandId>,
+    /// Things whose first event in the batch is not their creation.
+    pub things: Vec<String>,
 }
 
 /// The stored states a batch folds onto (missing ones are absent).
@@ -27,6 +32,7 @@ pub struct Needs {
 pub struct Loaded {
     pub executions: HashMap<ExecutionId, Execution>,
     pub commands: HashMap<CommandId, Command>,
+    pub things: HashMap<String, Thing>,
 }
 
 /// What one batch writes, and the status changes to announce after the commit.
@@ -45,6 +51,7 @@ pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
     let mut needs = Needs::default();
     let mut seen_e: HashSet<&ExecutionId> = HashSet::new();
     let mut seen_c: HashSet<&CommandId> = HashSet::new();
+    let mut seen_t: HashSet<&str> = HashSet::new();
     for env in envelopes {
         match &env.aggregate {
             Aggregate::Execution { execution_id, .. } => {
@@ -58,6 +65,17 @@ pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
             Aggregate::Command(id) => {
                 if seen_c.insert(id) {
                     needs.commands.push(id.clone());
+                }
+            }
+            Aggregate::Thing(name) => {
+                let created = matches!(
+                    env.event,
+                    Event::Thing {
+                        event: ThingEvent::Created(_)
+                    }
+                );
+                if seen_t.insert(name) && !created {
+                    needs.things.push(name.clone());
                 }
             }
         }
@@ -93,6 +111,11 @@ pub async fn load(
             loaded.commands.insert(id.clone(), c);
         }
     }
+    for name in &needs.things {
+        if let Some(t) = read_model.get_thing(name).await? {
+            loaded.things.insert(name.clone(), t);
+        }
+    }
     Ok(loaded)
 }
 
@@ -115,7 +138,14 @@ pub fn fold(
         .map(|(id, c)| (id, Some(c)))
         .collect();
     let mut order_e: Vec<ExecutionId> = Vec::new();
+    let mut things: HashMap<String, Option<Thing>> = loaded
+        .things
+        .into_iter()
+        .map(|(name, t)| (name, Some(t)))
+        .collect();
     let mut order_c: Vec<CommandId> = Vec::new();
+    let mut order_t: Vec<String> = Vec::new();
+    let mut seen_t: HashSet<String> = HashSet::new();
     let mut seen_e: HashSet<ExecutionId> = HashSet::new();
     let mut seen_c: HashSet<CommandId> = HashSet::new();
     let mut changed = Vec::new();
@@ -153,6 +183,15 @@ pub fn fold(
                 let slot = commands.entry(id.clone()).or_insert(None);
                 command::apply(slot, &env.event, env.at);
             }
+            Aggregate::Thing(name) => {
+                if let Event::Thing { event } = &env.event {
+                    if seen_t.insert(name.clone()) {
+                        order_t.push(name.clone());
+                    }
+                    let slot = things.entry(name.clone()).or_insert(None);
+                    thing::fold(slot, event, env.at, env.seq);
+                }
+            }
         }
     }
     let mut batch = ProjectionBatch {
@@ -160,6 +199,7 @@ pub fn fold(
         next_offset,
         commands: Vec::with_capacity(order_c.len()),
         executions: Vec::with_capacity(order_e.len()),
+        things: Vec::with_capacity(order_t.len()),
     };
     for id in order_e {
         match executions.remove(&id) {
@@ -174,6 +214,12 @@ pub fn fold(
         match commands.remove(&id) {
             Some(Some(c)) => batch.commands.push(CommandWrite::Upsert(c)),
             _ => batch.commands.push(CommandWrite::Delete(id)),
+        }
+    }
+    for name in order_t {
+        match things.remove(&name) {
+            Some(Some(t)) => batch.things.push(ThingWrite::Upsert(t)),
+            _ => batch.things.push(ThingWrite::Delete(name)),
         }
     }
     Folded {

@@ -20,6 +20,8 @@
 //! | `executions_by_token` | `((target_kind, target_id, client_token), started_at DESC, execution_id DESC)` | FindExecutionByToken (ids only) |
 //! | `commands` | `command_id` | GetCommand |
 //! | `commands_by_created` | `(scope, created_at DESC, command_id DESC)` | ListCommands (scope `all`, and `ns:<namespace>`) |
+//! | `things` | `thing_name` | GetThing; `scopes` names the listing partitions holding its rows |
+//! | `things_by_name` | `(scope, thing_name ASC)` | ListThings (scope `all`, `attr:<len>:<name>=<value>`, `group:<name>`) |
 //! | `positions` | `log_partition` | the projector's resume offsets |
 //! | `settings` | `name` | the bucket widths fixed at creation |
 //!
@@ -56,6 +58,14 @@
 //! [`MAX_FETCHES`] round trips and is then returned short (possibly empty) with a `next_token`
 //! that resumes where it stopped.
 //!
+//! **Things** are listed from one `things_by_name` partition: the attribute's when the query
+//! has one, else the group's, else everything's; the name prefix is a clustering slice
+//! (`prefix <= name < prefix + '\x7f'`, as names are `[a-zA-Z0-9:_-]`). With both an
+//! attribute and a group, the group is checked by the client. A page reads until it has
+//! found one item more than it returns, so the last page carries no token; tokens resume
+//! after the last name listed. (The `all` partition, and those of common attribute values,
+//! grow with the fleet: one row per thing.)
+//!
 //! **Paging.** `next_token` is opaque: base64url of a version, the listing kind, a fingerprint
 //! of the query (a token used with another query is rejected with
 //! [`crate::invalid_page_token`]), the current bucket and the driver's paging state in it.
@@ -88,6 +98,16 @@
 //! - Commands carry no `seq`: they are written `USING TIMESTAMP last_updated_at` (µs), which
 //!   every change moves forward, and deleted at the stored version's time + 999 µs, so a
 //!   command re-created later with the same id is visible again.
+//! - Things carry no usable version (`seq` and `version` restart when a thing is re-created):
+//!   a batch keeps each thing's last write and writes it with a timestamp from the clock (µs),
+//!   strictly increasing within the process and raised above the stored versions' write
+//!   times, so a later batch wins (one writer per partition) even across coordinators or
+//!   after a rebalance to a process whose clock is behind. Only re-creating a thing after its
+//!   delete, from a process whose clock is behind the deleting one's, could stay hidden under
+//!   the tombstone until that clock catches up. A thing's
+//!   `scopes` always names a superset of its listing partitions (it is widened before rows
+//!   are written and narrowed after stale ones are deleted), so a replayed batch finds every
+//!   row to remove, whatever the batch boundaries.
 //! - Positions are written `USING TIMESTAMP next_offset`, so a lagging projector cannot move a
 //!   partition's position backwards.
 //! - Reads and writes use the driver's default consistency (`LOCAL_QUORUM`), which gives the
@@ -120,9 +140,11 @@ mod schema;
 mod snapshots;
 mod statements;
 mod tables;
+mod things;
 mod writes;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
 use fleetcmd_domain::TimestampMs;
@@ -230,6 +252,8 @@ pub struct ScyllaReadModel {
     /// `(scope, bucket)` → the latest `time_to_live` written to `execution_buckets` by this
     /// process; a bucket row only needs rewriting when an execution outlives it.
     buckets_written: Mutex<HashMap<(String, i64), TimestampMs>>,
+    /// The last write timestamp reserved for thing writes (µs): every commit's is above it.
+    thing_clock: AtomicI64,
 }
 
 impl std::fmt::Debug for ScyllaReadModel {
@@ -315,6 +339,7 @@ impl ScyllaReadModel {
             st,
             snap,
             buckets_written: Mutex::new(HashMap::new()),
+            thing_clock: AtomicI64::new(i64::MIN),
         }))
     }
 

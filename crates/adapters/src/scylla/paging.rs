@@ -1,6 +1,7 @@
 //! Page tokens: base64url of a version, the listing kind, a fingerprint of the query, the
-//! current bucket and the driver's paging state in it. A token that does not decode, or was
-//! issued for another listing or query, is refused with [`crate::invalid_page_token`].
+//! current bucket and the driver's paging state in it (for things: the last name listed). A
+//! token that does not decode, or was issued for another listing or query, is refused with
+//! [`crate::invalid_page_token`].
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,6 +12,8 @@ use crate::invalid_page_token;
 const TOKEN_VERSION: &str = "s1";
 pub(super) const EXECUTION_TOKEN: &str = "e";
 pub(super) const COMMAND_TOKEN: &str = "c";
+/// Thing listings resume after a name, kept where the paging state is.
+pub(super) const THING_TOKEN: &str = "t";
 
 /// FNV-1a: a hash that is the same in every build, so tokens survive rolling upgrades.
 pub(super) fn fingerprint(parts: &[&str]) -> u64 {

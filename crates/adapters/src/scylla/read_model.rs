@@ -1,13 +1,14 @@
-//! The [`ReadModel`] methods: commits (deletes, then upserts, then the position), gets,
-//! listings page by page, client-token lookups, and the purge (nothing to do: TTLs expire
-//! the records).
+//! The [`ReadModel`] methods: commits (deletes, then upserts, then things, then the
+//! position), gets, listings page by page, client-token lookups, and the purge (nothing to
+//! do: TTLs expire the records).
 
 use std::collections::HashMap;
 
 use fleetcmd_domain::ports::{
     CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortError, PortResult,
-    ProjectionBatch, ReadModel,
+    ProjectionBatch, ReadModel, ThingQuery,
 };
+use fleetcmd_domain::thing::Thing;
 use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
 use scylla::value::CqlValue;
 
@@ -103,6 +104,7 @@ impl ReadModel for ScyllaReadModel {
         }
         self.run_writes(deletes).await?;
         self.run_writes(upserts).await?;
+        self.commit_things(&batch.things).await?;
 
         // Only now: a crash before this line replays the batch, which changes nothing.
         let next = to_i64(batch.next_offset, "next_offset")?;
@@ -311,6 +313,14 @@ impl ReadModel for ScyllaReadModel {
             items,
             next_token: cursor.map(|c| encode_token(EXECUTION_TOKEN, plan.fingerprint, &c)),
         })
+    }
+
+    async fn get_thing(&self, name: &str) -> PortResult<Option<Thing>> {
+        self.stored_thing(name).await
+    }
+
+    async fn list_things(&self, query: &ThingQuery) -> PortResult<Page<Thing>> {
+        self.thing_page(query).await
     }
 
     async fn find_execution_by_token(

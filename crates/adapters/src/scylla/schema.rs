@@ -93,6 +93,16 @@ pub(super) fn schema_cql(ks: &str, replication: &str) -> Vec<String> {
          command_id text, data blob, PRIMARY KEY ((scope), created_at, command_id)) \
          WITH CLUSTERING ORDER BY (created_at DESC, command_id DESC)"
     ));
+    // `scopes`: every `things_by_name` partition that may hold a row of the thing.
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.things (thing_name text, data blob, \
+         scopes frozen<set<text>>, PRIMARY KEY (thing_name))"
+    ));
+    ddl.push(format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.things_by_name (scope text, thing_name text, \
+         data blob, PRIMARY KEY ((scope), thing_name)) \
+         WITH CLUSTERING ORDER BY (thing_name ASC)"
+    ));
     ddl.push(format!(
         "CREATE TABLE IF NOT EXISTS {ks}.positions (log_partition int, next_offset bigint, \
          PRIMARY KEY (log_partition))"
@@ -211,6 +221,8 @@ mod tests {
             assert!(ddl.contains(&format!("ks.{} (", index_table(per, sort))));
         }
         assert!(ddl.contains("ks.executions_by_token ("));
+        assert!(ddl.contains("ks.things ("));
+        assert!(ddl.contains("ks.things_by_name ("));
         assert_eq!(
             INDEXES
                 .iter()

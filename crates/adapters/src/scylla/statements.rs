@@ -35,6 +35,15 @@ pub(super) struct Statements<S = PreparedStatement> {
     pub(super) delete_command_row: S,
     pub(super) commands_desc: S,
     pub(super) commands_asc: S,
+    pub(super) get_thing: S,
+    pub(super) thing_scopes: S,
+    pub(super) upsert_thing: S,
+    pub(super) set_thing_scopes: S,
+    pub(super) delete_thing: S,
+    pub(super) upsert_thing_row: S,
+    pub(super) delete_thing_row: S,
+    pub(super) things_from: S,
+    pub(super) things_after: S,
     pub(super) get_position: S,
     pub(super) upsert_position: S,
 }
@@ -79,6 +88,7 @@ pub(super) fn statement_texts(ks: &str) -> Statements<String> {
          AND bucket >= ? AND bucket <= ?"
     );
     let commands = format!("SELECT data FROM {ks}.commands_by_created WHERE scope = ?");
+    let things = format!("SELECT data FROM {ks}.things_by_name WHERE scope = ?");
     Statements {
         get_execution: format!("SELECT data FROM {ks}.executions WHERE execution_id = ?"),
         upsert_execution: execution_upsert_cql(ks),
@@ -119,6 +129,28 @@ pub(super) fn statement_texts(ks: &str) -> Statements<String> {
         ),
         commands_asc: format!("{commands} ORDER BY created_at ASC, command_id ASC"),
         commands_desc: commands,
+        get_thing: format!("SELECT data FROM {ks}.things WHERE thing_name = ?"),
+        thing_scopes: format!(
+            "SELECT scopes, WRITETIME(scopes) FROM {ks}.things WHERE thing_name = ?"
+        ),
+        upsert_thing: format!(
+            "INSERT INTO {ks}.things (thing_name, data, scopes) VALUES (?, ?, ?) \
+             USING TIMESTAMP ?"
+        ),
+        set_thing_scopes: format!(
+            "UPDATE {ks}.things USING TIMESTAMP ? SET scopes = ? WHERE thing_name = ?"
+        ),
+        delete_thing: format!("DELETE FROM {ks}.things USING TIMESTAMP ? WHERE thing_name = ?"),
+        upsert_thing_row: format!(
+            "INSERT INTO {ks}.things_by_name (scope, thing_name, data) VALUES (?, ?, ?) \
+             USING TIMESTAMP ?"
+        ),
+        delete_thing_row: format!(
+            "DELETE FROM {ks}.things_by_name USING TIMESTAMP ? WHERE scope = ? \
+             AND thing_name = ?"
+        ),
+        things_from: format!("{things} AND thing_name >= ? AND thing_name < ?"),
+        things_after: format!("{things} AND thing_name > ? AND thing_name < ?"),
         get_position: format!("SELECT next_offset FROM {ks}.positions WHERE log_partition = ?"),
         upsert_position: format!(
             "INSERT INTO {ks}.positions (log_partition, next_offset) VALUES (?, ?) \
@@ -166,6 +198,15 @@ impl Statements {
             delete_command_row: prepare(session, texts.delete_command_row).await?,
             commands_desc: prepare(session, texts.commands_desc).await?,
             commands_asc: prepare(session, texts.commands_asc).await?,
+            get_thing: prepare(session, texts.get_thing).await?,
+            thing_scopes: prepare(session, texts.thing_scopes).await?,
+            upsert_thing: prepare(session, texts.upsert_thing).await?,
+            set_thing_scopes: prepare(session, texts.set_thing_scopes).await?,
+            delete_thing: prepare(session, texts.delete_thing).await?,
+            upsert_thing_row: prepare(session, texts.upsert_thing_row).await?,
+            delete_thing_row: prepare(session, texts.delete_thing_row).await?,
+            things_from: prepare(session, texts.things_from).await?,
+            things_after: prepare(session, texts.things_after).await?,
             get_position: prepare(session, texts.get_position).await?,
             upsert_position: prepare(session, texts.upsert_position).await?,
         })
@@ -177,12 +218,14 @@ mod tests {
     use super::*;
 
     /// The values each caller binds (see `upsert_execution`, `delete_listing_rows`,
-    /// `page_values`, `next_bucket`, `upsert_command`, `commit`, `token_rows`...).
+    /// `page_values`, `next_bucket`, `upsert_command`, `commit`, `token_rows`, `commit_things`,
+    /// `thing_page`...).
     #[test]
     fn bind_markers_match_the_values_each_statement_gets() {
         let markers = |cql: &str| cql.matches('?').count();
         let expected = [
-            1, 5, 2, 7, 5, 4, 4, 4, 3, 3, 1, 3, 2, 5, 4, 1, 1, 1, 3, 7, 6, 3,
+            1, 5, 2, 7, 5, 4, 4, 4, 3, 3, 1, 3, 2, 5, 4, 1, 1, 1, 3, 7, 6, 3, 1, 1, 4, 3, 2, 4, 3,
+            3, 3,
         ];
         let t = statement_texts("ks");
         for i in &t.index {
@@ -213,7 +256,17 @@ mod tests {
             &t.upsert_token,
             &t.delete_token,
             &t.tokens_of,
+            &t.get_thing,
+            &t.thing_scopes,
+            &t.upsert_thing,
+            &t.set_thing_scopes,
+            &t.delete_thing,
+            &t.upsert_thing_row,
+            &t.delete_thing_row,
+            &t.things_from,
+            &t.things_after,
         ];
+        assert_eq!(all.len(), expected.len());
         for (cql, want) in all.iter().zip(expected) {
             assert_eq!(markers(cql), want, "{cql}");
         }

@@ -14,6 +14,7 @@ use fleetcmd_domain::model::{Command, Execution, TimestampMs};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
 use fleetcmd_domain::shard::shard_of;
 use fleetcmd_domain::start::{self, PriorStart, StartRequest, TokenCheck};
+use fleetcmd_domain::thing;
 
 use super::state::{ShardState, TimerKey, TokenKey};
 
@@ -83,6 +84,8 @@ pub enum Outcome {
     },
     /// A command input: answer with the command's state after it.
     Command { command_id: String },
+    /// A thing input: answer with the thing's state after it.
+    Thing { thing_name: String },
 }
 
 /// The events an input produces (in order, one log record) and what to answer.
@@ -130,7 +133,7 @@ pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardReq
                     needs.executions.push(execution_id.clone());
                 }
             }
-            ShardRequest::Command { .. } => {}
+            ShardRequest::Command { .. } | ShardRequest::Thing { .. } => {}
         }
     }
     needs
@@ -173,6 +176,20 @@ pub fn decide(
                 events: command_events(command_id, decided),
                 outcome: Outcome::Command {
                     command_id: command_id.clone(),
+                },
+            })
+        }
+        ShardRequest::Thing { thing_name, input } => {
+            // Thing groups are not registered yet: no group exists to join.
+            let decided = thing::decide(thing_name, state.thing(thing_name), input, now, false)?;
+            Ok(Decision {
+                hydrate: None,
+                events: decided
+                    .into_iter()
+                    .map(|event| (Aggregate::Thing(thing_name.clone()), Event::Thing { event }))
+                    .collect(),
+                outcome: Outcome::Thing {
+                    thing_name: thing_name.clone(),
                 },
             })
         }

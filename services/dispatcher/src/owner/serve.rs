@@ -16,7 +16,9 @@ use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::ids::ExecutionId;
 use fleetcmd_domain::model::{Execution, Payload, TimestampMs};
-use fleetcmd_domain::ports::{BusMessage, CommandWrite, ExecutionWrite, PortError};
+use fleetcmd_domain::ports::{
+    BusMessage, CommandWrite, ExecutionWrite, PortError, ProjectionWrites, ThingWrite,
+};
 use fleetcmd_domain::protocol::{
     DELIVER_SUBJECT, Delivery, ExecutionChanged, LogPosition, ShardReply, ShardRequest,
     events_subject, shard_subject,
@@ -413,12 +415,7 @@ impl Owner {
         let offset = self.state.next_offset() + index;
         let mut envelopes = Vec::with_capacity(decision.events.len());
         for (aggregate, event) in decision.events {
-            let seq = match &aggregate {
-                Aggregate::Execution { execution_id, .. } => {
-                    self.state.execution(execution_id).map_or(0, |e| e.seq) + 1
-                }
-                Aggregate::Command(id) => self.state.command_seq(id.as_str()) + 1,
-            };
+            let seq = self.state.next_seq(&aggregate);
             let env = EventEnvelope {
                 event_id: uuid::Uuid::now_v7().to_string(),
                 schema: SCHEMA_VERSION,
@@ -477,6 +474,14 @@ impl Owner {
                 ShardReply::Command {
                     deleted: command.is_none(),
                     command,
+                    position,
+                }
+            }
+            Outcome::Thing { thing_name } => {
+                let thing = self.state.thing(thing_name).cloned().map(Box::new);
+                ShardReply::Thing {
+                    deleted: thing.is_none(),
+                    thing,
                     position,
                 }
             }
@@ -545,8 +550,7 @@ impl Owner {
         let expected = self.state.next_offset();
         let first = match &self.deps.inline_projection {
             Some(log) => {
-                let (commands, executions) = self.projection_writes(records);
-                log.append_and_project(self.shard, encoded, commands, executions)
+                log.append_and_project(self.shard, encoded, self.projection_writes(records))
                     .await?
             }
             None => self.deps.log.append(self.shard, encoded).await?,
@@ -571,38 +575,45 @@ impl Owner {
             .collect())
     }
 
-    /// The read-model writes of `records` (already applied to the state): each execution and
-    /// command they touch, as the state now holds it, or its deletion.
-    fn projection_writes(
-        &self,
-        records: &[&[EventEnvelope]],
-    ) -> (Vec<CommandWrite>, Vec<ExecutionWrite>) {
-        let mut commands = Vec::new();
-        let mut executions = Vec::new();
+    /// The read-model writes of `records` (already applied to the state): each execution,
+    /// command and thing they touch, as the state now holds it, or its deletion.
+    fn projection_writes(&self, records: &[&[EventEnvelope]]) -> ProjectionWrites {
+        let mut writes = ProjectionWrites::default();
         let mut seen_c = std::collections::HashSet::new();
         let mut seen_e = std::collections::HashSet::new();
+        let mut seen_t = std::collections::HashSet::new();
         for env in records.iter().flat_map(|r| r.iter()) {
             match &env.aggregate {
                 Aggregate::Execution { execution_id, .. } => {
                     if seen_e.insert(execution_id) {
-                        executions.push(match self.state.execution(execution_id) {
-                            Some(e) => ExecutionWrite::Upsert(e.clone()),
-                            // Inline projection is SQLite's, which deletes by id.
-                            None => ExecutionWrite::delete(execution_id.clone()),
-                        });
+                        writes
+                            .executions
+                            .push(match self.state.execution(execution_id) {
+                                Some(e) => ExecutionWrite::Upsert(e.clone()),
+                                // Inline projection is SQLite's, which deletes by id.
+                                None => ExecutionWrite::delete(execution_id.clone()),
+                            });
                     }
                 }
                 Aggregate::Command(id) => {
                     if seen_c.insert(id) {
-                        commands.push(match self.state.command(id.as_str()) {
+                        writes.commands.push(match self.state.command(id.as_str()) {
                             Some(c) => CommandWrite::Upsert(c.clone()),
                             None => CommandWrite::Delete(id.clone()),
                         });
                     }
                 }
+                Aggregate::Thing(name) => {
+                    if seen_t.insert(name) {
+                        writes.things.push(match self.state.thing(name) {
+                            Some(t) => ThingWrite::Upsert(t.clone()),
+                            None => ThingWrite::Delete(name.clone()),
+                        });
+                    }
+                }
             }
         }
-        (commands, executions)
+        writes
     }
 
     /// Delivers again every execution that is still CREATED and not expired: the previous

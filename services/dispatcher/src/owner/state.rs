@@ -2,7 +2,7 @@
 //! from the events (and, for eviction, from the caller).
 //!
 //! It holds every execution that is not terminal (and a bounded cache of terminal ones), the
-//! commands the shard owns, the client tokens of recent starts, the timers (execution
+//! commands and things the shard owns, the client tokens of recent starts, the timers (execution
 //! deadlines, scheduled command deletions), the trace each execution started under, and the
 //! payloads of executions still CREATED (a new owner delivers those again).
 
@@ -15,6 +15,7 @@ use fleetcmd_domain::execution::{self, Folded};
 use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, TimestampMs};
 use fleetcmd_domain::start::PriorStart;
+use fleetcmd_domain::thing::{self, Thing};
 
 /// What a timer is for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +54,8 @@ pub struct ShardState {
     token_memory_ms: i64,
     /// The shard's commands and the sequence number of each one's last event.
     commands: HashMap<String, (Command, u64)>,
+    /// The shard's registered things and the sequence number of each one's last event.
+    things: HashMap<String, (Thing, u64)>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     /// The offset the next record appended to the partition gets.
     next_offset: u64,
@@ -84,6 +87,27 @@ impl ShardState {
     /// The sequence number of a command's last event (0 when unknown).
     pub fn command_seq(&self, id: &str) -> u64 {
         self.commands.get(id).map_or(0, |(_, s)| *s)
+    }
+
+    pub fn thing(&self, name: &str) -> Option<&Thing> {
+        self.things.get(name).map(|(t, _)| t)
+    }
+
+    /// The sequence number of a thing's last event (0 when unknown).
+    pub fn thing_seq(&self, name: &str) -> u64 {
+        self.things.get(name).map_or(0, |(_, s)| *s)
+    }
+
+    /// The sequence number the next event of `aggregate` gets: one past its last event's.
+    pub fn next_seq(&self, aggregate: &Aggregate) -> u64 {
+        let last = match aggregate {
+            Aggregate::Execution { execution_id, .. } => {
+                self.execution(execution_id).map_or(0, |e| e.seq)
+            }
+            Aggregate::Command(id) => self.command_seq(id.as_str()),
+            Aggregate::Thing(name) => self.thing_seq(name),
+        };
+        last + 1
     }
 
     /// The start a client token of `target` was used for, while the token is in memory.
@@ -182,6 +206,15 @@ impl ShardState {
                         )));
                     }
                     self.commands.insert(key, (c, env.seq));
+                }
+            }
+            Aggregate::Thing(name) => {
+                if let Event::Thing { event } = &env.event {
+                    let mut state = self.things.remove(name).map(|(t, _)| t);
+                    thing::apply(&mut state, event, env.at);
+                    if let Some(t) = state {
+                        self.things.insert(name.clone(), (t, env.seq));
+                    }
                 }
             }
         }
@@ -348,6 +381,8 @@ impl ShardState {
         tokens.sort_by(|a, b| (&a.target, &a.token).cmp(&(&b.target, &b.token)));
         let mut commands: Vec<(Command, u64)> = self.commands.values().cloned().collect();
         commands.sort_by(|a, b| a.0.command_id.cmp(&b.0.command_id));
+        let mut things: Vec<(Thing, u64)> = self.things.values().cloned().collect();
+        things.sort_by(|a, b| a.0.thing_name.cmp(&b.0.thing_name));
         ShardSnapshot {
             next_offset: self.next_offset,
             executions,
@@ -355,6 +390,7 @@ impl ShardState {
             traces,
             tokens,
             commands,
+            things,
         }
     }
 
@@ -406,6 +442,11 @@ impl ShardState {
             }
             state.commands.insert(key, (c, seq));
         }
+        state.things = snapshot
+            .things
+            .into_iter()
+            .map(|(t, seq)| (t.thing_name.clone(), (t, seq)))
+            .collect();
         state
     }
 }

@@ -15,6 +15,7 @@ use fleetcmd_domain::model::{
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
 use fleetcmd_domain::start::StartRequest;
 use fleetcmd_domain::testing;
+use fleetcmd_domain::thing::{CreateThing, ThingInput, UpdateThing};
 
 use super::decide::{self, Decision, Lookups, Outcome, Refusal, Settings};
 use super::state::{ShardState, TimerKey};
@@ -74,6 +75,35 @@ fn report(id: &str, target: Target, status: ExecutionStatus) -> ShardRequest {
     }
 }
 
+fn thing_request(name: &str, input: ThingInput) -> ShardRequest {
+    ShardRequest::Thing {
+        thing_name: name.into(),
+        input,
+    }
+}
+
+fn create_thing(name: &str, attributes: &[(&str, &str)]) -> ThingInput {
+    ThingInput::Create(CreateThing {
+        thing_name: name.into(),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        max_in_flight: None,
+    })
+}
+
+fn update_thing(attributes: &[(&str, &str)], expected_version: Option<u64>) -> ThingInput {
+    ThingInput::Update(UpdateThing {
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        expected_version,
+        ..UpdateThing::default()
+    })
+}
+
 /// A shard under test: its state, and what its read model holds.
 struct Shard {
     state: ShardState,
@@ -129,12 +159,7 @@ impl Shard {
             self.state.hydrate(e.clone());
         }
         for (aggregate, event) in &decision.events {
-            let seq = match aggregate {
-                Aggregate::Execution { execution_id, .. } => {
-                    self.state.execution(execution_id).map_or(0, |e| e.seq) + 1
-                }
-                Aggregate::Command(id) => self.state.command_seq(id.as_str()) + 1,
-            };
+            let seq = self.state.next_seq(aggregate);
             self.state.apply(
                 &envelope(aggregate.clone(), seq, now, event.clone()),
                 self.offset,
@@ -416,6 +441,67 @@ fn commands_are_created_once_and_a_scheduled_deletion_arms_a_timer() {
 }
 
 #[test]
+fn a_thing_is_created_updated_and_deleted_by_its_shard_with_versions_as_sequence_numbers() {
+    let mut shard = given();
+    let created = shard
+        .when(
+            thing_request("lamp-1", create_thing("lamp-1", &[("model", "v1")])),
+            5,
+        )
+        .unwrap();
+    assert_eq!(created.events.len(), 1);
+    assert_eq!(created.events[0].0, Aggregate::Thing("lamp-1".into()));
+    assert_eq!(
+        created.outcome,
+        Outcome::Thing {
+            thing_name: "lamp-1".into()
+        }
+    );
+    let t = shard.state.thing("lamp-1").expect("created");
+    assert_eq!((t.version, t.created_at), (1, 5));
+    // Created again, identical: nothing is recorded.
+    let again = shard
+        .when(
+            thing_request("lamp-1", create_thing("lamp-1", &[("model", "v1")])),
+            6,
+        )
+        .unwrap();
+    assert!(again.events.is_empty());
+    shard
+        .when(
+            thing_request("lamp-1", update_thing(&[("model", "v2")], Some(1))),
+            7,
+        )
+        .unwrap();
+    let t = shard.state.thing("lamp-1").unwrap();
+    assert_eq!((t.version, t.last_updated_at), (2, 7));
+    assert_eq!(shard.state.thing_seq("lamp-1"), t.version);
+    assert_eq!(
+        rejection(shard.when(thing_request("lamp-1", update_thing(&[], Some(1))), 8)),
+        RejectionCode::DataConflict
+    );
+    shard
+        .when(
+            thing_request(
+                "lamp-1",
+                ThingInput::Delete {
+                    expected_version: Some(2),
+                },
+            ),
+            9,
+        )
+        .unwrap();
+    assert!(shard.state.thing("lamp-1").is_none());
+    assert_eq!(
+        rejection(shard.when(
+            thing_request("lamp-1", update_thing(&[("a", "b")], None)),
+            10
+        )),
+        RejectionCode::ResourceNotFound
+    );
+}
+
+#[test]
 fn a_request_for_another_shard_is_sent_back_retryable() {
     let shard = given();
     let settings = Settings {
@@ -528,12 +614,7 @@ fn logged(
     }
     let mut envelopes = Vec::new();
     for (aggregate, event) in d.events {
-        let seq = match &aggregate {
-            Aggregate::Execution { execution_id, .. } => {
-                scratch.execution(execution_id).map_or(0, |e| e.seq) + 1
-            }
-            Aggregate::Command(id) => scratch.command_seq(id.as_str()) + 1,
-        };
+        let seq = scratch.next_seq(&aggregate);
         let env = envelope(aggregate, seq, now, event);
         scratch.apply(&env, log.len() as u64);
         envelopes.push(env);
@@ -556,6 +637,25 @@ fn a_rebuild_from_a_snapshot_and_the_tail_equals_a_rebuild_from_offset_zero() {
         request(&mut shard, &mut log, start(Some(&token), Some(100)), 10 + i);
     }
     request(&mut shard, &mut log, start(None, Some(5)), 20);
+    for (i, input) in [
+        create_thing("lamp-1", &[("model", "v1")]),
+        create_thing("lamp-2", &[]),
+        update_thing(&[("model", "v2")], None),
+        ThingInput::Delete {
+            expected_version: None,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = if i == 1 || i == 3 { "lamp-2" } else { "lamp-1" };
+        request(
+            &mut shard,
+            &mut log,
+            thing_request(name, input),
+            21 + i as i64,
+        );
+    }
     for (i, status) in [
         ExecutionStatus::InProgress,
         ExecutionStatus::Succeeded,
@@ -612,7 +712,8 @@ fn a_rebuild_from_a_snapshot_and_the_tail_equals_a_rebuild_from_offset_zero() {
             resumed.apply_record(events, offset as u64);
         }
         // then it holds exactly what a rebuild from offset 0 holds: executions and their
-        // offsets, tokens, undelivered payloads, traces, commands, and the same next timer.
+        // offsets, tokens, undelivered payloads, traces, commands, things, and the same next
+        // timer.
         assert_eq!(
             resumed.to_snapshot(),
             full.to_snapshot(),
@@ -676,13 +777,9 @@ fn measure_rebuild_with_and_without_a_snapshot() {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (aggregate, event))| {
-                    let last = match &aggregate {
-                        Aggregate::Execution { execution_id, .. } => {
-                            shard.state.execution(execution_id).map_or(0, |e| e.seq)
-                        }
-                        Aggregate::Command(id) => shard.state.command_seq(id.as_str()),
-                    };
-                    envelope(aggregate, last + 1 + i as u64 - n, now, event)
+                    // `when` staged the events already: number them back from the state.
+                    let seq = shard.state.next_seq(&aggregate) + i as u64 - n;
+                    envelope(aggregate, seq, now, event)
                 })
                 .collect();
             events += envs.len();

@@ -37,11 +37,11 @@ pub fn input_span(
             };
             execution_span(state, shard, name, execution_id, caller)
         }
-        ShardRequest::Start(_) | ShardRequest::Command { .. } => {
-            let name = if matches!(req, ShardRequest::Start(_)) {
-                "shard.owner start"
-            } else {
-                "shard.owner command"
+        ShardRequest::Start(_) | ShardRequest::Command { .. } | ShardRequest::Thing { .. } => {
+            let name = match req {
+                ShardRequest::Start(_) => "shard.owner start",
+                ShardRequest::Thing { .. } => "shard.owner thing",
+                _ => "shard.owner command",
             };
             let span = tracing::info_span!(
                 "shard.owner",

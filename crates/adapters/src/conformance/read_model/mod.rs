@@ -13,12 +13,13 @@
 //! ScyllaDB adapter runs everything, with tombstones and expiry by TTL.
 //!
 //! Files: `commands.rs`, `executions.rs` (gets, versions, client tokens), `listings.rs`
-//! (execution listings and page tokens), `expiry.rs`.
+//! (execution listings and page tokens), `expiry.rs`, `things.rs`.
 
 mod commands;
 mod executions;
 mod expiry;
 mod listings;
+mod things;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,8 +29,9 @@ use std::sync::Arc;
 use fleetcmd_domain::paging::{RepeatedToken, collect_pages};
 use fleetcmd_domain::ports::{
     Clock, CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortResult,
-    ProjectionBatch, ReadModel,
+    ProjectionBatch, ReadModel, ThingQuery,
 };
+use fleetcmd_domain::thing::Thing;
 use fleetcmd_domain::{
     Command, CommandBody, CommandId, CommandParameter, Execution, ExecutionStatus, OutputFormat,
     ParameterType, ParameterValue, Payload, PayloadTemplate, ResultValue, StatusReason, Target,
@@ -61,6 +63,10 @@ pub use listings::{
     execution_listings_filter_by_command_and_target, execution_listings_filter_by_start_time,
     malformed_execution_page_tokens_are_refused, page_tokens_from_another_listing_are_refused,
 };
+pub use things::{
+    malformed_thing_page_tokens_are_refused, thing_listings_sort_by_name_and_filter,
+    thing_upserts_replace_and_deletes_remove_it_everywhere, things_round_trip_every_field,
+};
 
 #[doc(hidden)]
 #[macro_export]
@@ -91,6 +97,10 @@ macro_rules! __read_model_checks {
             expired_executions_are_purged,
             expired_executions_are_never_readable,
             executions_expire_by_themselves_at_their_time_to_live,
+            things_round_trip_every_field,
+            thing_upserts_replace_and_deletes_remove_it_everywhere,
+            thing_listings_sort_by_name_and_filter,
+            malformed_thing_page_tokens_are_refused,
         );
     };
 }
@@ -246,6 +256,7 @@ async fn commit_next(
             next_offset,
             commands,
             executions,
+            things: Vec::new(),
         },
     )
     .await;
@@ -305,6 +316,7 @@ macro_rules! listing {
 
 listing!(CommandQuery, Command, list_commands, command_id);
 listing!(ExecutionQuery, Execution, list_executions, execution_id);
+listing!(ThingQuery, Thing, list_things, thing_name);
 
 /// The ids of every item `q` lists (every page, from the first) that start with `prefix`;
 /// each page holds at most `page_size` items.

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetcmd_domain::ports::{
-    CommandWrite, EventLog, ExecutionWrite, LogRecord, PortResult, ProjectingLog,
-};
+use fleetcmd_domain::ports::{EventLog, LogRecord, PortResult, ProjectingLog, ProjectionWrites};
 use rusqlite::{Connection, params};
 
 use super::read_model::{apply_writes, set_position};
@@ -46,13 +44,12 @@ impl ProjectingLog for SqliteStore {
         &self,
         partition: u32,
         records: Vec<(String, Bytes)>,
-        commands: Vec<CommandWrite>,
-        executions: Vec<ExecutionWrite>,
+        writes: ProjectionWrites,
     ) -> PortResult<u64> {
         self.check_partition(partition)?;
         self.write(move |shared, conn, ends| {
             let first = insert_records(shared, conn, ends, partition, &records)?;
-            apply_writes(conn, &commands, &executions)?;
+            apply_writes(conn, &writes)?;
             set_position(conn, partition, first + records.len() as u64)?;
             Ok(first)
         })

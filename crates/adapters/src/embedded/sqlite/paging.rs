@@ -4,7 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fleetcmd_domain::TimestampMs;
-use fleetcmd_domain::ports::{CommandQuery, ExecutionQuery, Page, PortResult};
+use fleetcmd_domain::ports::{CommandQuery, ExecutionQuery, Page, PortResult, ThingQuery};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
@@ -21,6 +21,7 @@ pub(super) struct PageKey {
 
 pub(super) const COMMAND_TOKEN: &str = "c";
 pub(super) const EXECUTION_TOKEN: &str = "e";
+pub(super) const THING_TOKEN: &str = "t";
 
 fn encode_token(kind: &str, key: &PageKey) -> String {
     URL_SAFE_NO_PAD.encode(format!("{kind}|{}|{}", key.time, key.id))
@@ -199,6 +200,49 @@ pub(super) fn execution_page_query(q: &ExecutionQuery) -> PortResult<PageQuery> 
         q.page_token.as_deref(),
         q.page_size,
     )
+}
+
+/// Things sort by name alone (their tokens carry a sort time of 0), walking the primary key;
+/// the filters are semi-joins on the attribute and group tables.
+pub(super) fn thing_page_query(q: &ThingQuery) -> PortResult<PageQuery> {
+    let mut sql = String::from("SELECT data, 0, thing_name FROM things t WHERE 1 = 1");
+    let mut params = Vec::new();
+    if let Some((name, value)) = &q.attribute {
+        params.push(Value::Text(name.clone()));
+        params.push(Value::Text(value.clone()));
+        let n = params.len();
+        sql.push_str(&format!(
+            " AND thing_name IN (SELECT thing_name FROM thing_attributes
+                                 WHERE name = ?{} AND value = ?{n})",
+            n - 1
+        ));
+    }
+    if let Some(group) = &q.group {
+        params.push(Value::Text(group.clone()));
+        sql.push_str(&format!(
+            " AND thing_name IN (SELECT thing_name FROM thing_groups WHERE group_name = ?{})",
+            params.len()
+        ));
+    }
+    if let Some(prefix) = &q.name_prefix {
+        // Names are ASCII below DEL, so every name with the prefix sorts before prefix + DEL.
+        params.push(Value::Text(prefix.clone()));
+        params.push(Value::Text(format!("{prefix}\u{7f}")));
+        let n = params.len();
+        sql.push_str(&format!(
+            " AND thing_name >= ?{} AND thing_name < ?{n}",
+            n - 1
+        ));
+    }
+    if let Some(token) = &q.page_token {
+        let key = decode_token(THING_TOKEN, token)?;
+        params.push(Value::Text(key.id));
+        sql.push_str(&format!(" AND thing_name > ?{}", params.len()));
+    }
+    let limit = effective_page_size(q.page_size) as usize;
+    params.push(Value::Integer(limit as i64 + 1));
+    sql.push_str(&format!(" ORDER BY thing_name LIMIT ?{}", params.len()));
+    Ok(PageQuery { sql, params, limit })
 }
 
 /// Runs a page query whose columns are `(data, sort_time, id)`.

@@ -3,23 +3,32 @@
 
 use fleetcmd_domain::ports::{
     CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortResult, ProjectionBatch,
-    ReadModel,
+    ProjectionWrites, ReadModel, ThingQuery, ThingWrite,
 };
+use fleetcmd_domain::thing::Thing;
 use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::paging::{
-    COMMAND_TOKEN, EXECUTION_TOKEN, command_page_query, execution_page_query, run_page,
+    COMMAND_TOKEN, EXECUTION_TOKEN, THING_TOKEN, command_page_query, execution_page_query,
+    run_page, thing_page_query,
 };
 use super::{SqliteStore, decode, to_i64};
 use crate::error::{Error, Result};
 
 /// Applies a projection's writes (inside the writer's transaction).
-pub(super) fn apply_writes(
-    tx: &Connection,
-    commands: &[CommandWrite],
-    executions: &[ExecutionWrite],
-) -> Result<()> {
+pub(super) fn apply_writes(tx: &Connection, writes: &ProjectionWrites) -> Result<()> {
+    let ProjectionWrites {
+        commands,
+        executions,
+        things,
+    } = writes;
+    for w in things {
+        match w {
+            ThingWrite::Upsert(t) => upsert_thing(tx, t)?,
+            ThingWrite::Delete(name) => delete_thing(tx, name)?,
+        }
+    }
     for w in commands {
         match w {
             CommandWrite::Upsert(c) => upsert_command(tx, c)?,
@@ -81,6 +90,44 @@ fn delete_command(tx: &Connection, id: &CommandId) -> Result<()> {
     Ok(())
 }
 
+fn upsert_thing(tx: &Connection, t: &Thing) -> Result<()> {
+    let data = serde_json::to_string(t)
+        .map_err(|e| Error::Encode(format!("thing {}: {e}", t.thing_name)))?;
+    tx.prepare_cached(
+        "INSERT INTO things (thing_name, data) VALUES (?1, ?2)
+         ON CONFLICT (thing_name) DO UPDATE SET data = excluded.data",
+    )?
+    .execute(params![t.thing_name, data])?;
+    // Things change rarely: their filter rows are rewritten whole.
+    delete_thing_filters(tx, &t.thing_name)?;
+    let mut attr = tx.prepare_cached(
+        "INSERT INTO thing_attributes (name, value, thing_name) VALUES (?1, ?2, ?3)",
+    )?;
+    for (k, v) in &t.attributes {
+        attr.execute(params![k, v, t.thing_name])?;
+    }
+    let mut group =
+        tx.prepare_cached("INSERT INTO thing_groups (group_name, thing_name) VALUES (?1, ?2)")?;
+    for g in &t.groups {
+        group.execute(params![g, t.thing_name])?;
+    }
+    Ok(())
+}
+
+fn delete_thing_filters(tx: &Connection, name: &str) -> Result<()> {
+    tx.prepare_cached("DELETE FROM thing_attributes WHERE thing_name = ?1")?
+        .execute([name])?;
+    tx.prepare_cached("DELETE FROM thing_groups WHERE thing_name = ?1")?
+        .execute([name])?;
+    Ok(())
+}
+
+fn delete_thing(tx: &Connection, name: &str) -> Result<()> {
+    tx.prepare_cached("DELETE FROM things WHERE thing_name = ?1")?
+        .execute([name])?;
+    delete_thing_filters(tx, name)
+}
+
 fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
     let data = serde_json::to_string(e)
         .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
@@ -119,9 +166,21 @@ fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
 impl ReadModel for SqliteStore {
     async fn commit(&self, batch: ProjectionBatch) -> PortResult<()> {
         self.check_partition(batch.partition)?;
+        let ProjectionBatch {
+            partition,
+            next_offset,
+            commands,
+            executions,
+            things,
+        } = batch;
+        let writes = ProjectionWrites {
+            commands,
+            executions,
+            things,
+        };
         self.write(move |_, tx, _| {
-            apply_writes(tx, &batch.commands, &batch.executions)?;
-            set_position(tx, batch.partition, batch.next_offset)
+            apply_writes(tx, &writes)?;
+            set_position(tx, partition, next_offset)
         })
         .await
     }
@@ -220,6 +279,17 @@ impl ReadModel for SqliteStore {
     async fn list_executions(&self, query: &ExecutionQuery) -> PortResult<Page<Execution>> {
         let q = execution_page_query(query)?;
         self.read_with(move |_, conn| run_page(conn, "execution", EXECUTION_TOKEN, &q))
+            .await
+    }
+
+    async fn get_thing(&self, name: &str) -> PortResult<Option<Thing>> {
+        let sql = "SELECT data FROM things WHERE thing_name = ?1";
+        self.read_by_id("thing", sql, name).await
+    }
+
+    async fn list_things(&self, query: &ThingQuery) -> PortResult<Page<Thing>> {
+        let q = thing_page_query(query)?;
+        self.read_with(move |_, conn| run_page(conn, "thing", THING_TOKEN, &q))
             .await
     }
 

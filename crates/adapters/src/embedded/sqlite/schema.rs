@@ -68,6 +68,27 @@ CREATE INDEX IF NOT EXISTS executions_by_completed
     ON executions (completed_at, execution_id) WHERE completed_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS executions_by_ttl ON executions (time_to_live);
 
+CREATE TABLE IF NOT EXISTS things (
+    thing_name TEXT PRIMARY KEY NOT NULL,
+    data       TEXT NOT NULL
+);
+
+-- The listing filters: one row per attribute and per static group of each thing.
+CREATE TABLE IF NOT EXISTS thing_attributes (
+    name       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    thing_name TEXT NOT NULL,
+    PRIMARY KEY (name, value, thing_name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS thing_attributes_by_thing ON thing_attributes (thing_name);
+
+CREATE TABLE IF NOT EXISTS thing_groups (
+    group_name TEXT NOT NULL,
+    thing_name TEXT NOT NULL,
+    PRIMARY KEY (group_name, thing_name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS thing_groups_by_thing ON thing_groups (thing_name);
+
 CREATE TABLE IF NOT EXISTS snapshots (
     "partition" INTEGER PRIMARY KEY NOT NULL,
     next_offset INTEGER NOT NULL,
@@ -125,6 +146,7 @@ mod tests {
             next_offset: 1,
             commands: Vec::new(),
             executions: vec![ExecutionWrite::Upsert(e.clone())],
+            things: Vec::new(),
         };
         within("commit", store.commit(batch)).await.expect("commit");
         drop(store);

@@ -81,6 +81,7 @@ fn envelope_to_pb(env: &EventEnvelope) -> ipb::EventEnvelope {
             execution_id: execution_id.as_str().to_owned(),
             target: Some(target.into()),
         }),
+        Aggregate::Thing(name) => A::ThingName(name.clone()),
     };
     ipb::EventEnvelope {
         event_id: env.event_id.clone(),
@@ -101,6 +102,10 @@ fn envelope_from_pb(env: ipb::EventEnvelope) -> Result<EventEnvelope> {
             execution_id: ExecutionId::parse(r.execution_id)?,
             target: target_from(r.target)?,
         },
+        A::ThingName(name) => {
+            fleetcmd_domain::thing::validate_thing_name(&name)?;
+            Aggregate::Thing(name)
+        }
     };
     Ok(EventEnvelope {
         event_id: env.event_id,
@@ -157,6 +162,7 @@ fn event_to_pb(event: &Event) -> ipb::event_envelope::Event {
             })
         }
         Event::ExecutionDeleted => E::ExecutionDeleted(ipb::ExecutionDeleted {}),
+        Event::Thing { event } => things::event_to_pb(event),
     }
 }
 
@@ -196,6 +202,13 @@ fn event_from_pb(event: ipb::event_envelope::Event) -> Result<Event> {
             status_reason: reason_from(c.status_reason)?,
         },
         E::ExecutionDeleted(_) => Event::ExecutionDeleted,
+        E::ThingCreated(_)
+        | E::ThingUpdated(_)
+        | E::ThingDeleted(_)
+        | E::ThingAddedToGroup(_)
+        | E::ThingRemovedFromGroup(_) => Event::Thing {
+            event: things::event_from_pb(event)?,
+        },
     })
 }
 
@@ -374,6 +387,9 @@ pub fn encode_shard_request(request: &ShardRequest) -> Vec<u8> {
         ShardRequest::Command { command_id, input } => {
             R::Command(command_input_to_pb(command_id, input))
         }
+        ShardRequest::Thing { thing_name, input } => {
+            R::Thing(things::input_to_pb(thing_name, input))
+        }
     };
     ipb::ShardRequest {
         request: Some(request),
@@ -395,6 +411,7 @@ pub fn decode_shard_request(bytes: &[u8]) -> Result<ShardRequest> {
         }),
         R::Execution(x) => execution_input_from_pb(x)?,
         R::Command(c) => command_input_from_pb(c)?,
+        R::Thing(t) => things::input_from_pb(t)?,
     })
 }
 
@@ -530,6 +547,15 @@ pub fn encode_shard_reply(reply: &ShardReply) -> Vec<u8> {
             deleted: *deleted,
             position: position.map(position_to_pb),
         }),
+        ShardReply::Thing {
+            thing,
+            deleted,
+            position,
+        } => R::Thing(ipb::ThingApplied {
+            thing: thing.as_deref().map(things::thing_to_ipb),
+            deleted: *deleted,
+            position: position.map(position_to_pb),
+        }),
         ShardReply::Rejected(r) => R::Rejected(ipb::Rejection {
             code: rejection_code_to_pb(r.code) as i32,
             message: r.message.clone(),
@@ -561,6 +587,15 @@ pub fn decode_shard_reply(bytes: &[u8]) -> Result<ShardReply> {
             command: c.command.map(command_from_ipb).transpose()?.map(Box::new),
             deleted: c.deleted,
             position: c.position.map(position_from_pb),
+        },
+        R::Thing(t) => ShardReply::Thing {
+            thing: t
+                .thing
+                .map(things::thing_from_ipb)
+                .transpose()?
+                .map(Box::new),
+            deleted: t.deleted,
+            position: t.position.map(position_from_pb),
         },
         R::Rejected(r) => ShardReply::Rejected(Rejection {
             code: rejection_code_from_pb(r.code)?,
@@ -773,6 +808,14 @@ pub fn encode_snapshot(s: &ShardSnapshot) -> Vec<u8> {
                 seq: *seq,
             })
             .collect(),
+        things: s
+            .things
+            .iter()
+            .map(|(t, seq)| ipb::SnapshotThing {
+                thing: Some(things::thing_to_ipb(t)),
+                seq: *seq,
+            })
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -836,9 +879,20 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ShardSnapshot> {
                 ))
             })
             .collect::<Result<_>>()?,
+        things: s
+            .things
+            .into_iter()
+            .map(|t| {
+                Ok((
+                    things::thing_from_ipb(required("snapshot.thing", t.thing)?)?,
+                    t.seq,
+                ))
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
+mod things;
+
 #[cfg(test)]
-#[path = "codec_tests.rs"]
 mod tests;

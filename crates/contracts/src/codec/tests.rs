@@ -18,6 +18,7 @@ use fleetcmd_domain::protocol::{
 };
 use fleetcmd_domain::start::StartRequest;
 use fleetcmd_domain::testing;
+use fleetcmd_domain::thing::{CreateThing, Thing, ThingEvent, ThingInput, UpdateThing};
 
 use super::*;
 
@@ -110,8 +111,40 @@ fn full_execution() -> fleetcmd_domain::model::Execution {
 }
 
 /// One event of every type.
+fn thing() -> Thing {
+    Thing {
+        thing_name: "lamp-1".into(),
+        attributes: BTreeMap::from([("model".to_string(), "v2".to_string())]),
+        max_in_flight: Some(2),
+        groups: ["floor-3".to_string()].into(),
+        version: 4,
+        created_at: 10,
+        last_updated_at: 20,
+    }
+}
+
 fn every_event() -> Vec<Event> {
-    vec![
+    let thing_events = [
+        ThingEvent::Created(thing()),
+        ThingEvent::Created(Thing {
+            attributes: BTreeMap::new(),
+            max_in_flight: None,
+            groups: Default::default(),
+            ..thing()
+        }),
+        ThingEvent::Updated {
+            attributes: BTreeMap::from([("a".to_string(), "b".to_string())]),
+            max_in_flight: None,
+        },
+        ThingEvent::Updated {
+            attributes: BTreeMap::new(),
+            max_in_flight: Some(1),
+        },
+        ThingEvent::Deleted,
+        ThingEvent::AddedToGroup { group: "g".into() },
+        ThingEvent::RemovedFromGroup { group: "g".into() },
+    ];
+    let mut events = vec![
         Event::CommandCreated {
             command: template_command(),
         },
@@ -161,7 +194,9 @@ fn every_event() -> Vec<Event> {
             status_reason: None,
         },
         Event::ExecutionDeleted,
-    ]
+    ];
+    events.extend(thing_events.map(|event| Event::Thing { event }));
+    events
 }
 
 fn envelope(event: Event, seq: u64, trace: Option<&str>) -> EventEnvelope {
@@ -170,6 +205,7 @@ fn envelope(event: Event, seq: u64, trace: Option<&str>) -> EventEnvelope {
         | Event::CommandUpdated { .. }
         | Event::CommandDeletionScheduled { .. }
         | Event::CommandDeleted => Aggregate::Command(CommandId::parse("set-level").unwrap()),
+        Event::Thing { .. } => Aggregate::Thing("lamp-1".into()),
         _ => Aggregate::Execution {
             execution_id: ExecutionId::parse("e-1").unwrap(),
             target: Target::thing("lamp-1").unwrap(),
@@ -322,6 +358,41 @@ fn every_request() -> Vec<ShardRequest> {
             input,
         });
     }
+    for input in [
+        ThingInput::Create(CreateThing {
+            thing_name: "lamp-1".into(),
+            attributes: thing().attributes,
+            max_in_flight: Some(3),
+        }),
+        ThingInput::Create(CreateThing {
+            thing_name: "lamp-1".into(),
+            ..Default::default()
+        }),
+        ThingInput::Update(UpdateThing {
+            attributes: BTreeMap::from([("k".to_string(), String::new())]),
+            replace_attributes: true,
+            max_in_flight: Some(Some(5)),
+            expected_version: Some(2),
+        }),
+        ThingInput::Update(UpdateThing {
+            max_in_flight: Some(None),
+            ..Default::default()
+        }),
+        ThingInput::Update(UpdateThing::default()),
+        ThingInput::Delete {
+            expected_version: Some(9),
+        },
+        ThingInput::Delete {
+            expected_version: None,
+        },
+        ThingInput::AddToGroup { group: "g".into() },
+        ThingInput::RemoveFromGroup { group: "g".into() },
+    ] {
+        requests.push(ShardRequest::Thing {
+            thing_name: "lamp-1".into(),
+            input,
+        });
+    }
     requests
 }
 
@@ -366,6 +437,16 @@ fn every_shard_reply_decodes_to_what_was_encoded() {
         },
         ShardReply::Command {
             command: None,
+            deleted: true,
+            position: None,
+        },
+        ShardReply::Thing {
+            thing: Some(Box::new(thing())),
+            deleted: false,
+            position,
+        },
+        ShardReply::Thing {
+            thing: None,
             deleted: true,
             position: None,
         },
@@ -444,6 +525,7 @@ fn a_snapshot_decodes_to_what_was_encoded_and_another_version_is_refused() {
             offset: 5,
         }],
         commands: vec![(template_command(), 4), (static_command(), 1)],
+        things: vec![(thing(), 7)],
     };
     assert_eq!(
         decode_snapshot(&encode_snapshot(&snapshot)).unwrap(),
