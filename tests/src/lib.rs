@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use fleetcmd_contracts::pb;
 use fleetcmd_contracts::pb::command_dispatcher_client::CommandDispatcherClient;
 use fleetcmd_contracts::pb::command_registry_client::CommandRegistryClient;
+use fleetcmd_contracts::pb::thing_registry_client::ThingRegistryClient;
 pub use fleetcmd_standalone::ServeArgs;
 use fleetcmd_standalone::{Running, start};
 use tonic::transport::Channel;
@@ -23,6 +24,8 @@ use tonic::transport::Channel;
 pub type Registry = CommandRegistryClient<Channel>;
 /// A dispatcher client.
 pub type Dispatcher = CommandDispatcherClient<Channel>;
+/// A thing registry client.
+pub type Things = ThingRegistryClient<Channel>;
 
 pub mod api;
 pub mod device;
@@ -104,6 +107,10 @@ impl Server {
 
     pub async fn dispatcher(&self) -> anyhow::Result<Dispatcher> {
         Ok(Dispatcher::new(self.channel().await?))
+    }
+
+    pub async fn things(&self) -> anyhow::Result<Things> {
+        Ok(Things::new(self.channel().await?))
     }
 
     /// Stops the server; its data directory stays for a restart.

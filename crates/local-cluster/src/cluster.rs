@@ -334,6 +334,11 @@ impl Cluster {
         Registry::new(channel(self.addr("registry")))
     }
 
+    /// A thing registry client (of the process `registry`).
+    pub fn things(&self) -> crate::Things {
+        crate::Things::new(channel(self.addr("registry")))
+    }
+
     /// A dispatcher client of the process `name`.
     pub fn dispatcher(&self, name: &str) -> Dispatcher {
         Dispatcher::new(channel(self.addr(name)))

@@ -35,6 +35,7 @@ pub use tonic_health::pb::health_check_response::ServingStatus;
 
 pub type Registry = CommandRegistryClient<Channel>;
 pub type Dispatcher = CommandDispatcherClient<Channel>;
+pub type Things = fleetcmd_contracts::pb::thing_registry_client::ThingRegistryClient<Channel>;
 
 /// Shards = partitions of each cluster's log topic.
 pub const SHARDS: u32 = 16;

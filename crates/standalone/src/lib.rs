@@ -243,24 +243,27 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
 
     let auth = Auth::new(policy.map(Arc::new));
-    let grpc = GrpcServer::new()?
-        .with(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
-            read_model: read_model.clone(),
-            bus: bus.clone(),
-            shards: shard_client.clone(),
-            projection: projection.clone(),
-            auth: auth.clone(),
-            arns: Default::default(),
-            shutdown: shutdown_rx.clone(),
-        }))
-        .with(fleetcmd_dispatcher::grpc::service(
-            fleetcmd_dispatcher::grpc::DispatcherDeps {
-                read_model: read_model.clone(),
-                shards: shard_client,
-                projection,
-                auth,
-            },
-        ));
+    let (commands, things) = fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
+        read_model: read_model.clone(),
+        bus: bus.clone(),
+        shards: shard_client.clone(),
+        projection: projection.clone(),
+        auth: auth.clone(),
+        arns: Default::default(),
+        shutdown: shutdown_rx.clone(),
+    });
+    let grpc =
+        GrpcServer::new()?
+            .with(commands)
+            .with(things)
+            .with(fleetcmd_dispatcher::grpc::service(
+                fleetcmd_dispatcher::grpc::DispatcherDeps {
+                    read_model: read_model.clone(),
+                    shards: shard_client,
+                    projection,
+                    auth,
+                },
+            ));
     let listener = fleetcmd_service_kit::grpc::bind(args.grpc_addr)
         .await
         .context("binding the gRPC API")?;

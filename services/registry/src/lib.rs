@@ -1,7 +1,12 @@
 //! The command registry: the control plane's gRPC API. Commands are created, updated and
 //! deleted through the owner of the command's shard (event-sourced like executions); reads
 //! of commands and executions are served from the read model; WatchCommandExecutions streams
-//! the projector's status-change notifications.
+//! the projector's status-change notifications. The thing registry (`things.rs`) works the
+//! same way for things.
+
+mod things;
+
+pub use things::ThingService;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,21 +51,33 @@ pub struct RegistryService {
     deps: Arc<RegistryDeps>,
 }
 
-/// The `CommandRegistry` gRPC service, for a `fleetcmd_service_kit::grpc::GrpcServer`.
+/// The `CommandRegistry` and `ThingRegistry` gRPC services, sharing `deps`, for a
+/// `fleetcmd_service_kit::grpc::GrpcServer`.
 pub fn grpc(
     deps: RegistryDeps,
-) -> pb::command_registry_server::CommandRegistryServer<RegistryService> {
-    pb::command_registry_server::CommandRegistryServer::new(RegistryService::new(deps))
+) -> (
+    pb::command_registry_server::CommandRegistryServer<RegistryService>,
+    pb::thing_registry_server::ThingRegistryServer<ThingService>,
+) {
+    let deps = Arc::new(deps);
+    (
+        pb::command_registry_server::CommandRegistryServer::new(RegistryService {
+            deps: deps.clone(),
+        }),
+        things::server(deps),
+    )
 }
 
-/// Serves the registry API on `listener` until `shutdown` turns true.
+/// Serves the registry API (commands and things) on `listener` until `shutdown` turns true.
 pub async fn run(
     deps: RegistryDeps,
     listener: tokio::net::TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), fleetcmd_service_kit::grpc::ServeError> {
+    let (commands, things) = grpc(deps);
     fleetcmd_service_kit::grpc::GrpcServer::new()?
-        .with(grpc(deps))
+        .with(commands)
+        .with(things)
         .serve(listener, shutdown)
         .await
 }
@@ -150,7 +167,7 @@ fn command_id(id: &str) -> Result<CommandId, Status> {
 }
 
 /// A read-model listing error: a bad page token is the caller's mistake.
-fn list_status(e: fleetcmd_domain::ports::PortError) -> Status {
+pub(crate) fn list_status(e: fleetcmd_domain::ports::PortError) -> Status {
     match &e {
         fleetcmd_domain::ports::PortError::InvalidPageToken(_) => {
             Status::invalid_argument(e.to_string())

@@ -1,5 +1,5 @@
 //! In-process gRPC round trips against a real `fleetcmd serve`: every method of
-//! `CommandRegistry` and `CommandDispatcher`, their success paths and every error code they can
+//! `CommandRegistry`, `CommandDispatcher` and the served part of `ThingRegistry`, their success paths and every error code they can
 //! return (code, message naming the field or limit, and no change left behind), plus health,
 //! reflection and the serve-time access-control guard.
 //!
@@ -16,6 +16,7 @@ mod execution_list;
 mod executions;
 mod health;
 mod start_validation;
+mod things;
 mod watch;
 
 use fleetcmd_contracts::pb;

@@ -159,7 +159,7 @@ pub async fn start(
                 ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
             let shards = ShardClient::new(bus.clone(), config.shards);
             let auth = auth(&config)?;
-            let grpc = grpc.with(fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
+            let (commands, things) = fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
                 read_model,
                 bus: bus.clone(),
                 shards,
@@ -167,7 +167,8 @@ pub async fn start(
                 auth,
                 arns: Default::default(),
                 shutdown: shutdown.clone(),
-            }));
+            });
+            let grpc = grpc.with(commands).with(things);
             spawn_readiness(health_reporter, bus_impl.clone(), None, shutdown.clone());
             Ok(grpc.bind_and_serve(config.grpc.addr, shutdown).await?)
         }

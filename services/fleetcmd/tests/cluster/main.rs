@@ -17,6 +17,8 @@
 //!    the error kind is checked, and that nothing answers wrongly.
 //! 5. [`read_after_accepted`]: a Get made as soon as a device has `/accepted` shows the
 //!    update it accepted.
+//! 6. [`things`]: things are created, updated, listed and deleted through the shard owners,
+//!    the log and the CQL read model, each readable as soon as its call returns.
 //!
 //! ```text
 //! for e in nats mosquitto kafka cql; do deploy/engines/$e.sh install && deploy/engines/$e.sh start; done
@@ -38,6 +40,7 @@ mod nats_outage;
 mod projector_restart;
 mod read_after_accepted;
 mod shard_moves;
+mod things;
 
 use fleetcmd_domain::Target;
 use std::time::Duration;

@@ -1,0 +1,138 @@
+//! s7: the thing registry in cluster mode: a thing created through the registry is decided by
+//! the owner of its shard, logged in Kafka, projected into the CQL read model and readable as
+//! soon as the call returns; updates, listings and deletes go the same way.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use fleetcmd_contracts::pb;
+use tonic::{Code, Status};
+
+use fleetcmd_local_cluster::Things;
+
+use super::{given_a_cluster, given_the_engines};
+
+/// Calls `call` with a fresh client and `request` until it answers something other than
+/// UNAVAILABLE (shard owners may still be joining) or a minute has passed.
+async fn retried<R: Clone, T, F, Fut>(
+    what: &str,
+    things: &Things,
+    request: R,
+    mut call: F,
+) -> Result<T, Status>
+where
+    F: FnMut(Things, R) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = call(things.clone(), request.clone());
+        match tokio::time::timeout(Duration::from_secs(30), answer).await {
+            Ok(Err(s))
+                if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(result) => return result.map(tonic::Response::into_inner),
+            Err(_) => panic!("[s7] {what} did not answer within 30 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
+    let test = "s7_things_are_registered_through_the_shard_owners_and_read_back";
+    let Some((_serial, engines)) = given_the_engines(test).await else {
+        return;
+    };
+    let (mut cluster, _registry, _command) = given_a_cluster("s7", &engines, 1, 1).await;
+    let things = cluster.things();
+    let prefix = format!("{}-thing-", cluster.root());
+    let names: Vec<String> = (0..5).map(|i| format!("{prefix}{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let request = pb::CreateThingRequest {
+            thing_name: name.clone(),
+            attributes: HashMap::from([("parity".to_string(), (i % 2).to_string())]),
+            max_in_flight: 0,
+        };
+        retried("CreateThing", &things, request, |mut c, r| async move {
+            c.create_thing(r).await
+        })
+        .await
+        .unwrap_or_else(|s| panic!("[s7] create {name}: {:?} {}", s.code(), s.message()));
+        // Readable as soon as the create returned: the registry waited for the projector.
+        let get = pb::GetThingRequest {
+            thing_name: name.clone(),
+        };
+        let got = retried("GetThing", &things, get, |mut c, r| async move {
+            c.get_thing(r).await
+        })
+        .await
+        .unwrap_or_else(|s| panic!("[s7] get {name}: {:?} {}", s.code(), s.message()));
+        assert_eq!(
+            (got.version, got.attributes["parity"].as_str()),
+            (1, if i % 2 == 0 { "0" } else { "1" })
+        );
+    }
+    let update = pb::UpdateThingRequest {
+        thing_name: names[0].clone(),
+        attributes: HashMap::from([("parity".to_string(), "1".to_string())]),
+        expected_version: 1,
+        ..Default::default()
+    };
+    let updated = retried("UpdateThing", &things, update, |mut c, r| async move {
+        c.update_thing(r).await
+    })
+    .await
+    .expect("update");
+    assert_eq!(updated.version, 2);
+    let delete = pb::DeleteThingRequest {
+        thing_name: names[4].clone(),
+        expected_version: 0,
+    };
+    retried("DeleteThing", &things, delete, |mut c, r| async move {
+        c.delete_thing(r).await
+    })
+    .await
+    .expect("delete");
+    let odd = pb::ListThingsRequest {
+        max_results: 2,
+        attribute_name: "parity".into(),
+        attribute_value: "1".into(),
+        thing_name_prefix: prefix.clone(),
+        ..Default::default()
+    };
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let request = pb::ListThingsRequest {
+            next_token: token.clone(),
+            ..odd.clone()
+        };
+        let page = retried("ListThings", &things, request, |mut c, r| async move {
+            c.list_things(r).await
+        })
+        .await
+        .expect("list");
+        listed.extend(page.things.into_iter().map(|t| t.thing_name));
+        token = page.next_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        listed,
+        [names[0].clone(), names[1].clone(), names[3].clone()]
+    );
+    let get = pb::GetThingRequest {
+        thing_name: names[4].clone(),
+    };
+    let gone = retried("GetThing", &things, get, |mut c, r| async move {
+        c.get_thing(r).await
+    })
+    .await
+    .expect_err("a deleted thing");
+    assert_eq!(gone.code(), Code::NotFound);
+    cluster.assert_all_alive();
+}

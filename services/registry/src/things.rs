@@ -1,0 +1,237 @@
+//! The thing registry's gRPC API (`fleetcmd.v1.ThingRegistry`). Things are created, updated
+//! and deleted through the owner of the thing's shard (the shard of `thing/<name>`, which
+//! also owns the thing's executions); reads are served from the read model.
+
+use std::sync::Arc;
+
+use fleetcmd_contracts::convert::{
+    expected_version, port_status, rejection_status, thing_to_pb, update_thing_from_pb,
+    validation_status,
+};
+use fleetcmd_contracts::pb;
+use fleetcmd_domain::ids::Target;
+use fleetcmd_domain::policy::Action;
+use fleetcmd_domain::ports::ThingQuery;
+use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
+use fleetcmd_domain::thing::{self, CreateThing, Thing, ThingInput};
+use fleetcmd_service_kit::{await_projection, call_status, unexpected};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::{RegistryDeps, list_status};
+
+pub struct ThingService {
+    deps: Arc<RegistryDeps>,
+}
+
+impl ThingService {
+    pub(crate) fn new(deps: Arc<RegistryDeps>) -> Self {
+        Self { deps }
+    }
+
+    /// Checks the name and the caller's right to `action` on the thing; returns its target.
+    fn authorize(
+        &self,
+        metadata: &MetadataMap,
+        action: Action,
+        name: &str,
+    ) -> Result<Target, Status> {
+        thing::validate_thing_name(name).map_err(validation_status)?;
+        let target = Target::thing(name).map_err(validation_status)?;
+        self.deps
+            .auth
+            .check(metadata, action, None, Some(&target))?;
+        Ok(target)
+    }
+
+    /// Sends a thing input to its shard's owner and waits until the read model has it;
+    /// returns the thing after it (`None`: deleted or never there).
+    async fn call(&self, thing_name: &str, input: ThingInput) -> Result<Option<Thing>, Status> {
+        let request = ShardRequest::Thing {
+            thing_name: thing_name.to_owned(),
+            input,
+        };
+        match self.deps.shards.call(&request).await.map_err(call_status)? {
+            ShardReply::Thing {
+                thing, position, ..
+            } => {
+                await_projection(&self.deps.projection, position).await;
+                Ok(thing.map(|t| *t))
+            }
+            ShardReply::Rejected(r) => Err(rejection_status(r)),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn not_found(name: &str) -> Status {
+    Status::not_found(format!("thing {name} not found"))
+}
+
+/// A call this version does not serve yet: said plainly, never faked.
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not available in this version of fleetcmd"
+    ))
+}
+
+type ConnectivityStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ConnectivityEvent, Status>> + Send>>;
+
+/// The calls of `ThingRegistry` that are declared but not served yet. (`async_trait` runs
+/// before this macro expands, so the methods are written as it would have desugared them.)
+macro_rules! not_yet {
+    ($($method:ident($req:ty) -> $resp:ty: $what:literal;)*) => {
+        $(
+            fn $method<'life0, 'async_trait>(
+                &'life0 self,
+                _: Request<$req>,
+            ) -> std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = Result<Response<$resp>, Status>>
+                        + Send
+                        + 'async_trait,
+                >,
+            >
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async move { Err(not_yet($what)) })
+            }
+        )*
+    };
+}
+
+#[tonic::async_trait]
+impl pb::thing_registry_server::ThingRegistry for ThingService {
+    async fn create_thing(
+        &self,
+        request: Request<pb::CreateThingRequest>,
+    ) -> Result<Response<pb::CreateThingResponse>, Status> {
+        let target = self.authorize(
+            request.metadata(),
+            Action::CreateThing,
+            &request.get_ref().thing_name,
+        )?;
+        let create = CreateThing::from(request.into_inner());
+        let name = create.thing_name.clone();
+        self.call(&name, ThingInput::Create(create)).await?;
+        Ok(Response::new(pb::CreateThingResponse {
+            thing_arn: self.deps.arns.target(&target),
+            thing_name: name,
+        }))
+    }
+
+    async fn get_thing(
+        &self,
+        request: Request<pb::GetThingRequest>,
+    ) -> Result<Response<pb::Thing>, Status> {
+        let name = &request.get_ref().thing_name;
+        self.authorize(request.metadata(), Action::GetThing, name)?;
+        let thing = self
+            .deps
+            .read_model
+            .get_thing(name)
+            .await
+            .map_err(port_status)?
+            .ok_or_else(|| not_found(name))?;
+        Ok(Response::new(thing_to_pb(thing, None, &self.deps.arns)))
+    }
+
+    async fn list_things(
+        &self,
+        request: Request<pb::ListThingsRequest>,
+    ) -> Result<Response<pb::ListThingsResponse>, Status> {
+        self.deps
+            .auth
+            .check(request.metadata(), Action::ListThings, None, None)?;
+        let query = ThingQuery::try_from(request.into_inner()).map_err(validation_status)?;
+        if query.connected.is_some() {
+            return Err(not_yet("filtering things by connectivity"));
+        }
+        if let Some((name, value)) = &query.attribute {
+            let one = std::collections::BTreeMap::from([(name.clone(), value.clone())]);
+            thing::validate_attributes(&one, false).map_err(validation_status)?;
+        }
+        let page = self
+            .deps
+            .read_model
+            .list_things(&query)
+            .await
+            .map_err(list_status)?;
+        Ok(Response::new(pb::ListThingsResponse {
+            things: page
+                .items
+                .into_iter()
+                .map(|t| thing_to_pb(t, None, &self.deps.arns))
+                .collect(),
+            next_token: page.next_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_thing(
+        &self,
+        request: Request<pb::UpdateThingRequest>,
+    ) -> Result<Response<pb::UpdateThingResponse>, Status> {
+        let metadata = request.metadata().clone();
+        let (name, update) =
+            update_thing_from_pb(request.into_inner()).map_err(validation_status)?;
+        self.authorize(&metadata, Action::UpdateThing, &name)?;
+        let thing = self
+            .call(&name, ThingInput::Update(update))
+            .await?
+            .ok_or_else(|| not_found(&name))?;
+        Ok(Response::new(pb::UpdateThingResponse {
+            version: i64::try_from(thing.version).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn delete_thing(
+        &self,
+        request: Request<pb::DeleteThingRequest>,
+    ) -> Result<Response<pb::DeleteThingResponse>, Status> {
+        let name = &request.get_ref().thing_name;
+        self.authorize(request.metadata(), Action::DeleteThing, name)?;
+        let expected_version =
+            expected_version("expected_version", request.get_ref().expected_version)
+                .map_err(validation_status)?;
+        self.call(name, ThingInput::Delete { expected_version })
+            .await?;
+        Ok(Response::new(pb::DeleteThingResponse {}))
+    }
+
+    not_yet! {
+        create_thing_certificate(pb::CreateThingCertificateRequest) -> pb::CreateThingCertificateResponse: "CreateThingCertificate";
+        register_thing_certificate(pb::RegisterThingCertificateRequest) -> pb::RegisterThingCertificateResponse: "RegisterThingCertificate";
+        list_thing_certificates(pb::ListThingCertificatesRequest) -> pb::ListThingCertificatesResponse: "ListThingCertificates";
+        revoke_thing_certificate(pb::RevokeThingCertificateRequest) -> pb::RevokeThingCertificateResponse: "RevokeThingCertificate";
+        register_ca_certificate(pb::RegisterCaCertificateRequest) -> pb::RegisterCaCertificateResponse: "RegisterCaCertificate";
+        get_certificate_revocation_list(pb::GetCertificateRevocationListRequest) -> pb::GetCertificateRevocationListResponse: "GetCertificateRevocationList";
+        create_thing_password(pb::CreateThingPasswordRequest) -> pb::CreateThingPasswordResponse: "CreateThingPassword";
+        get_connectivity(pb::GetConnectivityRequest) -> pb::Connectivity: "GetConnectivity";
+        create_thing_group(pb::CreateThingGroupRequest) -> pb::ThingGroup: "CreateThingGroup";
+        describe_thing_group(pb::DescribeThingGroupRequest) -> pb::ThingGroup: "DescribeThingGroup";
+        list_thing_groups(pb::ListThingGroupsRequest) -> pb::ListThingGroupsResponse: "ListThingGroups";
+        delete_thing_group(pb::DeleteThingGroupRequest) -> pb::DeleteThingGroupResponse: "DeleteThingGroup";
+        add_thing_to_thing_group(pb::AddThingToThingGroupRequest) -> pb::AddThingToThingGroupResponse: "AddThingToThingGroup";
+        remove_thing_from_thing_group(pb::RemoveThingFromThingGroupRequest) -> pb::RemoveThingFromThingGroupResponse: "RemoveThingFromThingGroup";
+        list_things_in_thing_group(pb::ListThingsInThingGroupRequest) -> pb::ListThingsResponse: "ListThingsInThingGroup";
+    }
+
+    type WatchConnectivityStream = ConnectivityStream;
+
+    async fn watch_connectivity(
+        &self,
+        _: Request<pb::WatchConnectivityRequest>,
+    ) -> Result<Response<Self::WatchConnectivityStream>, Status> {
+        Err(not_yet("WatchConnectivity"))
+    }
+}
+
+/// The `ThingRegistry` gRPC service.
+pub(crate) fn server(
+    deps: Arc<RegistryDeps>,
+) -> pb::thing_registry_server::ThingRegistryServer<ThingService> {
+    pb::thing_registry_server::ThingRegistryServer::new(ThingService::new(deps))
+}
