@@ -1,4 +1,4 @@
-//! API client verbs: the `command` and `exec` subcommands of the `fleetcmd` binary.
+//! API client verbs: the `command`, `exec` and `thing` subcommands of the `fleetcmd` binary.
 //!
 //! Each verb is one `pub async fn` over the generated tonic clients (so tests and tools can
 //! call it directly) plus a `run` that turns parsed flags into a request and prints the
@@ -11,6 +11,7 @@ pub mod command;
 pub mod exec;
 pub mod params;
 pub mod render;
+pub mod thing;
 pub mod timefmt;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ use anyhow::Context as _;
 use fleetcmd_contracts::pb;
 use pb::command_dispatcher_client::CommandDispatcherClient;
 use pb::command_registry_client::CommandRegistryClient;
+use pb::thing_registry_client::ThingRegistryClient;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -172,6 +174,8 @@ pub type AuthChannel = InterceptedService<Channel, BearerAuth>;
 #[derive(Debug, Clone)]
 pub struct Api {
     registry: CommandRegistryClient<AuthChannel>,
+    /// The thing registry, served where the command registry is.
+    things: ThingRegistryClient<AuthChannel>,
     dispatcher: CommandDispatcherClient<AuthChannel>,
     retry: RetryPolicy,
 }
@@ -194,7 +198,8 @@ impl Api {
         let registry = lazy_channel("--endpoint", registry)?;
         let dispatcher = lazy_channel("--dispatcher-endpoint", dispatcher)?;
         Ok(Self {
-            registry: CommandRegistryClient::with_interceptor(registry, auth.clone()),
+            registry: CommandRegistryClient::with_interceptor(registry.clone(), auth.clone()),
+            things: ThingRegistryClient::with_interceptor(registry, auth.clone()),
             dispatcher: CommandDispatcherClient::with_interceptor(dispatcher, auth),
             retry: RetryPolicy::default(),
         })
@@ -204,6 +209,7 @@ impl Api {
     pub fn from_channel(channel: Channel, auth: BearerAuth) -> Self {
         Self {
             registry: CommandRegistryClient::with_interceptor(channel.clone(), auth.clone()),
+            things: ThingRegistryClient::with_interceptor(channel.clone(), auth.clone()),
             dispatcher: CommandDispatcherClient::with_interceptor(channel, auth),
             retry: RetryPolicy::default(),
         }
@@ -221,6 +227,11 @@ impl Api {
     /// A registry client (a cheap clone sharing the connection).
     pub fn registry(&self) -> CommandRegistryClient<AuthChannel> {
         self.registry.clone()
+    }
+
+    /// A thing registry client (a cheap clone sharing the registry's connection).
+    pub fn things(&self) -> ThingRegistryClient<AuthChannel> {
+        self.things.clone()
     }
 
     /// A dispatcher client (a cheap clone sharing the connection).
@@ -403,6 +414,7 @@ paged!(
     pb::ListCommandExecutionsRequest => pb::ListCommandExecutionsResponse,
     command_executions: pb::CommandExecutionSummary
 );
+paged!(pb::ListThingsRequest => pb::ListThingsResponse, things: pb::Thing);
 
 /// One page (`list(request)`), or with `all` every page from the request's `next_token`
 /// on, concatenated into one response whose `next_token` is empty.

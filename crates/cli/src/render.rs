@@ -320,7 +320,7 @@ pub fn result_value_json(value: &pb::ResultValue) -> Json {
     }
 }
 
-fn map_json<V>(map: &HashMap<String, V>, value: impl Fn(&V) -> Json) -> Json {
+pub fn map_json<V>(map: &HashMap<String, V>, value: impl Fn(&V) -> Json) -> Json {
     Json::Object(map.iter().map(|(k, v)| (k.clone(), value(v))).collect())
 }
 
@@ -570,7 +570,7 @@ pub fn command_text(c: &pb::Command) -> String {
 }
 
 /// A listing for people: the table, then the token of the next page when there is one.
-fn page_text(table: &Table, next_token: &str) -> String {
+pub fn page_text(table: &Table, next_token: &str) -> String {
     let mut text = table.render();
     if !next_token.is_empty() {
         text.push_str(&format!("next token: {next_token}\n"));

@@ -1,12 +1,14 @@
-//! The `fleetcmd` binary: `serve` runs the whole service in one process; `command` and
-//! `exec` call the API; `device simulate` runs a simulated device. Errors go to stderr as
+//! The `fleetcmd` binary: `serve` runs the whole service in one process; `command`, `exec`
+//! and `thing` call the API; `device simulate` runs a simulated device. Errors go to stderr as
 //! `error: CODE: message` with a non-zero exit code.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetcmd_cli::{self as client, ClientArgs, command::CommandCmd, exec::ExecCmd};
+use fleetcmd_cli::{
+    self as client, ClientArgs, command::CommandCmd, exec::ExecCmd, thing::ThingCmd,
+};
 use fleetcmd_simulator::{self as simulator, DeviceCmd};
 use fleetcmd_standalone::ServeArgs;
 
@@ -40,6 +42,9 @@ enum Cmd {
     /// Run commands on devices and follow them: start, get, list, cancel, delete, watch.
     #[command(subcommand)]
     Exec(ExecCmd),
+    /// Manage things (registered devices): create, get, list, update, delete.
+    #[command(subcommand)]
+    Thing(ThingCmd),
     /// Device tools.
     #[command(subcommand)]
     Device(DeviceCmd),
@@ -58,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Run(args) => fleetcmd::cluster::run(args).await,
         Cmd::Command(cmd) => client::command::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Exec(cmd) => client::exec::run(&cli.client.api()?, cmd, output, &mut out).await,
+        Cmd::Thing(cmd) => client::thing::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Device(cmd) => simulator::run_cli(cmd, output, &mut out).await,
         Cmd::Bench(args) => fleetcmd_bench::run(args, &cli.client, &mut out).await,
     }?;
