@@ -60,6 +60,8 @@ pub fn test_args(name: &str) -> ServeArgs {
         log_json: false,
         metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
         otlp_endpoint: None,
+        tls_dir: None,
+        tls_sans: Vec::new(),
     }
 }
 

@@ -66,6 +66,15 @@ pub struct ServeArgs {
     /// Where Prometheus metrics are served (`GET /metrics`); port 0 picks a free one.
     #[arg(long, env = "FLEETCMD_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Directory of the device CA (`ca.pem`, `ca.key`) and the server certificate
+    /// (`server.pem`, `server.key`); created on first start. Default: `<data-dir>/tls`. Put
+    /// your own CA there to have fleetcmd issue device certificates from it.
+    #[arg(long, env = "FLEETCMD_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// A name or address the server certificate must also cover (repeatable), besides
+    /// `localhost`, `127.0.0.1`, `::1` and the host name.
+    #[arg(long = "tls-san", env = "FLEETCMD_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
     /// OTLP/gRPC endpoint of a trace collector (e.g. `http://localhost:4317`); traces are
     /// exported only when one is set.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -108,6 +117,35 @@ impl Running {
         self.bus.shutdown();
         drop(self.broker);
         served.context("gRPC server")
+    }
+}
+
+/// The device CA and the server certificate, from `--tls-dir` (created on first start).
+pub struct TlsIdentity {
+    pub ca: Arc<fleetcmd_identity::Ca>,
+    pub server: fleetcmd_identity::ServerIdentity,
+    pub dir: PathBuf,
+}
+
+impl TlsIdentity {
+    pub fn load_or_create(args: &ServeArgs) -> anyhow::Result<Self> {
+        let dir = args
+            .tls_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("tls"));
+        let ca = fleetcmd_identity::Ca::load_or_create(&dir)
+            .with_context(|| format!("loading the device CA in {}", dir.display()))?;
+        let server =
+            fleetcmd_identity::ServerIdentity::load_or_create(&dir, &ca, &args.tls_sans)
+                .with_context(|| format!("loading the server certificate in {}", dir.display()))?;
+        if server.was_issued() {
+            tracing::info!(sans = ?server.sans(), dir = %dir.display(), "issued the server certificate");
+        }
+        Ok(Self {
+            ca: Arc::new(ca),
+            server,
+            dir,
+        })
     }
 }
 
@@ -154,6 +192,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let identity = TlsIdentity::load_or_create(&args)?;
     let db = args.data_dir.join("fleetcmd.sqlite");
     let store = SqliteStore::open(&db, args.shards, Durability::Process)
         .with_context(|| format!("opening {}", db.display()))?;
@@ -250,6 +289,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         projection: projection.clone(),
         auth: auth.clone(),
         arns: Default::default(),
+        ca: Some(identity.ca.clone()),
+        on_revoke: None,
         shutdown: shutdown_rx.clone(),
     });
     let grpc =

@@ -42,6 +42,8 @@ fn args(name: &str) -> ServeArgs {
         log_json: false,
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         otlp_endpoint: None,
+        tls_dir: None,
+        tls_sans: Vec::new(),
     }
 }
 

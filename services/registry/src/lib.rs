@@ -42,6 +42,12 @@ pub struct RegistryDeps {
     pub projection: Arc<ProjectionWatch>,
     pub auth: Auth,
     pub arns: Arns,
+    /// The device CA that issues and verifies thing certificates (`None`: this deployment
+    /// has none, and the certificate calls say so).
+    pub ca: Option<Arc<fleetcmd_identity::Ca>>,
+    /// Called with a certificate's id once its revocation is durable, so whoever serves
+    /// devices (the embedded broker) drops the connections that presented it.
+    pub on_revoke: Option<Arc<dyn Fn(&str) + Send + Sync>>,
     /// Turns true when the process shuts down: open Watch streams end with UNAVAILABLE, so
     /// a graceful shutdown does not wait on them.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -166,6 +166,9 @@ pub async fn start(
                 projection,
                 auth,
                 arns: Default::default(),
+                // A cluster's device CA is not configured yet: the certificate calls say so.
+                ca: None,
+                on_revoke: None,
                 shutdown: shutdown.clone(),
             });
             let grpc = grpc.with(commands).with(things);
