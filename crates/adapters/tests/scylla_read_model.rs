@@ -235,6 +235,7 @@ async fn bad_settings_and_tokens_are_rejected() {
         commands,
         executions: Vec::new(),
         things: Vec::new(),
+        credentials: Vec::new(),
     };
     within("commit", store.commit(batch)).await.expect("commit");
     let list = |q: CommandQuery| {
@@ -332,6 +333,7 @@ async fn reused_client_token_finds_the_newest(store: &ScyllaReadModel) {
             commands: Vec::new(),
             executions: writes,
             things: Vec::new(),
+            credentials: Vec::new(),
         };
         within("commit", store.commit(batch))
     };

@@ -8,6 +8,7 @@
 //! backoff; every other status is final and is printed as `CODE: message`.
 
 pub mod command;
+pub mod credentials;
 pub mod exec;
 pub mod params;
 pub mod render;

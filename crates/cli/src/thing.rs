@@ -1,4 +1,5 @@
-//! `fleetcmd thing create|get|list|update|delete`: the thing registry.
+//! `fleetcmd thing create|get|list|update|delete`: the thing registry (and, through
+//! `credentials.rs`, `thing cert ...` and `thing password ...`).
 
 use std::io::Write;
 
@@ -8,6 +9,7 @@ use serde_json::{Value as Json, json};
 use tonic::Status;
 
 use super::command::parse_tag;
+use super::credentials::{self, CertCmd, PasswordCmd};
 use super::render::{self, KeyValues, Table, map_json, map_text, page_text, time_full};
 use super::{Api, Output, list_pages};
 
@@ -23,6 +25,12 @@ pub enum ThingCmd {
     Update(UpdateArgs),
     /// Delete a thing (deleting one that is not there succeeds, as in AWS).
     Delete(DeleteArgs),
+    /// Device certificates: issue, list, revoke.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// Device passwords, for devices without a client certificate.
+    #[command(subcommand)]
+    Password(PasswordCmd),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -215,6 +223,10 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let (json, text) = match cmd {
+        ThingCmd::Cert(cmd) => return credentials::run_cert(api, cmd, output, out).await,
+        ThingCmd::Password(cmd) => {
+            return credentials::run_password(api, cmd, output, out).await;
+        }
         ThingCmd::Create(args) => {
             let r = create(api, args.to_request()?).await?;
             let text = format!("created {} ({})\n", r.thing_name, r.thing_arn);

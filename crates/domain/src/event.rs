@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::credential::{CredentialEvent, Credentials};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{
     Command, Execution, ExecutionStatus, Payload, ResultValue, StatusReason, TimestampMs,
@@ -23,6 +24,8 @@ pub enum Aggregate {
     },
     /// A registered thing, by name.
     Thing(String),
+    /// The credentials (certificates, password) of a thing or a bare client id.
+    Credential(Target),
 }
 
 impl Aggregate {
@@ -33,6 +36,8 @@ impl Aggregate {
             Self::Command(id) => format!("command/{id}"),
             Self::Execution { target, .. } => target.resource_name(),
             Self::Thing(name) => thing_routing_key(name),
+            // The owner's: a thing's credentials live in the shard of the thing.
+            Self::Credential(owner) => owner.resource_name(),
         }
     }
 }
@@ -106,6 +111,10 @@ pub enum Event {
     Thing {
         event: ThingEvent,
     },
+    /// A fact about a device's credentials.
+    Credential {
+        event: CredentialEvent,
+    },
 }
 
 impl Event {
@@ -128,6 +137,7 @@ impl Event {
                 ThingEvent::AddedToGroup { .. } => "ThingAddedToGroup",
                 ThingEvent::RemovedFromGroup { .. } => "ThingRemovedFromGroup",
             },
+            Self::Credential { event } => event.name(),
         }
     }
 
@@ -161,6 +171,9 @@ pub struct ShardSnapshot {
     pub commands: Vec<(Command, u64)>,
     /// The shard's registered things, each with the sequence number of its last event.
     pub things: Vec<(Thing, u64)>,
+    /// The credentials of the shard's owners (each carries its last event's sequence number
+    /// as its version).
+    pub credentials: Vec<Credentials>,
 }
 
 /// A client token in a [`ShardSnapshot`].

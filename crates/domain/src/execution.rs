@@ -170,7 +170,8 @@ pub fn apply(e: &mut Execution, event: &Event, at: TimestampMs, seq: u64) -> boo
         | Event::CommandUpdated { .. }
         | Event::CommandDeletionScheduled { .. }
         | Event::CommandDeleted
-        | Event::Thing { .. } => {}
+        | Event::Thing { .. }
+        | Event::Credential { .. } => {}
     }
     true
 }

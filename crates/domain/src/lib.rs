@@ -8,7 +8,9 @@
 //! function.
 
 pub mod command;
+pub mod credential;
 pub mod device;
+pub mod device_acl;
 pub mod error;
 pub mod event;
 pub mod execution;

@@ -25,10 +25,16 @@ pub enum Action {
     ListThings,
     UpdateThing,
     DeleteThing,
+    CreateThingCertificate,
+    RegisterThingCertificate,
+    ListThingCertificates,
+    RevokeThingCertificate,
+    GetCertificateRevocationList,
+    CreateThingPassword,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 22] = [
         Self::CreateCommand,
         Self::GetCommand,
         Self::ListCommands,
@@ -45,6 +51,12 @@ impl Action {
         Self::ListThings,
         Self::UpdateThing,
         Self::DeleteThing,
+        Self::CreateThingCertificate,
+        Self::RegisterThingCertificate,
+        Self::ListThingCertificates,
+        Self::RevokeThingCertificate,
+        Self::GetCertificateRevocationList,
+        Self::CreateThingPassword,
     ];
 
     /// The name used in policy files (the RPC name, e.g. `StartCommandExecution`).
@@ -66,6 +78,12 @@ impl Action {
             Self::ListThings => "ListThings",
             Self::UpdateThing => "UpdateThing",
             Self::DeleteThing => "DeleteThing",
+            Self::CreateThingCertificate => "CreateThingCertificate",
+            Self::RegisterThingCertificate => "RegisterThingCertificate",
+            Self::ListThingCertificates => "ListThingCertificates",
+            Self::RevokeThingCertificate => "RevokeThingCertificate",
+            Self::GetCertificateRevocationList => "GetCertificateRevocationList",
+            Self::CreateThingPassword => "CreateThingPassword",
         }
     }
 
@@ -535,12 +553,10 @@ mod tests {
         assert_eq!(check(&p).field, "tokens[1].name");
 
         let mut p = policy();
-        p.tokens[1].allow[1].actions[1] = "ListThings".into();
+        p.tokens[1].allow[1].actions[1] = "ListWidgets".into();
         let err = check(&p);
         assert_eq!(err.field, "tokens[1].allow[1].actions[1]");
-        assert!(
-            err.message.contains("ListThings") && err.message.contains("StartCommandExecution")
-        );
+        assert!(err.message.contains("ListWidgets") && err.message.contains("CreateThingPassword"));
         p.tokens[1].allow[1].actions.clear();
         assert_eq!(check(&p).field, "tokens[1].allow[1].actions");
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 
+use crate::credential::{CertificateRecord, Credentials};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{Command, Execution, ExecutionStatus, TimestampMs};
 use crate::thing::Thing;
@@ -261,6 +262,15 @@ impl ThingWrite {
     }
 }
 
+/// A write to the read model's credentials: the owner's credentials whole (its certificates,
+/// its password hash and its version). Credentials are never deleted (certificates are
+/// revoked, not removed), so an upsert is the only write. A store keeps the write with the
+/// highest `version`: a replayed, older one changes nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialWrite {
+    pub credentials: Credentials,
+}
+
 /// The writes of one projector batch of one partition.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProjectionBatch {
@@ -270,6 +280,7 @@ pub struct ProjectionBatch {
     pub commands: Vec<CommandWrite>,
     pub executions: Vec<ExecutionWrite>,
     pub things: Vec<ThingWrite>,
+    pub credentials: Vec<CredentialWrite>,
 }
 
 /// The read model: what Get and List serve, folded from the log by the projector.
@@ -307,6 +318,35 @@ pub trait ReadModel: Send + Sync + 'static {
     /// Things by name, ascending, filtered by `query` (its connectivity filter is applied by
     /// the caller, which knows who is connected; `group` by the store).
     async fn list_things(&self, query: &ThingQuery) -> PortResult<Page<Thing>>;
+
+    /// The stored credentials of `owner` (with their version), for the projector's fold.
+    async fn get_credentials(&self, owner: &Target) -> PortResult<Option<Credentials>>;
+
+    /// The certificate with this id, whoever owns it (the broker's authentication hook asks
+    /// it for the certificate a device presented).
+    async fn get_certificate(&self, certificate_id: &str) -> PortResult<Option<CertificateRecord>>;
+
+    /// The certificates of `owner`, revoked ones included, by certificate id. The default
+    /// reads the owner's credentials.
+    async fn list_certificates(&self, owner: &Target) -> PortResult<Vec<CertificateRecord>> {
+        Ok(self
+            .get_credentials(owner)
+            .await?
+            .map(|c| c.certificates.into_values().collect())
+            .unwrap_or_default())
+    }
+
+    /// Every revoked certificate, of every owner (for the CRL), by certificate id.
+    async fn revoked_certificates(&self) -> PortResult<Vec<CertificateRecord>>;
+
+    /// The argon2id PHC string of `owner`'s password, if one is set. The default reads the
+    /// owner's credentials.
+    async fn get_password_hash(&self, owner: &Target) -> PortResult<Option<String>> {
+        Ok(self
+            .get_credentials(owner)
+            .await?
+            .and_then(|c| c.password_hash))
+    }
 
     /// The execution started for `target` with `client_token`, if one is stored (the
     /// newest, should several share it). Shard owners ask it for tokens they no longer hold
@@ -361,6 +401,20 @@ pub struct ProjectionWrites {
     pub commands: Vec<CommandWrite>,
     pub executions: Vec<ExecutionWrite>,
     pub things: Vec<ThingWrite>,
+    pub credentials: Vec<CredentialWrite>,
+}
+
+/// Who a connecting device is, as the credential registry knows it: the embedded broker's
+/// authentication hook asks at every CONNECT (so a revoked certificate or a replaced
+/// password is refused from the next connection on).
+#[async_trait::async_trait]
+pub trait DeviceCredentials: Send + Sync + 'static {
+    /// The owner of the registered certificate with this id (hex SHA-256 of its DER), if it
+    /// is registered and active; `None` for an unknown or revoked one.
+    async fn certificate_owner(&self, certificate_id: &str) -> PortResult<Option<Target>>;
+
+    /// The password hash (PHC string) of `owner`, if it has a password.
+    async fn password_hash(&self, owner: &Target) -> PortResult<Option<String>>;
 }
 
 /// A change of the shards (= log partitions) this instance owns.

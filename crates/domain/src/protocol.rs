@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::CommandInput;
+use crate::credential::{CertificateRecord, CredentialInput};
 use crate::error::Rejection;
 use crate::execution::ExecutionInput;
 use crate::ids::{CommandId, ExecutionId, Target};
@@ -52,6 +53,11 @@ pub enum ShardRequest {
         thing_name: String,
         input: ThingInput,
     },
+    /// An input for the credentials of `owner`, a thing or a bare client id.
+    Credential {
+        owner: Target,
+        input: CredentialInput,
+    },
 }
 
 impl ShardRequest {
@@ -62,6 +68,7 @@ impl ShardRequest {
             Self::Execution { target, .. } => target.resource_name(),
             Self::Command { command_id, .. } => format!("command/{command_id}"),
             Self::Thing { thing_name, .. } => crate::event::thing_routing_key(thing_name),
+            Self::Credential { owner, .. } => owner.resource_name(),
         }
     }
 }
@@ -98,6 +105,12 @@ pub enum ShardReply {
     Thing {
         thing: Option<Box<Thing>>,
         deleted: bool,
+        position: Option<LogPosition>,
+    },
+    /// A credential input was applied; `certificate` is the certificate it was about, as
+    /// stored after it (`None` for a password).
+    Credential {
+        certificate: Option<Box<CertificateRecord>>,
         position: Option<LogPosition>,
     },
     /// The domain refused the input.

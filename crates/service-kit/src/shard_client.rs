@@ -149,6 +149,7 @@ pub fn input_name(request: &ShardRequest) -> &'static str {
         },
         ShardRequest::Command { .. } => "command",
         ShardRequest::Thing { .. } => "thing",
+        ShardRequest::Credential { .. } => "credential",
     }
 }
 

@@ -6,12 +6,14 @@
 use std::collections::{HashMap, HashSet};
 
 use fleetcmd_domain::command;
+use fleetcmd_domain::credential::{self, Credentials};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
 use fleetcmd_domain::execution::{self, Folded as Step};
-use fleetcmd_domain::ids::{CommandId, ExecutionId};
+use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
 use fleetcmd_domain::model::{Command, Execution};
 use fleetcmd_domain::ports::{
-    CommandWrite, ExecutionWrite, PortError, ProjectionBatch, ReadModel, ThingWrite,
+    CommandWrite, CredentialWrite, ExecutionWrite, PortError, ProjectionBatch, ReadModel,
+    ThingWrite,
 };
 use fleetcmd_domain::protocol::ExecutionChanged;
 use fleetcmd_domain::thing::{self, Thing, ThingEvent};
@@ -25,6 +27,8 @@ pub struct Needs {
     pub commands: Vec<CommandId>,
     /// Things whose first event in the batch is not their creation.
     pub things: Vec<String>,
+    /// Credential owners the batch touches.
+    pub credentials: Vec<Target>,
 }
 
 /// The stored states a batch folds onto (missing ones are absent).
@@ -33,6 +37,7 @@ pub struct Loaded {
     pub executions: HashMap<ExecutionId, Execution>,
     pub commands: HashMap<CommandId, Command>,
     pub things: HashMap<String, Thing>,
+    pub credentials: HashMap<Target, Credentials>,
 }
 
 /// What one batch writes, and the status changes to announce after the commit.
@@ -52,6 +57,7 @@ pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
     let mut seen_e: HashSet<&ExecutionId> = HashSet::new();
     let mut seen_c: HashSet<&CommandId> = HashSet::new();
     let mut seen_t: HashSet<&str> = HashSet::new();
+    let mut seen_o: HashSet<&Target> = HashSet::new();
     for env in envelopes {
         match &env.aggregate {
             Aggregate::Execution { execution_id, .. } => {
@@ -76,6 +82,11 @@ pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
                 );
                 if seen_t.insert(name) && !created {
                     needs.things.push(name.clone());
+                }
+            }
+            Aggregate::Credential(owner) => {
+                if seen_o.insert(owner) {
+                    needs.credentials.push(owner.clone());
                 }
             }
         }
@@ -116,6 +127,11 @@ pub async fn load(
             loaded.things.insert(name.clone(), t);
         }
     }
+    for owner in &needs.credentials {
+        if let Some(c) = read_model.get_credentials(owner).await? {
+            loaded.credentials.insert(owner.clone(), c);
+        }
+    }
     Ok(loaded)
 }
 
@@ -145,6 +161,12 @@ pub fn fold(
         .collect();
     let mut order_c: Vec<CommandId> = Vec::new();
     let mut order_t: Vec<String> = Vec::new();
+    let mut credentials: HashMap<Target, Option<Credentials>> = loaded
+        .credentials
+        .into_iter()
+        .map(|(owner, c)| (owner, Some(c)))
+        .collect();
+    let mut order_o: Vec<Target> = Vec::new();
     let mut seen_t: HashSet<String> = HashSet::new();
     let mut seen_e: HashSet<ExecutionId> = HashSet::new();
     let mut seen_c: HashSet<CommandId> = HashSet::new();
@@ -192,6 +214,16 @@ pub fn fold(
                     thing::fold(slot, event, env.at, env.seq);
                 }
             }
+            Aggregate::Credential(owner) => {
+                if let Event::Credential { event } = &env.event {
+                    if !order_o.contains(owner) {
+                        // Few owners per batch: a scan is cheaper than a set.
+                        order_o.push(owner.clone());
+                    }
+                    let slot = credentials.entry(owner.clone()).or_insert(None);
+                    credential::fold(owner, slot, event, env.at, env.seq);
+                }
+            }
         }
     }
     let mut batch = ProjectionBatch {
@@ -200,6 +232,7 @@ pub fn fold(
         commands: Vec::with_capacity(order_c.len()),
         executions: Vec::with_capacity(order_e.len()),
         things: Vec::with_capacity(order_t.len()),
+        credentials: Vec::with_capacity(order_o.len()),
     };
     for id in order_e {
         match executions.remove(&id) {
@@ -220,6 +253,11 @@ pub fn fold(
         match things.remove(&name) {
             Some(Some(t)) => batch.things.push(ThingWrite::Upsert(t)),
             _ => batch.things.push(ThingWrite::Delete(name)),
+        }
+    }
+    for owner in order_o {
+        if let Some(Some(c)) = credentials.remove(&owner) {
+            batch.credentials.push(CredentialWrite { credentials: c });
         }
     }
     Folded {
@@ -336,5 +374,82 @@ mod tests {
         live.remember(&[ExecutionWrite::Upsert(open)]);
         let batch = [succeeded("c", 3)];
         assert_eq!(needs(&batch, &live), Needs::default());
+    }
+
+    fn credential_env(
+        owner: &Target,
+        seq: u64,
+        event: credential::CredentialEvent,
+    ) -> EventEnvelope {
+        EventEnvelope {
+            event_id: format!("c-{seq}"),
+            schema: fleetcmd_domain::event::SCHEMA_VERSION,
+            aggregate: Aggregate::Credential(owner.clone()),
+            seq,
+            at: 100 * seq as i64,
+            trace: None,
+            event: Event::Credential { event },
+        }
+    }
+
+    #[test]
+    fn credentials_fold_onto_the_stored_owner_and_replays_change_nothing() {
+        use fleetcmd_domain::credential::{CertificateRecord, CertificateStatus, CredentialEvent};
+        let owner = Target::thing("lamp-1").unwrap();
+        let record = CertificateRecord {
+            certificate_id: "ab".repeat(32),
+            owner: owner.clone(),
+            status: CertificateStatus::Active,
+            certificate_pem: "pem".into(),
+            ca_certificate_id: "cd".repeat(32),
+            not_before: 1,
+            not_after: 2,
+            created_at: 100,
+            revoked_at: None,
+        };
+        let batch = [
+            credential_env(
+                &owner,
+                1,
+                CredentialEvent::CertificateAttached(record.clone()),
+            ),
+            credential_env(
+                &owner,
+                2,
+                CredentialEvent::CertificateRevoked {
+                    certificate_id: record.certificate_id.clone(),
+                },
+            ),
+            credential_env(
+                &owner,
+                3,
+                CredentialEvent::PasswordSet {
+                    hash: "$argon2id$h".into(),
+                },
+            ),
+        ];
+        let live = LiveCache::new(8);
+        assert_eq!(
+            needs(&batch, &live).credentials,
+            std::slice::from_ref(&owner)
+        );
+        let folded = fold(&batch, Loaded::default(), 0, 3);
+        let [CredentialWrite { credentials: c }] = folded.batch.credentials.as_slice() else {
+            panic!("one write per owner: {:?}", folded.batch.credentials)
+        };
+        assert_eq!(c.version, 3);
+        assert_eq!(c.password_hash.as_deref(), Some("$argon2id$h"));
+        let stored = &c.certificates[&record.certificate_id];
+        assert_eq!(
+            (stored.status, stored.revoked_at),
+            (CertificateStatus::Revoked, Some(200))
+        );
+        // The same batch again, onto what it wrote, writes the same.
+        let loaded = Loaded {
+            credentials: HashMap::from([(owner.clone(), c.clone())]),
+            ..Loaded::default()
+        };
+        let again = fold(&batch, loaded, 0, 3);
+        assert_eq!(again.batch.credentials, folded.batch.credentials);
     }
 }

@@ -2,8 +2,9 @@
 //! deleted through the owner of the command's shard (event-sourced like executions); reads
 //! of commands and executions are served from the read model; WatchCommandExecutions streams
 //! the projector's status-change notifications. The thing registry (`things.rs`) works the
-//! same way for things.
+//! same way for things, and for device credentials (`credentials.rs`).
 
+mod credentials;
 mod things;
 
 pub use things::ThingService;
@@ -34,6 +35,9 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+/// Called with the id of a certificate whose revocation is durable.
+pub type OnRevoke = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What the registry needs.
 pub struct RegistryDeps {
     pub read_model: Arc<dyn ReadModel>,
@@ -47,7 +51,7 @@ pub struct RegistryDeps {
     pub ca: Option<Arc<fleetcmd_identity::Ca>>,
     /// Called with a certificate's id once its revocation is durable, so whoever serves
     /// devices (the embedded broker) drops the connections that presented it.
-    pub on_revoke: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub on_revoke: Option<OnRevoke>,
     /// Turns true when the process shuts down: open Watch streams end with UNAVAILABLE, so
     /// a graceful shutdown does not wait on them.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -18,7 +18,7 @@ use fleetcmd_service_kit::{await_projection, call_status, unexpected};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::{RegistryDeps, list_status};
+use crate::{RegistryDeps, credentials, list_status};
 
 pub struct ThingService {
     deps: Arc<RegistryDeps>,
@@ -201,14 +201,50 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         Ok(Response::new(pb::DeleteThingResponse {}))
     }
 
+    async fn create_thing_certificate(
+        &self,
+        request: Request<pb::CreateThingCertificateRequest>,
+    ) -> Result<Response<pb::CreateThingCertificateResponse>, Status> {
+        credentials::create_certificate(&self.deps, request).await
+    }
+
+    async fn register_thing_certificate(
+        &self,
+        request: Request<pb::RegisterThingCertificateRequest>,
+    ) -> Result<Response<pb::RegisterThingCertificateResponse>, Status> {
+        credentials::register_certificate(&self.deps, request).await
+    }
+
+    async fn list_thing_certificates(
+        &self,
+        request: Request<pb::ListThingCertificatesRequest>,
+    ) -> Result<Response<pb::ListThingCertificatesResponse>, Status> {
+        credentials::list_certificates(&self.deps, request).await
+    }
+
+    async fn revoke_thing_certificate(
+        &self,
+        request: Request<pb::RevokeThingCertificateRequest>,
+    ) -> Result<Response<pb::RevokeThingCertificateResponse>, Status> {
+        credentials::revoke_certificate(&self.deps, request).await
+    }
+
+    async fn get_certificate_revocation_list(
+        &self,
+        request: Request<pb::GetCertificateRevocationListRequest>,
+    ) -> Result<Response<pb::GetCertificateRevocationListResponse>, Status> {
+        credentials::revocation_list(&self.deps, request).await
+    }
+
+    async fn create_thing_password(
+        &self,
+        request: Request<pb::CreateThingPasswordRequest>,
+    ) -> Result<Response<pb::CreateThingPasswordResponse>, Status> {
+        credentials::create_password(&self.deps, request).await
+    }
+
     not_yet! {
-        create_thing_certificate(pb::CreateThingCertificateRequest) -> pb::CreateThingCertificateResponse: "CreateThingCertificate";
-        register_thing_certificate(pb::RegisterThingCertificateRequest) -> pb::RegisterThingCertificateResponse: "RegisterThingCertificate";
-        list_thing_certificates(pb::ListThingCertificatesRequest) -> pb::ListThingCertificatesResponse: "ListThingCertificates";
-        revoke_thing_certificate(pb::RevokeThingCertificateRequest) -> pb::RevokeThingCertificateResponse: "RevokeThingCertificate";
         register_ca_certificate(pb::RegisterCaCertificateRequest) -> pb::RegisterCaCertificateResponse: "RegisterCaCertificate";
-        get_certificate_revocation_list(pb::GetCertificateRevocationListRequest) -> pb::GetCertificateRevocationListResponse: "GetCertificateRevocationList";
-        create_thing_password(pb::CreateThingPasswordRequest) -> pb::CreateThingPasswordResponse: "CreateThingPassword";
         get_connectivity(pb::GetConnectivityRequest) -> pb::Connectivity: "GetConnectivity";
         create_thing_group(pb::CreateThingGroupRequest) -> pb::ThingGroup: "CreateThingGroup";
         describe_thing_group(pb::DescribeThingGroupRequest) -> pb::ThingGroup: "DescribeThingGroup";

@@ -1,5 +1,5 @@
 //! In-process gRPC round trips against a real `fleetcmd serve`: every method of
-//! `CommandRegistry`, `CommandDispatcher` and the served part of `ThingRegistry`, their success paths and every error code they can
+//! `CommandRegistry`, `CommandDispatcher` and the served part of `ThingRegistry` (things and device credentials), their success paths and every error code they can
 //! return (code, message naming the field or limit, and no change left behind), plus health,
 //! reflection and the serve-time access-control guard.
 //!
@@ -11,6 +11,7 @@ mod auth;
 mod command_lifecycle;
 mod command_validation;
 mod commands;
+mod credentials;
 mod execution_lifecycle;
 mod execution_list;
 mod executions;

@@ -484,10 +484,10 @@ async fn calls_not_served_yet_say_so() -> Result {
     let (server, mut things) = given_things("thing-not-yet").await?;
     expect_code(
         things
-            .create_thing_certificate(pb::CreateThingCertificateRequest::default())
+            .register_ca_certificate(pb::RegisterCaCertificateRequest::default())
             .await,
         Code::Unimplemented,
-        &["CreateThingCertificate is not available"],
+        &["RegisterCaCertificate is not available"],
     );
     expect_code(
         things

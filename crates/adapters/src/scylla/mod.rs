@@ -131,6 +131,7 @@
 //! the server counted the bind markers of the `USING TTL ? AND TIMESTAMP ?` clause, so a
 //! server that ignores it fails the connect instead of every write.
 
+mod credentials;
 mod error;
 mod paging;
 mod plan;
@@ -249,6 +250,7 @@ pub struct ScyllaReadModel {
     clock: Arc<dyn Clock>,
     st: Statements,
     snap: snapshots::SnapshotStatements,
+    cred: credentials::CredentialStatements,
     /// `(scope, bucket)` → the latest `time_to_live` written to `execution_buckets` by this
     /// process; a bucket row only needs rewriting when an execution outlives it.
     buckets_written: Mutex<HashMap<(String, i64), TimestampMs>>,
@@ -327,6 +329,7 @@ impl ScyllaReadModel {
         }
         let st = Statements::prepare(&session, statement_texts(&ks)).await?;
         let snap = snapshots::SnapshotStatements::prepare(&session, &ks).await?;
+        let cred = credentials::CredentialStatements::prepare(&session, &ks).await?;
         check_using_clauses(&st.upsert_execution)?;
         let buckets = settle_settings(&session, &ks, config.buckets).await?;
         tracing::info!(keyspace = %ks, ?buckets, "ScyllaDB read model ready");
@@ -338,6 +341,7 @@ impl ScyllaReadModel {
             clock: config.clock,
             st,
             snap,
+            cred,
             buckets_written: Mutex::new(HashMap::new()),
             thing_clock: AtomicI64::new(i64::MIN),
         }))

@@ -1,9 +1,10 @@
-//! The [`ReadModel`] methods: commits (deletes, then upserts, then things, then the
-//! position), gets, listings page by page, client-token lookups, and the purge (nothing to
+//! The [`ReadModel`] methods: commits (deletes, then upserts, then things and credentials,
+//! then the position), gets, listings page by page, client-token lookups, and the purge (nothing to
 //! do: TTLs expire the records).
 
 use std::collections::HashMap;
 
+use fleetcmd_domain::credential::{CertificateRecord, Credentials};
 use fleetcmd_domain::ports::{
     CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortError, PortResult,
     ProjectionBatch, ReadModel, ThingQuery,
@@ -105,6 +106,7 @@ impl ReadModel for ScyllaReadModel {
         self.run_writes(deletes).await?;
         self.run_writes(upserts).await?;
         self.commit_things(&batch.things).await?;
+        self.commit_credentials(&batch.credentials).await?;
 
         // Only now: a crash before this line replays the batch, which changes nothing.
         let next = to_i64(batch.next_offset, "next_offset")?;
@@ -321,6 +323,18 @@ impl ReadModel for ScyllaReadModel {
 
     async fn list_things(&self, query: &ThingQuery) -> PortResult<Page<Thing>> {
         self.thing_page(query).await
+    }
+
+    async fn get_credentials(&self, owner: &Target) -> PortResult<Option<Credentials>> {
+        self.stored_credentials(owner).await
+    }
+
+    async fn get_certificate(&self, certificate_id: &str) -> PortResult<Option<CertificateRecord>> {
+        self.stored_certificate(certificate_id).await
+    }
+
+    async fn revoked_certificates(&self) -> PortResult<Vec<CertificateRecord>> {
+        self.stored_revoked().await
     }
 
     async fn find_execution_by_token(

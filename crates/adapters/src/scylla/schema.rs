@@ -108,6 +108,7 @@ pub(super) fn schema_cql(ks: &str, replication: &str) -> Vec<String> {
          PRIMARY KEY (log_partition))"
     ));
     ddl.extend(super::snapshots::snapshot_tables(ks));
+    ddl.extend(super::credentials::credential_tables(ks));
     ddl
 }
 

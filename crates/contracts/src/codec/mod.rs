@@ -82,6 +82,7 @@ fn envelope_to_pb(env: &EventEnvelope) -> ipb::EventEnvelope {
             target: Some(target.into()),
         }),
         Aggregate::Thing(name) => A::ThingName(name.clone()),
+        Aggregate::Credential(owner) => A::CredentialOwner(owner.into()),
     };
     ipb::EventEnvelope {
         event_id: env.event_id.clone(),
@@ -106,6 +107,7 @@ fn envelope_from_pb(env: ipb::EventEnvelope) -> Result<EventEnvelope> {
             fleetcmd_domain::thing::validate_thing_name(&name)?;
             Aggregate::Thing(name)
         }
+        A::CredentialOwner(owner) => Aggregate::Credential(Target::try_from(owner)?),
     };
     Ok(EventEnvelope {
         event_id: env.event_id,
@@ -163,6 +165,7 @@ fn event_to_pb(event: &Event) -> ipb::event_envelope::Event {
         }
         Event::ExecutionDeleted => E::ExecutionDeleted(ipb::ExecutionDeleted {}),
         Event::Thing { event } => things::event_to_pb(event),
+        Event::Credential { event } => credentials::event_to_pb(event),
     }
 }
 
@@ -209,6 +212,11 @@ fn event_from_pb(event: ipb::event_envelope::Event) -> Result<Event> {
         | E::ThingRemovedFromGroup(_) => Event::Thing {
             event: things::event_from_pb(event)?,
         },
+        E::CertificateAttached(_) | E::CertificateRevoked(_) | E::PasswordSet(_) => {
+            Event::Credential {
+                event: credentials::event_from_pb(event)?,
+            }
+        }
     })
 }
 
@@ -390,6 +398,9 @@ pub fn encode_shard_request(request: &ShardRequest) -> Vec<u8> {
         ShardRequest::Thing { thing_name, input } => {
             R::Thing(things::input_to_pb(thing_name, input))
         }
+        ShardRequest::Credential { owner, input } => {
+            R::Credential(credentials::input_to_pb(owner, input))
+        }
     };
     ipb::ShardRequest {
         request: Some(request),
@@ -412,6 +423,7 @@ pub fn decode_shard_request(bytes: &[u8]) -> Result<ShardRequest> {
         R::Execution(x) => execution_input_from_pb(x)?,
         R::Command(c) => command_input_from_pb(c)?,
         R::Thing(t) => things::input_from_pb(t)?,
+        R::Credential(c) => credentials::input_from_pb(c)?,
     })
 }
 
@@ -556,6 +568,13 @@ pub fn encode_shard_reply(reply: &ShardReply) -> Vec<u8> {
             deleted: *deleted,
             position: position.map(position_to_pb),
         }),
+        ShardReply::Credential {
+            certificate,
+            position,
+        } => R::Credential(ipb::CredentialApplied {
+            certificate: certificate.as_deref().map(credentials::certificate_to_ipb),
+            position: position.map(position_to_pb),
+        }),
         ShardReply::Rejected(r) => R::Rejected(ipb::Rejection {
             code: rejection_code_to_pb(r.code) as i32,
             message: r.message.clone(),
@@ -596,6 +615,14 @@ pub fn decode_shard_reply(bytes: &[u8]) -> Result<ShardReply> {
                 .map(Box::new),
             deleted: t.deleted,
             position: t.position.map(position_from_pb),
+        },
+        R::Credential(c) => ShardReply::Credential {
+            certificate: c
+                .certificate
+                .map(credentials::certificate_from_ipb)
+                .transpose()?
+                .map(Box::new),
+            position: c.position.map(position_from_pb),
         },
         R::Rejected(r) => ShardReply::Rejected(Rejection {
             code: rejection_code_from_pb(r.code)?,
@@ -816,6 +843,11 @@ pub fn encode_snapshot(s: &ShardSnapshot) -> Vec<u8> {
                 seq: *seq,
             })
             .collect(),
+        credentials: s
+            .credentials
+            .iter()
+            .map(credentials::credentials_to_ipb)
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -889,9 +921,15 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ShardSnapshot> {
                 ))
             })
             .collect::<Result<_>>()?,
+        credentials: s
+            .credentials
+            .into_iter()
+            .map(credentials::credentials_from_ipb)
+            .collect::<Result<_>>()?,
     })
 }
 
+mod credentials;
 mod things;
 
 #[cfg(test)]

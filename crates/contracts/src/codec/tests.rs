@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use fleetcmd_domain::command::{CommandInput, CreateCommand, UpdateCommand};
+use fleetcmd_domain::credential::{
+    CertificateRecord, CertificateStatus, CredentialEvent, CredentialInput, Credentials,
+};
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::execution::ExecutionInput;
@@ -123,6 +126,35 @@ fn thing() -> Thing {
     }
 }
 
+fn certificate(owner: Target, revoked_at: Option<i64>) -> CertificateRecord {
+    CertificateRecord {
+        certificate_id: "ab".repeat(32),
+        owner,
+        status: if revoked_at.is_some() {
+            CertificateStatus::Revoked
+        } else {
+            CertificateStatus::Active
+        },
+        certificate_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+        ca_certificate_id: "cd".repeat(32),
+        not_before: 1_000,
+        not_after: 2_000,
+        created_at: 1_500,
+        revoked_at,
+    }
+}
+
+fn credentials() -> Credentials {
+    let owner = Target::client("sensor-7").unwrap();
+    let c = certificate(owner.clone(), Some(1_600));
+    Credentials {
+        owner,
+        certificates: [(c.certificate_id.clone(), c)].into(),
+        password_hash: Some("$argon2id$v=19$m=4096,t=2,p=1$c2FsdA$aGFzaA".into()),
+        version: 3,
+    }
+}
+
 fn every_event() -> Vec<Event> {
     let thing_events = [
         ThingEvent::Created(thing()),
@@ -196,6 +228,20 @@ fn every_event() -> Vec<Event> {
         Event::ExecutionDeleted,
     ];
     events.extend(thing_events.map(|event| Event::Thing { event }));
+    let credential_events = [
+        CredentialEvent::CertificateAttached(certificate(Target::thing("lamp-1").unwrap(), None)),
+        CredentialEvent::CertificateAttached(certificate(
+            Target::thing("lamp-1").unwrap(),
+            Some(7),
+        )),
+        CredentialEvent::CertificateRevoked {
+            certificate_id: "ab".repeat(32),
+        },
+        CredentialEvent::PasswordSet {
+            hash: "$argon2id$v=19$x".into(),
+        },
+    ];
+    events.extend(credential_events.map(|event| Event::Credential { event }));
     events
 }
 
@@ -206,6 +252,10 @@ fn envelope(event: Event, seq: u64, trace: Option<&str>) -> EventEnvelope {
         | Event::CommandDeletionScheduled { .. }
         | Event::CommandDeleted => Aggregate::Command(CommandId::parse("set-level").unwrap()),
         Event::Thing { .. } => Aggregate::Thing("lamp-1".into()),
+        Event::Credential {
+            event: CredentialEvent::PasswordSet { .. },
+        } => Aggregate::Credential(Target::client("sensor-7").unwrap()),
+        Event::Credential { .. } => Aggregate::Credential(Target::thing("lamp-1").unwrap()),
         _ => Aggregate::Execution {
             execution_id: ExecutionId::parse("e-1").unwrap(),
             target: Target::thing("lamp-1").unwrap(),
@@ -393,6 +443,26 @@ fn every_request() -> Vec<ShardRequest> {
             input,
         });
     }
+    for (owner, input) in [
+        (
+            Target::thing("lamp-1").unwrap(),
+            CredentialInput::AttachCertificate(certificate(Target::thing("lamp-1").unwrap(), None)),
+        ),
+        (
+            Target::client("sensor-7").unwrap(),
+            CredentialInput::RevokeCertificate {
+                certificate_id: "ab".repeat(32),
+            },
+        ),
+        (
+            Target::client("sensor-7").unwrap(),
+            CredentialInput::SetPassword {
+                hash: "$argon2id$v=19$x".into(),
+            },
+        ),
+    ] {
+        requests.push(ShardRequest::Credential { owner, input });
+    }
     requests
 }
 
@@ -448,6 +518,17 @@ fn every_shard_reply_decodes_to_what_was_encoded() {
         ShardReply::Thing {
             thing: None,
             deleted: true,
+            position: None,
+        },
+        ShardReply::Credential {
+            certificate: Some(Box::new(certificate(
+                Target::client("sensor-7").unwrap(),
+                Some(9),
+            ))),
+            position,
+        },
+        ShardReply::Credential {
+            certificate: None,
             position: None,
         },
         ShardReply::Unavailable("moving".into()),
@@ -526,6 +607,10 @@ fn a_snapshot_decodes_to_what_was_encoded_and_another_version_is_refused() {
         }],
         commands: vec![(template_command(), 4), (static_command(), 1)],
         things: vec![(thing(), 7)],
+        credentials: vec![
+            credentials(),
+            Credentials::new(Target::thing("lamp-1").unwrap()),
+        ],
     };
     assert_eq!(
         decode_snapshot(&encode_snapshot(&snapshot)).unwrap(),

@@ -26,6 +26,7 @@ use fleetcmd_domain::error::ValidationError;
 
 mod arns;
 mod commands;
+mod credentials;
 mod enums;
 mod executions;
 mod status;
@@ -41,6 +42,7 @@ pub use commands::{
     command_parameter_from_pb, command_summary_to_pb, command_to_pb, create_command_response,
     operand_from_pb, update_command_response, value_condition_from_pb,
 };
+pub use credentials::credential_owner_from_pb;
 pub use enums::{
     comparison_operator_from_pb, output_format_from_pb, page_size_from_pb, parameter_type_from_pb,
     sort_ascending_from_pb, status_from_pb, status_to_pb,

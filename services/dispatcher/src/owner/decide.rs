@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use fleetcmd_domain::command::{self, CommandInput, CommandSettings};
+use fleetcmd_domain::credential::{self, CredentialInput};
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::event::{Aggregate, Event};
 use fleetcmd_domain::execution::{self, ExecutionInput};
@@ -86,6 +87,11 @@ pub enum Outcome {
     Command { command_id: String },
     /// A thing input: answer with the thing's state after it.
     Thing { thing_name: String },
+    /// A credential input: answer with the certificate it was about (none: a password).
+    Credential {
+        owner: Target,
+        certificate_id: Option<String>,
+    },
 }
 
 /// The events an input produces (in order, one log record) and what to answer.
@@ -133,7 +139,9 @@ pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardReq
                     needs.executions.push(execution_id.clone());
                 }
             }
-            ShardRequest::Command { .. } | ShardRequest::Thing { .. } => {}
+            ShardRequest::Command { .. }
+            | ShardRequest::Thing { .. }
+            | ShardRequest::Credential { .. } => {}
         }
     }
     needs
@@ -190,6 +198,35 @@ pub fn decide(
                     .collect(),
                 outcome: Outcome::Thing {
                     thing_name: thing_name.clone(),
+                },
+            })
+        }
+        ShardRequest::Credential { owner, input } => {
+            // A thing owner is in this shard: the shard of `thing/<name>` is its thing's.
+            let thing_exists = state.thing(&owner.id).is_some();
+            let decided =
+                credential::decide(owner, state.credentials(owner), input, now, thing_exists)?;
+            let certificate_id = match input {
+                CredentialInput::AttachCertificate(r) => Some(r.certificate_id.clone()),
+                CredentialInput::RevokeCertificate { certificate_id } => {
+                    Some(certificate_id.clone())
+                }
+                CredentialInput::SetPassword { .. } => None,
+            };
+            Ok(Decision {
+                hydrate: None,
+                events: decided
+                    .into_iter()
+                    .map(|event| {
+                        (
+                            Aggregate::Credential(owner.clone()),
+                            Event::Credential { event },
+                        )
+                    })
+                    .collect(),
+                outcome: Outcome::Credential {
+                    owner: owner.clone(),
+                    certificate_id,
                 },
             })
         }

@@ -17,7 +17,8 @@ use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::ids::ExecutionId;
 use fleetcmd_domain::model::{Execution, Payload, TimestampMs};
 use fleetcmd_domain::ports::{
-    BusMessage, CommandWrite, ExecutionWrite, PortError, ProjectionWrites, ThingWrite,
+    BusMessage, CommandWrite, CredentialWrite, ExecutionWrite, PortError, ProjectionWrites,
+    ThingWrite,
 };
 use fleetcmd_domain::protocol::{
     DELIVER_SUBJECT, Delivery, ExecutionChanged, LogPosition, ShardReply, ShardRequest,
@@ -485,6 +486,16 @@ impl Owner {
                     position,
                 }
             }
+            Outcome::Credential {
+                owner,
+                certificate_id,
+            } => ShardReply::Credential {
+                certificate: certificate_id.as_ref().and_then(|id| {
+                    let stored = self.state.credentials(owner)?.certificates.get(id)?;
+                    Some(Box::new(stored.clone()))
+                }),
+                position,
+            },
         })
     }
 
@@ -576,12 +587,14 @@ impl Owner {
     }
 
     /// The read-model writes of `records` (already applied to the state): each execution,
-    /// command and thing they touch, as the state now holds it, or its deletion.
+    /// command, thing and credential owner they touch, as the state now holds it, or its
+    /// deletion.
     fn projection_writes(&self, records: &[&[EventEnvelope]]) -> ProjectionWrites {
         let mut writes = ProjectionWrites::default();
         let mut seen_c = std::collections::HashSet::new();
         let mut seen_e = std::collections::HashSet::new();
         let mut seen_t = std::collections::HashSet::new();
+        let mut seen_o = std::collections::HashSet::new();
         for env in records.iter().flat_map(|r| r.iter()) {
             match &env.aggregate {
                 Aggregate::Execution { execution_id, .. } => {
@@ -608,6 +621,15 @@ impl Owner {
                         writes.things.push(match self.state.thing(name) {
                             Some(t) => ThingWrite::Upsert(t.clone()),
                             None => ThingWrite::Delete(name.clone()),
+                        });
+                    }
+                }
+                Aggregate::Credential(owner) => {
+                    if seen_o.insert(owner)
+                        && let Some(c) = self.state.credentials(owner)
+                    {
+                        writes.credentials.push(CredentialWrite {
+                            credentials: c.clone(),
                         });
                     }
                 }

@@ -2,7 +2,7 @@
 //! from the events (and, for eviction, from the caller).
 //!
 //! It holds every execution that is not terminal (and a bounded cache of terminal ones), the
-//! commands and things the shard owns, the client tokens of recent starts, the timers (execution
+//! commands, things and device credentials the shard owns, the client tokens of recent starts, the timers (execution
 //! deadlines, scheduled command deletions), the trace each execution started under, and the
 //! payloads of executions still CREATED (a new owner delivers those again).
 
@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use fleetcmd_domain::command;
+use fleetcmd_domain::credential::{self, Credentials};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, ShardSnapshot, SnapshotToken};
 use fleetcmd_domain::execution::{self, Folded};
 use fleetcmd_domain::ids::{ExecutionId, Target};
@@ -56,6 +57,9 @@ pub struct ShardState {
     commands: HashMap<String, (Command, u64)>,
     /// The shard's registered things and the sequence number of each one's last event.
     things: HashMap<String, (Thing, u64)>,
+    /// The credentials of the shard's owners (things and bare clients); each one's version
+    /// is the sequence number of its last event.
+    credentials: HashMap<Target, Credentials>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     /// The offset the next record appended to the partition gets.
     next_offset: u64,
@@ -98,6 +102,10 @@ impl ShardState {
         self.things.get(name).map_or(0, |(_, s)| *s)
     }
 
+    pub fn credentials(&self, owner: &Target) -> Option<&Credentials> {
+        self.credentials.get(owner)
+    }
+
     /// The sequence number the next event of `aggregate` gets: one past its last event's.
     pub fn next_seq(&self, aggregate: &Aggregate) -> u64 {
         let last = match aggregate {
@@ -106,6 +114,7 @@ impl ShardState {
             }
             Aggregate::Command(id) => self.command_seq(id.as_str()),
             Aggregate::Thing(name) => self.thing_seq(name),
+            Aggregate::Credential(owner) => self.credentials(owner).map_or(0, |c| c.version),
         };
         last + 1
     }
@@ -214,6 +223,16 @@ impl ShardState {
                     thing::apply(&mut state, event, env.at);
                     if let Some(t) = state {
                         self.things.insert(name.clone(), (t, env.seq));
+                    }
+                }
+            }
+            Aggregate::Credential(owner) => {
+                if let Event::Credential { event } = &env.event {
+                    let mut state = self.credentials.remove(owner);
+                    credential::apply(owner, &mut state, event, env.at);
+                    if let Some(mut c) = state {
+                        c.version = env.seq;
+                        self.credentials.insert(owner.clone(), c);
                     }
                 }
             }
@@ -383,6 +402,8 @@ impl ShardState {
         commands.sort_by(|a, b| a.0.command_id.cmp(&b.0.command_id));
         let mut things: Vec<(Thing, u64)> = self.things.values().cloned().collect();
         things.sort_by(|a, b| a.0.thing_name.cmp(&b.0.thing_name));
+        let mut credentials: Vec<Credentials> = self.credentials.values().cloned().collect();
+        credentials.sort_by(|a, b| a.owner.cmp(&b.owner));
         ShardSnapshot {
             next_offset: self.next_offset,
             executions,
@@ -391,6 +412,7 @@ impl ShardState {
             tokens,
             commands,
             things,
+            credentials,
         }
     }
 
@@ -446,6 +468,11 @@ impl ShardState {
             .things
             .into_iter()
             .map(|(t, seq)| (t.thing_name.clone(), (t, seq)))
+            .collect();
+        state.credentials = snapshot
+            .credentials
+            .into_iter()
+            .map(|c| (c.owner.clone(), c))
             .collect();
         state
     }

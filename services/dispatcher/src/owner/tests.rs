@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use fleetcmd_domain::command::{CommandInput, CommandSettings, CreateCommand};
+use fleetcmd_domain::credential::{CertificateRecord, CertificateStatus, CredentialInput};
 use fleetcmd_domain::error::RejectionCode;
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::execution::ExecutionInput;
@@ -102,6 +103,27 @@ fn update_thing(attributes: &[(&str, &str)], expected_version: Option<u64>) -> T
         expected_version,
         ..UpdateThing::default()
     })
+}
+
+fn certificate(owner: &Target, n: u8) -> CertificateRecord {
+    CertificateRecord {
+        certificate_id: format!("{n:02x}").repeat(32),
+        owner: owner.clone(),
+        status: CertificateStatus::Active,
+        certificate_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
+        ca_certificate_id: "ca".repeat(32),
+        not_before: 1,
+        not_after: 1_000_000,
+        created_at: 0,
+        revoked_at: None,
+    }
+}
+
+fn credential_request(owner: &Target, input: CredentialInput) -> ShardRequest {
+    ShardRequest::Credential {
+        owner: owner.clone(),
+        input,
+    }
 }
 
 /// A shard under test: its state, and what its read model holds.
@@ -502,6 +524,84 @@ fn a_thing_is_created_updated_and_deleted_by_its_shard_with_versions_as_sequence
 }
 
 #[test]
+fn a_things_credentials_are_decided_by_its_shard_and_need_the_thing() {
+    let mut shard = given();
+    let lamp = Target::thing("lamp-1").unwrap();
+    let attach = |n| {
+        credential_request(
+            &lamp,
+            CredentialInput::AttachCertificate(certificate(&lamp, n)),
+        )
+    };
+    // Given no thing lamp-1, its credentials are refused.
+    assert_eq!(
+        rejection(shard.when(attach(1), 5)),
+        RejectionCode::ResourceNotFound
+    );
+    shard
+        .when(thing_request("lamp-1", create_thing("lamp-1", &[])), 6)
+        .unwrap();
+    // When a certificate is attached, then one event of the owner's aggregate, answered
+    // with the stored certificate.
+    let attached = shard.when(attach(1), 7).unwrap();
+    assert_eq!(attached.events.len(), 1);
+    assert_eq!(attached.events[0].0, Aggregate::Credential(lamp.clone()));
+    assert_eq!(
+        attached.outcome,
+        Outcome::Credential {
+            owner: lamp.clone(),
+            certificate_id: Some(certificate(&lamp, 1).certificate_id),
+        }
+    );
+    let creds = shard.state.credentials(&lamp).expect("stored");
+    let stored = &creds.certificates[&certificate(&lamp, 1).certificate_id];
+    assert_eq!(
+        (stored.status, stored.created_at, creds.version),
+        (CertificateStatus::Active, 7, 1)
+    );
+    // Attached again: nothing recorded.
+    assert!(shard.when(attach(1), 8).unwrap().events.is_empty());
+    let revoke = credential_request(
+        &lamp,
+        CredentialInput::RevokeCertificate {
+            certificate_id: certificate(&lamp, 1).certificate_id,
+        },
+    );
+    shard.when(revoke.clone(), 9).unwrap();
+    assert!(shard.when(revoke, 10).unwrap().events.is_empty());
+    let password = CredentialInput::SetPassword {
+        hash: "$argon2id$v=19$m=4096,t=2,p=1$abc$def".into(),
+    };
+    shard
+        .when(credential_request(&lamp, password.clone()), 11)
+        .unwrap();
+    let creds = shard.state.credentials(&lamp).unwrap();
+    let stored = &creds.certificates[&certificate(&lamp, 1).certificate_id];
+    assert_eq!(
+        (stored.status, stored.revoked_at),
+        (CertificateStatus::Revoked, Some(9))
+    );
+    assert_eq!(creds.version, 3);
+    assert_eq!(
+        shard.state.next_seq(&Aggregate::Credential(lamp.clone())),
+        4
+    );
+    // A bare client needs no thing.
+    let client = Target::client("sensor-7").unwrap();
+    let set = shard
+        .when(credential_request(&client, password), 12)
+        .unwrap();
+    assert_eq!(set.events.len(), 1);
+    assert_eq!(
+        shard
+            .state
+            .credentials(&client)
+            .map(|c| c.password_hash.is_some()),
+        Some(true)
+    );
+}
+
+#[test]
 fn a_request_for_another_shard_is_sent_back_retryable() {
     let shard = given();
     let settings = Settings {
@@ -656,6 +756,28 @@ fn a_rebuild_from_a_snapshot_and_the_tail_equals_a_rebuild_from_offset_zero() {
             21 + i as i64,
         );
     }
+    let lamp = Target::thing("lamp-1").unwrap();
+    for (i, input) in [
+        CredentialInput::AttachCertificate(certificate(&lamp, 1)),
+        CredentialInput::AttachCertificate(certificate(&lamp, 2)),
+        CredentialInput::RevokeCertificate {
+            certificate_id: certificate(&lamp, 1).certificate_id,
+        },
+        CredentialInput::SetPassword {
+            hash: "$argon2id$v=19$x".into(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        request(
+            &mut shard,
+            &mut log,
+            credential_request(&lamp, input),
+            25 + i as i64,
+        );
+    }
+    assert_eq!(shard.state.credentials(&lamp).map(|c| c.version), Some(4));
     for (i, status) in [
         ExecutionStatus::InProgress,
         ExecutionStatus::Succeeded,

@@ -37,10 +37,14 @@ pub fn input_span(
             };
             execution_span(state, shard, name, execution_id, caller)
         }
-        ShardRequest::Start(_) | ShardRequest::Command { .. } | ShardRequest::Thing { .. } => {
+        ShardRequest::Start(_)
+        | ShardRequest::Command { .. }
+        | ShardRequest::Thing { .. }
+        | ShardRequest::Credential { .. } => {
             let name = match req {
                 ShardRequest::Start(_) => "shard.owner start",
                 ShardRequest::Thing { .. } => "shard.owner thing",
+                ShardRequest::Credential { .. } => "shard.owner credential",
                 _ => "shard.owner command",
             };
             let span = tracing::info_span!(

@@ -1,6 +1,7 @@
 //! s7: the thing registry in cluster mode: a thing created through the registry is decided by
 //! the owner of its shard, logged in Kafka, projected into the CQL read model and readable as
-//! soon as the call returns; updates, listings and deletes go the same way.
+//! soon as the call returns; updates, listings and deletes go the same way, and so do device
+//! passwords (certificates need a device CA, which the cluster does not have).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -134,5 +135,70 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
     .await
     .expect_err("a deleted thing");
     assert_eq!(gone.code(), Code::NotFound);
+    // Credentials: the cluster has no device CA, so certificates are refused; a password is
+    // decided by the thing's shard owner and projected like the thing.
+    let owner = Some(pb::CredentialOwner {
+        owner: Some(pb::credential_owner::Owner::ThingName(names[0].clone())),
+    });
+    let cert = pb::CreateThingCertificateRequest {
+        owner: owner.clone(),
+        validity_days: 0,
+    };
+    let refused = retried(
+        "CreateThingCertificate",
+        &things,
+        cert,
+        |mut c, r| async move { c.create_thing_certificate(r).await },
+    )
+    .await
+    .expect_err("no CA in the cluster");
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("no device CA"),
+        "{}",
+        refused.message()
+    );
+    let password = pb::CreateThingPasswordRequest {
+        owner: owner.clone(),
+    };
+    let created = retried(
+        "CreateThingPassword",
+        &things,
+        password,
+        |mut c, r| async move { c.create_thing_password(r).await },
+    )
+    .await
+    .expect("password");
+    assert_eq!(created.username, names[0]);
+    assert!(!created.password.is_empty());
+    let ghost = pb::CreateThingPasswordRequest {
+        owner: Some(pb::CredentialOwner {
+            owner: Some(pb::credential_owner::Owner::ThingName(names[4].clone())),
+        }),
+    };
+    let refused = retried(
+        "CreateThingPassword",
+        &things,
+        ghost,
+        |mut c, r| async move { c.create_thing_password(r).await },
+    )
+    .await
+    .expect_err("a deleted thing has no credentials");
+    assert_eq!(refused.code(), Code::NotFound);
+    let list = pb::ListThingCertificatesRequest { owner };
+    let listed = retried(
+        "ListThingCertificates",
+        &things,
+        list,
+        |mut c, r| async move { c.list_thing_certificates(r).await },
+    )
+    .await
+    .expect("list certificates");
+    assert!(listed.certificates.is_empty());
     cluster.assert_all_alive();
 }

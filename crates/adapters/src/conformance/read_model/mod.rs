@@ -13,9 +13,10 @@
 //! ScyllaDB adapter runs everything, with tombstones and expiry by TTL.
 //!
 //! Files: `commands.rs`, `executions.rs` (gets, versions, client tokens), `listings.rs`
-//! (execution listings and page tokens), `expiry.rs`, `things.rs`.
+//! (execution listings and page tokens), `expiry.rs`, `things.rs`, `credentials.rs`.
 
 mod commands;
+mod credentials;
 mod executions;
 mod expiry;
 mod listings;
@@ -45,6 +46,9 @@ pub use commands::{
     command_listings_filter_by_namespace_and_parameter, command_upserts_replace_the_stored_command,
     commands_round_trip_every_field, deleted_commands_leave_gets_and_the_parameter_index,
     malformed_command_page_tokens_are_refused,
+};
+pub use credentials::{
+    credentials_round_trip_every_field, revocations_are_listed_and_older_versions_change_nothing,
 };
 pub use executions::{
     a_lagging_upsert_after_a_delete_brings_nothing_back,
@@ -101,6 +105,8 @@ macro_rules! __read_model_checks {
             thing_upserts_replace_and_deletes_remove_it_everywhere,
             thing_listings_sort_by_name_and_filter,
             malformed_thing_page_tokens_are_refused,
+            credentials_round_trip_every_field,
+            revocations_are_listed_and_older_versions_change_nothing,
         );
     };
 }
@@ -257,6 +263,7 @@ async fn commit_next(
             commands,
             executions,
             things: Vec::new(),
+            credentials: Vec::new(),
         },
     )
     .await;

@@ -1,9 +1,10 @@
 //! The [`ReadModel`] methods. A commit is one write of the writer thread: its upserts and
 //! deletes and the partition's position commit together.
 
+use fleetcmd_domain::credential::{CertificateRecord, Credentials};
 use fleetcmd_domain::ports::{
-    CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortResult, ProjectionBatch,
-    ProjectionWrites, ReadModel, ThingQuery, ThingWrite,
+    CommandQuery, CommandWrite, CredentialWrite, ExecutionQuery, ExecutionWrite, Page, PortResult,
+    ProjectionBatch, ProjectionWrites, ReadModel, ThingQuery, ThingWrite,
 };
 use fleetcmd_domain::thing::Thing;
 use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
@@ -22,7 +23,11 @@ pub(super) fn apply_writes(tx: &Connection, writes: &ProjectionWrites) -> Result
         commands,
         executions,
         things,
+        credentials,
     } = writes;
+    for w in credentials {
+        upsert_credentials(tx, w)?;
+    }
     for w in things {
         match w {
             ThingWrite::Upsert(t) => upsert_thing(tx, t)?,
@@ -128,6 +133,35 @@ fn delete_thing(tx: &Connection, name: &str) -> Result<()> {
     delete_thing_filters(tx, name)
 }
 
+fn upsert_credentials(tx: &Connection, w: &CredentialWrite) -> Result<()> {
+    let c = &w.credentials;
+    let owner = c.owner.resource_name();
+    let data =
+        serde_json::to_string(c).map_err(|e| Error::Encode(format!("credentials {owner}: {e}")))?;
+    // An older or equal version (a replay) changes nothing, its certificates included.
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO credentials (owner, version, data) VALUES (?1, ?2, ?3)
+             ON CONFLICT (owner) DO UPDATE SET version = excluded.version, data = excluded.data
+             WHERE excluded.version > credentials.version",
+        )?
+        .execute(params![owner, to_i64(c.version, "version")?, data])?;
+    if changed == 0 {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO certificates (certificate_id, owner, status, data) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (certificate_id) DO UPDATE SET
+             owner = excluded.owner, status = excluded.status, data = excluded.data",
+    )?;
+    for r in c.certificates.values() {
+        let data = serde_json::to_string(r)
+            .map_err(|e| Error::Encode(format!("certificate {}: {e}", r.certificate_id)))?;
+        upsert.execute(params![r.certificate_id, owner, r.status.as_str(), data])?;
+    }
+    Ok(())
+}
+
 fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
     let data = serde_json::to_string(e)
         .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
@@ -172,11 +206,13 @@ impl ReadModel for SqliteStore {
             commands,
             executions,
             things,
+            credentials,
         } = batch;
         let writes = ProjectionWrites {
             commands,
             executions,
             things,
+            credentials,
         };
         self.write(move |_, tx, _| {
             apply_writes(tx, &writes)?;
@@ -293,6 +329,30 @@ impl ReadModel for SqliteStore {
             .await
     }
 
+    async fn get_credentials(&self, owner: &Target) -> PortResult<Option<Credentials>> {
+        let sql = "SELECT data FROM credentials WHERE owner = ?1";
+        self.read_by_id("credentials", sql, &owner.resource_name())
+            .await
+    }
+
+    async fn get_certificate(&self, certificate_id: &str) -> PortResult<Option<CertificateRecord>> {
+        let sql = "SELECT data FROM certificates WHERE certificate_id = ?1";
+        self.read_by_id("certificate", sql, certificate_id).await
+    }
+
+    async fn list_certificates(&self, owner: &Target) -> PortResult<Vec<CertificateRecord>> {
+        let sql = "SELECT certificate_id, data FROM certificates WHERE owner = ?1
+                   ORDER BY certificate_id";
+        self.read_certificates(sql, Some(owner.resource_name()))
+            .await
+    }
+
+    async fn revoked_certificates(&self) -> PortResult<Vec<CertificateRecord>> {
+        let sql = "SELECT certificate_id, data FROM certificates WHERE status = 'REVOKED'
+                   ORDER BY certificate_id";
+        self.read_certificates(sql, None).await
+    }
+
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
         self.write(move |_, conn, _| {
             let n = conn
@@ -305,6 +365,27 @@ impl ReadModel for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The certificates `sql` (`SELECT certificate_id, data ...`, with `?1` bound to `arg`
+    /// when given) selects, decoded.
+    async fn read_certificates(
+        &self,
+        sql: &'static str,
+        arg: Option<String>,
+    ) -> PortResult<Vec<CertificateRecord>> {
+        self.read_with(move |_, conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+            let rows = match &arg {
+                Some(a) => stmt.query_map([a], map)?.collect::<Result<Vec<_>, _>>()?,
+                None => stmt.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
+            };
+            rows.iter()
+                .map(|(id, data)| decode("certificate", id, data))
+                .collect()
+        })
+        .await
+    }
+
     /// The record `id` that `sql` (`SELECT data ... WHERE <id column> = ?1`) selects, decoded.
     async fn read_by_id<T>(
         &self,

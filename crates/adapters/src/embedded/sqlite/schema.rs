@@ -89,6 +89,23 @@ CREATE TABLE IF NOT EXISTS thing_groups (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS thing_groups_by_thing ON thing_groups (thing_name);
 
+-- Device credentials: each owner's whole (certificates, password hash) as JSON, and one row
+-- per certificate to find it by id and the revoked ones for the CRL.
+CREATE TABLE IF NOT EXISTS credentials (
+    owner   TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    data    TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS certificates (
+    certificate_id TEXT PRIMARY KEY NOT NULL,
+    owner          TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    data           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_revoked
+    ON certificates (certificate_id) WHERE status = 'REVOKED';
+
 CREATE TABLE IF NOT EXISTS snapshots (
     "partition" INTEGER PRIMARY KEY NOT NULL,
     next_offset INTEGER NOT NULL,
@@ -147,6 +164,7 @@ mod tests {
             commands: Vec::new(),
             executions: vec![ExecutionWrite::Upsert(e.clone())],
             things: Vec::new(),
+            credentials: Vec::new(),
         };
         within("commit", store.commit(batch)).await.expect("commit");
         drop(store);

@@ -1,0 +1,174 @@
+//! What an authenticated device may touch on the broker, the AWS IoT way: a device acting
+//! as `things/<name>` (or `clients/<id>`) subscribes only below its own
+//! `<root>/commands/<kind>/<id>/executions/` (its requests, the replies to its updates, its
+//! cancels) and publishes only its own updates, `.../executions/<id>/response/{json,cbor}`.
+//! Everything else — other devices' topics, `$aws/events/...`, wildcards above its own
+//! prefix, shared subscriptions — is refused.
+//!
+//! Pure functions of the identity and the topic, so the embedded broker's hooks, the
+//! Mosquitto ACL file we ship and the fuzzers agree on one rule.
+
+use crate::ids::Target;
+use crate::topics::TopicRoot;
+
+/// The identity as a device states it (`things/lamp-1`, `clients/sensor-7`): the MQTT
+/// username of a password login, the subject CN of a fleetcmd certificate, and the topic
+/// segment its executions live under.
+pub fn identity_string(identity: &Target) -> String {
+    format!("{}/{}", identity.kind.topic_segment(), identity.id)
+}
+
+/// Reads an identity string; `None` when it is not one.
+pub fn parse_identity(s: &str) -> Option<Target> {
+    match s.split_once('/')? {
+        ("things", name) => Target::thing(name).ok(),
+        ("clients", id) => Target::client(id).ok(),
+        _ => None,
+    }
+}
+
+/// The topic prefix every topic of the device's executions starts with.
+fn own_prefix(root: &TopicRoot, identity: &Target) -> String {
+    format!(
+        "{}/commands/{}/executions/",
+        root.as_str(),
+        identity_string(identity)
+    )
+}
+
+/// Whether `identity` may subscribe to `filter`: the filter must lie wholly below the
+/// device's own executions prefix (wildcards only after it), so it can match no other
+/// device's topic.
+pub fn may_subscribe(root: &TopicRoot, identity: &Target, filter: &str) -> bool {
+    let Some(rest) = filter.strip_prefix(&own_prefix(root, identity)) else {
+        return false;
+    };
+    // `.../executions/#` is fine; an empty remainder (a filter ending in `/`) is a topic
+    // no one publishes, and MQTT allows it: harmless either way, so refused for clarity.
+    !rest.is_empty() && well_formed_filter(rest)
+}
+
+/// `+` and `#` only as whole levels, `#` only last (what the broker would refuse anyway;
+/// checked so the rule does not depend on the broker's parser).
+fn well_formed_filter(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        other => !other.contains(['+', '#']),
+    })
+}
+
+/// Whether `identity` may publish on `topic`: only an update of one of its own executions,
+/// `.../executions/<execution id>/response/json` or `.../response/cbor`.
+pub fn may_publish(root: &TopicRoot, identity: &Target, topic: &str) -> bool {
+    match root.parse_update(topic) {
+        Ok((target, _, _)) => target == *identity,
+        Err(_) => false,
+    }
+}
+
+/// Whether a device acting as `identity` may use `client_id`: a bare client identity must
+/// connect with its own client id; a thing may use any (AWS's thing policies usually pin it
+/// to the thing name, but devices with several connections exist).
+pub fn may_use_client_id(identity: &Target, client_id: &str) -> bool {
+    match identity.kind {
+        crate::ids::TargetKind::Client => identity.id == client_id,
+        crate::ids::TargetKind::Thing => !client_id.is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lamp() -> Target {
+        Target::thing("lamp-1").unwrap()
+    }
+
+    #[test]
+    fn identities_round_trip_and_garbage_is_none() {
+        for t in [lamp(), Target::client("sensor-7").unwrap()] {
+            assert_eq!(parse_identity(&identity_string(&t)), Some(t));
+        }
+        for bad in [
+            "",
+            "lamp-1",
+            "thing/lamp-1",
+            "things/",
+            "things/a b",
+            "clients/a+b",
+        ] {
+            assert_eq!(parse_identity(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_device_subscribes_only_below_its_own_executions() {
+        let root = TopicRoot::default();
+        let ok = [
+            "$aws/commands/things/lamp-1/executions/+/request/#",
+            "$aws/commands/things/lamp-1/executions/+/request/json",
+            "$aws/commands/things/lamp-1/executions/+/request",
+            "$aws/commands/things/lamp-1/executions/+/response/accepted/json",
+            "$aws/commands/things/lamp-1/executions/e-1/cancel/json",
+            "$aws/commands/things/lamp-1/executions/#",
+        ];
+        for f in ok {
+            assert!(may_subscribe(&root, &lamp(), f), "{f}");
+        }
+        let refused = [
+            "#",
+            "$aws/#",
+            "$aws/commands/things/+/executions/+/request/#",
+            "$aws/commands/things/lamp-2/executions/+/request/#",
+            "$aws/commands/things/lamp-10/executions/+/request/#",
+            "$aws/commands/things/lamp-1/#",
+            "$aws/commands/things/lamp-1/executions/",
+            "$aws/commands/clients/lamp-1/executions/+/request/#",
+            "$aws/events/commandExecution/+/+",
+            "$share/g/$aws/commands/things/lamp-1/executions/+/request/#",
+            "$aws/commands/things/lamp-1/executions/#/x",
+            "$aws/commands/things/lamp-1/executions/a+/request",
+            "other/commands/things/lamp-1/executions/+/request/#",
+        ];
+        for f in refused {
+            assert!(!may_subscribe(&root, &lamp(), f), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_device_publishes_only_its_own_updates() {
+        let root = TopicRoot::default();
+        assert!(may_publish(
+            &root,
+            &lamp(),
+            "$aws/commands/things/lamp-1/executions/e-1/response/json"
+        ));
+        assert!(may_publish(
+            &root,
+            &lamp(),
+            "$aws/commands/things/lamp-1/executions/e-1/response/cbor"
+        ));
+        for t in [
+            "$aws/commands/things/lamp-2/executions/e-1/response/json",
+            "$aws/commands/things/lamp-1/executions/e-1/request/json",
+            "$aws/commands/things/lamp-1/executions/e-1/response/accepted/json",
+            "$aws/commands/things/lamp-1/executions/e-1/cancel/json",
+            "$aws/commands/clients/lamp-1/executions/e-1/response/json",
+            "$aws/events/commandExecution/c/SUCCEEDED",
+            "anything",
+        ] {
+            assert!(!may_publish(&root, &lamp(), t), "{t}");
+        }
+    }
+
+    #[test]
+    fn a_bare_client_identity_must_use_its_own_client_id() {
+        let client = Target::client("sensor-7").unwrap();
+        assert!(may_use_client_id(&client, "sensor-7"));
+        assert!(!may_use_client_id(&client, "sensor-8"));
+        assert!(may_use_client_id(&lamp(), "lamp-1"));
+        assert!(may_use_client_id(&lamp(), "lamp-1-second-connection"));
+    }
+}
