@@ -44,6 +44,11 @@ pub struct DeviceOptions {
     pub clean_start: bool,
     /// MQTT 5 session expiry after disconnect (needed for a persistent session in MQTT 5).
     pub session_expiry_secs: Option<u32>,
+    /// Connect over TLS with this configuration (the server's CA and, for a certificate
+    /// login, the device's certificate).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Username and password of a password login.
+    pub login: Option<(String, String)>,
 }
 
 impl DeviceOptions {
@@ -53,6 +58,8 @@ impl DeviceOptions {
             version: Version::V5,
             clean_start: true,
             session_expiry_secs: None,
+            tls: None,
+            login: None,
         }
     }
 
@@ -62,7 +69,21 @@ impl DeviceOptions {
             version: Version::V311,
             clean_start: true,
             session_expiry_secs: None,
+            tls: None,
+            login: None,
         }
+    }
+
+    /// Over TLS with `config`.
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// With a password login.
+    pub fn login(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.login = Some((username.into(), password.into()));
+        self
     }
 
     /// A persistent session that survives a disconnect for `expiry_secs`.
@@ -144,6 +165,8 @@ enum Control {
         refused: Vec<String>,
     },
     PubAck,
+    /// An MQTT 5 PUBACK with a failure reason code.
+    PubRefused(String),
     Closed(String),
 }
 
@@ -197,6 +220,14 @@ impl Device {
                 let mut net = o.network_options();
                 net.set_tcp_nodelay(true);
                 o.set_network_options(net);
+                if let Some(tls) = &options.tls {
+                    o.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                    ));
+                }
+                if let Some((user, password)) = &options.login {
+                    o.set_credentials(user, password);
+                }
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, 256);
                 (
                     Link::V5(client),
@@ -208,6 +239,14 @@ impl Device {
                 o.set_keep_alive(Duration::from_secs(30))
                     .set_clean_session(options.clean_start)
                     .set_max_packet_size(1024 * 1024, 1024 * 1024);
+                if let Some(tls) = &options.tls {
+                    o.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                    ));
+                }
+                if let Some((user, password)) = &options.login {
+                    o.set_credentials(user, password);
+                }
                 let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 256);
                 let mut net = eventloop.network_options();
                 net.set_tcp_nodelay(true);
@@ -300,6 +339,20 @@ impl Device {
         }
     }
 
+    /// Waits until the broker closes the connection (it must, within the usual wait).
+    pub async fn expect_closed(&mut self) -> anyhow::Result<()> {
+        loop {
+            match tokio::time::timeout(ACK_TIMEOUT, self.control.recv()).await {
+                Ok(Some(Control::Closed(_)) | None) => return Ok(()),
+                Ok(Some(_)) => continue,
+                Err(_) => bail!(
+                    "device {}: the broker did not close the connection within {ACK_TIMEOUT:?}",
+                    self.client_id
+                ),
+            }
+        }
+    }
+
     /// Publishes QoS 1 (MQTT 5: no properties); returns once the broker's PUBACK arrived.
     pub async fn publish(
         &mut self,
@@ -325,6 +378,10 @@ impl Device {
         }
         match self.next_control(&format!("PUBACK for {topic}")).await? {
             Control::PubAck => Ok(()),
+            Control::PubRefused(reason) => bail!(
+                "device {}: publish to {topic} refused: {reason}",
+                self.client_id
+            ),
             other => bail!(
                 "device {}: expected a PUBACK for {topic}, got {other:?}",
                 self.client_id
@@ -493,7 +550,9 @@ async fn run_v5(
     control: mpsc::Sender<Control>,
 ) {
     use rumqttc::v5::Event;
-    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode,
+    };
     loop {
         let polled = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -515,6 +574,9 @@ async fn run_v5(
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 Polled::Closed(format!("the broker disconnected: {:?}", d.reason_code))
+            }
+            Ok(Event::Incoming(Packet::PubAck(a))) if a.reason != PubAckReason::Success => {
+                Polled::Control(Control::PubRefused(format!("{:?}", a.reason)))
             }
             other => polled_alike!(other),
         };

@@ -49,6 +49,8 @@ pub fn test_args(name: &str) -> ServeArgs {
     ServeArgs {
         grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
         mqtt_addr: "127.0.0.1:0".parse().expect("valid address"),
+        mqtt_tls_addr: "127.0.0.1:0".parse().expect("valid address"),
+        device_auth: None,
         data_dir: temp_data_dir(name),
         policy: None,
         allow_unauthenticated: false,
@@ -89,6 +91,11 @@ impl Server {
 
     pub fn mqtt_port(&self) -> u16 {
         self.running.mqtt_addr.port()
+    }
+
+    /// The port of the MQTT-over-TLS listener.
+    pub fn mqtt_tls_port(&self) -> u16 {
+        self.running.mqtt_tls_addr.port()
     }
 
     /// A channel whose calls fail after [`WAIT`] instead of hanging (the limit covers a call

@@ -32,8 +32,8 @@ mod util;
 
 pub use ca::{Ca, ServerIdentity, server_certificate};
 pub use certs::{
-    CertificateError, Issued, ParsedCertificate, RevokedEntry, TrustedCa, certificate_id, crl,
-    issue, parse_and_verify, sign_csr,
+    CertificateError, Issued, ParsedCertificate, RevokedEntry, TrustedCa, certificate_id,
+    common_name, crl, issue, parse_and_verify, sign_csr,
 };
 pub use error::{Error, Result};
 pub use identity::DeviceIdentity;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+pub mod devices;
+
 use fleetcmd_adapters::clock::SystemClock;
 use fleetcmd_adapters::embedded::broker::EmbeddedBroker;
 use fleetcmd_adapters::embedded::bus::InProcessBus;
@@ -30,9 +32,19 @@ pub struct ServeArgs {
     /// Where the gRPC API listens.
     #[arg(long, env = "FLEETCMD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
-    /// Where the embedded MQTT broker listens for devices.
+    /// Where the embedded MQTT broker listens for devices, in plain MQTT (keep it on
+    /// loopback unless device authentication is off).
     #[arg(long, env = "FLEETCMD_MQTT_ADDR", default_value = "127.0.0.1:1883")]
     pub mqtt_addr: SocketAddr,
+    /// Where devices connect over TLS 1.2/1.3 (MQTT over TLS, with an optional client
+    /// certificate).
+    #[arg(long, env = "FLEETCMD_MQTT_TLS_ADDR", default_value = "127.0.0.1:8883")]
+    pub mqtt_tls_addr: SocketAddr,
+    /// Whether devices must authenticate: `required` (a certificate or a password, and each
+    /// device only on its own topics) or `open` (anyone, any topic). Default: `required` as
+    /// soon as a device listener binds beyond loopback, else `open`.
+    #[arg(long, env = "FLEETCMD_DEVICE_AUTH", value_enum)]
+    pub device_auth: Option<devices::DeviceAuth>,
     /// Directory of the SQLite file that holds the event log and the read model.
     #[arg(long, env = "FLEETCMD_DATA_DIR", default_value = "./fleetcmd-data")]
     pub data_dir: PathBuf,
@@ -97,6 +109,10 @@ pub fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
+    /// Where devices connect over TLS.
+    pub mqtt_tls_addr: SocketAddr,
+    /// Whether devices must authenticate.
+    pub device_auth: devices::DeviceAuth,
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -208,13 +224,29 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the metrics endpoint on {}", args.metrics_addr))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let broker = EmbeddedBroker::start(args.mqtt_addr)
-        .with_context(|| format!("starting the MQTT broker on {}", args.mqtt_addr))?;
-    let mqtt_addr = broker.local_addr();
+    let device_auth = devices::device_auth(&args)?;
+    let devices::DeviceListeners {
+        broker,
+        mqtt_addr,
+        mqtt_tls_addr,
+        proxy,
+        on_revoke,
+    } = devices::start(
+        &args,
+        device_auth,
+        &topic_root,
+        &identity,
+        read_model.clone(),
+    )
+    .await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shards: Vec<u32> = (0..args.shards).collect();
     let mut background = Vec::new();
+    let mut stop_proxy = shutdown_rx.clone();
+    background.push(tokio::spawn(proxy.run(async move {
+        let _ = stop_proxy.wait_for(|s| *s).await;
+    })));
     let mut stop_metrics = shutdown_rx.clone();
     background.push(tokio::spawn(fleetcmd_telemetry::metrics::serve(
         metrics_listener,
@@ -290,7 +322,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         auth: auth.clone(),
         arns: Default::default(),
         ca: Some(identity.ca.clone()),
-        on_revoke: None,
+        on_revoke: Some(on_revoke),
         shutdown: shutdown_rx.clone(),
     });
     let grpc =
@@ -310,10 +342,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .context("binding the gRPC API")?;
     let grpc_addr = listener.local_addr()?;
     let server = tokio::spawn(grpc.serve(listener, shutdown_rx.clone()));
-    tracing::info!(%grpc_addr, %mqtt_addr, %metrics_addr, data = %db.display(), shards = args.shards, "fleetcmd serving");
+    tracing::info!(%grpc_addr, %mqtt_addr, %mqtt_tls_addr, ?device_auth, %metrics_addr, data = %db.display(), shards = args.shards, "fleetcmd serving");
     Ok(Running {
         grpc_addr,
         mqtt_addr,
+        mqtt_tls_addr,
+        device_auth,
         metrics_addr,
         shutdown,
         server,

@@ -31,6 +31,8 @@ fn args(name: &str) -> ServeArgs {
     ServeArgs {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt_addr: "127.0.0.1:0".parse().unwrap(),
+        mqtt_tls_addr: "127.0.0.1:0".parse().unwrap(),
+        device_auth: None,
         data_dir,
         policy: None,
         allow_unauthenticated: false,

@@ -13,6 +13,7 @@ mod isolation;
 mod malformed;
 mod requests;
 mod restart;
+mod security;
 mod timeouts;
 mod updates;
 mod watch;

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use fleetcmd_domain::ports::PortError;
 use rmqtt::context::ServerContext;
+use rmqtt::hook::Type;
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use rmqtt::subscribe::SharedSubscription;
@@ -35,6 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::error::Error;
 
+pub mod guard;
 pub mod link;
 
 /// Messages queued per session (offline or slow clients) before rmqtt drops new ones.
@@ -112,10 +114,44 @@ impl Subscriptions {
 }
 
 impl EmbeddedBroker {
-    /// Binds `addr` (port 0 picks a free port) and starts serving. Returns once the listener
-    /// is bound; blocks the calling thread for that short while.
+    /// Binds `addr` (port 0 picks a free port) and starts serving anyone (no
+    /// authentication, every topic open). Returns once the listener is bound; blocks the
+    /// calling thread for that short while.
     pub fn start(addr: SocketAddr) -> Result<EmbeddedBroker, PortError> {
-        Self::start_inner(addr).map_err(PortError::from)
+        Self::start_inner(addr, true).map_err(PortError::from)
+    }
+
+    /// Like [`Self::start`], but every client must authenticate through `guard` and is
+    /// confined to its own topics. The guard is in place before the listener accepts.
+    pub fn start_guarded(
+        addr: SocketAddr,
+        guard: guard::DeviceGuard,
+    ) -> Result<EmbeddedBroker, PortError> {
+        let broker = Self::start_inner(addr, false).map_err(PortError::from)?;
+        let scx = broker.scx.clone();
+        let (done, registered) = std::sync::mpsc::sync_channel(1);
+        // Registering touches the hook manager: on the broker's own runtime. Until it is
+        // done an unauthenticated client is refused (anonymous logins are off).
+        broker.runtime.spawn(async move {
+            let register = scx.extends.hook_mgr().register();
+            for typ in [
+                Type::ClientAuthenticate,
+                Type::ClientSubscribeCheckAcl,
+                Type::MessagePublishCheckAcl,
+                Type::ClientDisconnected,
+                Type::SessionTerminated,
+            ] {
+                register
+                    .add_priority(typ, guard::GUARD_PRIORITY, Box::new(guard.clone()))
+                    .await;
+            }
+            register.start().await;
+            let _ = done.send(());
+        });
+        registered
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| PortError::Backend("registering the device guard timed out".into()))?;
+        Ok(broker)
     }
 
     /// The address the broker listens on (the real port when started on port 0).
@@ -155,7 +191,7 @@ impl EmbeddedBroker {
         }
     }
 
-    fn start_inner(addr: SocketAddr) -> Result<EmbeddedBroker, Error> {
+    fn start_inner(addr: SocketAddr, allow_anonymous: bool) -> Result<EmbeddedBroker, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(BROKER_THREADS)
             .thread_name("fleetcmd-mqtt")
@@ -170,7 +206,7 @@ impl EmbeddedBroker {
             .name("fleetcmd-mqtt-main".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let server = match build_server(addr).await {
+                    let server = match build_server(addr, allow_anonymous).await {
                         Ok((server, local, scx)) => {
                             let _ = ready_tx.send(Ok((local, scx)));
                             server
@@ -223,7 +259,10 @@ impl Drop for EmbeddedBroker {
 
 /// Builds the server context and binds the listener (inside the broker runtime: binding
 /// registers the socket with that runtime's reactor).
-async fn build_server(addr: SocketAddr) -> Result<(MqttServer, SocketAddr, ServerContext), Error> {
+async fn build_server(
+    addr: SocketAddr,
+    allow_anonymous: bool,
+) -> Result<(MqttServer, SocketAddr, ServerContext), Error> {
     let scx = ServerContext::new().busy_check_enable(false).build().await;
     *scx.extends.shared_subscription_mut().await = Box::new(RoundRobinShared::default());
     let listener = Builder::new()
@@ -231,6 +270,9 @@ async fn build_server(addr: SocketAddr) -> Result<(MqttServer, SocketAddr, Serve
         .laddr(addr)
         .nodelay(true)
         .reuseaddr(Some(true))
+        // Off: a client without a username then reaches the guard's authentication hook
+        // (a certificate login sends none).
+        .allow_anonymous(allow_anonymous)
         .max_mqueue_len(MAX_SESSION_QUEUE)
         .max_packet_size(MAX_PACKET_BYTES)
         .max_inflight(NonZeroU16::new(MAX_INFLIGHT).unwrap_or(NonZeroU16::MIN))

@@ -1,0 +1,181 @@
+//! The device side of `fleetcmd serve`: the embedded broker on its plain listener, the TLS
+//! listener in front of it, and — unless device authentication is off — the guard that
+//! makes every client prove who it is and keeps it to its own topics.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use fleetcmd_adapters::embedded::broker::EmbeddedBroker;
+use fleetcmd_adapters::embedded::broker::guard::DeviceGuard;
+use fleetcmd_domain::credential::CertificateStatus;
+use fleetcmd_domain::ids::{Target, TargetKind};
+use fleetcmd_domain::ports::{DeviceCredentials, PortResult, ReadModel};
+use fleetcmd_domain::topics::TopicRoot;
+use fleetcmd_identity::{ClientAuth, MemoryTrustStore, PeerRegistry, TlsProxy, server_config};
+
+use crate::{ServeArgs, TlsIdentity};
+
+/// Whether devices must authenticate (`--device-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceAuth {
+    /// Every client proves its identity (certificate or password) and may touch only its
+    /// own topics.
+    Required,
+    /// Anyone who can reach a listener may connect and read or write any topic.
+    Open,
+}
+
+/// The mode in effect: as given, or `required` as soon as a listener binds beyond loopback.
+/// Refuses a plain listener beyond loopback under `required`: passwords would cross the
+/// network in clear.
+pub fn device_auth(args: &ServeArgs) -> anyhow::Result<DeviceAuth> {
+    let public = |a: SocketAddr| !a.ip().is_loopback();
+    let mode =
+        args.device_auth
+            .unwrap_or(if public(args.mqtt_addr) || public(args.mqtt_tls_addr) {
+                DeviceAuth::Required
+            } else {
+                DeviceAuth::Open
+            });
+    if mode == DeviceAuth::Required && public(args.mqtt_addr) {
+        bail!(
+            "refusing plain MQTT on {} with device authentication on: passwords and payloads \
+             would travel in clear. Serve devices on --mqtt-tls-addr and keep --mqtt-addr on \
+             loopback, or pass --device-auth open to accept anyone",
+            args.mqtt_addr
+        );
+    }
+    Ok(mode)
+}
+
+/// The credential registry as the broker's guard asks it: the read model's certificates and
+/// password hashes. A thing's credentials count only while the thing is registered: deleting
+/// a thing locks its devices out (and re-creating it lets them in again, as the credentials
+/// are kept).
+struct RegisteredCredentials(Arc<dyn ReadModel>);
+
+impl RegisteredCredentials {
+    async fn registered(&self, owner: &Target) -> PortResult<bool> {
+        Ok(match owner.kind {
+            TargetKind::Thing => self.0.get_thing(&owner.id).await?.is_some(),
+            TargetKind::Client => true,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl DeviceCredentials for RegisteredCredentials {
+    async fn certificate_owner(&self, certificate_id: &str) -> PortResult<Option<Target>> {
+        let owner = self
+            .0
+            .get_certificate(certificate_id)
+            .await?
+            .filter(|c| c.status == CertificateStatus::Active)
+            .map(|c| c.owner);
+        Ok(match owner {
+            Some(o) if self.registered(&o).await? => Some(o),
+            _ => None,
+        })
+    }
+
+    async fn password_hash(&self, owner: &Target) -> PortResult<Option<String>> {
+        if !self.registered(owner).await? {
+            return Ok(None);
+        }
+        self.0.get_password_hash(owner).await
+    }
+}
+
+/// The broker and its TLS listener, running.
+pub struct DeviceListeners {
+    pub broker: EmbeddedBroker,
+    pub mqtt_addr: SocketAddr,
+    pub mqtt_tls_addr: SocketAddr,
+    pub proxy: TlsProxy,
+    /// Called when a certificate is revoked: its handshakes fail and its connections end.
+    pub on_revoke: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// Starts the broker (guarded unless `mode` is open) and binds the TLS listener; the caller
+/// runs `proxy`.
+pub async fn start(
+    args: &ServeArgs,
+    mode: DeviceAuth,
+    root: &TopicRoot,
+    identity: &TlsIdentity,
+    read_model: Arc<dyn ReadModel>,
+) -> anyhow::Result<DeviceListeners> {
+    let peers = PeerRegistry::new();
+    let broker = match mode {
+        DeviceAuth::Required => {
+            let guard = DeviceGuard::new(
+                root.clone(),
+                peers.clone(),
+                Arc::new(RegisteredCredentials(read_model.clone())),
+            );
+            EmbeddedBroker::start_guarded(args.mqtt_addr, guard)
+        }
+        DeviceAuth::Open => {
+            let warning = "DEVICE AUTHENTICATION IS OFF (--device-auth open): any MQTT client can read and settle every device's commands";
+            if args.mqtt_addr.ip().is_loopback() && args.mqtt_tls_addr.ip().is_loopback() {
+                tracing::warn!("{warning}; the listeners are on loopback only");
+            } else {
+                tracing::error!(mqtt_addr = %args.mqtt_addr, mqtt_tls_addr = %args.mqtt_tls_addr, "{warning}, and a listener is reachable beyond loopback");
+            }
+            EmbeddedBroker::start(args.mqtt_addr)
+        }
+    }
+    .with_context(|| format!("starting the MQTT broker on {}", args.mqtt_addr))?;
+    let mqtt_addr = broker.local_addr();
+
+    let trust = Arc::new(MemoryTrustStore::new([identity.ca.trusted()]));
+    for revoked in read_model
+        .revoked_certificates()
+        .await
+        .context("reading the revoked certificates")?
+    {
+        trust.revoke(&revoked.certificate_id);
+    }
+    let tls = server_config(
+        identity.server.certificate_pem(),
+        identity.server.private_key_pem(),
+        ClientAuth::Optional(trust.clone()),
+    )
+    .context("the MQTT TLS configuration")?;
+    let proxy = TlsProxy::bind(args.mqtt_tls_addr, Arc::new(tls), dialable(mqtt_addr))
+        .await
+        .with_context(|| format!("binding the MQTT TLS listener on {}", args.mqtt_tls_addr))?
+        .with_registry(peers.clone());
+    let mqtt_tls_addr = proxy.local_addr();
+    let on_revoke: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |certificate_id: &str| {
+        trust.revoke(certificate_id);
+        let dropped = peers.disconnect_certificate(certificate_id);
+        tracing::info!(
+            certificate_id,
+            dropped,
+            "certificate revoked: its connections are closed"
+        );
+    });
+    Ok(DeviceListeners {
+        broker,
+        mqtt_addr,
+        mqtt_tls_addr,
+        proxy,
+        on_revoke,
+    })
+}
+
+/// Where the proxy reaches a listener bound to `addr` (an unspecified address is reached on
+/// loopback).
+fn dialable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+        }
+        other => other,
+    }
+}
