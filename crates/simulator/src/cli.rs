@@ -47,6 +47,53 @@ pub struct SimulateArgs {
     /// MQTT 5 session expiry: how long the broker queues requests while the device is away.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub session_expiry_secs: u64,
+    #[command(flatten)]
+    pub security: DeviceSecurity,
+}
+
+/// How a device proves who it is and checks the broker: TLS with the server's CA, a client
+/// certificate, or a password.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct DeviceSecurity {
+    /// Connect over TLS, trusting this CA for the broker's certificate (`root-ca.pem` from
+    /// `fleetcmd thing cert create`, or fleetcmd's `tls/ca.pem`).
+    #[arg(long = "ca", value_name = "PATH")]
+    pub ca: Option<std::path::PathBuf>,
+    /// The device's certificate (`NAME.cert.pem`); needs --ca and --key.
+    #[arg(long, value_name = "PATH", requires_all = ["ca", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// The device's private key (`NAME.private.key`).
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// Log in with this password (from `fleetcmd thing password create`); the username is
+    /// the device's identity, `things/<name>` or `clients/<id>`.
+    #[arg(long, env = "FLEETCMD_DEVICE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+impl DeviceSecurity {
+    /// The TLS configuration these flags describe (`None`: plain MQTT).
+    pub fn tls(&self) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        use anyhow::Context as _;
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{flag}: reading {}", path.display()))
+        };
+        let ca = read("--ca", ca)?;
+        let client = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((read("--cert", cert)?, read("--key", key)?)),
+            _ => None,
+        };
+        let config = fleetcmd_identity::client_config(
+            &ca,
+            client.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .context("the TLS configuration")?;
+        Ok(Some(std::sync::Arc::new(config)))
+    }
 }
 
 /// `host:port`, `[v6]:port`.
@@ -85,6 +132,8 @@ impl SimulateArgs {
         opts.max_executions = self.max_executions;
         opts.topic_root = TopicRoot::new(self.topic_root.clone())?;
         opts.session_expiry = Duration::from_secs(self.session_expiry_secs);
+        opts.tls = self.security.tls()?;
+        opts.password = self.security.password.clone();
         Ok(opts)
     }
 }

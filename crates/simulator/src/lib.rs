@@ -92,6 +92,12 @@ pub struct DeviceOptions {
     pub keep_alive: Duration,
     /// How long to wait for `/accepted` or `/rejected` after an update.
     pub reply_timeout: Duration,
+    /// Connect over TLS with this configuration (the server's CA, and the device's
+    /// certificate when it has one).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Log in with this password (the username is the device's identity, `things/<name>`
+    /// or `clients/<id>`).
+    pub password: Option<String>,
 }
 
 impl DeviceOptions {
@@ -110,6 +116,8 @@ impl DeviceOptions {
             session_expiry: Duration::from_secs(3600),
             keep_alive: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(10),
+            tls: None,
+            password: None,
         }
     }
 

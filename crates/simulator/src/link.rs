@@ -61,6 +61,7 @@ fn network_options() -> NetworkOptions {
 /// session is persistent (clean session / clean start off) so that requests published
 /// while the device is offline are queued by the broker and delivered on reconnect.
 pub fn open(opts: &DeviceOptions) -> (Publisher, Link) {
+    use fleetcmd_domain::device_acl::identity_string;
     let client_id = opts.target.id.clone();
     match opts.mqtt_version {
         MqttVersion::V3 => {
@@ -69,6 +70,14 @@ pub fn open(opts: &DeviceOptions) -> (Publisher, Link) {
                 .set_keep_alive(opts.keep_alive)
                 .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
                 .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
+            if let Some(tls) = &opts.tls {
+                o.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                ));
+            }
+            if let Some(password) = &opts.password {
+                o.set_credentials(identity_string(&opts.target), password);
+            }
             let (client, mut eventloop) = rumqttc::AsyncClient::new(o, REQUEST_CHANNEL_CAPACITY);
             eventloop.set_network_options(network_options());
             (Publisher::V3(client), Link::V3(Box::new(eventloop)))
@@ -87,6 +96,14 @@ pub fn open(opts: &DeviceOptions) -> (Publisher, Link) {
                 // client; a device has a few updates in flight at most.
                 .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
                 .set_network_options(network_options());
+            if let Some(tls) = &opts.tls {
+                o.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                ));
+            }
+            if let Some(password) = &opts.password {
+                o.set_credentials(identity_string(&opts.target), password);
+            }
             let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, REQUEST_CHANNEL_CAPACITY);
             (Publisher::V5(client), Link::V5(Box::new(eventloop)))
         }
