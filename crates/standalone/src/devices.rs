@@ -179,3 +179,63 @@ fn dialable(addr: SocketAddr) -> SocketAddr {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn mode(flags: &str) -> anyhow::Result<DeviceAuth> {
+        let args = Cli::try_parse_from(std::iter::once("serve").chain(flags.split_whitespace()))?;
+        device_auth(&args.serve)
+    }
+
+    #[test]
+    fn authentication_is_required_as_soon_as_a_device_listener_leaves_loopback() {
+        assert_eq!(mode("").unwrap(), DeviceAuth::Open);
+        assert_eq!(
+            mode("--mqtt-tls-addr 0.0.0.0:8883").unwrap(),
+            DeviceAuth::Required
+        );
+        assert_eq!(
+            mode("--device-auth required").unwrap(),
+            DeviceAuth::Required
+        );
+        assert_eq!(
+            mode("--mqtt-tls-addr 0.0.0.0:8883 --device-auth open").unwrap(),
+            DeviceAuth::Open,
+            "an explicit open is the operator's choice"
+        );
+    }
+
+    #[test]
+    fn plain_mqtt_beyond_loopback_is_refused_when_devices_authenticate() {
+        let err = mode("--mqtt-addr 0.0.0.0:1883").unwrap_err().to_string();
+        assert!(err.contains("refusing plain MQTT on 0.0.0.0:1883"), "{err}");
+        assert_eq!(
+            mode("--mqtt-addr 0.0.0.0:1883 --device-auth open").unwrap(),
+            DeviceAuth::Open
+        );
+    }
+
+    #[test]
+    fn the_proxy_dials_an_unspecified_listener_on_loopback() {
+        assert_eq!(
+            dialable("0.0.0.0:1883".parse().unwrap()),
+            "127.0.0.1:1883".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            dialable("[::]:1883".parse().unwrap()),
+            "[::1]:1883".parse::<SocketAddr>().unwrap()
+        );
+        let exact: SocketAddr = "10.0.0.5:1883".parse().unwrap();
+        assert_eq!(dialable(exact), exact);
+    }
+}

@@ -365,9 +365,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.clone(),
     })?;
     let running = start(args).await?;
+    let devices = match running.device_auth {
+        devices::DeviceAuth::Required => "devices must authenticate",
+        devices::DeviceAuth::Open => "device authentication OFF",
+    };
     eprintln!(
-        "fleetcmd: gRPC API on {}, MQTT broker on {}, metrics on http://{}/metrics",
-        running.grpc_addr, running.mqtt_addr, running.metrics_addr
+        "fleetcmd: gRPC API on {}, MQTT broker on {} and {} (TLS), {devices}, metrics on http://{}/metrics",
+        running.grpc_addr, running.mqtt_addr, running.mqtt_tls_addr, running.metrics_addr
     );
     shutdown_signal().await;
     tracing::info!("shutting down");
