@@ -54,6 +54,8 @@ pub fn test_args(name: &str) -> ServeArgs {
         data_dir: temp_data_dir(name),
         policy: None,
         allow_unauthenticated: false,
+        grpc_tls: false,
+        allow_plaintext_grpc: false,
         topic_root: "$aws".into(),
         shards: 4,
         deletion_wait_secs: 43_200,
@@ -106,6 +108,25 @@ impl Server {
             .connect_timeout(WAIT)
             .timeout(WAIT);
         within("connecting to the gRPC API", endpoint.connect())
+            .await?
+            .map_err(Into::into)
+    }
+
+    /// A channel over TLS that trusts the server's CA (`<data-dir>/tls/ca.pem`), presenting
+    /// `identity` (certificate and key PEM) when given; bounded like [`Self::channel`].
+    pub async fn tls_channel(&self, identity: Option<(&str, &str)>) -> anyhow::Result<Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let ca = std::fs::read_to_string(self.data_dir.join("tls").join("ca.pem"))?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let endpoint = Channel::from_shared(format!("https://{}", self.running.grpc_addr))?
+            .tls_config(tls)?
+            .tcp_nodelay(true)
+            .connect_timeout(WAIT)
+            .timeout(WAIT);
+        within("connecting to the gRPC API over TLS", endpoint.connect())
             .await?
             .map_err(Into::into)
     }

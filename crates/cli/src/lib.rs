@@ -70,6 +70,54 @@ pub struct ClientArgs {
     /// Machine output: JSON objects with the proto field names (snake_case, bytes in base64).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Speak TLS to the API, trusting this CA (fleetcmd's `<data-dir>/tls/ca.pem`).
+    #[arg(long, global = true, env = "FLEETCMD_CA", value_name = "PATH")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Speak TLS to the API, trusting the system's CAs (implied by --ca).
+    #[arg(long, global = true, env = "FLEETCMD_TLS")]
+    pub tls: bool,
+    /// A client certificate for mutual TLS (its subject is the caller's identity in the
+    /// policy); needs --key.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCMD_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCMD_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// TLS towards the API: the CA to trust (`None`: the system's) and a client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca_pem: Option<String>,
+    /// Certificate and key PEM, for mutual TLS.
+    pub identity: Option<(String, String)>,
+}
+
+impl ClientTls {
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_pem {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
 }
 
 impl ClientArgs {
@@ -84,10 +132,34 @@ impl ClientArgs {
     /// A lazily connecting API handle: nothing is dialed until the first call, so a server
     /// that is down shows up as a (retried) UNAVAILABLE rather than a separate error path.
     pub fn api(&self) -> anyhow::Result<Api> {
-        match &self.dispatcher_endpoint {
-            None => Api::connect_lazy(&self.endpoint, self.token.as_deref()),
-            Some(d) => Api::connect_lazy_split(&self.endpoint, d, self.token.as_deref()),
+        let tls = self.client_tls()?;
+        let dispatcher = self
+            .dispatcher_endpoint
+            .as_deref()
+            .unwrap_or(&self.endpoint);
+        Api::connect(
+            &self.endpoint,
+            dispatcher,
+            self.token.as_deref(),
+            tls.as_ref(),
+        )
+    }
+
+    /// The TLS these flags ask for (`None`: plaintext), with the files read.
+    pub fn client_tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        if self.ca.is_none() && !self.tls && self.cert.is_none() {
+            return Ok(None);
         }
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{flag}: reading {}", path.display()))
+        };
+        let ca_pem = self.ca.as_deref().map(|p| read("--ca", p)).transpose()?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read("--cert", c)?, read("--key", k)?)),
+            _ => None,
+        };
+        Ok(Some(ClientTls { ca_pem, identity }))
     }
 }
 
@@ -153,18 +225,26 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
-/// A channel that dials on first use; `endpoint` may omit the scheme.
-fn lazy_channel(flag: &str, endpoint: &str) -> anyhow::Result<Channel> {
+/// A channel that dials on first use; `endpoint` may omit the scheme (`https` with TLS,
+/// `http` without).
+fn lazy_channel(flag: &str, endpoint: &str, tls: Option<&ClientTls>) -> anyhow::Result<Channel> {
     let uri = if endpoint.contains("://") {
         endpoint.to_string()
+    } else if tls.is_some() {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     };
-    Ok(Endpoint::from_shared(uri)
+    let mut endpoint = Endpoint::from_shared(uri)
         .with_context(|| format!("invalid {flag} {endpoint:?}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.config())
+            .with_context(|| format!("TLS for {flag}"))?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// The channel every client uses: one HTTP/2 connection with the bearer token added.
@@ -185,8 +265,7 @@ impl Api {
     /// Builds the clients without dialing; the first call connects. `endpoint` may omit
     /// the scheme (`127.0.0.1:50051` means `http://127.0.0.1:50051`).
     pub fn connect_lazy(endpoint: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let channel = lazy_channel("--endpoint", endpoint)?;
-        Ok(Self::from_channel(channel, BearerAuth::new(token)?))
+        Self::connect(endpoint, endpoint, token, None)
     }
 
     /// Like [`connect_lazy`](Self::connect_lazy), with the dispatcher at its own endpoint.
@@ -195,9 +274,24 @@ impl Api {
         dispatcher: &str,
         token: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::connect(registry, dispatcher, token, None)
+    }
+
+    /// The registry (and thing registry) at `registry`, the dispatcher at `dispatcher` (one
+    /// connection when they are the same), over TLS when `tls` is given.
+    pub fn connect(
+        registry: &str,
+        dispatcher: &str,
+        token: Option<&str>,
+        tls: Option<&ClientTls>,
+    ) -> anyhow::Result<Self> {
         let auth = BearerAuth::new(token)?;
-        let registry = lazy_channel("--endpoint", registry)?;
-        let dispatcher = lazy_channel("--dispatcher-endpoint", dispatcher)?;
+        let registry_channel = lazy_channel("--endpoint", registry, tls)?;
+        if dispatcher == registry {
+            return Ok(Self::from_channel(registry_channel, auth));
+        }
+        let dispatcher = lazy_channel("--dispatcher-endpoint", dispatcher, tls)?;
+        let registry = registry_channel;
         Ok(Self {
             registry: CommandRegistryClient::with_interceptor(registry.clone(), auth.clone()),
             things: ThingRegistryClient::with_interceptor(registry, auth.clone()),

@@ -1,9 +1,10 @@
 //! Bearer-token authentication and policy checks for the gRPC services.
 //!
 //! Without a policy every call is allowed (`fleetcmd serve` then binds to loopback only). With
-//! one, a call must carry `authorization: Bearer <token>` naming a known caller
-//! (UNAUTHENTICATED otherwise), and the caller's grants must cover the action on the command
-//! and target involved (PERMISSION_DENIED otherwise).
+//! one, a call must carry `authorization: Bearer <token>` naming a known caller, or come over
+//! mutual TLS with a client certificate whose subject a caller names (UNAUTHENTICATED
+//! otherwise), and the caller's grants must cover the action on the command and target
+//! involved (PERMISSION_DENIED otherwise).
 
 use std::sync::Arc;
 
@@ -11,6 +12,11 @@ use fleetcmd_domain::ids::Target;
 use fleetcmd_domain::policy::{Action, Policy, TokenPolicy};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
+
+/// The metadata key under which the gRPC server hands the handlers the subject CN of the
+/// caller's verified client certificate. Only the server's own layer sets it, after removing
+/// whatever a caller sent under that name (`fleetcmd_service_kit::grpc::PeerSubjectLayer`).
+pub const PEER_SUBJECT_HEADER: &str = "x-fleetcmd-peer-subject";
 
 /// The policy in force, if any.
 #[derive(Clone, Default)]
@@ -38,9 +44,25 @@ impl Auth {
         let Some(policy) = &self.policy else {
             return Ok(Caller { grant: None });
         };
-        let header = metadata.get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing authorization metadata (expected: Bearer <token>)")
-        })?;
+        let Some(header) = metadata.get("authorization") else {
+            // No token: a verified client certificate may name the caller.
+            let subject = metadata
+                .get(PEER_SUBJECT_HEADER)
+                .and_then(|v| v.to_str().ok());
+            return match subject {
+                Some(subject) => policy
+                    .authenticate_subject(subject)
+                    .map(|grant| Caller { grant: Some(grant) })
+                    .ok_or_else(|| {
+                        Status::unauthenticated(
+                            "no caller of the policy has this client certificate's subject",
+                        )
+                    }),
+                None => Err(Status::unauthenticated(
+                    "missing authorization metadata (expected: Bearer <token>, or a client certificate)",
+                )),
+            };
+        };
         let value = header
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;

@@ -106,14 +106,32 @@ pub struct Policy {
     pub tokens: Vec<TokenPolicy>,
 }
 
-/// One caller: its bearer token and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One caller: how it proves who it is, and what it may do. It proves it with a bearer
+/// token (given in clear, or as its SHA-256 so that the file holds no secret) or with a
+/// client certificate over TLS whose subject CN is `certificate_subject`; at least one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TokenPolicy {
     /// A name for logs and errors (never the token).
     pub name: String,
-    pub token: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Lowercase hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// The subject CN of a client certificate from fleetcmd's CA (mutual TLS on the API).
+    #[serde(default)]
+    pub certificate_subject: Option<String>,
     pub allow: Vec<Grant>,
+}
+
+/// Lowercase hex SHA-256: the form `token_sha256` is written in.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Actions allowed on commands and targets matching the patterns. Patterns use `*` (any run
@@ -158,26 +176,38 @@ impl Policy {
                     format!("must not contain control characters, found {c:?}"),
                 ));
             }
-            // Messages about tokens name the caller, never the secret.
-            let len = t.token.chars().count();
-            if len < TOKEN_MIN_CHARS {
+            if t.token.is_none() && t.token_sha256.is_none() && t.certificate_subject.is_none() {
                 return Err(ValidationError::new(
                     format!("{at}.token"),
                     format!(
-                        "the token of {} must be at least {TOKEN_MIN_CHARS} characters, it has {len}",
+                        "{} needs a token, a token_sha256 or a certificate_subject",
                         quote(&t.name)
                     ),
                 ));
             }
-            if t.token.chars().any(|c| !('\x21'..='\x7e').contains(&c)) {
+            if let Some(token) = &t.token {
+                check_token(&at, &t.name, token)?;
+            }
+            if let Some(digest) = &t.token_sha256
+                && !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
                 return Err(ValidationError::new(
-                    format!("{at}.token"),
+                    format!("{at}.token_sha256"),
                     format!(
-                        "the token of {} must be printable ASCII without spaces (it travels in an HTTP header)",
+                        "the token_sha256 of {} must be 64 hex digits (a SHA-256)",
                         quote(&t.name)
                     ),
                 ));
             }
+            if let Some(subject) = &t.certificate_subject
+                && (subject.trim().is_empty() || subject.chars().any(char::is_control))
+            {
+                return Err(ValidationError::new(
+                    format!("{at}.certificate_subject"),
+                    "must be a certificate's subject CN, not empty, without control characters",
+                ));
+            }
+            let digest = t.digest();
             for (j, earlier) in self.tokens[..i].iter().enumerate() {
                 if earlier.name == t.name {
                     return Err(ValidationError::new(
@@ -185,11 +215,23 @@ impl Policy {
                         format!("duplicate name {} (also tokens[{j}])", quote(&t.name)),
                     ));
                 }
-                if earlier.token == t.token {
+                if digest.is_some() && earlier.digest() == digest {
                     return Err(ValidationError::new(
                         format!("{at}.token"),
                         format!(
                             "{} uses the same token as {} (tokens[{j}]); tokens must be unique",
+                            quote(&t.name),
+                            quote(&earlier.name)
+                        ),
+                    ));
+                }
+                if t.certificate_subject.is_some()
+                    && earlier.certificate_subject == t.certificate_subject
+                {
+                    return Err(ValidationError::new(
+                        format!("{at}.certificate_subject"),
+                        format!(
+                            "{} and {} (tokens[{j}]) name the same certificate subject",
                             quote(&t.name),
                             quote(&earlier.name)
                         ),
@@ -205,16 +247,67 @@ impl Policy {
 
     /// The caller holding `token`, compared in constant time.
     ///
-    /// Every configured token is compared in full, whatever matches, so the time taken does
-    /// not tell which token (or how much of one) the presented value shares.
+    /// Every configured token (or digest) is compared in full, whatever matches, so the time
+    /// taken does not tell which token (or how much of one) the presented value shares.
     pub fn authenticate(&self, token: &str) -> Option<&TokenPolicy> {
+        let digest = token_sha256(token);
         let mut found = None;
         for t in &self.tokens {
-            if constant_time_eq(t.token.as_bytes(), token.as_bytes()) && found.is_none() {
+            let clear = t
+                .token
+                .as_ref()
+                .is_some_and(|k| constant_time_eq(k.as_bytes(), token.as_bytes()));
+            let hashed = t.token_sha256.as_ref().is_some_and(|d| {
+                constant_time_eq(d.to_ascii_lowercase().as_bytes(), digest.as_bytes())
+            });
+            if (clear | hashed) && found.is_none() {
                 found = Some(t);
             }
         }
         found
+    }
+
+    /// The caller whose client certificate has the subject CN `subject`.
+    pub fn authenticate_subject(&self, subject: &str) -> Option<&TokenPolicy> {
+        self.tokens
+            .iter()
+            .find(|t| t.certificate_subject.as_deref() == Some(subject))
+    }
+}
+
+/// A token in clear: long enough, and printable ASCII (it travels in an HTTP header).
+/// Messages about tokens name the caller, never the secret.
+fn check_token(at: &str, name: &str, token: &str) -> Result<(), ValidationError> {
+    let len = token.chars().count();
+    if len < TOKEN_MIN_CHARS {
+        return Err(ValidationError::new(
+            format!("{at}.token"),
+            format!(
+                "the token of {} must be at least {TOKEN_MIN_CHARS} characters, it has {len}",
+                quote(name)
+            ),
+        ));
+    }
+    if token.chars().any(|c| !('\x21'..='\x7e').contains(&c)) {
+        return Err(ValidationError::new(
+            format!("{at}.token"),
+            format!(
+                "the token of {} must be printable ASCII without spaces (it travels in an HTTP header)",
+                quote(name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl TokenPolicy {
+    /// The SHA-256 of this caller's token, however it is given (`None`: no token).
+    fn digest(&self) -> Option<String> {
+        match (&self.token, &self.token_sha256) {
+            (Some(t), _) => Some(token_sha256(t)),
+            (None, Some(d)) => Some(d.to_ascii_lowercase()),
+            (None, None) => None,
+        }
     }
 }
 
@@ -371,16 +464,18 @@ mod tests {
             tokens: vec![
                 TokenPolicy {
                     name: "ops".into(),
-                    token: OPS_TOKEN.into(),
+                    token: Some(OPS_TOKEN.into()),
                     allow: vec![grant(&["*"], &["*"], &["*"])],
+                    ..TokenPolicy::default()
                 },
                 TokenPolicy {
                     name: "lab".into(),
-                    token: LAB_TOKEN.into(),
+                    token: Some(LAB_TOKEN.into()),
                     allow: vec![
                         grant(&["StartCommandExecution"], &["reboot"], &["thing/lab-*"]),
                         grant(&["GetCommand", "ListCommands"], &["*"], &["*"]),
                     ],
+                    ..TokenPolicy::default()
                 },
             ],
         }
@@ -450,11 +545,12 @@ mod tests {
         // Two grants that each cover part of the request do not add up.
         let t = TokenPolicy {
             name: "split".into(),
-            token: "x".repeat(16),
+            token: Some("x".repeat(16)),
             allow: vec![
                 grant(&["StartCommandExecution"], &["reboot"], &["thing/a"]),
                 grant(&["StartCommandExecution"], &["update"], &["thing/b"]),
             ],
+            ..TokenPolicy::default()
         };
         let start = Action::StartCommandExecution;
         assert!(t.allows(start, Some("reboot"), Some(&thing("a"))));
@@ -487,6 +583,59 @@ mod tests {
         assert!(p.authenticate(&format!("{OPS_TOKEN}x")).is_none());
         assert!(p.authenticate(&OPS_TOKEN.to_uppercase()).is_none());
         assert!(p.authenticate(&format!("{OPS_TOKEN}\0")).is_none());
+    }
+
+    #[test]
+    fn a_token_may_be_stored_as_its_sha256_and_a_caller_named_by_its_certificate() {
+        let digest = token_sha256(OPS_TOKEN);
+        assert_eq!(digest.len(), 64);
+        let mut p = policy();
+        p.tokens[0].token = None;
+        p.tokens[0].token_sha256 = Some(digest.to_uppercase());
+        p.tokens[1].certificate_subject = Some("clients/ci-runner".into());
+        assert_eq!(p.validate(), Ok(()));
+        assert_eq!(
+            p.authenticate(OPS_TOKEN).map(|t| t.name.as_str()),
+            Some("ops")
+        );
+        assert!(
+            p.authenticate(&digest).is_none(),
+            "the digest is not a token"
+        );
+        assert_eq!(
+            p.authenticate_subject("clients/ci-runner")
+                .map(|t| t.name.as_str()),
+            Some("lab")
+        );
+        assert!(p.authenticate_subject("clients/other").is_none());
+        // The lab token still works beside its certificate.
+        assert_eq!(
+            p.authenticate(LAB_TOKEN).map(|t| t.name.as_str()),
+            Some("lab")
+        );
+    }
+
+    #[test]
+    fn credentials_are_checked_and_unique_however_they_are_written() {
+        let check = |p: &Policy| p.validate().unwrap_err();
+        let mut p = policy();
+        p.tokens[0].token = None;
+        assert_eq!(
+            check(&p).field,
+            "tokens[0].token",
+            "a caller needs a credential"
+        );
+        p.tokens[0].token_sha256 = Some("abc".into());
+        assert_eq!(check(&p).field, "tokens[0].token_sha256");
+        // The same token, once in clear and once hashed, is a duplicate.
+        p.tokens[0].token_sha256 = Some(token_sha256(LAB_TOKEN));
+        assert_eq!(check(&p).field, "tokens[1].token");
+        let mut p = policy();
+        p.tokens[0].certificate_subject = Some("clients/x".into());
+        p.tokens[1].certificate_subject = Some("clients/x".into());
+        assert_eq!(check(&p).field, "tokens[1].certificate_subject");
+        p.tokens[1].certificate_subject = Some(" ".into());
+        assert_eq!(check(&p).field, "tokens[1].certificate_subject");
     }
 
     #[test]
@@ -527,18 +676,18 @@ mod tests {
         assert_eq!(err.field, "tokens");
 
         let mut p = policy();
-        p.tokens[1].token = "short-token".into();
+        p.tokens[1].token = Some("short-token".into());
         let err = check(&p);
         assert_eq!(err.field, "tokens[1].token");
         assert!(err.message.contains("16"), "{}", err.message);
         assert!(!err.message.contains("short-token"), "never echo a token");
-        p.tokens[1].token = "x".repeat(16);
+        p.tokens[1].token = Some("x".repeat(16));
         assert_eq!(p.validate(), Ok(()), "exactly 16 is enough");
-        p.tokens[1].token = format!("{} with space", "x".repeat(16));
+        p.tokens[1].token = Some(format!("{} with space", "x".repeat(16)));
         assert_eq!(check(&p).field, "tokens[1].token");
 
         let mut p = policy();
-        p.tokens[1].token = OPS_TOKEN.into();
+        p.tokens[1].token = Some(OPS_TOKEN.into());
         let err = check(&p);
         assert_eq!(err.field, "tokens[1].token");
         assert!(err.message.contains("\"ops\"") && err.message.contains("unique"));

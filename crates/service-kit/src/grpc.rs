@@ -1,8 +1,9 @@
 //! Serving gRPC: the one place that assembles a fleetcmd gRPC server — the telemetry layer
 //! (metrics and server spans), the standard health service, reflection (v1 and v1alpha, so
 //! `grpcurl` and older tools such as Python's grpcio-reflection both work), a bound on every
-//! error status it sends ([`BoundedStatusLayer`]) and TCP_NODELAY on every accepted
-//! connection. Services hand their tonic services to a [`GrpcServer`]; the binary decides
+//! error status it sends ([`BoundedStatusLayer`]), TCP_NODELAY on every accepted
+//! connection, and, when configured, TLS with optional client certificates whose subject
+//! reaches the handlers as [`PEER_SUBJECT_HEADER`] ([`PeerSubjectLayer`]). Services hand their tonic services to a [`GrpcServer`]; the binary decides
 //! which services share a listener.
 
 use std::convert::Infallible;
@@ -45,7 +46,29 @@ pub struct GrpcServer {
     health: HealthReporter,
     /// Service names reported SERVING once [`GrpcServer::serve`] starts.
     serving: Vec<&'static str>,
+    tls: Option<GrpcTls>,
 }
+
+/// TLS for a gRPC server: its certificate (chain, PEM) and key, and optionally the CA whose
+/// client certificates identify callers (mutual TLS; a caller without one may still use a
+/// bearer token).
+#[derive(Clone)]
+pub struct GrpcTls {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+    pub client_ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for GrpcTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("GrpcTls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pub use fleetcmd_contracts::auth::PEER_SUBJECT_HEADER;
 
 impl GrpcServer {
     /// A server with the health service and reflection of fleetcmd's and the health
@@ -71,7 +94,14 @@ impl GrpcServer {
             routes,
             health,
             serving: Vec::new(),
+            tls: None,
         })
+    }
+
+    /// Serves over TLS (1.2 and 1.3) instead of plain HTTP/2.
+    pub fn with_tls(mut self, tls: GrpcTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Adds a service; its health entry turns SERVING when the server starts.
@@ -123,7 +153,22 @@ impl GrpcServer {
         tracing::info!(%addr, "serving gRPC");
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+                &tls.certificate_pem,
+                &tls.private_key_pem,
+            ));
+            if let Some(ca) = &tls.client_ca_pem {
+                config = config
+                    .client_ca_root(Certificate::from_pem(ca))
+                    .client_auth_optional(true);
+            }
+            builder = builder.tls_config(config)?;
+        }
+        builder
+            .layer(PeerSubjectLayer)
             .layer(fleetcmd_telemetry::grpc::GrpcLayer)
             .layer(BoundedStatusLayer)
             .add_routes(self.routes.routes())
@@ -132,6 +177,58 @@ impl GrpcServer {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// Puts the subject CN of the caller's verified client certificate (if any) into the request
+/// as [`PEER_SUBJECT_HEADER`], after removing whatever the caller sent under that name: the
+/// policy can then treat a certificate subject as an identity, and nobody can claim one by
+/// sending the header.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerSubjectLayer;
+
+impl<S> tower_layer::Layer<S> for PeerSubjectLayer {
+    type Service = PeerSubject<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PeerSubject { inner }
+    }
+}
+
+/// The service [`PeerSubjectLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct PeerSubject<S> {
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for PeerSubject<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        req.headers_mut().remove(PEER_SUBJECT_HEADER);
+        let subject = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| fleetcmd_identity::common_name(c))
+            });
+        if let Some(value) = subject.and_then(|s| http::HeaderValue::from_str(&s).ok()) {
+            req.headers_mut().insert(PEER_SUBJECT_HEADER, value);
+        }
+        self.inner.call(req)
     }
 }
 

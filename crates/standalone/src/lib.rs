@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// Allow a non-loopback gRPC address without a policy (anyone who can reach it may do anything).
     #[arg(long, env = "FLEETCMD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// Serve the gRPC API over TLS with the server certificate of `--tls-dir`. Callers trust
+    /// `<tls-dir>/ca.pem` (`--ca` in the CLI) and may present a client certificate from that
+    /// CA instead of a bearer token (its subject CN is the policy's `certificate_subject`).
+    #[arg(long, env = "FLEETCMD_GRPC_TLS")]
+    pub grpc_tls: bool,
+    /// Allow a non-loopback gRPC address without TLS (tokens and payloads in clear).
+    #[arg(long, env = "FLEETCMD_ALLOW_PLAINTEXT_GRPC")]
+    pub allow_plaintext_grpc: bool,
     /// Topic root of the device protocol.
     #[arg(long, env = "FLEETCMD_TOPIC_ROOT", default_value = "$aws")]
     pub topic_root: String,
@@ -182,6 +190,12 @@ fn validate(args: &ServeArgs, policy: Option<&Policy>) -> anyhow::Result<TopicRo
         bail!(
             "--retention-secs must be at least 60, got {}",
             args.retention_secs
+        );
+    }
+    if !args.grpc_addr.ip().is_loopback() && !args.grpc_tls && !args.allow_plaintext_grpc {
+        bail!(
+            "refusing to serve the API on {} without TLS: pass --grpc-tls, or --allow-plaintext-grpc to send tokens and payloads in clear",
+            args.grpc_addr
         );
     }
     if policy.is_none() && !args.grpc_addr.ip().is_loopback() && !args.allow_unauthenticated {
@@ -325,18 +339,25 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         on_revoke: Some(on_revoke),
         shutdown: shutdown_rx.clone(),
     });
-    let grpc =
-        GrpcServer::new()?
-            .with(commands)
-            .with(things)
-            .with(fleetcmd_dispatcher::grpc::service(
-                fleetcmd_dispatcher::grpc::DispatcherDeps {
-                    read_model: read_model.clone(),
-                    shards: shard_client,
-                    projection,
-                    auth,
-                },
-            ));
+    let mut grpc = GrpcServer::new()?;
+    if args.grpc_tls {
+        grpc = grpc.with_tls(fleetcmd_service_kit::grpc::GrpcTls {
+            certificate_pem: identity.server.certificate_pem().to_owned(),
+            private_key_pem: identity.server.private_key_pem().to_owned(),
+            client_ca_pem: Some(identity.ca.certificate_pem().to_owned()),
+        });
+    }
+    let grpc = grpc
+        .with(commands)
+        .with(things)
+        .with(fleetcmd_dispatcher::grpc::service(
+            fleetcmd_dispatcher::grpc::DispatcherDeps {
+                read_model: read_model.clone(),
+                shards: shard_client,
+                projection,
+                auth,
+            },
+        ));
     let listener = fleetcmd_service_kit::grpc::bind(args.grpc_addr)
         .await
         .context("binding the gRPC API")?;

@@ -36,6 +36,8 @@ fn args(name: &str) -> ServeArgs {
         data_dir,
         policy: None,
         allow_unauthenticated: false,
+        grpc_tls: false,
+        allow_plaintext_grpc: false,
         topic_root: "$aws".into(),
         shards: 2,
         deletion_wait_secs: 43_200,

@@ -474,9 +474,12 @@ async fn refused_start(args: fleetcmd_e2e::ServeArgs, what: &str) -> anyhow::Res
     }
 }
 
+/// Serve on every interface; plaintext is allowed so the checks here are the policy's (the
+/// TLS rule has its own tests in `tls.rs`).
 fn public_args(name: &str) -> anyhow::Result<fleetcmd_e2e::ServeArgs> {
     let mut args = test_args(name);
     args.grpc_addr = "0.0.0.0:0".parse()?;
+    args.allow_plaintext_grpc = true;
     Ok(args)
 }
 

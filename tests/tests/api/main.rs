@@ -18,6 +18,7 @@ mod executions;
 mod health;
 mod start_validation;
 mod things;
+mod tls;
 mod watch;
 
 use fleetcmd_contracts::pb;
