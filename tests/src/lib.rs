@@ -56,6 +56,7 @@ pub fn test_args(name: &str) -> ServeArgs {
         allow_unauthenticated: false,
         grpc_tls: false,
         allow_plaintext_grpc: false,
+        audit_log: None,
         topic_root: "$aws".into(),
         shards: 4,
         deletion_wait_secs: 43_200,

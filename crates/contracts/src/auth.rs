@@ -9,6 +9,8 @@
 use std::sync::Arc;
 
 use fleetcmd_domain::ids::Target;
+
+use crate::audit::AuditLog;
 use fleetcmd_domain::policy::{Action, Policy, TokenPolicy};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
@@ -18,10 +20,30 @@ use tonic::metadata::MetadataMap;
 /// whatever a caller sent under that name (`fleetcmd_service_kit::grpc::PeerSubjectLayer`).
 pub const PEER_SUBJECT_HEADER: &str = "x-fleetcmd-peer-subject";
 
-/// The policy in force, if any.
+/// The policy in force, if any, and where the audit trail goes.
 #[derive(Clone, Default)]
 pub struct Auth {
     policy: Option<Arc<Policy>>,
+    audit: AuditLog,
+}
+
+/// A mutating call being audited: who and what, known before the call runs; its result is
+/// added by [`Audit::finish`].
+#[must_use = "finish the audit record with the call's result"]
+pub struct Audit {
+    log: AuditLog,
+    caller: String,
+    action: Action,
+    resource: String,
+}
+
+impl Audit {
+    /// Records the call with its result, and hands the result back.
+    pub fn finish<T>(self, result: Result<T, Status>) -> Result<T, Status> {
+        self.log
+            .record(&self.caller, self.action, &self.resource, &result);
+        result
+    }
 }
 
 /// Who is calling (`None`: no policy, anyone).
@@ -32,7 +54,35 @@ pub struct Caller<'a> {
 
 impl Auth {
     pub fn new(policy: Option<Arc<Policy>>) -> Self {
-        Self { policy }
+        Self {
+            policy,
+            audit: AuditLog::log_only(),
+        }
+    }
+
+    /// Sends audit records to `audit` (the log, and a file when it has one).
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Starts the audit record of a mutating call of `action` on `resource` (e.g.
+    /// `thing/lamp-1`): the caller is named now, from the call's credentials — `anonymous`
+    /// without a policy, `unauthenticated` when they name nobody.
+    pub fn audit(&self, metadata: &MetadataMap, action: Action, resource: String) -> Audit {
+        let caller = match &self.policy {
+            None => "anonymous".to_owned(),
+            Some(_) => match self.authenticate(metadata) {
+                Ok(Caller { grant: Some(g) }) => g.name.clone(),
+                _ => "unauthenticated".to_owned(),
+            },
+        };
+        Audit {
+            log: self.audit.clone(),
+            caller,
+            action,
+            resource,
+        }
     }
 
     pub fn is_enabled(&self) -> bool {

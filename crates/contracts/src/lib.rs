@@ -4,6 +4,7 @@
 //! domain's. Generated types stop here: services convert with `TryFrom` (naming the missing
 //! or bad field) and `From`, or encode and decode domain values with [`codec`].
 
+pub mod audit;
 pub mod auth;
 pub mod codec;
 pub mod convert;

@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// CA instead of a bearer token (its subject CN is the policy's `certificate_subject`).
     #[arg(long, env = "FLEETCMD_GRPC_TLS")]
     pub grpc_tls: bool,
+    /// Append the audit trail (one JSON line per mutating API call and credential change:
+    /// who, what, on which resource, the result) to this file, besides the log.
+    #[arg(long, env = "FLEETCMD_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Allow a non-loopback gRPC address without TLS (tokens and payloads in clear).
     #[arg(long, env = "FLEETCMD_ALLOW_PLAINTEXT_GRPC")]
     pub allow_plaintext_grpc: bool,
@@ -327,7 +331,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     };
     fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
 
-    let auth = Auth::new(policy.map(Arc::new));
+    let mut auth = Auth::new(policy.map(Arc::new));
+    if let Some(path) = &args.audit_log {
+        let log = fleetcmd_contracts::audit::AuditLog::to_file(path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        auth = auth.with_audit(log);
+    }
     let (commands, things) = fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
         read_model: read_model.clone(),
         bus: bus.clone(),

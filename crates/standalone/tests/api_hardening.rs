@@ -38,6 +38,7 @@ fn args(name: &str) -> ServeArgs {
         allow_unauthenticated: false,
         grpc_tls: false,
         allow_plaintext_grpc: false,
+        audit_log: None,
         topic_root: "$aws".into(),
         shards: 2,
         deletion_wait_secs: 43_200,

@@ -48,6 +48,14 @@ impl DispatcherService {
     }
 }
 
+/// The target an audit record names, as policies write it.
+fn target_resource(target: &Option<pb::Target>) -> String {
+    match optional_target(target.clone()) {
+        Ok(Some(t)) => t.resource_name(),
+        _ => "-".to_owned(),
+    }
+}
+
 fn rejected(r: Rejection) -> Status {
     rejection_status(r)
 }
@@ -58,100 +66,127 @@ impl pb::command_dispatcher_server::CommandDispatcher for DispatcherService {
         &self,
         request: Request<pb::StartCommandExecutionRequest>,
     ) -> Result<Response<pb::StartCommandExecutionResponse>, Status> {
-        let caller = self.deps.auth.authenticate(request.metadata())?;
-        let req = StartRequest::try_from(request.get_ref().clone()).map_err(validation_status)?;
-        caller.authorize(
+        let audit = self.deps.auth.audit(
+            request.metadata(),
             Action::StartCommandExecution,
-            Some(req.command_id.as_str()),
-            Some(&req.target),
-        )?;
-        fleetcmd_domain::start::validate_request(&req).map_err(validation_status)?;
-        let reply = self
-            .deps
-            .shards
-            .call(&ShardRequest::Start(req))
-            .await
-            .map_err(call_status)?;
-        match reply {
-            ShardReply::Started {
-                execution_id,
-                position,
-                ..
-            } => {
-                await_projection(&self.deps.projection, position).await;
-                Ok(Response::new(pb::StartCommandExecutionResponse {
-                    execution_id: execution_id.into_string(),
-                }))
+            format!(
+                "command/{} on {}",
+                request.get_ref().command_id,
+                target_resource(&request.get_ref().target)
+            ),
+        );
+        audit.finish(
+            async move {
+                let caller = self.deps.auth.authenticate(request.metadata())?;
+                let req =
+                    StartRequest::try_from(request.get_ref().clone()).map_err(validation_status)?;
+                caller.authorize(
+                    Action::StartCommandExecution,
+                    Some(req.command_id.as_str()),
+                    Some(&req.target),
+                )?;
+                fleetcmd_domain::start::validate_request(&req).map_err(validation_status)?;
+                let reply = self
+                    .deps
+                    .shards
+                    .call(&ShardRequest::Start(req))
+                    .await
+                    .map_err(call_status)?;
+                match reply {
+                    ShardReply::Started {
+                        execution_id,
+                        position,
+                        ..
+                    } => {
+                        await_projection(&self.deps.projection, position).await;
+                        Ok(Response::new(pb::StartCommandExecutionResponse {
+                            execution_id: execution_id.into_string(),
+                        }))
+                    }
+                    ShardReply::Rejected(r) => Err(rejected(r)),
+                    other => Err(unexpected(&other)),
+                }
             }
-            ShardReply::Rejected(r) => Err(rejected(r)),
-            other => Err(unexpected(&other)),
-        }
+            .await,
+        )
     }
 
     async fn cancel_command_execution(
         &self,
         request: Request<pb::CancelCommandExecutionRequest>,
     ) -> Result<Response<pb::CancelCommandExecutionResponse>, Status> {
-        let caller = self.deps.auth.authenticate(request.metadata())?;
-        let req = request.get_ref().clone();
-        let execution_id = ExecutionId::parse(req.execution_id).map_err(validation_status)?;
-        let target = optional_target(req.target).map_err(validation_status)?;
-        let reason = optional_status_reason(req.status_reason).map_err(validation_status)?;
-        if let Some(r) = &reason {
-            fleetcmd_domain::device::validate_status_reason("status_reason", r).map_err(
-                |mut e| {
-                    // The device rules name the MQTT body's camelCase keys; the API's fields are snake_case.
-                    e.field = e
-                        .field
-                        .replace("reasonCode", "reason_code")
-                        .replace("reasonDescription", "reason_description");
-                    validation_status(e)
-                },
-            )?;
-        }
-        let found = self
-            .deps
-            .read_model
-            .get_execution(&execution_id)
-            .await
-            .map_err(fleetcmd_contracts::convert::port_status)?
-            .filter(|e| target.as_ref().is_none_or(|t| *t == e.target));
-        let Some(execution) = found else {
-            // Narrow callers get PERMISSION_DENIED for unknown ids too, so ids cannot be probed.
-            if !caller.allows(Action::CancelCommandExecution, None, None) {
-                return Err(Status::permission_denied(format!(
-                    "the caller may not CancelCommandExecution on execution {execution_id}"
-                )));
-            }
-            return Err(Status::not_found(format!(
-                "execution {execution_id} not found"
-            )));
-        };
-        caller.authorize(
+        let audit = self.deps.auth.audit(
+            request.metadata(),
             Action::CancelCommandExecution,
-            Some(execution.command_id.as_str()),
-            Some(&execution.target),
-        )?;
-        let request = ShardRequest::Execution {
-            execution_id: execution_id.clone(),
-            target: execution.target.clone(),
-            input: ExecutionInput::Cancel {
-                status_reason: reason,
-            },
-        };
-        match self.deps.shards.call(&request).await.map_err(call_status)? {
-            ShardReply::Execution {
-                execution,
-                position,
-            } => {
-                await_projection(&self.deps.projection, position).await;
-                Ok(Response::new(pb::CancelCommandExecutionResponse {
-                    execution_id: execution_id.into_string(),
-                    status: status_to_pb(execution.status),
-                }))
+            format!("execution/{}", request.get_ref().execution_id),
+        );
+        audit.finish(
+            async move {
+                let caller = self.deps.auth.authenticate(request.metadata())?;
+                let req = request.get_ref().clone();
+                let execution_id =
+                    ExecutionId::parse(req.execution_id).map_err(validation_status)?;
+                let target = optional_target(req.target).map_err(validation_status)?;
+                let reason =
+                    optional_status_reason(req.status_reason).map_err(validation_status)?;
+                if let Some(r) = &reason {
+                    fleetcmd_domain::device::validate_status_reason("status_reason", r).map_err(
+                        |mut e| {
+                            // The device rules name the MQTT body's camelCase keys; the API's fields are snake_case.
+                            e.field = e
+                                .field
+                                .replace("reasonCode", "reason_code")
+                                .replace("reasonDescription", "reason_description");
+                            validation_status(e)
+                        },
+                    )?;
+                }
+                let found = self
+                    .deps
+                    .read_model
+                    .get_execution(&execution_id)
+                    .await
+                    .map_err(fleetcmd_contracts::convert::port_status)?
+                    .filter(|e| target.as_ref().is_none_or(|t| *t == e.target));
+                let Some(execution) = found else {
+                    // Narrow callers get PERMISSION_DENIED for unknown ids too, so ids cannot be probed.
+                    if !caller.allows(Action::CancelCommandExecution, None, None) {
+                        return Err(Status::permission_denied(format!(
+                            "the caller may not CancelCommandExecution on execution {execution_id}"
+                        )));
+                    }
+                    return Err(Status::not_found(format!(
+                        "execution {execution_id} not found"
+                    )));
+                };
+                caller.authorize(
+                    Action::CancelCommandExecution,
+                    Some(execution.command_id.as_str()),
+                    Some(&execution.target),
+                )?;
+                let request = ShardRequest::Execution {
+                    execution_id: execution_id.clone(),
+                    target: execution.target.clone(),
+                    input: ExecutionInput::Cancel {
+                        status_reason: reason,
+                    },
+                };
+                match self.deps.shards.call(&request).await.map_err(call_status)? {
+                    ShardReply::Execution {
+                        execution,
+                        position,
+                    } => {
+                        await_projection(&self.deps.projection, position).await;
+                        Ok(Response::new(pb::CancelCommandExecutionResponse {
+                            execution_id: execution_id.into_string(),
+                            status: status_to_pb(execution.status),
+                        }))
+                    }
+                    ShardReply::Rejected(r) => Err(rejected(r)),
+                    other => Err(unexpected(&other)),
+                }
             }
-            ShardReply::Rejected(r) => Err(rejected(r)),
-            other => Err(unexpected(&other)),
-        }
+            .await,
+        )
     }
 }

@@ -211,18 +211,29 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         &self,
         request: Request<pb::CreateCommandRequest>,
     ) -> Result<Response<pb::CreateCommandResponse>, Status> {
-        let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(
+        let audit = self.deps.auth.audit(
             request.metadata(),
             Action::CreateCommand,
-            Some(id.as_str()),
-            None,
-        )?;
-        let create = CreateCommand::try_from(request.into_inner()).map_err(validation_status)?;
-        fleetcmd_domain::command::validate_create(&create, 0).map_err(validation_status)?;
-        self.command_call(&id, CommandInput::Create(Box::new(create)))
-            .await?;
-        Ok(Response::new(create_command_response(&id, &self.deps.arns)))
+            format!("command/{}", request.get_ref().command_id),
+        );
+        audit.finish(
+            async move {
+                let id = command_id(&request.get_ref().command_id)?;
+                self.deps.auth.check(
+                    request.metadata(),
+                    Action::CreateCommand,
+                    Some(id.as_str()),
+                    None,
+                )?;
+                let create =
+                    CreateCommand::try_from(request.into_inner()).map_err(validation_status)?;
+                fleetcmd_domain::command::validate_create(&create, 0).map_err(validation_status)?;
+                self.command_call(&id, CommandInput::Create(Box::new(create)))
+                    .await?;
+                Ok(Response::new(create_command_response(&id, &self.deps.arns)))
+            }
+            .await,
+        )
     }
 
     async fn get_command(
@@ -274,43 +285,65 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         &self,
         request: Request<pb::UpdateCommandRequest>,
     ) -> Result<Response<pb::UpdateCommandResponse>, Status> {
-        let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(
+        let audit = self.deps.auth.audit(
             request.metadata(),
             Action::UpdateCommand,
-            Some(id.as_str()),
-            None,
-        )?;
-        let update = UpdateCommand::from(request.into_inner());
-        let (command, _, _) = self.command_call(&id, CommandInput::Update(update)).await?;
-        let command =
-            command.ok_or_else(|| Status::not_found(format!("command {id} not found")))?;
-        Ok(Response::new(update_command_response(*command)))
+            format!("command/{}", request.get_ref().command_id),
+        );
+        audit.finish(
+            async move {
+                let id = command_id(&request.get_ref().command_id)?;
+                self.deps.auth.check(
+                    request.metadata(),
+                    Action::UpdateCommand,
+                    Some(id.as_str()),
+                    None,
+                )?;
+                let update = UpdateCommand::from(request.into_inner());
+                let (command, _, _) = self.command_call(&id, CommandInput::Update(update)).await?;
+                let command =
+                    command.ok_or_else(|| Status::not_found(format!("command {id} not found")))?;
+                Ok(Response::new(update_command_response(*command)))
+            }
+            .await,
+        )
     }
 
     async fn delete_command(
         &self,
         request: Request<pb::DeleteCommandRequest>,
     ) -> Result<Response<pb::DeleteCommandResponse>, Status> {
-        let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(
+        let audit = self.deps.auth.audit(
             request.metadata(),
             Action::DeleteCommand,
-            Some(id.as_str()),
-            None,
-        )?;
-        let (command, deleted, _) = self.command_call(&id, CommandInput::Delete).await?;
-        Ok(Response::new(if deleted {
-            pb::DeleteCommandResponse {
-                status_code: 204,
-                deletion_scheduled_at: None,
+            format!("command/{}", request.get_ref().command_id),
+        );
+        audit.finish(
+            async move {
+                let id = command_id(&request.get_ref().command_id)?;
+                self.deps.auth.check(
+                    request.metadata(),
+                    Action::DeleteCommand,
+                    Some(id.as_str()),
+                    None,
+                )?;
+                let (command, deleted, _) = self.command_call(&id, CommandInput::Delete).await?;
+                Ok(Response::new(if deleted {
+                    pb::DeleteCommandResponse {
+                        status_code: 204,
+                        deletion_scheduled_at: None,
+                    }
+                } else {
+                    pb::DeleteCommandResponse {
+                        status_code: 202,
+                        deletion_scheduled_at: command
+                            .and_then(|c| c.delete_at)
+                            .map(timestamp_from_ms),
+                    }
+                }))
             }
-        } else {
-            pb::DeleteCommandResponse {
-                status_code: 202,
-                deletion_scheduled_at: command.and_then(|c| c.delete_at).map(timestamp_from_ms),
-            }
-        }))
+            .await,
+        )
     }
 
     async fn get_command_execution(
@@ -365,29 +398,39 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         &self,
         request: Request<pb::DeleteCommandExecutionRequest>,
     ) -> Result<Response<pb::DeleteCommandExecutionResponse>, Status> {
-        let caller = self.deps.auth.authenticate(request.metadata())?;
-        let req = request.get_ref();
-        let execution = self
-            .authorized_execution(
-                &caller,
-                Action::DeleteCommandExecution,
-                &req.execution_id,
-                req.target.clone(),
-            )
-            .await?;
-        let request = ShardRequest::Execution {
-            execution_id: execution.execution_id.clone(),
-            target: execution.target.clone(),
-            input: ExecutionInput::Delete,
-        };
-        match self.deps.shards.call(&request).await.map_err(call_status)? {
-            ShardReply::Execution { position, .. } => {
-                await_projection(&self.deps.projection, position).await;
-                Ok(Response::new(pb::DeleteCommandExecutionResponse {}))
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::DeleteCommandExecution,
+            format!("execution/{}", request.get_ref().execution_id),
+        );
+        audit.finish(
+            async move {
+                let caller = self.deps.auth.authenticate(request.metadata())?;
+                let req = request.get_ref();
+                let execution = self
+                    .authorized_execution(
+                        &caller,
+                        Action::DeleteCommandExecution,
+                        &req.execution_id,
+                        req.target.clone(),
+                    )
+                    .await?;
+                let request = ShardRequest::Execution {
+                    execution_id: execution.execution_id.clone(),
+                    target: execution.target.clone(),
+                    input: ExecutionInput::Delete,
+                };
+                match self.deps.shards.call(&request).await.map_err(call_status)? {
+                    ShardReply::Execution { position, .. } => {
+                        await_projection(&self.deps.projection, position).await;
+                        Ok(Response::new(pb::DeleteCommandExecutionResponse {}))
+                    }
+                    ShardReply::Rejected(r) => Err(rejection_status(r)),
+                    other => Err(unexpected(&other)),
+                }
             }
-            ShardReply::Rejected(r) => Err(rejection_status(r)),
-            other => Err(unexpected(&other)),
-        }
+            .await,
+        )
     }
 
     type WatchCommandExecutionsStream = WatchStream;

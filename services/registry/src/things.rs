@@ -64,6 +64,16 @@ impl ThingService {
     }
 }
 
+/// The resource an audit record names for a credential call: the owner, as policies write it.
+fn owner_resource(owner: &Option<pb::CredentialOwner>) -> String {
+    use pb::credential_owner::Owner;
+    match owner.as_ref().and_then(|o| o.owner.as_ref()) {
+        Some(Owner::ThingName(name)) => format!("thing/{name}"),
+        Some(Owner::ClientId(id)) => format!("client/{id}"),
+        None => "-".to_owned(),
+    }
+}
+
 fn not_found(name: &str) -> Status {
     Status::not_found(format!("thing {name} not found"))
 }
@@ -109,18 +119,28 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         &self,
         request: Request<pb::CreateThingRequest>,
     ) -> Result<Response<pb::CreateThingResponse>, Status> {
-        let target = self.authorize(
+        let audit = self.deps.auth.audit(
             request.metadata(),
             Action::CreateThing,
-            &request.get_ref().thing_name,
-        )?;
-        let create = CreateThing::from(request.into_inner());
-        let name = create.thing_name.clone();
-        self.call(&name, ThingInput::Create(create)).await?;
-        Ok(Response::new(pb::CreateThingResponse {
-            thing_arn: self.deps.arns.target(&target),
-            thing_name: name,
-        }))
+            format!("thing/{}", request.get_ref().thing_name),
+        );
+        audit.finish(
+            async move {
+                let target = self.authorize(
+                    request.metadata(),
+                    Action::CreateThing,
+                    &request.get_ref().thing_name,
+                )?;
+                let create = CreateThing::from(request.into_inner());
+                let name = create.thing_name.clone();
+                self.call(&name, ThingInput::Create(create)).await?;
+                Ok(Response::new(pb::CreateThingResponse {
+                    thing_arn: self.deps.arns.target(&target),
+                    thing_name: name,
+                }))
+            }
+            .await,
+        )
     }
 
     async fn get_thing(
@@ -174,45 +194,78 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         &self,
         request: Request<pb::UpdateThingRequest>,
     ) -> Result<Response<pb::UpdateThingResponse>, Status> {
-        let metadata = request.metadata().clone();
-        let (name, update) =
-            update_thing_from_pb(request.into_inner()).map_err(validation_status)?;
-        self.authorize(&metadata, Action::UpdateThing, &name)?;
-        let thing = self
-            .call(&name, ThingInput::Update(update))
-            .await?
-            .ok_or_else(|| not_found(&name))?;
-        Ok(Response::new(pb::UpdateThingResponse {
-            version: i64::try_from(thing.version).unwrap_or(i64::MAX),
-        }))
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::UpdateThing,
+            format!("thing/{}", request.get_ref().thing_name),
+        );
+        audit.finish(
+            async move {
+                let metadata = request.metadata().clone();
+                let (name, update) =
+                    update_thing_from_pb(request.into_inner()).map_err(validation_status)?;
+                self.authorize(&metadata, Action::UpdateThing, &name)?;
+                let thing = self
+                    .call(&name, ThingInput::Update(update))
+                    .await?
+                    .ok_or_else(|| not_found(&name))?;
+                Ok(Response::new(pb::UpdateThingResponse {
+                    version: i64::try_from(thing.version).unwrap_or(i64::MAX),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn delete_thing(
         &self,
         request: Request<pb::DeleteThingRequest>,
     ) -> Result<Response<pb::DeleteThingResponse>, Status> {
-        let name = &request.get_ref().thing_name;
-        self.authorize(request.metadata(), Action::DeleteThing, name)?;
-        let expected_version =
-            expected_version("expected_version", request.get_ref().expected_version)
-                .map_err(validation_status)?;
-        self.call(name, ThingInput::Delete { expected_version })
-            .await?;
-        Ok(Response::new(pb::DeleteThingResponse {}))
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::DeleteThing,
+            format!("thing/{}", request.get_ref().thing_name),
+        );
+        audit.finish(
+            async move {
+                let name = &request.get_ref().thing_name;
+                self.authorize(request.metadata(), Action::DeleteThing, name)?;
+                let expected_version =
+                    expected_version("expected_version", request.get_ref().expected_version)
+                        .map_err(validation_status)?;
+                self.call(name, ThingInput::Delete { expected_version })
+                    .await?;
+                Ok(Response::new(pb::DeleteThingResponse {}))
+            }
+            .await,
+        )
     }
 
     async fn create_thing_certificate(
         &self,
         request: Request<pb::CreateThingCertificateRequest>,
     ) -> Result<Response<pb::CreateThingCertificateResponse>, Status> {
-        credentials::create_certificate(&self.deps, request).await
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::CreateThingCertificate,
+            owner_resource(&request.get_ref().owner),
+        );
+        audit
+            .finish(async move { credentials::create_certificate(&self.deps, request).await }.await)
     }
 
     async fn register_thing_certificate(
         &self,
         request: Request<pb::RegisterThingCertificateRequest>,
     ) -> Result<Response<pb::RegisterThingCertificateResponse>, Status> {
-        credentials::register_certificate(&self.deps, request).await
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::RegisterThingCertificate,
+            owner_resource(&request.get_ref().owner),
+        );
+        audit.finish(
+            async move { credentials::register_certificate(&self.deps, request).await }.await,
+        )
     }
 
     async fn list_thing_certificates(
@@ -226,7 +279,13 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         &self,
         request: Request<pb::RevokeThingCertificateRequest>,
     ) -> Result<Response<pb::RevokeThingCertificateResponse>, Status> {
-        credentials::revoke_certificate(&self.deps, request).await
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::RevokeThingCertificate,
+            format!("certificate/{}", request.get_ref().certificate_id),
+        );
+        audit
+            .finish(async move { credentials::revoke_certificate(&self.deps, request).await }.await)
     }
 
     async fn get_certificate_revocation_list(
@@ -240,7 +299,12 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         &self,
         request: Request<pb::CreateThingPasswordRequest>,
     ) -> Result<Response<pb::CreateThingPasswordResponse>, Status> {
-        credentials::create_password(&self.deps, request).await
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::CreateThingPassword,
+            owner_resource(&request.get_ref().owner),
+        );
+        audit.finish(async move { credentials::create_password(&self.deps, request).await }.await)
     }
 
     not_yet! {

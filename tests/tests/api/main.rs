@@ -7,6 +7,7 @@
 //! up, the test acts once and checks the outcome. Every call is bounded (the clients' channels
 //! time out), and so is every stream read and device exchange.
 
+mod audit;
 mod auth;
 mod command_lifecycle;
 mod command_validation;

@@ -52,8 +52,8 @@ pub use executions::{
     time_range_from_pb,
 };
 pub use status::{
-    ERROR_DOMAIN, STATUS_DETAILS_MAX_BYTES, STATUS_MESSAGE_MAX_BYTES, bounded_status, port_status,
-    rejection_grpc_code, rejection_reason, rejection_status, validation_status,
+    ERROR_DOMAIN, STATUS_DETAILS_MAX_BYTES, STATUS_MESSAGE_MAX_BYTES, bounded_status, code_name,
+    port_status, rejection_grpc_code, rejection_reason, rejection_status, validation_status,
 };
 pub use targets::{optional_target, require_target, target_kind_from_pb};
 pub use things::{

@@ -74,6 +74,8 @@ pub struct AuthConfig {
     pub policy: Option<PathBuf>,
     /// Allow a non-loopback API address without a policy.
     pub allow_unauthenticated: bool,
+    /// Append the audit trail (one JSON line per mutating call) to this file, besides the log.
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

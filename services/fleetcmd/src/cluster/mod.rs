@@ -353,7 +353,14 @@ fn auth(config: &ClusterConfig) -> anyhow::Result<Auth> {
             config.grpc.addr
         );
     }
-    Ok(Auth::new(policy.map(Arc::new)))
+    let auth = Auth::new(policy.map(Arc::new));
+    Ok(match &config.auth.audit_log {
+        Some(path) => auth.with_audit(
+            fleetcmd_contracts::audit::AuditLog::to_file(path)
+                .with_context(|| format!("opening the audit log {}", path.display()))?,
+        ),
+        None => auth,
+    })
 }
 
 async fn scylla(
