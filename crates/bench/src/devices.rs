@@ -82,6 +82,8 @@ pub struct FleetSpec {
     pub behavior: Behavior,
     pub delay: Duration,
     pub root: TopicRoot,
+    /// Per device (by index), TLS with its own client certificate; `None`: plain MQTT.
+    pub tls: Option<Vec<Arc<rustls::ClientConfig>>>,
 }
 
 impl FleetSpec {
@@ -122,7 +124,12 @@ pub async fn start(
             bodies: bodies.clone(),
             ready: ready.clone(),
         };
-        let options = mqtt_options(&device.target.id, &spec.host, spec.port, DEVICE_INFLIGHT);
+        let mut options = mqtt_options(&device.target.id, &spec.host, spec.port, DEVICE_INFLIGHT);
+        if let Some(tls) = spec.tls.as_ref().and_then(|t| t.get(i)) {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
         tasks.push(tokio::spawn(device.run(options, stop_rx.clone())));
     }
     let fleet = Fleet { stop, tasks };

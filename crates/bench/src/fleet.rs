@@ -44,6 +44,8 @@ struct Target {
     mqtt_port: u16,
     pids: Vec<u32>,
     in_process: bool,
+    /// With `--secure`: the server's CA (devices trust it); `mqtt_port` is then the TLS one.
+    ca_pem: Option<String>,
 }
 
 /// Runs the fleetcmd measurement.
@@ -64,6 +66,7 @@ pub async fn run(args: &BenchArgs, client: &ClientArgs) -> anyhow::Result<Report
             mqtt_port,
             pids: args.server_pid.clone(),
             in_process: false,
+            ca_pem: None,
         };
         return drive(args, client.token.as_deref(), &target).await;
     }
@@ -80,11 +83,13 @@ pub async fn run(args: &BenchArgs, client: &ClientArgs) -> anyhow::Result<Report
     };
     let shards = args.shards.to_string();
     let dir_text = dir.to_string_lossy().into_owned();
-    let serve_args = ServeOnly::try_parse_from([
+    let mut flags = vec![
         "serve",
         "--grpc-addr",
         "127.0.0.1:0",
         "--mqtt-addr",
+        "127.0.0.1:0",
+        "--mqtt-tls-addr",
         "127.0.0.1:0",
         "--data-dir",
         &dir_text,
@@ -92,19 +97,31 @@ pub async fn run(args: &BenchArgs, client: &ClientArgs) -> anyhow::Result<Report
         &shards,
         "--metrics-addr",
         "127.0.0.1:0",
-    ])
-    .context("building the in-process server's flags")?
-    .serve;
+    ];
+    if args.secure {
+        flags.extend(["--device-auth", "required"]);
+    }
+    let serve_args = ServeOnly::try_parse_from(flags)
+        .context("building the in-process server's flags")?
+        .serve;
     let running = serve::start(serve_args)
         .await
         .context("starting fleetcmd in-process")?;
+    let (mqtt_port, ca_pem) = if args.secure {
+        let ca = std::fs::read_to_string(dir.join("tls").join("ca.pem"))
+            .context("reading the in-process server's CA")?;
+        (running.mqtt_tls_addr.port(), Some(ca))
+    } else {
+        (running.mqtt_addr.port(), None)
+    };
     let target = Target {
         endpoint: format!("http://{}", running.grpc_addr),
         dispatcher_endpoints: Vec::new(),
         mqtt_host: running.mqtt_addr.ip().to_string(),
-        mqtt_port: running.mqtt_addr.port(),
+        mqtt_port,
         pids: vec![std::process::id()],
         in_process: true,
+        ca_pem,
     };
     let result = drive(args, client.token.as_deref(), &target).await;
     let stopped = running.stop().await;
@@ -114,6 +131,52 @@ pub async fn run(args: &BenchArgs, client: &ClientArgs) -> anyhow::Result<Report
     let report = result?;
     stopped.context("stopping the in-process server")?;
     Ok(report)
+}
+
+/// The thing names of the fleet (as `FleetSpec::thing` names them).
+fn spec_names(devices: usize, tag: &str) -> Vec<String> {
+    (0..devices).map(|i| format!("bench-{tag}-{i}")).collect()
+}
+
+/// Registers each device as a thing and issues it a certificate; returns each device's TLS
+/// configuration (the server's CA, its own certificate). Sixteen calls at a time.
+async fn provision(
+    api: &Api,
+    names: &[String],
+    ca_pem: &str,
+) -> anyhow::Result<Vec<Arc<rustls::ClientConfig>>> {
+    use futures::StreamExt as _;
+    let issued: Vec<anyhow::Result<Arc<rustls::ClientConfig>>> =
+        futures::stream::iter(names.iter().cloned())
+            .map(|name| async move {
+                fleetcmd_cli::thing::create(
+                    api,
+                    pb::CreateThingRequest {
+                        thing_name: name.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let cert = fleetcmd_cli::credentials::create_certificate(
+                    api,
+                    pb::CreateThingCertificateRequest {
+                        owner: Some(pb::CredentialOwner {
+                            owner: Some(pb::credential_owner::Owner::ThingName(name)),
+                        }),
+                        validity_days: 0,
+                    },
+                )
+                .await?;
+                let config = fleetcmd_identity::client_config(
+                    ca_pem,
+                    Some((&cert.certificate_pem, &cert.private_key_pem)),
+                )?;
+                Ok(Arc::new(config))
+            })
+            .buffered(16)
+            .collect()
+            .await;
+    issued.into_iter().collect()
 }
 
 fn status_name(status: i32) -> &'static str {
@@ -232,6 +295,10 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
         behavior: args.behavior,
         delay: Duration::from_millis(args.delay_ms),
         root: TopicRoot::default(),
+        tls: match &target.ca_pem {
+            Some(ca) => Some(provision(&apis[0], &spec_names(args.devices, &tag), ca).await?),
+            None => None,
+        },
     };
     let fleet = start_devices(&spec, &collector.notes, &mut progress, "fleetcmd bench").await?;
 
@@ -336,10 +403,10 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
     let attempted = next.load(Ordering::Relaxed).min(budget);
     let mut report = Report {
         mode: "fleetcmd",
-        server: if target.in_process {
-            "in-process"
-        } else {
-            "external"
+        server: match (target.in_process, target.ca_pem.is_some()) {
+            (true, true) => "in-process (TLS, devices authenticated)",
+            (true, false) => "in-process",
+            (false, _) => "external",
         },
         devices: args.devices,
         behavior: args.behavior.name(),

@@ -102,6 +102,11 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Device security on (in-process server only): the server requires device
+    /// authentication, and every simulated device is registered as a thing, gets its own
+    /// certificate and connects with it over TLS — what TLS and authorization cost.
+    #[arg(long, conflicts_with = "mqtt")]
+    pub secure: bool,
 }
 
 impl BenchArgs {

@@ -95,6 +95,7 @@ async fn drive(
         behavior: Behavior::Succeed,
         delay: Duration::ZERO,
         root: TopicRoot::default(),
+        tls: None,
     };
     let fleet = start_devices(&spec, &collector.notes, &mut progress, "raw bench").await?;
 
