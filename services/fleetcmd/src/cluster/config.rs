@@ -127,6 +127,10 @@ pub struct MqttConfig {
     /// targets with `hash % instances == instance`.
     pub instances: u32,
     pub instance: u32,
+    /// The edge's own login on the broker's private listener (`FLEETCMD_MQTT_USERNAME`,
+    /// `FLEETCMD_MQTT_PASSWORD`); both or neither.
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -213,6 +217,8 @@ impl Default for MqttConfig {
             client_id: "fleetcmd-edge-0".into(),
             instances: 1,
             instance: 0,
+            username: None,
+            password: None,
         }
     }
 }

@@ -236,14 +236,17 @@ pub async fn start(
                 instance: config.mqtt.instance,
                 ..fleetcmd_edge::EdgeConfig::default()
             };
-            let link = fleetcmd_adapters::mqtt::MqttClientLink::start(
-                fleetcmd_adapters::mqtt::MqttClientConfig::new(
-                    config.mqtt.host.clone(),
-                    config.mqtt.port,
-                    config.mqtt.client_id.clone(),
-                ),
-                shutdown.clone(),
+            let mut mqtt = fleetcmd_adapters::mqtt::MqttClientConfig::new(
+                config.mqtt.host.clone(),
+                config.mqtt.port,
+                config.mqtt.client_id.clone(),
             );
+            mqtt.credentials = match (&config.mqtt.username, &config.mqtt.password) {
+                (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+                (None, None) => None,
+                _ => anyhow::bail!("mqtt.username and mqtt.password go together"),
+            };
+            let link = fleetcmd_adapters::mqtt::MqttClientLink::start(mqtt, shutdown.clone());
             // The projector writes the read model: an accepted update is answered once it
             // is readable there.
             let projection = ProjectionWatch::follow(bus.clone(), config.shards).await?;
