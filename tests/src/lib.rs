@@ -70,6 +70,19 @@ pub fn test_args(name: &str) -> ServeArgs {
     }
 }
 
+/// [`test_args`] with a policy file of `policy` (TOML), written into the data directory so
+/// that it goes when the server's data does.
+pub fn policed_args(name: &str, policy: &str) -> anyhow::Result<ServeArgs> {
+    let args = test_args(name);
+    std::fs::create_dir_all(&args.data_dir)?;
+    let path = args.data_dir.join("policy.toml");
+    std::fs::write(&path, policy)?;
+    Ok(ServeArgs {
+        policy: Some(path),
+        ..args
+    })
+}
+
 /// A running server and clients for it.
 pub struct Server {
     pub running: Running,

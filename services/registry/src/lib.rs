@@ -172,6 +172,22 @@ impl RegistryService {
     }
 }
 
+impl RegistryService {
+    /// The command id a request names, once the caller is known to be allowed `action` on it.
+    fn authorized_command(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        action: Action,
+        raw_id: &str,
+    ) -> Result<CommandId, Status> {
+        let id = command_id(raw_id)?;
+        self.deps
+            .auth
+            .check(metadata, action, Some(id.as_str()), None)?;
+        Ok(id)
+    }
+}
+
 fn command_id(id: &str) -> Result<CommandId, Status> {
     CommandId::parse(id).map_err(validation_status)
 }
@@ -218,12 +234,10 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         );
         audit.finish(
             async move {
-                let id = command_id(&request.get_ref().command_id)?;
-                self.deps.auth.check(
+                let id = self.authorized_command(
                     request.metadata(),
                     Action::CreateCommand,
-                    Some(id.as_str()),
-                    None,
+                    &request.get_ref().command_id,
                 )?;
                 let create =
                     CreateCommand::try_from(request.into_inner()).map_err(validation_status)?;
@@ -240,12 +254,10 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         &self,
         request: Request<pb::GetCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let id = command_id(&request.get_ref().command_id)?;
-        self.deps.auth.check(
+        let id = self.authorized_command(
             request.metadata(),
             Action::GetCommand,
-            Some(id.as_str()),
-            None,
+            &request.get_ref().command_id,
         )?;
         let command = self
             .deps
@@ -292,12 +304,10 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         );
         audit.finish(
             async move {
-                let id = command_id(&request.get_ref().command_id)?;
-                self.deps.auth.check(
+                let id = self.authorized_command(
                     request.metadata(),
                     Action::UpdateCommand,
-                    Some(id.as_str()),
-                    None,
+                    &request.get_ref().command_id,
                 )?;
                 let update = UpdateCommand::from(request.into_inner());
                 let (command, _, _) = self.command_call(&id, CommandInput::Update(update)).await?;
@@ -320,12 +330,10 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
         );
         audit.finish(
             async move {
-                let id = command_id(&request.get_ref().command_id)?;
-                self.deps.auth.check(
+                let id = self.authorized_command(
                     request.metadata(),
                     Action::DeleteCommand,
-                    Some(id.as_str()),
-                    None,
+                    &request.get_ref().command_id,
                 )?;
                 let (command, deleted, _) = self.command_call(&id, CommandInput::Delete).await?;
                 Ok(Response::new(if deleted {

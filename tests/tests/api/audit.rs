@@ -4,7 +4,7 @@
 use fleetcmd_contracts::pb;
 use fleetcmd_e2e::api::*;
 use fleetcmd_e2e::wait::eventually;
-use fleetcmd_e2e::{ServeArgs, Server, static_json_command, temp_data_dir, test_args, thing};
+use fleetcmd_e2e::{ServeArgs, Server, policed_args, static_json_command, thing};
 use serde_json::Value as Json;
 
 use crate::Result;
@@ -49,15 +49,11 @@ fn summary(r: &Json) -> (String, String, String, String) {
 
 #[tokio::test]
 async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -> Result {
-    let dir = temp_data_dir("audit-files");
-    std::fs::create_dir_all(&dir)?;
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY)?;
-    let log = dir.join("audit.jsonl");
+    let args = policed_args("audit", POLICY)?;
+    let log = args.data_dir.join("audit.jsonl");
     let server = Server::start_with(ServeArgs {
-        policy: Some(policy),
         audit_log: Some(log.clone()),
-        ..test_args("audit")
+        ..args
     })
     .await?;
     let mut reg = server.registry().await?;
@@ -161,7 +157,5 @@ async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -
         "no token in the trail"
     );
     assert!(!text.contains(&cert.private_key_pem), "no key in the trail");
-    server.shutdown().await?;
-    std::fs::remove_dir_all(&dir)?;
-    Ok(())
+    server.shutdown().await
 }

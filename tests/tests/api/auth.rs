@@ -3,7 +3,9 @@
 
 use fleetcmd_contracts::pb;
 use fleetcmd_e2e::api::*;
-use fleetcmd_e2e::{Server, client, static_json_command, temp_data_dir, test_args, thing, within};
+use fleetcmd_e2e::{
+    Server, client, policed_args, static_json_command, temp_data_dir, test_args, thing, within,
+};
 use pb::ExecutionStatus as St;
 use tonic::{Code, Status};
 
@@ -162,25 +164,16 @@ struct Policed {
     reg: Registry,
     disp: Dispatcher,
     lab_exec: String,
-    policy_dir: std::path::PathBuf,
 }
 
 impl Policed {
     async fn stop(self) -> Result {
-        self.server.shutdown().await?;
-        std::fs::remove_dir_all(&self.policy_dir)?;
-        Ok(())
+        self.server.shutdown().await
     }
 }
 
 async fn given_a_policy(name: &str) -> anyhow::Result<Policed> {
-    let policy_dir = temp_data_dir(&format!("{name}-policy"));
-    std::fs::create_dir_all(&policy_dir)?;
-    let policy = policy_dir.join("policy.toml");
-    std::fs::write(&policy, POLICY)?;
-    let mut args = test_args(name);
-    args.policy = Some(policy);
-    let server = Server::start_with(args).await?;
+    let server = Server::start_with(policed_args(name, POLICY)?).await?;
     let mut reg = server.registry().await?;
     let mut disp = server.dispatcher().await?;
     for id in ["reboot", "other"] {
@@ -197,7 +190,6 @@ async fn given_a_policy(name: &str) -> anyhow::Result<Policed> {
         reg,
         disp,
         lab_exec,
-        policy_dir,
     })
 }
 

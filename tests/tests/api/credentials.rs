@@ -5,7 +5,7 @@
 
 use fleetcmd_contracts::pb;
 use fleetcmd_e2e::api::*;
-use fleetcmd_e2e::{Server, Things, temp_data_dir, test_args};
+use fleetcmd_e2e::{Server, Things, policed_args, test_args};
 use fleetcmd_identity::{Ca, DeviceIdentity, TrustedCa};
 use time::OffsetDateTime;
 use tonic::Code;
@@ -524,15 +524,7 @@ actions = ["*"]
 
 #[tokio::test]
 async fn the_policy_covers_the_credential_calls() -> Result {
-    let dir = temp_data_dir("cred-policy-file");
-    std::fs::create_dir_all(&dir)?;
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY)?;
-    let server = Server::start_with(fleetcmd_e2e::ServeArgs {
-        policy: Some(policy),
-        ..test_args("cred-policy")
-    })
-    .await?;
+    let server = Server::start_with(policed_args("cred-policy", POLICY)?).await?;
     let mut things = server.things().await?;
     let (admin, lab) = (
         "admin-secret-0123456789abcdef",
@@ -689,7 +681,5 @@ async fn the_policy_covers_the_credential_calls() -> Result {
         status(office_certs[0].status),
         pb::CertificateStatus::Active
     );
-    server.shutdown().await?;
-    std::fs::remove_dir_all(dir).ok();
-    Ok(())
+    server.shutdown().await
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::paging::collect_pages;
 use fleetcmd_e2e::api::*;
-use fleetcmd_e2e::{Server, Things, temp_data_dir, test_args, within};
+use fleetcmd_e2e::{Server, Things, policed_args, test_args, within};
 use tonic::Code;
 
 use crate::{ARN_PREFIX, Result};
@@ -408,15 +408,7 @@ actions = ["*"]
 
 #[tokio::test]
 async fn the_policy_covers_the_thing_calls() -> Result {
-    let dir = temp_data_dir("thing-policy-file");
-    std::fs::create_dir_all(&dir)?;
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY)?;
-    let server = Server::start_with(fleetcmd_e2e::ServeArgs {
-        policy: Some(policy),
-        ..test_args("thing-policy")
-    })
-    .await?;
+    let server = Server::start_with(policed_args("thing-policy", POLICY)?).await?;
     let mut things = server.things().await?;
     let (admin, reader) = (
         "admin-secret-0123456789abcdef",
@@ -474,9 +466,7 @@ async fn the_policy_covers_the_thing_calls() -> Result {
         2,
         "the refused create made nothing"
     );
-    server.shutdown().await?;
-    std::fs::remove_dir_all(dir).ok();
-    Ok(())
+    server.shutdown().await
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::policy::token_sha256;
 use fleetcmd_e2e::api::*;
-use fleetcmd_e2e::{Registry, ServeArgs, Server, Things, temp_data_dir, test_args, within};
+use fleetcmd_e2e::{Registry, ServeArgs, Server, Things, policed_args, test_args, within};
 use tonic::Code;
 
 use crate::Result;
@@ -43,14 +43,9 @@ actions = ["ListCommands", "GetCommand"]
 
 /// A server with `--grpc-tls` and the policy above.
 async fn given_a_tls_server(name: &str) -> anyhow::Result<Server> {
-    let dir = temp_data_dir(&format!("{name}-policy"));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("policy.toml");
-    std::fs::write(&file, policy())?;
     Server::start_with(ServeArgs {
         grpc_tls: true,
-        policy: Some(file),
-        ..test_args(name)
+        ..policed_args(name, &policy())?
     })
     .await
 }
