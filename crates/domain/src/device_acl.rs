@@ -171,4 +171,44 @@ mod tests {
         assert!(may_use_client_id(&lamp(), "lamp-1"));
         assert!(may_use_client_id(&lamp(), "lamp-1-second-connection"));
     }
+
+    /// MQTT matching, for the property below: `+` one level, a trailing `#` the rest.
+    fn matches(filter: &str, topic: &str) -> bool {
+        let (f, t): (Vec<&str>, Vec<&str>) =
+            (filter.split('/').collect(), topic.split('/').collect());
+        for (i, level) in f.iter().enumerate() {
+            match *level {
+                "#" => return true,
+                "+" if i < t.len() => {}
+                l if t.get(i) == Some(&l) => {}
+                _ => return false,
+            }
+        }
+        f.len() == t.len()
+    }
+
+    proptest::proptest! {
+        /// Whatever filter a device is allowed, it matches none of another device's topics
+        /// (a namesake client, a longer name, events).
+        #[test]
+        fn an_allowed_filter_never_reaches_another_identity(
+            filter in "[$a-z0-9/+#-]{0,60}",
+            tail in "[a-z0-9/+#-]{0,30}",
+        ) {
+            let root = TopicRoot::default();
+            let others = [
+                "$aws/commands/things/lamp-10/executions/e/request/json",
+                "$aws/commands/clients/lamp-1/executions/e/request/json",
+                "$aws/commands/things/lamp-2/executions/e/response/accepted/json",
+                "$aws/events/commandExecution/c/SUCCEEDED",
+            ];
+            for f in [filter.clone(), format!("$aws/commands/things/lamp-1/executions/{tail}")] {
+                if may_subscribe(&root, &lamp(), &f) {
+                    for other in others {
+                        proptest::prop_assert!(!matches(&f, other), "{f} reaches {other}");
+                    }
+                }
+            }
+        }
+    }
 }

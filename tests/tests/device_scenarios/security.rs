@@ -281,6 +281,22 @@ async fn a_device_cannot_read_or_settle_another_devices_executions() -> Result {
             Version::V311 => assert!(text.contains("closed"), "{text}"),
         }
     }
+    // Forged requests, replies and status events are refused too.
+    let mut attacker = over_tls(&env.server, Version::V5, "lamp-2", &lamp2).await?;
+    for topic in [
+        victim_topics.request(&id, "json"),
+        victim_topics.accepted(&id, Format::Json),
+        "$aws/events/commandExecution/ping/SUCCEEDED".to_owned(),
+    ] {
+        let err = attacker
+            .publish_json(topic.clone(), &json!({"forged": true}))
+            .await
+            .expect_err("a forged request, reply or event");
+        assert!(
+            format!("{err:#}").contains("NotAuthorized"),
+            "{topic}: {err:#}"
+        );
+    }
     assert_eq!(
         env.get(&id, true).await?,
         before,
