@@ -1,18 +1,5 @@
-//! `deploy/mosquitto-cluster.conf` and its ACL files, as shipped, on the real Mosquitto
-//! (Debian's 2.0.x): devices log in with a certificate from the fleetcmd device CA (mutual
-//! TLS) or with a password, each is confined to its own command topics, and the edge has its
-//! own listener and credential.
-//!
-//! Each test starts its own `mosquitto -c` on free loopback ports. Its config is the shipped
-//! file with only file paths, listener ports/addresses and the log destination rewritten; the
-//! ACL files are copied unchanged. Without Mosquitto the tests are skipped, unless `CI` is set:
-//! then they fail.
-//!
-//! Mosquitto drops what an ACL denies without telling the other side (a denied publish is
-//! acknowledged, a subscription is granted and then filtered). "Not delivered" is therefore
-//! proven with a marker sent after it on the same path: Mosquitto forwards one publisher's
-//! messages to a subscriber in order, so when the marker is the next message to arrive, the
-//! earlier one was dropped.
+//! The harness of the Mosquitto tests: the shipped config rendered for a test broker, the
+//! PKI, the broker process, and MQTT clients that report what the broker did.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,28 +15,28 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 /// The shipped listeners, by the port `deploy/mosquitto-cluster.conf` gives them.
-const MTLS_LISTENER: u16 = 8883;
-const PASSWORD_LISTENER: u16 = 8884;
-const EDGE_LISTENER: u16 = 1883;
+pub const MTLS_LISTENER: u16 = 8883;
+pub const PASSWORD_LISTENER: u16 = 8884;
+pub const EDGE_LISTENER: u16 = 1883;
 
-const EDGE_USER: &str = "fleetcmd-edge";
-const EDGE_PASSWORD: &str = "edge-secret-0123456789";
+pub const EDGE_USER: &str = "fleetcmd-edge";
+pub const EDGE_PASSWORD: &str = "edge-secret-0123456789";
 
 /// The ACL files as the cluster config names them, and the repository files they are.
-const SHIPPED_ACL_FILES: [(&str, &str); 2] = [
+pub const SHIPPED_ACL_FILES: [(&str, &str); 2] = [
     ("fleetcmd-acl.conf", "mosquitto-acl.conf"),
     ("fleetcmd-mtls-acl.conf", "mosquitto-mtls-acl.conf"),
 ];
 
-fn deploy_dir() -> PathBuf {
+pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
 }
 
-fn request(identity: &str, execution: &str) -> String {
+pub fn request(identity: &str, execution: &str) -> String {
     format!("$aws/commands/{identity}/executions/{execution}/request/json")
 }
 
-fn update(identity: &str, execution: &str) -> String {
+pub fn update(identity: &str, execution: &str) -> String {
     format!("$aws/commands/{identity}/executions/{execution}/response/json")
 }
 
@@ -57,7 +44,7 @@ fn update(identity: &str, execution: &str) -> String {
 
 /// `mosquitto` and `mosquitto_passwd`, or `None` (after a skip line) when they are not
 /// installed outside CI.
-fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+pub fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
     // Debian puts the broker in /usr/sbin, which a non-login PATH may lack.
     let find = |tool: &str| {
         let path = std::env::var_os("PATH").unwrap_or_default();
@@ -84,13 +71,13 @@ fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// The fleetcmd side of a deployment: the device CA and the certificates it issued.
-struct Pki {
-    ca: Ca,
-    now: OffsetDateTime,
+pub struct Pki {
+    pub ca: Ca,
+    pub now: OffsetDateTime,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let now = OffsetDateTime::now_utc();
         Self {
             ca: Ca::generate(now).expect("generate the device CA"),
@@ -99,13 +86,13 @@ impl Pki {
     }
 
     /// A device certificate for `identity` (`things/<name>` or `clients/<id>`).
-    fn device(&self, identity: &str) -> Issued {
+    pub fn device(&self, identity: &str) -> Issued {
         let identity = DeviceIdentity::parse(identity).expect("a device identity");
         fleetcmd_identity::issue(&self.ca, &identity, 1, self.now).expect("issue a certificate")
     }
 
     /// The CRL listing `revoked`, valid for a day.
-    fn crl(&self, revoked: &[&Issued]) -> String {
+    pub fn crl(&self, revoked: &[&Issued]) -> String {
         let entries: Vec<RevokedEntry> = revoked
             .iter()
             .map(|c| RevokedEntry {
@@ -118,12 +105,12 @@ impl Pki {
     }
 
     /// TLS to a device listener: trusting the device CA, with `certificate` if given.
-    fn tls(&self, certificate: Option<&Issued>) -> TlsConfiguration {
+    pub fn tls(&self, certificate: Option<&Issued>) -> TlsConfiguration {
         tls_trusting(&self.ca, certificate)
     }
 }
 
-fn tls_trusting(ca: &Ca, certificate: Option<&Issued>) -> TlsConfiguration {
+pub fn tls_trusting(ca: &Ca, certificate: Option<&Issued>) -> TlsConfiguration {
     let client_auth = certificate.map(|c| {
         (
             c.certificate_pem.as_str(),
@@ -136,19 +123,19 @@ fn tls_trusting(ca: &Ca, certificate: Option<&Issued>) -> TlsConfiguration {
 }
 
 /// A `mosquitto -c` of its own, killed on drop.
-struct Broker {
-    child: Child,
+pub struct Broker {
+    pub child: Child,
     /// Shipped listener port → the port it listens on here.
-    ports: BTreeMap<u16, u16>,
-    root: PathBuf,
-    _dir: TempDir,
+    pub ports: BTreeMap<u16, u16>,
+    pub root: PathBuf,
+    pub _dir: TempDir,
 }
 
 impl Broker {
     /// Writes the shipped config and ACL files, the CA, server certificate, CRL and password
     /// files they name under a temp dir, starts Mosquitto and waits until every listener
     /// accepts connections.
-    async fn start(
+    pub async fn start(
         (mosquitto, mosquitto_passwd): &(PathBuf, PathBuf),
         pki: &Pki,
         crl_pem: &str,
@@ -220,18 +207,18 @@ impl Broker {
         broker
     }
 
-    fn port(&self, shipped: u16) -> u16 {
+    pub fn port(&self, shipped: u16) -> u16 {
         self.ports[&shipped]
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         let read = |name: &str| std::fs::read_to_string(self.root.join(name)).unwrap_or_default();
         format!("{}{}", read("stderr.log"), read("mosquitto.log"))
     }
 
     /// Polls each listener with a TCP connect until it accepts, within [`WAIT`]; fails at
     /// once if Mosquitto exits (a config it refuses).
-    async fn wait_listening(&mut self) {
+    pub async fn wait_listening(&mut self) {
         let deadline = Instant::now() + WAIT;
         let ports: Vec<u16> = self.ports.values().copied().collect();
         for port in ports {
@@ -257,7 +244,7 @@ impl Broker {
     }
 
     /// Replaces the CRL file and sends SIGHUP, as an operator does after a revocation.
-    fn reload_crl(&self, crl_pem: &str) {
+    pub fn reload_crl(&self, crl_pem: &str) {
         write(&self.root.join("etc/certs/device-ca.crl"), crl_pem);
         let status = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
@@ -280,7 +267,7 @@ impl Drop for Broker {
 /// The shipped config with `/etc/mosquitto/` and `/var/lib/mosquitto/` moved under `root`,
 /// each listener on its test port on 127.0.0.1, and the log in a file (stdout is not
 /// captured). Every file it names must exist, and every shipped listener must be there.
-fn render(shipped: &str, root: &Path, ports: &BTreeMap<u16, u16>) -> String {
+pub fn render(shipped: &str, root: &Path, ports: &BTreeMap<u16, u16>) -> String {
     let etc = format!("{}/etc/", root.display());
     let data = format!("{}/data/", root.display());
     let mut out = String::new();
@@ -332,11 +319,11 @@ fn render(shipped: &str, root: &Path, ports: &BTreeMap<u16, u16>) -> String {
     out
 }
 
-fn write(path: &Path, contents: &str) {
+pub fn write(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -346,22 +333,22 @@ fn free_port() -> u16 {
 // ---- MQTT clients --------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
+pub enum Protocol {
     V311,
     V5,
 }
 
 /// How a client logs in.
 #[derive(Clone)]
-struct Login {
-    port: u16,
-    client_id: String,
-    tls: Option<TlsConfiguration>,
-    credentials: Option<(String, String)>,
+pub struct Login {
+    pub port: u16,
+    pub client_id: String,
+    pub tls: Option<TlsConfiguration>,
+    pub credentials: Option<(String, String)>,
 }
 
 impl Login {
-    fn new(port: u16, client_id: &str) -> Self {
+    pub fn new(port: u16, client_id: &str) -> Self {
         Self {
             port,
             client_id: client_id.to_owned(),
@@ -370,12 +357,12 @@ impl Login {
         }
     }
 
-    fn tls(mut self, tls: TlsConfiguration) -> Self {
+    pub fn tls(mut self, tls: TlsConfiguration) -> Self {
         self.tls = Some(tls);
         self
     }
 
-    fn password(mut self, user: &str, password: &str) -> Self {
+    pub fn password(mut self, user: &str, password: &str) -> Self {
         self.credentials = Some((user.to_owned(), password.to_owned()));
         self
     }
@@ -383,26 +370,26 @@ impl Login {
 
 /// What the broker acknowledged.
 #[derive(Debug, PartialEq, Eq)]
-enum Ack {
+pub enum Ack {
     /// SUBACK: whether every filter was granted.
     Subscribed(bool),
     /// PUBACK: `false` when it says "not authorized" (MQTT 5; 3.1.1 cannot say it).
     Published(bool),
 }
 
-enum Mqtt {
+pub enum Mqtt {
     V311(rumqttc::AsyncClient),
     V5(v5::AsyncClient),
 }
 
 /// A connected client. Its event loop runs on a task that hands over received messages and
 /// acknowledgements; both channels close when the connection ends.
-struct Client {
-    name: String,
-    mqtt: Mqtt,
-    messages: mpsc::Receiver<(String, String)>,
-    acks: mpsc::Receiver<Ack>,
-    task: tokio::task::JoinHandle<()>,
+pub struct Client {
+    pub name: String,
+    pub mqtt: Mqtt,
+    pub messages: mpsc::Receiver<(String, String)>,
+    pub acks: mpsc::Receiver<Ack>,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Client {
@@ -413,7 +400,7 @@ impl Drop for Client {
 }
 
 /// Connects; `Err` carries rumqttc's error when the handshake or CONNECT is refused.
-async fn connect(protocol: Protocol, login: &Login) -> Result<Client, String> {
+pub async fn connect(protocol: Protocol, login: &Login) -> Result<Client, String> {
     let (message_tx, messages) = mpsc::channel(256);
     let (ack_tx, acks) = mpsc::channel(256);
     let name = format!("{} ({protocol:?})", login.client_id);
@@ -523,14 +510,14 @@ async fn connect(protocol: Protocol, login: &Login) -> Result<Client, String> {
 }
 
 /// Connects, failing the test with `what` when refused.
-async fn connected(what: &str, protocol: Protocol, login: &Login) -> Client {
+pub async fn connected(what: &str, protocol: Protocol, login: &Login) -> Client {
     connect(protocol, login)
         .await
         .unwrap_or_else(|e| panic!("{what}: connection refused: {e}"))
 }
 
 /// Connects expecting a refusal; returns rumqttc's error.
-async fn refused(what: &str, protocol: Protocol, login: &Login) -> String {
+pub async fn refused(what: &str, protocol: Protocol, login: &Login) -> String {
     match connect(protocol, login).await {
         Ok(_) => panic!("{what}: the broker accepted the connection"),
         Err(e) => {
@@ -542,7 +529,7 @@ async fn refused(what: &str, protocol: Protocol, login: &Login) -> String {
 
 /// Connects (MQTT 3.1.1) until refused, within [`WAIT`]: for a change the broker makes
 /// asynchronously, such as loading a CRL on SIGHUP. Returns rumqttc's error.
-async fn refused_eventually(what: &str, login: &Login) -> String {
+pub async fn refused_eventually(what: &str, login: &Login) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         match connect(Protocol::V311, login).await {
@@ -558,7 +545,7 @@ async fn refused_eventually(what: &str, login: &Login) -> String {
 
 /// Asserts that the TLS handshake failed with the broker's `alert` (rustls' name for it),
 /// not at CONNECT.
-fn assert_alert(error: &str, alert: &str) {
+pub fn assert_alert(error: &str, alert: &str) {
     assert!(
         error.contains(&format!("received fatal alert: {alert}")),
         "expected the TLS alert {alert}, got: {error}"
@@ -566,7 +553,7 @@ fn assert_alert(error: &str, alert: &str) {
 }
 
 impl Client {
-    async fn ack(&mut self, what: &str) -> Ack {
+    pub async fn ack(&mut self, what: &str) -> Ack {
         let what = format!("{}: {what}", self.name);
         within(&what, self.acks.recv())
             .await
@@ -574,7 +561,7 @@ impl Client {
     }
 
     /// Subscribes at QoS 1 and waits for the SUBACK; returns whether it was granted.
-    async fn subscribe(&mut self, filter: &str) -> bool {
+    pub async fn subscribe(&mut self, filter: &str) -> bool {
         let sent = match &self.mqtt {
             Mqtt::V311(c) => c
                 .subscribe(filter, QoS::AtLeastOnce)
@@ -596,7 +583,7 @@ impl Client {
     }
 
     /// Publishes at QoS 1 and waits for the PUBACK; `false` when it says "not authorized".
-    async fn publish(&mut self, topic: &str, payload: &str) -> bool {
+    pub async fn publish(&mut self, topic: &str, payload: &str) -> bool {
         let payload = payload.as_bytes().to_vec();
         let sent = match &self.mqtt {
             Mqtt::V311(c) => c
@@ -619,7 +606,7 @@ impl Client {
     }
 
     /// The next message this client receives, as (topic, payload).
-    async fn next_message(&mut self, what: &str) -> (String, String) {
+    pub async fn next_message(&mut self, what: &str) -> (String, String) {
         let what = format!("{}: {what}", self.name);
         within(&what, self.messages.recv())
             .await
@@ -627,7 +614,7 @@ impl Client {
     }
 
     /// Asserts that the next message is `payload` on `topic`.
-    async fn expect(&mut self, what: &str, topic: &str, payload: &str) {
+    pub async fn expect(&mut self, what: &str, topic: &str, payload: &str) {
         let got = self.next_message(what).await;
         assert_eq!(
             (got.0.as_str(), got.1.as_str()),
@@ -640,7 +627,7 @@ impl Client {
 
 /// The edge: `fleetcmd-edge` on the private listener, subscribed to every device update as
 /// fleetcmd's edge is (`fleetcmd_domain::topics`).
-async fn edge(broker: &Broker, client_id: &str) -> Client {
+pub async fn edge(broker: &Broker, client_id: &str) -> Client {
     let login =
         Login::new(broker.port(EDGE_LISTENER), client_id).password(EDGE_USER, EDGE_PASSWORD);
     let mut edge = connected("the edge", Protocol::V5, &login).await;
@@ -651,419 +638,4 @@ async fn edge(broker: &Broker, client_id: &str) -> Client {
         assert!(edge.subscribe(filter).await, "the edge may read {filter}");
     }
     edge
-}
-
-// ---- the tests -----------------------------------------------------------------------------
-
-/// A device with its own certificate, over MQTT 3.1.1 and 5: it receives its own requests and
-/// not another device's, its updates reach the edge, and it cannot publish on another
-/// device's topics, on its own `.../response/accepted`, or on `$aws/events/...`. The username
-/// is the certificate's CN (`things/<name>`, with its `/`), whatever the device sends.
-#[tokio::test]
-async fn an_mtls_device_gets_its_own_requests_and_publishes_only_its_own_updates() {
-    let Some(tools) = tools("an_mtls_device_gets_its_own_requests...") else {
-        return;
-    };
-    let pki = Pki::new();
-    let broker = Broker::start(&tools, &pki, &pki.crl(&[]), &[]).await;
-    let mut edge = edge(&broker, "fleetcmd-edge-0").await;
-    // So that a forged event would reach the edge before the marker.
-    assert!(edge.subscribe("$aws/events/#").await);
-
-    for (protocol, thing, other) in [
-        (Protocol::V311, "things/lamp-1", "things/lamp-2"),
-        (Protocol::V5, "things/lamp-3", "clients/lamp-4"),
-        (Protocol::V5, "clients/sensor-7", "things/sensor-7"),
-    ] {
-        let cert = pki.device(thing);
-        // The username and password the device sends are ignored: the CN is the username,
-        // even when the device claims to be the edge.
-        let login = Login::new(broker.port(MTLS_LISTENER), "any-client-id")
-            .tls(pki.tls(Some(&cert)))
-            .password(EDGE_USER, EDGE_PASSWORD);
-        let mut device = connected(thing, protocol, &login).await;
-        assert!(
-            device
-                .subscribe(&format!("$aws/commands/{thing}/executions/+/request/#"))
-                .await,
-            "{thing}: its own requests"
-        );
-        assert!(
-            device
-                .subscribe(&format!("$aws/commands/{other}/executions/+/request/#"))
-                .await,
-            "Mosquitto grants any filter and filters what it delivers"
-        );
-        assert!(
-            device
-                .subscribe(&format!("$aws/commands/{thing}/executions/+/response/#"))
-                .await
-        );
-
-        // Requests: the other device's first, then the device's own as the marker.
-        assert!(edge.publish(&request(other, "e0"), "not yours").await);
-        assert!(edge.publish(&request(thing, "e1"), "yours").await);
-        device
-            .expect(
-                "its own request, and nothing before",
-                &request(thing, "e1"),
-                "yours",
-            )
-            .await;
-        let accepted = format!("$aws/commands/{thing}/executions/e1/response/accepted/json");
-        assert!(edge.publish(&accepted, "accepted").await);
-        device
-            .expect("the answer to its update", &accepted, "accepted")
-            .await;
-
-        // Updates: forged ones first, then its own as the marker.
-        let forged = [
-            update(other, "e0"),
-            format!("$aws/commands/{thing}/executions/e1/response/accepted/json"),
-            format!("$aws/events/commandExecution/{thing}/succeeded"),
-        ];
-        for topic in &forged {
-            let taken = device.publish(topic, "forged").await;
-            // A denied QoS 1 publish is acknowledged all the same; MQTT 5 gets the reason.
-            assert_eq!(
-                taken,
-                protocol == Protocol::V311,
-                "{thing}: PUBACK for the denied {topic}"
-            );
-        }
-        assert!(device.publish(&update(thing, "e1"), "SUCCEEDED").await);
-        edge.expect(
-            "the device's update, and no forged one before",
-            &update(thing, "e1"),
-            "SUCCEEDED",
-        )
-        .await;
-        // The device did not see its own denied publish on `.../response/accepted` either:
-        // the next thing it gets is a new request.
-        assert!(edge.publish(&request(thing, "e2"), "next").await);
-        device
-            .expect("the next request", &request(thing, "e2"), "next")
-            .await;
-    }
-}
-
-/// The mutual-TLS listener takes only unrevoked certificates of the fleetcmd device CA: a
-/// certificate of another CA, a revoked one and none at all fail the handshake, and a
-/// password alone does not get in.
-#[tokio::test]
-async fn the_mtls_listener_refuses_foreign_revoked_and_missing_certificates() {
-    let Some(tools) = tools("the_mtls_listener_refuses...") else {
-        return;
-    };
-    let pki = Pki::new();
-    let good = pki.device("things/good");
-    let revoked = pki.device("things/revoked");
-    let broker = Broker::start(&tools, &pki, &pki.crl(&[&revoked]), &[("good", "pw")]).await;
-    let port = broker.port(MTLS_LISTENER);
-
-    let stranger_ca = Ca::generate(pki.now).expect("another CA");
-    let stranger_identity = DeviceIdentity::parse("things/good").expect("an identity");
-    let stranger = fleetcmd_identity::issue(&stranger_ca, &stranger_identity, 1, pki.now)
-        .expect("a certificate of another CA");
-
-    for protocol in [Protocol::V311, Protocol::V5] {
-        let login = |id: &str| Login::new(port, id);
-        connected(
-            "a certificate of the device CA",
-            protocol,
-            &login("good").tls(pki.tls(Some(&good))),
-        )
-        .await;
-        let e = refused(
-            "a certificate of another CA, same CN",
-            protocol,
-            &login("good").tls(pki.tls(Some(&stranger))),
-        )
-        .await;
-        assert_alert(&e, "UnknownCA");
-        let e = refused(
-            "a revoked certificate",
-            protocol,
-            &login("revoked").tls(pki.tls(Some(&revoked))),
-        )
-        .await;
-        assert_alert(&e, "CertificateRevoked");
-        let e = refused(
-            "no certificate, with a valid device password",
-            protocol,
-            &login("good").tls(pki.tls(None)).password("good", "pw"),
-        )
-        .await;
-        assert_alert(&e, "CertificateRequired");
-        refused(
-            "plain TCP on the TLS listener",
-            protocol,
-            &login("good").password("good", "pw"),
-        )
-        .await;
-    }
-}
-
-/// Password devices on their listener: the right password gets in and confines the device to
-/// its own topics (thing name or client id as username); a wrong or unknown one does not;
-/// device and edge credentials work only on their own listener.
-#[tokio::test]
-async fn password_devices_are_confined_and_each_listener_takes_only_its_credentials() {
-    let Some(tools) = tools("password_devices_are_confined...") else {
-        return;
-    };
-    let pki = Pki::new();
-    let devices = [("lamp-1", "pw-lamp-1"), ("lamp-2", "pw-lamp-2")];
-    let broker = Broker::start(&tools, &pki, &pki.crl(&[]), &devices).await;
-    let device_port = broker.port(PASSWORD_LISTENER);
-    let mut edge = edge(&broker, "fleetcmd-edge-0").await;
-
-    for (protocol, execution) in [(Protocol::V311, "e311"), (Protocol::V5, "e5")] {
-        let tls = pki.tls(None);
-        let login = Login::new(device_port, "lamp-1")
-            .tls(tls.clone())
-            .password("lamp-1", "pw-lamp-1");
-        let mut device = connected("lamp-1 with its password", protocol, &login).await;
-        assert!(
-            device
-                .subscribe("$aws/commands/things/+/executions/+/request/#")
-                .await
-        );
-        assert!(
-            edge.publish(&request("things/lamp-2", execution), "not yours")
-                .await
-        );
-        assert!(
-            edge.publish(&request("things/lamp-1", execution), "yours")
-                .await
-        );
-        device
-            .expect(
-                "its own request, and not lamp-2's before",
-                &request("things/lamp-1", execution),
-                "yours",
-            )
-            .await;
-        device
-            .publish(&update("things/lamp-2", execution), "forged")
-            .await;
-        assert!(
-            device
-                .publish(&update("things/lamp-1", execution), "SUCCEEDED")
-                .await
-        );
-        edge.expect(
-            "lamp-1's update, and not the forged one before",
-            &update("things/lamp-1", execution),
-            "SUCCEEDED",
-        )
-        .await;
-
-        for (what, login) in [
-            (
-                "a wrong password",
-                Login::new(device_port, "lamp-1")
-                    .tls(tls.clone())
-                    .password("lamp-1", "pw-lamp-2"),
-            ),
-            (
-                "an unknown user",
-                Login::new(device_port, "lamp-9")
-                    .tls(tls.clone())
-                    .password("lamp-9", "pw-lamp-1"),
-            ),
-            (
-                "no credentials",
-                Login::new(device_port, "lamp-1").tls(tls.clone()),
-            ),
-            (
-                "the edge's credential on the device listener",
-                Login::new(device_port, "fleetcmd-edge-1")
-                    .tls(tls.clone())
-                    .password(EDGE_USER, EDGE_PASSWORD),
-            ),
-            (
-                "a device's credential on the edge listener",
-                Login::new(broker.port(EDGE_LISTENER), "lamp-1").password("lamp-1", "pw-lamp-1"),
-            ),
-            (
-                "no credentials on the edge listener",
-                Login::new(broker.port(EDGE_LISTENER), "lamp-1"),
-            ),
-        ] {
-            let e = refused(what, protocol, &login).await;
-            assert!(
-                e.contains("Connection refused"),
-                "{what}: a CONNACK refusal: {e}"
-            );
-        }
-    }
-}
-
-/// `$aws/#` (and `#`) are granted to a device, but it receives through them only its own
-/// requests: nothing of other devices, nothing of `$aws/events/...`. Both device kinds.
-#[tokio::test]
-async fn a_wildcard_subscription_yields_nothing_of_other_devices() {
-    let Some(tools) = tools("a_wildcard_subscription_yields...") else {
-        return;
-    };
-    let pki = Pki::new();
-    let broker = Broker::start(&tools, &pki, &pki.crl(&[]), &[("lamp-2", "pw-lamp-2")]).await;
-    let mut edge = edge(&broker, "fleetcmd-edge-0").await;
-    let cert = pki.device("things/lamp-1");
-
-    let devices = [
-        (
-            "things/lamp-1",
-            Login::new(broker.port(MTLS_LISTENER), "lamp-1").tls(pki.tls(Some(&cert))),
-        ),
-        (
-            "things/lamp-2",
-            Login::new(broker.port(PASSWORD_LISTENER), "lamp-2")
-                .tls(pki.tls(None))
-                .password("lamp-2", "pw-lamp-2"),
-        ),
-    ];
-    for (protocol, (identity, login)) in [Protocol::V5, Protocol::V311].into_iter().zip(devices) {
-        let mut device = connected(identity, protocol, &login).await;
-        assert!(device.subscribe("$aws/#").await);
-        assert!(device.subscribe("#").await);
-        let others = [
-            request("things/lamp-9", "e1"),
-            request("clients/lamp-1", "e1"),
-            request("things/lamp-1x", "e1"),
-            update("things/lamp-9", "e1"),
-            format!("$aws/events/commandExecution/{identity}/succeeded"),
-            "$aws/events/commandExecution/things/lamp-9/succeeded".to_owned(),
-        ];
-        for topic in &others {
-            assert!(edge.publish(topic, "not yours").await);
-        }
-        assert!(edge.publish(&request(identity, "marker"), "yours").await);
-        device
-            .expect(
-                "the marker, and nothing of other devices or events before",
-                &request(identity, "marker"),
-                "yours",
-            )
-            .await;
-    }
-}
-
-/// Mosquitto reads `crlfile` at start and on SIGHUP: a certificate revoked after start keeps
-/// connecting until the new CRL is written and the broker signalled, then is refused; a
-/// connection opened before stays open. A CRL past its nextUpdate refuses every certificate.
-#[tokio::test]
-async fn a_new_crl_takes_effect_on_sighup_and_an_expired_crl_refuses_everyone() {
-    let Some(tools) = tools("a_new_crl_takes_effect_on_sighup...") else {
-        return;
-    };
-    let pki = Pki::new();
-    let kept = pki.device("things/kept");
-    let revoked = pki.device("things/revoked");
-    // Revoked as well, but connected before: a device of its own, as connecting with the
-    // same certificate again would take over its session.
-    let held = pki.device("things/held");
-    let broker = Broker::start(&tools, &pki, &pki.crl(&[]), &[]).await;
-    let port = broker.port(MTLS_LISTENER);
-    let mut edge = edge(&broker, "fleetcmd-edge-0").await;
-    let login = |id: &str, cert: &Issued| Login::new(port, id).tls(pki.tls(Some(cert)));
-
-    let mut open = connected("before the revocation", Protocol::V5, &login("h", &held)).await;
-    assert!(
-        open.subscribe("$aws/commands/things/held/executions/+/request/#")
-            .await
-    );
-    // Revoked in fleetcmd, but the broker still has the old CRL.
-    let new_crl = pki.crl(&[&revoked, &held]);
-    connected(
-        "revoked, before the new CRL is loaded",
-        Protocol::V311,
-        &login("r2", &revoked),
-    )
-    .await;
-
-    broker.reload_crl(&new_crl);
-    let e = refused_eventually(
-        "the revoked certificate after SIGHUP",
-        &login("r3", &revoked),
-    )
-    .await;
-    assert_alert(&e, "CertificateRevoked");
-    connected(
-        "an unrevoked certificate after the reload",
-        Protocol::V311,
-        &login("k", &kept),
-    )
-    .await;
-    let e = refused(
-        "the other revoked certificate after the reload",
-        Protocol::V5,
-        &login("h2", &held),
-    )
-    .await;
-    assert_alert(&e, "CertificateRevoked");
-    assert!(
-        edge.publish(&request("things/held", "e1"), "still open")
-            .await
-    );
-    open.expect(
-        "the connection opened before the reload stays open",
-        &request("things/held", "e1"),
-        "still open",
-    )
-    .await;
-
-    // A CRL whose nextUpdate has passed: OpenSSL refuses every client certificate.
-    let day = time::Duration::DAY;
-    let expired = fleetcmd_identity::crl(&pki.ca, &[], pki.now - day * 2, pki.now - day)
-        .expect("sign an expired CRL");
-    broker.reload_crl(&expired);
-    let e = refused_eventually(
-        "an unrevoked certificate after an expired CRL was loaded",
-        &login("k2", &kept),
-    )
-    .await;
-    // OpenSSL's CRL_HAS_EXPIRED goes out as the certificate_expired alert.
-    assert_alert(&e, "CertificateExpired");
-}
-
-/// On the mutual-TLS listener the client id becomes the CN as well: two devices sending the
-/// same client id do not take over each other's session.
-#[tokio::test]
-async fn a_device_cannot_take_over_another_devices_session() {
-    let Some(tools) = tools("a_device_cannot_take_over...") else {
-        return;
-    };
-    let pki = Pki::new();
-    let broker = Broker::start(&tools, &pki, &pki.crl(&[]), &[]).await;
-    let mut edge = edge(&broker, "fleetcmd-edge-0").await;
-    let port = broker.port(MTLS_LISTENER);
-    let (a, b) = (pki.device("things/a"), pki.device("things/b"));
-
-    let mut first = connected(
-        "things/a",
-        Protocol::V5,
-        &Login::new(port, "same-id").tls(pki.tls(Some(&a))),
-    )
-    .await;
-    assert!(
-        first
-            .subscribe("$aws/commands/things/a/executions/+/request/#")
-            .await
-    );
-    let _second = connected(
-        "things/b, with things/a's client id",
-        Protocol::V5,
-        &Login::new(port, "same-id").tls(pki.tls(Some(&b))),
-    )
-    .await;
-    assert!(edge.publish(&request("things/a", "e1"), "for a").await);
-    first
-        .expect(
-            "things/a is still connected",
-            &request("things/a", "e1"),
-            "for a",
-        )
-        .await;
 }
