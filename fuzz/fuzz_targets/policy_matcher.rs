@@ -67,11 +67,17 @@ fuzz_target!(|input: Input<'_>| {
             let action = Action::ALL[usize::from(input.action) % Action::ALL.len()];
             let target = Target::parse_resource_name(input.text).ok();
             for t in &policy.tokens {
-                // The token authenticates its own holder (names and tokens are unique).
-                assert_eq!(
-                    policy.authenticate(&t.token).map(|p| &p.name),
-                    Some(&t.name)
-                );
+                // A token authenticates its own holder, and so does a certificate subject
+                // (names, tokens and subjects are unique).
+                if let Some(token) = &t.token {
+                    assert_eq!(policy.authenticate(token).map(|p| &p.name), Some(&t.name));
+                }
+                if let Some(subject) = &t.certificate_subject {
+                    assert_eq!(
+                        policy.authenticate_subject(subject).map(|p| &p.name),
+                        Some(&t.name)
+                    );
+                }
                 let narrow = t.allows(action, Some(input.pattern), target.as_ref());
                 // A grant covering every command and target covers each one.
                 if t.allows(action, None, None) {
