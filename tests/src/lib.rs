@@ -51,6 +51,7 @@ pub fn test_args(name: &str) -> ServeArgs {
         mqtt_addr: "127.0.0.1:0".parse().expect("valid address"),
         mqtt_tls_addr: "127.0.0.1:0".parse().expect("valid address"),
         device_auth: None,
+        mqtt_event_readers: Vec::new(),
         data_dir: temp_data_dir(name),
         policy: None,
         allow_unauthenticated: false,

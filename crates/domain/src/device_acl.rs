@@ -48,6 +48,15 @@ pub fn may_subscribe(root: &TopicRoot, identity: &Target, filter: &str) -> bool 
     !rest.is_empty() && well_formed_filter(rest)
 }
 
+/// Whether `filter` lies wholly below `<root>/events/`: what an identity the operator named
+/// an event reader may subscribe to besides its own topics (status-change events of every
+/// command; nothing it could publish on).
+pub fn is_event_filter(root: &TopicRoot, filter: &str) -> bool {
+    filter
+        .strip_prefix(&format!("{}/events/", root.as_str()))
+        .is_some_and(|rest| !rest.is_empty() && well_formed_filter(rest))
+}
+
 /// `+` and `#` only as whole levels, `#` only last (what the broker would refuse anyway;
 /// checked so the rule does not depend on the broker's parser).
 fn well_formed_filter(filter: &str) -> bool {
@@ -134,6 +143,28 @@ mod tests {
         ];
         for f in refused {
             assert!(!may_subscribe(&root, &lamp(), f), "{f}");
+        }
+    }
+
+    #[test]
+    fn event_filters_are_below_the_events_prefix_only() {
+        let root = TopicRoot::default();
+        for f in [
+            "$aws/events/commandExecution/+/+",
+            "$aws/events/#",
+            "$aws/events/commandExecution/reboot/SUCCEEDED",
+        ] {
+            assert!(is_event_filter(&root, f), "{f}");
+        }
+        for f in [
+            "$aws/#",
+            "#",
+            "$aws/events/",
+            "$aws/events/#/x",
+            "$aws/commands/#",
+            "$aws/eventsx/#",
+        ] {
+            assert!(!is_event_filter(&root, f), "{f}");
         }
     }
 

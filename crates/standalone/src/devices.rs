@@ -49,6 +49,12 @@ pub fn device_auth(args: &ServeArgs) -> anyhow::Result<DeviceAuth> {
     Ok(mode)
 }
 
+/// `--mqtt-event-reader`: `things/<name>` or `clients/<id>`.
+pub fn parse_identity_arg(text: &str) -> Result<Target, String> {
+    fleetcmd_domain::device_acl::parse_identity(text)
+        .ok_or_else(|| format!("expected things/<name> or clients/<id>, got {text:?}"))
+}
+
 /// The credential registry as the broker's guard asks it: the read model's certificates and
 /// password hashes. A thing's credentials count only while the thing is registered: deleting
 /// a thing locks its devices out (and re-creating it lets them in again, as the credentials
@@ -113,7 +119,8 @@ pub async fn start(
                 root.clone(),
                 peers.clone(),
                 Arc::new(RegisteredCredentials(read_model.clone())),
-            );
+            )
+            .with_event_readers(args.mqtt_event_readers.iter().cloned());
             EmbeddedBroker::start_guarded(args.mqtt_addr, guard)
         }
         DeviceAuth::Open => {

@@ -45,6 +45,17 @@ pub struct ServeArgs {
     /// soon as a device listener binds beyond loopback, else `open`.
     #[arg(long, env = "FLEETCMD_DEVICE_AUTH", value_enum)]
     pub device_auth: Option<devices::DeviceAuth>,
+    /// An identity (`clients/<id>` or `things/<name>`) that may also subscribe to the
+    /// status-change events under `<topic-root>/events/` when devices must authenticate
+    /// (repeatable, or comma-separated). It logs in like a device, with a password or a
+    /// certificate.
+    #[arg(
+        long = "mqtt-event-reader",
+        env = "FLEETCMD_MQTT_EVENT_READERS",
+        value_delimiter = ',',
+        value_parser = devices::parse_identity_arg
+    )]
+    pub mqtt_event_readers: Vec<fleetcmd_domain::ids::Target>,
     /// Directory of the SQLite file that holds the event log and the read model.
     #[arg(long, env = "FLEETCMD_DATA_DIR", default_value = "./fleetcmd-data")]
     pub data_dir: PathBuf,

@@ -33,6 +33,7 @@ fn args(name: &str) -> ServeArgs {
         mqtt_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt_tls_addr: "127.0.0.1:0".parse().unwrap(),
         device_auth: None,
+        mqtt_event_readers: Vec::new(),
         data_dir,
         policy: None,
         allow_unauthenticated: false,

@@ -412,3 +412,57 @@ async fn a_bare_client_logs_in_with_its_own_client_id_only() -> Result {
     );
     env.stop().await
 }
+
+#[tokio::test]
+async fn only_an_identity_named_event_reader_reads_the_status_events() -> Result {
+    let args = ServeArgs {
+        device_auth: Some(DeviceAuth::Required),
+        mqtt_event_readers: vec![fleetcmd_domain::ids::Target::client("dashboard")?],
+        ..test_args("sec-events")
+    };
+    let mut env = Env::start_with(args).await?;
+    env.create(static_json_command("ping", r#"{"ping":"pong"}"#))
+        .await?;
+    let mut things = env.server.things().await?;
+    things
+        .create_thing(pb::CreateThingRequest {
+            thing_name: "lamp-1".into(),
+            ..Default::default()
+        })
+        .await?;
+    let (_, lamp) = issue(&mut things, "lamp-1").await?;
+    let dashboard = things
+        .create_thing_password(pb::CreateThingPasswordRequest {
+            owner: Some(pb::CredentialOwner {
+                owner: Some(pb::credential_owner::Owner::ClientId("dashboard".into())),
+            }),
+        })
+        .await?
+        .into_inner();
+    let events = "$aws/events/commandExecution/ping/+";
+    let login = DeviceOptions::v5("dashboard").login(&dashboard.username, &dashboard.password);
+    let mut reader = Device::connect(env.server.mqtt_port(), login).await?;
+    reader.subscribe(&[events]).await?;
+    // A device is no event reader.
+    let mut device = over_tls(&env.server, Version::V5, "lamp-1", &lamp).await?;
+    let err = device
+        .subscribe(&[events])
+        .await
+        .expect_err("a device reading events");
+    assert!(format!("{err:#}").contains("refused"), "{err:#}");
+    // The reader sees the CREATED event of a start; still it may publish nothing.
+    let id = env.start_simple(thing("lamp-1"), "ping", 60).await?;
+    let event = reader
+        .expect_topic(
+            "$aws/events/commandExecution/ping/CREATED",
+            fleetcmd_e2e::WAIT,
+        )
+        .await?;
+    assert_eq!(event.json()?["executionId"], id.as_str());
+    let err = reader
+        .publish_json("$aws/events/commandExecution/ping/SUCCEEDED", &json!({}))
+        .await
+        .expect_err("an event reader publishing");
+    assert!(format!("{err:#}").contains("NotAuthorized"), "{err:#}");
+    env.stop().await
+}

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fleetcmd_domain::device_acl::{
-    identity_string, may_publish, may_subscribe, may_use_client_id, parse_identity,
+    identity_string, is_event_filter, may_publish, may_subscribe, may_use_client_id, parse_identity,
 };
 use fleetcmd_domain::ids::Target;
 use fleetcmd_domain::ports::DeviceCredentials;
@@ -61,6 +61,8 @@ pub struct DeviceGuard {
     root: TopicRoot,
     peers: PeerRegistry,
     credentials: Arc<dyn DeviceCredentials>,
+    /// Identities the operator allows to read `<root>/events/...` (dashboards, services).
+    event_readers: Arc<std::collections::HashSet<Target>>,
     state: Arc<Mutex<State>>,
 }
 
@@ -89,8 +91,15 @@ impl DeviceGuard {
             root,
             peers,
             credentials,
+            event_readers: Arc::default(),
             state: Arc::default(),
         }
+    }
+
+    /// Lets these (authenticated) identities also subscribe below `<root>/events/`.
+    pub fn with_event_readers(mut self, readers: impl IntoIterator<Item = Target>) -> Self {
+        self.event_readers = Arc::new(readers.into_iter().collect());
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -222,9 +231,11 @@ impl Handler for DeviceGuard {
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
                 let filter = subscribe.topic_filter.to_string();
-                let allowed = self
-                    .identity_of(&session.id)
-                    .is_some_and(|c| may_subscribe(&self.root, &c.identity, &filter));
+                let allowed = self.identity_of(&session.id).is_some_and(|c| {
+                    may_subscribe(&self.root, &c.identity, &filter)
+                        || (self.event_readers.contains(&c.identity)
+                            && is_event_filter(&self.root, &filter))
+                });
                 if allowed {
                     return (true, acc);
                 }
