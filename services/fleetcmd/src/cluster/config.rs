@@ -43,6 +43,14 @@ pub struct ClusterConfig {
 pub struct GrpcConfig {
     /// Where the registry or dispatcher API listens (gRPC health is served there too).
     pub addr: SocketAddr,
+    /// Serve the API over TLS with this certificate (PEM chain) and key; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: the CA whose client certificates identify callers (the policy's
+    /// `certificate_subject`), e.g. the device CA.
+    pub client_ca: Option<PathBuf>,
+    /// Allow a non-loopback API address without TLS (tokens and payloads in clear).
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +167,10 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            allow_plaintext: false,
         }
     }
 }

@@ -128,7 +128,17 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let topic_root = TopicRoot::new(config.topic_root.clone()).context("topic_root")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let grpc = GrpcServer::new()?;
+    let mut grpc = GrpcServer::new()?;
+    if matches!(service, Service::Registry | Service::Dispatcher) {
+        if let Some(tls) = grpc_tls(&config.grpc)? {
+            grpc = grpc.with_tls(tls);
+        } else if !config.grpc.addr.ip().is_loopback() && !config.grpc.allow_plaintext {
+            anyhow::bail!(
+                "refusing to serve the API on {} without TLS: set grpc.tls_cert and grpc.tls_key, or grpc.allow_plaintext = true",
+                config.grpc.addr
+            );
+        }
+    }
     let health_reporter = grpc.health();
     health_reporter.set_not_serving::<HealthAll>().await;
     tracing::info!(service = service.name(), "starting");
@@ -340,6 +350,35 @@ fn spawn_readiness(
     });
 }
 
+/// The API's TLS from `grpc.tls_cert`, `grpc.tls_key` and `grpc.client_ca` (`None`: plain).
+fn grpc_tls(
+    grpc: &config::GrpcConfig,
+) -> anyhow::Result<Option<fleetcmd_service_kit::grpc::GrpcTls>> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("{key}: reading {}", path.display()))
+    };
+    let (cert, key) = match (&grpc.tls_cert, &grpc.tls_key) {
+        (Some(c), Some(k)) => (read("grpc.tls_cert", c)?, read("grpc.tls_key", k)?),
+        (None, None) => {
+            anyhow::ensure!(
+                grpc.client_ca.is_none(),
+                "grpc.client_ca needs grpc.tls_cert and grpc.tls_key"
+            );
+            return Ok(None);
+        }
+        _ => anyhow::bail!("grpc.tls_cert and grpc.tls_key go together"),
+    };
+    Ok(Some(fleetcmd_service_kit::grpc::GrpcTls {
+        certificate_pem: cert,
+        private_key_pem: key,
+        client_ca_pem: grpc
+            .client_ca
+            .as_deref()
+            .map(|p| read("grpc.client_ca", p))
+            .transpose()?,
+    }))
+}
+
 fn auth(config: &ClusterConfig) -> anyhow::Result<Auth> {
     let policy = config
         .auth
@@ -419,4 +458,59 @@ async fn kafka_membership(
     })
     .await?;
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc(addr: &str) -> config::GrpcConfig {
+        config::GrpcConfig {
+            addr: addr.parse().unwrap(),
+            ..config::GrpcConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_public_api_without_tls_is_refused_unless_plaintext_is_allowed() {
+        let config = ClusterConfig {
+            grpc: grpc("0.0.0.0:0"),
+            ..ClusterConfig::default()
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let err = start(Service::Registry, config, shutdown)
+            .await
+            .expect_err("a public plaintext API");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("without TLS") && text.contains("grpc.allow_plaintext"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tls_files_go_together_and_are_read() {
+        let only_cert = config::GrpcConfig {
+            tls_cert: Some("/nonexistent/cert.pem".into()),
+            ..grpc("127.0.0.1:0")
+        };
+        let err = grpc_tls(&only_cert).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        let ca_alone = config::GrpcConfig {
+            client_ca: Some("/nonexistent/ca.pem".into()),
+            ..grpc("127.0.0.1:0")
+        };
+        assert!(grpc_tls(&ca_alone).is_err());
+        let missing = config::GrpcConfig {
+            tls_cert: Some("/nonexistent/cert.pem".into()),
+            tls_key: Some("/nonexistent/key.pem".into()),
+            ..grpc("127.0.0.1:0")
+        };
+        let err = format!("{:#}", grpc_tls(&missing).unwrap_err());
+        assert!(
+            err.contains("grpc.tls_cert: reading /nonexistent/cert.pem"),
+            "{err}"
+        );
+        assert!(grpc_tls(&grpc("127.0.0.1:0")).unwrap().is_none());
+    }
 }
