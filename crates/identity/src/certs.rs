@@ -280,6 +280,21 @@ pub(crate) fn serial_hex(raw: &[u8]) -> String {
     hex(&raw[start..])
 }
 
+/// A certificate in DER as a PEM `CERTIFICATE` block, as fleetcmd stores and hands them out.
+pub fn certificate_pem(der: &[u8]) -> String {
+    crate::util::pem_encode("CERTIFICATE", der)
+}
+
+/// The serial of a PEM certificate (its first block), spelled as [`Issued::serial_hex`] and
+/// [`RevokedEntry::serial_hex`] are; `None` when it does not parse.
+pub fn certificate_serial_hex(pem: &str) -> Option<String> {
+    let der = crate::util::pem_certificates("certificate", pem)
+        .ok()?
+        .swap_remove(0);
+    let (_, x509) = X509Certificate::from_der(&der).ok()?;
+    Some(serial_hex(x509.raw_serial()))
+}
+
 /// The subject CN of a certificate in DER, if it parses and has one.
 pub fn common_name(der: &[u8]) -> Option<String> {
     X509Certificate::from_der(der)

@@ -33,7 +33,7 @@ mod util;
 pub use ca::{Ca, ServerIdentity, server_certificate};
 pub use certs::{
     CertificateError, Issued, ParsedCertificate, RevokedEntry, TrustedCa, certificate_id,
-    common_name, crl, issue, parse_and_verify, sign_csr,
+    certificate_pem, certificate_serial_hex, common_name, crl, issue, parse_and_verify, sign_csr,
 };
 pub use error::{Error, Result};
 pub use identity::DeviceIdentity;

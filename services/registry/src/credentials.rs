@@ -5,7 +5,6 @@
 //! read back from the read model. Private keys and passwords are returned once and never
 //! stored: the log and the read model hold certificates and argon2id hashes only.
 
-use base64::Engine as _;
 use fleetcmd_contracts::convert::{
     credential_owner_from_pb, port_status, rejection_status, validation_status,
 };
@@ -83,29 +82,6 @@ fn pem_field(field: &str, pem: &str) -> Result<(), Status> {
 /// A failure of the identity crate on caller input, as INVALID_ARGUMENT naming `field`.
 fn invalid(field: &str, e: impl std::fmt::Display) -> Status {
     validation_status(ValidationError::new(field, e.to_string()))
-}
-
-fn pem_encode(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
-}
-
-/// The serial (lowercase hex of its magnitude) of a stored certificate, for the CRL.
-fn serial_hex(pem: &str) -> Option<String> {
-    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let cert = parsed.parse_x509().ok()?;
-    let raw = cert.raw_serial();
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-    if start == raw.len() {
-        return Some("00".to_owned());
-    }
-    Some(raw[start..].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Sends a credential input to the owner's shard and waits until the read model has it;
@@ -254,7 +230,7 @@ pub(crate) async fn register_certificate(
                 owner,
                 ca,
                 parsed.certificate_id,
-                pem_encode(&parsed.der),
+                fleetcmd_identity::certificate_pem(&parsed.der),
                 parsed.not_before,
                 parsed.not_after,
             )
@@ -375,7 +351,7 @@ pub(crate) async fn revocation_list(
         .map_err(port_status)?;
     let mut entries = Vec::with_capacity(revoked.len());
     for c in revoked.iter().filter(|c| c.ca_certificate_id == ca.id()) {
-        let Some(serial_hex) = serial_hex(&c.certificate_pem) else {
+        let Some(serial_hex) = fleetcmd_identity::certificate_serial_hex(&c.certificate_pem) else {
             tracing::error!(certificate_id = %c.certificate_id, "a stored certificate does not parse; left out of the CRL");
             continue;
         };
@@ -450,7 +426,7 @@ mod tests {
         let issued =
             fleetcmd_identity::issue(&ca, &identity, 1, OffsetDateTime::now_utc()).unwrap();
         assert_eq!(
-            serial_hex(&issued.certificate_pem).as_deref(),
+            fleetcmd_identity::certificate_serial_hex(&issued.certificate_pem).as_deref(),
             Some(issued.serial_hex.as_str())
         );
         let parsed = fleetcmd_identity::parse_and_verify(
@@ -459,7 +435,10 @@ mod tests {
             OffsetDateTime::now_utc(),
         )
         .unwrap();
-        assert_eq!(pem_encode(&parsed.der), issued.certificate_pem);
-        assert_eq!(serial_hex("not a pem"), None);
+        assert_eq!(
+            fleetcmd_identity::certificate_pem(&parsed.der),
+            issued.certificate_pem
+        );
+        assert_eq!(fleetcmd_identity::certificate_serial_hex("not a pem"), None);
     }
 }
