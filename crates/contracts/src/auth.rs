@@ -70,19 +70,30 @@ impl Auth {
     /// `thing/lamp-1`): the caller is named now, from the call's credentials — `anonymous`
     /// without a policy, `unauthenticated` when they name nobody.
     pub fn audit(&self, metadata: &MetadataMap, action: Action, resource: String) -> Audit {
-        let caller = match &self.policy {
-            None => "anonymous".to_owned(),
-            Some(_) => match self.authenticate(metadata) {
-                Ok(Caller { grant: Some(g) }) => g.name.clone(),
-                _ => "unauthenticated".to_owned(),
-            },
+        self.audit_caller(metadata, action, resource).0
+    }
+
+    /// [`Self::audit`], also handing back the authentication it made, for a handler that
+    /// needs the caller (the token is then checked once per call, not twice).
+    pub fn audit_caller(
+        &self,
+        metadata: &MetadataMap,
+        action: Action,
+        resource: String,
+    ) -> (Audit, Result<Caller<'_>, Status>) {
+        let authenticated = self.authenticate(metadata);
+        let caller = match (&self.policy, &authenticated) {
+            (None, _) => "anonymous".to_owned(),
+            (Some(_), Ok(Caller { grant: Some(g) })) => g.name.clone(),
+            (Some(_), _) => "unauthenticated".to_owned(),
         };
-        Audit {
+        let audit = Audit {
             log: self.audit.clone(),
             caller,
             action,
             resource,
-        }
+        };
+        (audit, authenticated)
     }
 
     pub fn is_enabled(&self) -> bool {

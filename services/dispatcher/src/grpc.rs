@@ -66,7 +66,7 @@ impl pb::command_dispatcher_server::CommandDispatcher for DispatcherService {
         &self,
         request: Request<pb::StartCommandExecutionRequest>,
     ) -> Result<Response<pb::StartCommandExecutionResponse>, Status> {
-        let audit = self.deps.auth.audit(
+        let (audit, caller) = self.deps.auth.audit_caller(
             request.metadata(),
             Action::StartCommandExecution,
             format!(
@@ -77,7 +77,7 @@ impl pb::command_dispatcher_server::CommandDispatcher for DispatcherService {
         );
         audit.finish(
             async move {
-                let caller = self.deps.auth.authenticate(request.metadata())?;
+                let caller = caller?;
                 let req =
                     StartRequest::try_from(request.get_ref().clone()).map_err(validation_status)?;
                 caller.authorize(
@@ -115,14 +115,14 @@ impl pb::command_dispatcher_server::CommandDispatcher for DispatcherService {
         &self,
         request: Request<pb::CancelCommandExecutionRequest>,
     ) -> Result<Response<pb::CancelCommandExecutionResponse>, Status> {
-        let audit = self.deps.auth.audit(
+        let (audit, caller) = self.deps.auth.audit_caller(
             request.metadata(),
             Action::CancelCommandExecution,
             format!("execution/{}", request.get_ref().execution_id),
         );
         audit.finish(
             async move {
-                let caller = self.deps.auth.authenticate(request.metadata())?;
+                let caller = caller?;
                 let req = request.get_ref().clone();
                 let execution_id =
                     ExecutionId::parse(req.execution_id).map_err(validation_status)?;
