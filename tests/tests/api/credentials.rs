@@ -102,8 +102,14 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// A server (default test arguments for `name`) with the thing `lamp-1`.
 async fn given_a_thing(name: &str) -> anyhow::Result<(Server, Things)> {
-    let server = Server::start(name).await?;
+    given_a_thing_with(test_args(name)).await
+}
+
+/// A server started with `args`, with the thing `lamp-1`.
+async fn given_a_thing_with(args: fleetcmd_e2e::ServeArgs) -> anyhow::Result<(Server, Things)> {
+    let server = Server::start_with(args).await?;
     let mut things = server.things().await?;
     create_thing(&mut things, "lamp-1").await?;
     Ok((server, things))
@@ -320,9 +326,7 @@ async fn a_revoked_certificate_lists_as_revoked_and_is_in_the_crl() -> Result {
 #[tokio::test]
 async fn a_registered_certificate_chains_to_the_fleetcmd_ca_and_names_its_owner() -> Result {
     let args = test_args("cred-register");
-    let server = Server::start_with(args.clone()).await?;
-    let mut things = server.things().await?;
-    create_thing(&mut things, "lamp-1").await?;
+    let (server, mut things) = given_a_thing_with(args.clone()).await?;
     let ca = Ca::load_or_create(&args.data_dir.join("tls"))?;
     let lamp = DeviceIdentity::thing("lamp-1")?;
     let mine = fleetcmd_identity::issue(&ca, &lamp, 30, now())?;
@@ -456,9 +460,7 @@ async fn a_password_is_returned_once_and_replaced_by_the_next() -> Result {
 #[tokio::test]
 async fn credentials_survive_a_restart() -> Result {
     let args = test_args("cred-restart");
-    let server = Server::start_with(args.clone()).await?;
-    let mut things = server.things().await?;
-    create_thing(&mut things, "lamp-1").await?;
+    let (server, mut things) = given_a_thing_with(args.clone()).await?;
     let keep = things
         .create_thing_certificate(create_cert(thing_owner("lamp-1")))
         .await?
