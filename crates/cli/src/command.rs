@@ -10,7 +10,7 @@ use fleetcmd_contracts::pb;
 use tonic::Status;
 
 use super::render;
-use super::{Api, Output, SortArg, list_pages, params};
+use super::{Api, Output, PageArgs, SortArg, list_pages, params};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CommandCmd {
@@ -109,21 +109,14 @@ pub struct GetArgs {
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ListArgs {
-    /// Page size, 1–100 (server default 25).
-    #[arg(long, value_name = "N")]
-    pub max_results: Option<i32>,
-    /// Continue from a previous page.
-    #[arg(long, value_name = "TOKEN")]
-    pub next_token: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
     /// Only commands with a parameter of this name.
     #[arg(long, value_name = "NAME")]
     pub parameter_name: Option<String>,
     /// By creation time.
     #[arg(long, value_enum)]
     pub sort: Option<SortArg>,
-    /// Follow next_token to the end and print everything.
-    #[arg(long)]
-    pub all: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -232,8 +225,8 @@ impl CreateArgs {
 impl ListArgs {
     pub fn to_request(&self) -> pb::ListCommandsRequest {
         pb::ListCommandsRequest {
-            max_results: self.max_results.unwrap_or(0),
-            next_token: self.next_token.clone().unwrap_or_default(),
+            max_results: self.page.max_results.unwrap_or(0),
+            next_token: self.page.next_token.clone().unwrap_or_default(),
             namespace: String::new(),
             command_parameter_name: self.parameter_name.clone().unwrap_or_default(),
             sort_order: self
@@ -303,7 +296,7 @@ pub async fn run(
             )
         }
         CommandCmd::List(args) => {
-            let response = list_pages(|r| list(api, r), args.to_request(), args.all).await?;
+            let response = list_pages(|r| list(api, r), args.to_request(), args.page.all).await?;
             (
                 render::list_commands_json(&response),
                 render::list_commands_text(&response),
@@ -505,7 +498,7 @@ mod tests {
         assert_eq!(req.max_results, 10);
         assert_eq!(req.sort_order, pb::SortOrder::Ascending as i32);
         assert_eq!(req.command_parameter_name, "temp");
-        assert!(list.all);
+        assert!(list.page.all);
         let CommandCmd::List(list) = parse_line("list").unwrap() else {
             panic!()
         };

@@ -9,7 +9,9 @@ use tonic::Status;
 use serde_json::json;
 
 use super::render;
-use super::{Api, Output, RequiredTarget, SortArg, TargetFilter, list_pages, params, timefmt};
+use super::{
+    Api, Output, PageArgs, RequiredTarget, SortArg, TargetFilter, list_pages, params, timefmt,
+};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ExecCmd {
@@ -90,15 +92,8 @@ pub struct ListArgs {
     /// By start time (or completion time with a completed filter).
     #[arg(long, value_enum)]
     pub sort: Option<SortArg>,
-    /// Page size, 1–100 (server default 25).
-    #[arg(long, value_name = "N")]
-    pub max_results: Option<i32>,
-    /// Continue from a previous page.
-    #[arg(long, value_name = "TOKEN")]
-    pub next_token: Option<String>,
-    /// Follow next_token to the end and print everything.
-    #[arg(long)]
-    pub all: bool,
+    #[command(flatten)]
+    pub page: PageArgs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -186,8 +181,8 @@ impl ListArgs {
     pub fn to_request(&self) -> pb::ListCommandExecutionsRequest {
         let (status, statuses) = status_filter(&self.statuses);
         pb::ListCommandExecutionsRequest {
-            max_results: self.max_results.unwrap_or(0),
-            next_token: self.next_token.clone().unwrap_or_default(),
+            max_results: self.page.max_results.unwrap_or(0),
+            next_token: self.page.next_token.clone().unwrap_or_default(),
             namespace: String::new(),
             status,
             sort_order: self
@@ -282,7 +277,7 @@ pub async fn run(
             )
         }
         ExecCmd::List(args) => {
-            let response = list_pages(|r| list(api, r), args.to_request(), args.all).await?;
+            let response = list_pages(|r| list(api, r), args.to_request(), args.page.all).await?;
             (
                 render::list_executions_json(&response),
                 render::list_executions_text(&response),

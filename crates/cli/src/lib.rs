@@ -163,6 +163,20 @@ impl ClientArgs {
     }
 }
 
+/// The paging flags every `list` verb takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct PageArgs {
+    /// Page size, 1–100 (server default 25).
+    #[arg(long, value_name = "N")]
+    pub max_results: Option<i32>,
+    /// Continue from a previous page.
+    #[arg(long, value_name = "TOKEN")]
+    pub next_token: Option<String>,
+    /// Follow next_token to the end and print everything.
+    #[arg(long)]
+    pub all: bool,
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {

@@ -11,7 +11,7 @@ use tonic::Status;
 use super::command::parse_tag;
 use super::credentials::{self, CertCmd, PasswordCmd};
 use super::render::{self, KeyValues, Table, map_json, map_text, page_text, time_full};
-use super::{Api, Output, list_pages};
+use super::{Api, Output, PageArgs, list_pages};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ThingCmd {
@@ -54,21 +54,14 @@ pub struct NameArgs {
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ListArgs {
-    /// Page size, 1–100 (server default 25).
-    #[arg(long, value_name = "N")]
-    pub max_results: Option<i32>,
-    /// Continue from a previous page.
-    #[arg(long, value_name = "TOKEN")]
-    pub next_token: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
     /// Only things with this attribute value.
     #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub attribute: Option<(String, String)>,
     /// Only things whose name starts with this.
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
-    /// Follow next_token to the end and print everything.
-    #[arg(long)]
-    pub all: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -133,8 +126,8 @@ impl ListArgs {
     pub fn to_request(&self) -> pb::ListThingsRequest {
         let (attribute_name, attribute_value) = self.attribute.clone().unwrap_or_default();
         pb::ListThingsRequest {
-            max_results: self.max_results.unwrap_or(0),
-            next_token: self.next_token.clone().unwrap_or_default(),
+            max_results: self.page.max_results.unwrap_or(0),
+            next_token: self.page.next_token.clone().unwrap_or_default(),
             attribute_name,
             attribute_value,
             connectivity: 0,
@@ -240,7 +233,7 @@ pub async fn run(
             (thing_json(&t), thing_text(&t))
         }
         ThingCmd::List(args) => {
-            let r = list_pages(|r| list(api, r), args.to_request(), args.all).await?;
+            let r = list_pages(|r| list(api, r), args.to_request(), args.page.all).await?;
             let json = json!({
                 "things": r.things.iter().map(thing_json).collect::<Vec<_>>(),
                 "next_token": r.next_token,
@@ -349,7 +342,7 @@ mod tests {
             ("model", "v2")
         );
         assert_eq!(r.thing_name_prefix, "lamp-");
-        assert!(args.all);
+        assert!(args.page.all);
     }
 
     #[test]
