@@ -28,7 +28,7 @@ pub fn parse_identity(s: &str) -> Option<Target> {
 }
 
 /// The topic prefix every topic of the device's executions starts with.
-fn own_prefix(root: &TopicRoot, identity: &Target) -> String {
+pub fn own_prefix(root: &TopicRoot, identity: &Target) -> String {
     format!(
         "{}/commands/{}/executions/",
         root.as_str(),
@@ -71,10 +71,20 @@ fn well_formed_filter(filter: &str) -> bool {
 /// Whether `identity` may publish on `topic`: only an update of one of its own executions,
 /// `.../executions/<execution id>/response/json` or `.../response/cbor`.
 pub fn may_publish(root: &TopicRoot, identity: &Target, topic: &str) -> bool {
-    match root.parse_update(topic) {
-        Ok((target, _, _)) => target == *identity,
-        Err(_) => false,
-    }
+    is_own_update(&own_prefix(root, identity), topic)
+}
+
+/// [`may_publish`] for an identity whose [`own_prefix`] is `prefix`, without allocating: the
+/// broker keeps each connection's prefix and asks this for every publish. Whether the
+/// execution id is well formed is the edge's to answer (on the device's own reply topic).
+pub fn is_own_update(prefix: &str, topic: &str) -> bool {
+    let Some((execution, suffix)) = topic.strip_prefix(prefix).and_then(|r| r.split_once('/'))
+    else {
+        return false;
+    };
+    !execution.is_empty()
+        && !execution.contains(['+', '#'])
+        && matches!(suffix, "response/json" | "response/cbor")
 }
 
 /// Whether a device acting as `identity` may use `client_id`: a bare client identity must

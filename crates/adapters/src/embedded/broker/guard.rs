@@ -18,7 +18,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fleetcmd_domain::device_acl::{
-    identity_string, is_event_filter, may_publish, may_subscribe, may_use_client_id, parse_identity,
+    identity_string, is_event_filter, is_own_update, may_subscribe, may_use_client_id, own_prefix,
+    parse_identity,
 };
 use fleetcmd_domain::ids::Target;
 use fleetcmd_domain::ports::DeviceCredentials;
@@ -35,6 +36,8 @@ pub const GUARD_PRIORITY: Priority = 100;
 #[derive(Debug, Clone)]
 struct Connection {
     identity: Target,
+    /// The identity's topic prefix, kept so a publish is checked without allocating.
+    prefix: String,
     /// MQTT 3.1.1 has no PUBACK reason codes: a refused publish ends the connection there.
     v5: bool,
 }
@@ -106,8 +109,10 @@ impl DeviceGuard {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn identity_of(&self, id: &Id) -> Option<Connection> {
-        self.state().connections.get(&key(id)).cloned()
+    /// `check` of the connection `id` names (`None`: not an authenticated connection), under
+    /// the lock and without copying it.
+    fn with_connection<R>(&self, id: &Id, check: impl FnOnce(&Connection) -> R) -> Option<R> {
+        self.state().connections.get(&key(id)).map(check)
     }
 
     /// Who the connecting client is, proven by its certificate or its password.
@@ -200,6 +205,7 @@ impl DeviceGuard {
         state.connections.insert(
             key(id),
             Connection {
+                prefix: own_prefix(&self.root, &identity),
                 identity,
                 v5: matches!(info, ConnectInfo::V5(..)),
             },
@@ -231,11 +237,13 @@ impl Handler for DeviceGuard {
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
                 let filter = subscribe.topic_filter.to_string();
-                let allowed = self.identity_of(&session.id).is_some_and(|c| {
-                    may_subscribe(&self.root, &c.identity, &filter)
-                        || (self.event_readers.contains(&c.identity)
-                            && is_event_filter(&self.root, &filter))
-                });
+                let allowed = self
+                    .with_connection(&session.id, |c| {
+                        may_subscribe(&self.root, &c.identity, &filter)
+                            || (self.event_readers.contains(&c.identity)
+                                && is_event_filter(&self.root, &filter))
+                    })
+                    .unwrap_or(false);
                 if allowed {
                     return (true, acc);
                 }
@@ -248,15 +256,14 @@ impl Handler for DeviceGuard {
                 )
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let connection = self.identity_of(&session.id);
-                if connection
-                    .as_ref()
-                    .is_some_and(|c| may_publish(&self.root, &c.identity, &publish.topic))
-                {
+                let checked = self.with_connection(&session.id, |c| {
+                    (is_own_update(&c.prefix, &publish.topic), c.v5)
+                });
+                if let Some((true, _)) = checked {
                     return (true, acc);
                 }
                 tracing::info!(client_id = %session.id.client_id, topic = %publish.topic, "publish refused");
-                let disconnect = !connection.is_some_and(|c| c.v5);
+                let disconnect = !checked.is_some_and(|(_, v5)| v5);
                 (
                     false,
                     Some(HookResult::PublishAclResult(PublishAclResult::rejected(
