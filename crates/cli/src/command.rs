@@ -334,17 +334,10 @@ pub fn delete_text(response: &pb::DeleteCommandResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use clap::error::ErrorKind;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: CommandCmd,
-    }
-
     fn parse(args: &[&str]) -> Result<CommandCmd, clap::Error> {
-        Cli::try_parse_from(std::iter::once("command").chain(args.iter().copied())).map(|c| c.cmd)
+        crate::parse_verb("command", args.iter().copied())
     }
 
     /// [`parse`] of a command line written as one string (for arguments without spaces).

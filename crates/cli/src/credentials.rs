@@ -10,7 +10,6 @@ use clap::ArgGroup;
 use fleetcmd_contracts::pb;
 use serde_json::{Value as Json, json};
 
-use super::Output;
 use super::render::{self, Table, time_cell};
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -172,25 +171,20 @@ pub fn certificate_json(c: &pb::Certificate) -> Json {
 }
 
 fn certificate_table(certificates: &[pb::Certificate]) -> Table {
-    let mut table = Table::new(["CERTIFICATE ID", "STATUS", "CREATED", "NOT AFTER"]);
-    for c in certificates {
-        table.row(vec![
+    let columns = ["CERTIFICATE ID", "STATUS", "CREATED", "NOT AFTER"];
+    Table::new(columns).with_rows(certificates, |c| {
+        vec![
             c.certificate_id.clone(),
             status_name(c.status).to_owned(),
             time_cell(c.created_at.as_ref()),
             time_cell(c.not_after.as_ref()),
-        ]);
-    }
-    table
+        ]
+    })
 }
 
-pub async fn run_cert(
-    api: &super::Api,
-    cmd: CertCmd,
-    output: Output,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let (json, text) = match cmd {
+/// Runs a `thing cert` verb and answers in both forms, for the caller to print.
+pub async fn run_cert(api: &super::Api, cmd: CertCmd) -> anyhow::Result<(Json, String)> {
+    Ok(match cmd {
         CertCmd::Create(args) => {
             let files = CertFiles::new(&args.out, args.owner.name())?;
             files.check_free()?;
@@ -242,17 +236,11 @@ pub async fn run_cert(
             });
             (json, text)
         }
-    };
-    output.print(out, &json, &text)?;
-    Ok(())
+    })
 }
 
-pub async fn run_password(
-    api: &super::Api,
-    cmd: PasswordCmd,
-    output: Output,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+/// Runs a `thing password` verb and answers in both forms, for the caller to print.
+pub async fn run_password(api: &super::Api, cmd: PasswordCmd) -> anyhow::Result<(Json, String)> {
     let PasswordCmd::Create(owner) = cmd;
     let request = pb::CreateThingPasswordRequest {
         owner: Some(owner.to_pb()),
@@ -263,8 +251,7 @@ pub async fn run_password(
         r.username, r.password
     );
     let json = json!({"username": r.username, "password": r.password});
-    output.print(out, &json, &text)?;
-    Ok(())
+    Ok((json, text))
 }
 
 #[cfg(test)]

@@ -330,18 +330,11 @@ async fn watch_and_print(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use clap::error::ErrorKind;
     use pb::parameter_value::Value;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: ExecCmd,
-    }
-
     fn parse(args: &[&str]) -> Result<ExecCmd, clap::Error> {
-        Cli::try_parse_from(std::iter::once("exec").chain(args.iter().copied())).map(|c| c.cmd)
+        crate::parse_verb("exec", args.iter().copied())
     }
 
     /// [`parse`] of a command line written as one string (for arguments without spaces).

@@ -38,9 +38,10 @@ struct Fake {
     execution_calls: AtomicU32,
 }
 
-fn check_auth<T>(request: &Request<T>) -> Result<(), Status> {
+/// The request's message, once its bearer token is checked as the real interceptor would.
+fn authed<T>(request: Request<T>) -> Result<T, Status> {
     match request.metadata().get("authorization") {
-        Some(v) if v == format!("Bearer {TOKEN}").as_str() => Ok(()),
+        Some(v) if v == format!("Bearer {TOKEN}").as_str() => Ok(request.into_inner()),
         Some(_) => Err(Status::permission_denied("wrong token")),
         None => Err(Status::unauthenticated("missing bearer token")),
     }
@@ -63,12 +64,13 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CommandExecutionEvent, S
 
 #[tonic::async_trait]
 impl CommandRegistry for Svc {
+    type WatchCommandExecutionsStream = EventStream;
+
     async fn create_command(
         &self,
         request: Request<pb::CreateCommandRequest>,
     ) -> Result<Response<pb::CreateCommandResponse>, Status> {
-        check_auth(&request)?;
-        let r = request.into_inner();
+        let r = authed(request)?;
         Ok(Response::new(pb::CreateCommandResponse {
             command_arn: format!("arn:fleetcmd:command/{}", r.command_id),
             command_id: r.command_id,
@@ -79,10 +81,10 @@ impl CommandRegistry for Svc {
         &self,
         request: Request<pb::GetCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        check_auth(&request)?;
+        let r = authed(request)?;
         Err(Status::not_found(format!(
             "command {} not found",
-            request.into_inner().command_id
+            r.command_id
         )))
     }
 
@@ -91,8 +93,7 @@ impl CommandRegistry for Svc {
         &self,
         request: Request<pb::ListCommandsRequest>,
     ) -> Result<Response<pb::ListCommandsResponse>, Status> {
-        check_auth(&request)?;
-        let r = request.into_inner();
+        let r = authed(request)?;
         let page = match r.next_token.as_str() {
             "" => pb::ListCommandsResponse {
                 commands: vec![summary("a"), summary("b")],
@@ -118,7 +119,7 @@ impl CommandRegistry for Svc {
         &self,
         request: Request<pb::DeleteCommandRequest>,
     ) -> Result<Response<pb::DeleteCommandResponse>, Status> {
-        check_auth(&request)?;
+        authed(request)?;
         Ok(Response::new(pb::DeleteCommandResponse {
             status_code: 202,
             deletion_scheduled_at: ts(1_730_473_200),
@@ -129,7 +130,7 @@ impl CommandRegistry for Svc {
         &self,
         request: Request<pb::GetCommandExecutionRequest>,
     ) -> Result<Response<pb::CommandExecution>, Status> {
-        check_auth(&request)?;
+        let r = authed(request)?;
         self.execution_calls.fetch_add(1, Ordering::SeqCst);
         if self
             .unavailable_first
@@ -138,7 +139,6 @@ impl CommandRegistry for Svc {
         {
             return Err(Status::unavailable("shard 3 has no owner"));
         }
-        let r = request.into_inner();
         Ok(Response::new(pb::CommandExecution {
             execution_id: r.execution_id,
             command_id: "reboot".into(),
@@ -146,13 +146,6 @@ impl CommandRegistry for Svc {
             terminal: true,
             ..Default::default()
         }))
-    }
-
-    async fn list_command_executions(
-        &self,
-        _request: Request<pb::ListCommandExecutionsRequest>,
-    ) -> Result<Response<pb::ListCommandExecutionsResponse>, Status> {
-        Err(Status::unimplemented("list executions"))
     }
 
     async fn delete_command_execution(
@@ -164,14 +157,11 @@ impl CommandRegistry for Svc {
         ))
     }
 
-    type WatchCommandExecutionsStream = EventStream;
-
     async fn watch_command_executions(
         &self,
         request: Request<pb::WatchCommandExecutionsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        check_auth(&request)?;
-        let command_id = request.into_inner().command_id;
+        let command_id = authed(request)?.command_id;
         let events = [pb::ExecutionStatus::Created, pb::ExecutionStatus::Succeeded].map(|s| {
             Ok(pb::CommandExecutionEvent {
                 execution_id: "e-1".into(),
@@ -184,6 +174,13 @@ impl CommandRegistry for Svc {
         });
         Ok(Response::new(Box::pin(futures::stream::iter(events))))
     }
+
+    async fn list_command_executions(
+        &self,
+        _request: Request<pb::ListCommandExecutionsRequest>,
+    ) -> Result<Response<pb::ListCommandExecutionsResponse>, Status> {
+        Err(Status::unimplemented("list executions"))
+    }
 }
 
 #[tonic::async_trait]
@@ -193,8 +190,7 @@ impl CommandDispatcher for Svc {
         &self,
         request: Request<pb::StartCommandExecutionRequest>,
     ) -> Result<Response<pb::StartCommandExecutionResponse>, Status> {
-        check_auth(&request)?;
-        let r = request.into_inner();
+        let r = authed(request)?;
         if r.execution_timeout_seconds > 43_200 {
             return Err(Status::invalid_argument(format!(
                 "invalid execution_timeout_seconds: must be between 1 and 43200 seconds, got {}",
@@ -210,9 +206,9 @@ impl CommandDispatcher for Svc {
         &self,
         request: Request<pb::CancelCommandExecutionRequest>,
     ) -> Result<Response<pb::CancelCommandExecutionResponse>, Status> {
-        check_auth(&request)?;
+        let execution_id = authed(request)?.execution_id;
         Ok(Response::new(pb::CancelCommandExecutionResponse {
-            execution_id: request.into_inner().execution_id,
+            execution_id,
             status: pb::ExecutionStatus::Canceled as i32,
         }))
     }
@@ -239,30 +235,31 @@ fn fast_retry() -> RetryPolicy {
     }
 }
 
-async fn run_command(api: &Api, args: &[&str], output: Output) -> anyhow::Result<String> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: CommandCmd,
-    }
-    let cli = Cli::try_parse_from(std::iter::once("command").chain(args.iter().copied()))?;
+/// The verb families these tests drive, nested as in the binary.
+#[derive(clap::Subcommand)]
+enum Verb {
+    #[command(subcommand)]
+    Command(CommandCmd),
+    #[command(subcommand)]
+    Exec(ExecCmd),
+}
+
+/// Runs `fleetcmd <args>` against `api`; returns what it printed.
+async fn run(api: &Api, args: &[&str], output: Output) -> anyhow::Result<String> {
     let mut out = Vec::new();
-    command::run(api, cli.cmd, output, &mut out).await?;
+    match super::parse_verb("fleetcmd", args.iter().copied())? {
+        Verb::Command(cmd) => command::run(api, cmd, output, &mut out).await?,
+        Verb::Exec(cmd) => exec::run(api, cmd, output, &mut out).await?,
+    }
     Ok(String::from_utf8(out)?)
 }
 
+async fn run_command(api: &Api, args: &[&str], output: Output) -> anyhow::Result<String> {
+    run(api, &[&["command"], args].concat(), output).await
+}
+
 async fn run_exec(api: &Api, args: &[&str], output: Output) -> anyhow::Result<String> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: ExecCmd,
-    }
-    let cli = Cli::try_parse_from(std::iter::once("exec").chain(args.iter().copied()))?;
-    let mut out = Vec::new();
-    exec::run(api, cli.cmd, output, &mut out).await?;
-    Ok(String::from_utf8(out)?)
+    run(api, &[&["exec"], args].concat(), output).await
 }
 
 #[tokio::test]
@@ -379,53 +376,19 @@ async fn exec_verbs_print_ids_statuses_and_events() {
     let endpoint = serve(Arc::new(Fake::default())).await;
     let api = Api::connect_lazy(&endpoint, Some(TOKEN)).unwrap();
 
-    let out = run_exec(
-        &api,
-        &[
-            "start",
-            "--command",
-            "reboot",
-            "--thing",
-            "lamp",
-            "--client-token",
-            "t-1",
-        ],
-        Output::Text,
-    )
-    .await
-    .unwrap();
+    let start = |tail: &[&'static str]| {
+        let mut args = vec!["start", "--command", "reboot", "--thing", "lamp"];
+        args.extend_from_slice(tail);
+        args
+    };
+    let token = start(&["--client-token", "t-1"]);
+    let out = run_exec(&api, &token, Output::Text).await.unwrap();
     assert_eq!(out, "reboot:t-1\n", "just the id");
-    let out = run_exec(
-        &api,
-        &[
-            "start",
-            "--command",
-            "reboot",
-            "--thing",
-            "lamp",
-            "--client-token",
-            "t-1",
-        ],
-        Output::Json,
-    )
-    .await
-    .unwrap();
+    let out = run_exec(&api, &token, Output::Json).await.unwrap();
     assert_eq!(out, "{\"execution_id\":\"reboot:t-1\"}\n");
-    let err = run_exec(
-        &api,
-        &[
-            "start",
-            "--command",
-            "reboot",
-            "--thing",
-            "lamp",
-            "--timeout",
-            "50000",
-        ],
-        Output::Text,
-    )
-    .await
-    .unwrap_err();
+    let err = run_exec(&api, &start(&["--timeout", "50000"]), Output::Text)
+        .await
+        .unwrap_err();
     assert_eq!(
         super::describe_status(err.downcast_ref::<Status>().unwrap()),
         "INVALID_ARGUMENT: invalid execution_timeout_seconds: must be between 1 and 43200 \

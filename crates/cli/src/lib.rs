@@ -18,6 +18,21 @@ pub mod timefmt;
 #[cfg(test)]
 mod fake_server_tests;
 
+/// Parses `args` as the subcommands of `verb`, the way the binary would (for the verbs' tests).
+#[cfg(test)]
+fn parse_verb<'a, C: clap::Subcommand>(
+    verb: &'a str,
+    args: impl IntoIterator<Item = &'a str>,
+) -> Result<C, clap::Error> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli<C: clap::Subcommand> {
+        #[command(subcommand)]
+        cmd: C,
+    }
+    Cli::<C>::try_parse_from(std::iter::once(verb).chain(args)).map(|c| c.cmd)
+}
+
 use std::future::Future;
 use std::io::{self, Write};
 use std::time::Duration;

@@ -43,6 +43,12 @@ impl Table {
         self
     }
 
+    /// Adds one row per item, its cells made by `cells`.
+    pub fn with_rows<T>(mut self, items: &[T], cells: impl Fn(&T) -> Vec<String>) -> Self {
+        self.rows.extend(items.iter().map(cells));
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
@@ -569,6 +575,12 @@ pub fn command_text(c: &pb::Command) -> String {
     out
 }
 
+/// The header lines of the command and execution listings.
+const COMMAND_COLUMNS: &str =
+    "COMMAND_ID DISPLAY_NAME DEPRECATED PENDING_DELETION CREATED_AT LAST_UPDATED_AT";
+const EXECUTION_COLUMNS: &str =
+    "EXECUTION_ID COMMAND_ID TARGET STATUS CREATED_AT STARTED_AT COMPLETED_AT";
+
 /// A listing for people: the table, then the token of the next page when there is one.
 pub fn page_text(table: &Table, next_token: &str) -> String {
     let mut text = table.render();
@@ -586,6 +598,19 @@ pub fn list_executions_text(r: &pb::ListCommandExecutionsResponse) -> String {
     page_text(&execution_list_table(&r.command_executions), &r.next_token)
 }
 
+pub fn command_list_table(commands: &[pb::CommandSummary]) -> Table {
+    Table::new(COMMAND_COLUMNS.split_whitespace()).with_rows(commands, |c| {
+        vec![
+            c.command_id.clone(),
+            c.display_name.clone(),
+            c.deprecated.to_string(),
+            c.pending_deletion.to_string(),
+            time_cell(c.created_at.as_ref()),
+            time_cell(c.last_updated_at.as_ref()),
+        ]
+    })
+}
+
 pub fn update_command_text(r: &pb::UpdateCommandResponse) -> String {
     let mut kv = KeyValues::new();
     kv.add("command_id", &r.command_id)
@@ -596,26 +621,18 @@ pub fn update_command_text(r: &pb::UpdateCommandResponse) -> String {
     kv.render()
 }
 
-pub fn command_list_table(commands: &[pb::CommandSummary]) -> Table {
-    let mut table = Table::new([
-        "COMMAND_ID",
-        "DISPLAY_NAME",
-        "DEPRECATED",
-        "PENDING_DELETION",
-        "CREATED_AT",
-        "LAST_UPDATED_AT",
-    ]);
-    for c in commands {
-        table.row(vec![
-            c.command_id.clone(),
-            c.display_name.clone(),
-            c.deprecated.to_string(),
-            c.pending_deletion.to_string(),
-            time_cell(c.created_at.as_ref()),
-            time_cell(c.last_updated_at.as_ref()),
-        ]);
-    }
-    table
+pub fn execution_list_table(executions: &[pb::CommandExecutionSummary]) -> Table {
+    Table::new(EXECUTION_COLUMNS.split_whitespace()).with_rows(executions, |e| {
+        vec![
+            e.execution_id.clone(),
+            e.command_id.clone(),
+            target_text(e.target.as_ref()),
+            status_name(e.status),
+            time_cell(e.created_at.as_ref()),
+            time_cell(e.started_at.as_ref()),
+            time_cell(e.completed_at.as_ref()),
+        ]
+    })
 }
 
 pub fn execution_text(e: &pb::CommandExecution) -> String {
@@ -646,30 +663,6 @@ pub fn execution_text(e: &pb::CommandExecution) -> String {
         .add("completed_at", time_full(e.completed_at.as_ref()))
         .add("time_to_live", time_full(e.time_to_live.as_ref()));
     kv.render()
-}
-
-pub fn execution_list_table(executions: &[pb::CommandExecutionSummary]) -> Table {
-    let mut table = Table::new([
-        "EXECUTION_ID",
-        "COMMAND_ID",
-        "TARGET",
-        "STATUS",
-        "CREATED_AT",
-        "STARTED_AT",
-        "COMPLETED_AT",
-    ]);
-    for e in executions {
-        table.row(vec![
-            e.execution_id.clone(),
-            e.command_id.clone(),
-            target_text(e.target.as_ref()),
-            status_name(e.status),
-            time_cell(e.created_at.as_ref()),
-            time_cell(e.started_at.as_ref()),
-            time_cell(e.completed_at.as_ref()),
-        ]);
-    }
-    table
 }
 
 /// One line per watched event:
@@ -712,6 +705,20 @@ mod tests {
         Some(Timestamp { seconds, nanos: 0 })
     }
 
+    fn target(kind: pb::TargetKind, id: &str) -> Option<pb::Target> {
+        Some(pb::Target {
+            kind: kind as i32,
+            id: id.into(),
+        })
+    }
+
+    fn reason(code: &str, description: &str) -> pb::StatusReason {
+        pb::StatusReason {
+            reason_code: code.into(),
+            reason_description: description.into(),
+        }
+    }
+
     #[test]
     fn table_columns_align_without_trailing_blanks() {
         let mut t = Table::new(["ID", "NAME", "STATUS"]);
@@ -750,10 +757,7 @@ mod tests {
         let rows = vec![pb::CommandExecutionSummary {
             execution_id: "e-1".into(),
             command_id: "reboot".into(),
-            target: Some(pb::Target {
-                kind: pb::TargetKind::Client as i32,
-                id: "c-7".into(),
-            }),
+            target: target(pb::TargetKind::Client, "c-7"),
             status: pb::ExecutionStatus::InProgress as i32,
             created_at: ts(1_730_430_000),
             started_at: ts(1_730_430_000),
@@ -779,15 +783,9 @@ mod tests {
         let e = pb::CommandExecution {
             execution_id: "e-1".into(),
             command_id: "c".into(),
-            target: Some(pb::Target {
-                kind: pb::TargetKind::Thing as i32,
-                id: "lamp".into(),
-            }),
+            target: target(pb::TargetKind::Thing, "lamp"),
             status: pb::ExecutionStatus::Succeeded as i32,
-            status_reason: Some(pb::StatusReason {
-                reason_code: "OK".into(),
-                reason_description: String::new(),
-            }),
+            status_reason: Some(reason("OK", "")),
             result: [(
                 "blob".to_string(),
                 pb::ResultValue {
@@ -865,34 +863,23 @@ mod tests {
         assert_eq!(condition_text(&cond), "IN_RANGE [10, 30]");
         assert_eq!(payload_text(b"{\"a\":1}\n"), "{\"a\":1}\n");
         assert_eq!(payload_text(&[0xff, 0]), "base64:/wA=");
-        assert_eq!(
-            reason_text(Some(&pb::StatusReason {
-                reason_code: "E".into(),
-                reason_description: "bad".into()
-            })),
-            "E: bad"
-        );
+        assert_eq!(reason_text(Some(&reason("E", "bad"))), "E: bad");
     }
 
     #[test]
     fn event_lines() {
+        // The fields in the order the line prints them.
         let e = pb::CommandExecutionEvent {
-            execution_id: "e-1".into(),
-            command_id: "reboot".into(),
-            target: Some(pb::Target {
-                kind: pb::TargetKind::Thing as i32,
-                id: "lamp".into(),
-            }),
-            status: pb::ExecutionStatus::Failed as i32,
-            status_reason: Some(pb::StatusReason {
-                reason_code: "SIMULATED_FAILURE".into(),
-                reason_description: String::new(),
-            }),
             timestamp: Some(Timestamp {
                 seconds: 1_730_430_000,
                 nanos: 5_000_000,
             }),
+            execution_id: "e-1".into(),
+            command_id: "reboot".into(),
+            target: target(pb::TargetKind::Thing, "lamp"),
+            status: pb::ExecutionStatus::Failed as i32,
             terminal: true,
+            status_reason: Some(reason("SIMULATED_FAILURE", "")),
             ..Default::default()
         };
         assert_eq!(

@@ -197,16 +197,15 @@ fn limit_text(max_in_flight: u32) -> String {
 }
 
 fn list_table(things: &[pb::Thing]) -> Table {
-    let mut table = Table::new(["NAME", "VERSION", "MAX IN FLIGHT", "ATTRIBUTES"]);
-    for t in things {
-        table.row(vec![
+    let columns = ["NAME", "VERSION", "MAX IN FLIGHT", "ATTRIBUTES"];
+    Table::new(columns).with_rows(things, |t| {
+        vec![
             t.thing_name.clone(),
             t.version.to_string(),
             limit_text(t.max_in_flight),
             map_text(&t.attributes, String::clone),
-        ]);
-    }
-    table
+        ]
+    })
 }
 
 pub async fn run(
@@ -216,10 +215,8 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let (json, text) = match cmd {
-        ThingCmd::Cert(cmd) => return credentials::run_cert(api, cmd, output, out).await,
-        ThingCmd::Password(cmd) => {
-            return credentials::run_password(api, cmd, output, out).await;
-        }
+        ThingCmd::Cert(cmd) => credentials::run_cert(api, cmd).await?,
+        ThingCmd::Password(cmd) => credentials::run_password(api, cmd).await?,
         ThingCmd::Create(args) => {
             let r = create(api, args.to_request()?).await?;
             let text = format!("created {} ({})\n", r.thing_name, r.thing_arn);
@@ -268,17 +265,10 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use clap::error::ErrorKind;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: ThingCmd,
-    }
-
     fn parse(line: &str) -> Result<ThingCmd, clap::Error> {
-        Cli::try_parse_from(std::iter::once("thing").chain(line.split(' '))).map(|c| c.cmd)
+        crate::parse_verb("thing", line.split(' '))
     }
 
     #[test]
