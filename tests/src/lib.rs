@@ -71,6 +71,22 @@ pub fn test_args(name: &str) -> ServeArgs {
     }
 }
 
+/// The token of the `admin` entry that [`with_admin`] adds to a policy.
+pub const ADMIN_TOKEN: &str = "admin-secret-0123456789abcdef";
+
+/// `policy` (TOML) and an `admin` entry for [`ADMIN_TOKEN`] allowed every action: the caller
+/// that sets a policed scenario up.
+pub fn with_admin(policy: &str) -> String {
+    format!(
+        r#"{policy}
+[[tokens]]
+name = "admin"
+token = "{ADMIN_TOKEN}"
+allow = [{{ actions = ["*"] }}]
+"#
+    )
+}
+
 /// [`test_args`] with a policy file of `policy` (TOML), written into the data directory so
 /// that it goes when the server's data does.
 pub fn policed_args(name: &str, policy: &str) -> anyhow::Result<ServeArgs> {

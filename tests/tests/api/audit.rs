@@ -4,26 +4,20 @@
 use fleetcmd_contracts::pb;
 use fleetcmd_e2e::api::*;
 use fleetcmd_e2e::wait::eventually;
-use fleetcmd_e2e::{ServeArgs, Server, policed_args, static_json_command, thing};
+use fleetcmd_e2e::{
+    ADMIN_TOKEN, ServeArgs, Server, policed_args, static_json_command, thing, with_admin,
+};
 use serde_json::Value as Json;
 
 use crate::Result;
 
-const ADMIN: &str = "admin-secret-0123456789abcdef";
 const READER: &str = "reader-secret-0123456789abcdef";
 
 const POLICY: &str = r#"
 [[tokens]]
-name = "admin"
-token = "admin-secret-0123456789abcdef"
-[[tokens.allow]]
-actions = ["*"]
-
-[[tokens]]
 name = "reader"
 token = "reader-secret-0123456789abcdef"
-[[tokens.allow]]
-actions = ["GetThing"]
+allow = [{ actions = ["GetThing"] }]
 "#;
 
 /// The records in `path` once there are `n` of them.
@@ -49,7 +43,7 @@ fn summary(r: &Json) -> (String, String, String, String) {
 
 #[tokio::test]
 async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -> Result {
-    let args = policed_args("audit", POLICY)?;
+    let args = policed_args("audit", &with_admin(POLICY))?;
     let log = args.data_dir.join("audit.jsonl");
     let server = Server::start_with(ServeArgs {
         audit_log: Some(log.clone()),
@@ -60,7 +54,7 @@ async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -
     let mut disp = server.dispatcher().await?;
     let mut things = server.things().await?;
 
-    reg.create_command(with_token(static_json_command("ping", "{}"), ADMIN))
+    reg.create_command(with_token(static_json_command("ping", "{}"), ADMIN_TOKEN))
         .await?;
     things
         .create_thing(with_token(
@@ -68,7 +62,7 @@ async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -
                 thing_name: "lamp-1".into(),
                 ..Default::default()
             },
-            ADMIN,
+            ADMIN_TOKEN,
         ))
         .await?;
     let owner = Some(pb::CredentialOwner {
@@ -80,7 +74,7 @@ async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -
                 owner: owner.clone(),
                 validity_days: 0,
             },
-            ADMIN,
+            ADMIN_TOKEN,
         ))
         .await?
         .into_inner();
@@ -89,7 +83,7 @@ async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -
             pb::RevokeThingCertificateRequest {
                 certificate_id: cert.certificate_id.clone(),
             },
-            ADMIN,
+            ADMIN_TOKEN,
         ))
         .await?;
     // Refused: not allowed, and not authenticated at all.
@@ -153,7 +147,7 @@ async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -
     assert_eq!(got, want);
     let text = std::fs::read_to_string(&log)?;
     assert!(
-        !text.contains(ADMIN) && !text.contains(READER),
+        !text.contains(ADMIN_TOKEN) && !text.contains(READER),
         "no token in the trail"
     );
     assert!(!text.contains(&cert.private_key_pem), "no key in the trail");

@@ -4,7 +4,8 @@
 use fleetcmd_contracts::pb;
 use fleetcmd_e2e::api::*;
 use fleetcmd_e2e::{
-    Server, client, policed_args, static_json_command, temp_data_dir, test_args, thing, within,
+    ADMIN_TOKEN, Server, client, policed_args, static_json_command, temp_data_dir, test_args,
+    thing, with_admin, within,
 };
 use pb::ExecutionStatus as St;
 use tonic::{Code, Status};
@@ -12,7 +13,6 @@ use tonic::{Code, Status};
 use crate::Result;
 
 const LAB_TOKEN: &str = "lab-operator-0123456789abcdef";
-const ADMIN_TOKEN: &str = "admin-secret-0123456789abcdef";
 
 const POLICY: &str = r#"
 [[tokens]]
@@ -22,12 +22,6 @@ token = "lab-operator-0123456789abcdef"
 actions = ["StartCommandExecution"]
 commands = ["reboot"]
 targets = ["thing/lab-*"]
-
-[[tokens]]
-name = "admin"
-token = "admin-secret-0123456789abcdef"
-[[tokens.allow]]
-actions = ["*"]
 "#;
 
 /// A message authorised with `auth` (a full `authorization` value, or none).
@@ -173,7 +167,7 @@ impl Policed {
 }
 
 async fn given_a_policy(name: &str) -> anyhow::Result<Policed> {
-    let server = Server::start_with(policed_args(name, POLICY)?).await?;
+    let server = Server::start_with(policed_args(name, &with_admin(POLICY))?).await?;
     let mut reg = server.registry().await?;
     let mut disp = server.dispatcher().await?;
     for id in ["reboot", "other"] {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::paging::collect_pages;
 use fleetcmd_e2e::api::*;
-use fleetcmd_e2e::{Server, Things, policed_args, test_args, within};
+use fleetcmd_e2e::{ADMIN_TOKEN, Server, Things, policed_args, test_args, with_admin, within};
 use tonic::Code;
 
 use crate::{ARN_PREFIX, Result};
@@ -398,22 +398,13 @@ token = "lab-reader-0123456789abcdef"
 [[tokens.allow]]
 actions = ["GetThing", "UpdateThing"]
 targets = ["thing/lab-*"]
-
-[[tokens]]
-name = "admin"
-token = "admin-secret-0123456789abcdef"
-[[tokens.allow]]
-actions = ["*"]
 "#;
 
 #[tokio::test]
 async fn the_policy_covers_the_thing_calls() -> Result {
-    let server = Server::start_with(policed_args("thing-policy", POLICY)?).await?;
+    let server = Server::start_with(policed_args("thing-policy", &with_admin(POLICY))?).await?;
     let mut things = server.things().await?;
-    let (admin, reader) = (
-        "admin-secret-0123456789abcdef",
-        "lab-reader-0123456789abcdef",
-    );
+    let (admin, reader) = (ADMIN_TOKEN, "lab-reader-0123456789abcdef");
     for name in ["lab-1", "office-1"] {
         things
             .create_thing(with_token(create(name, &[]), admin))

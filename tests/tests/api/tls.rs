@@ -6,25 +6,20 @@
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::policy::token_sha256;
 use fleetcmd_e2e::api::*;
-use fleetcmd_e2e::{Registry, ServeArgs, Server, Things, policed_args, test_args, within};
+use fleetcmd_e2e::{
+    ADMIN_TOKEN, Registry, ServeArgs, Server, Things, policed_args, test_args, with_admin, within,
+};
 use tonic::Code;
 
 use crate::Result;
 
-const ADMIN_TOKEN: &str = "admin-secret-0123456789abcdef";
 const HASHED_TOKEN: &str = "hashed-reader-0123456789abcdef";
 
 /// A policy: the admin by token, a reader known only by the SHA-256 of its token, and the
 /// CI runner known by its client certificate's subject.
 fn policy() -> String {
-    format!(
+    with_admin(&format!(
         r#"
-[[tokens]]
-name = "admin"
-token = "{ADMIN_TOKEN}"
-[[tokens.allow]]
-actions = ["*"]
-
 [[tokens]]
 name = "hashed-reader"
 token_sha256 = "{}"
@@ -38,7 +33,7 @@ certificate_subject = "clients/ci-runner"
 actions = ["ListCommands", "GetCommand"]
 "#,
         token_sha256(HASHED_TOKEN)
-    )
+    ))
 }
 
 /// A server with `--grpc-tls` and the policy above.
