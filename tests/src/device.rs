@@ -341,14 +341,18 @@ impl Device {
 
     /// Waits until the broker closes the connection (it must, within the usual wait).
     pub async fn expect_closed(&mut self) -> anyhow::Result<()> {
+        self.closed_in_time("the broker did not close the connection")
+            .await
+    }
+
+    /// Returns once the connection is closed, or fails saying `late` after [`ACK_TIMEOUT`].
+    async fn closed_in_time(&mut self, late: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + ACK_TIMEOUT;
         loop {
-            match tokio::time::timeout(ACK_TIMEOUT, self.control.recv()).await {
+            match tokio::time::timeout_at(deadline, self.control.recv()).await {
                 Ok(Some(Control::Closed(_)) | None) => return Ok(()),
                 Ok(Some(_)) => continue,
-                Err(_) => bail!(
-                    "device {}: the broker did not close the connection within {ACK_TIMEOUT:?}",
-                    self.client_id
-                ),
+                Err(_) => bail!("device {}: {late} within {ACK_TIMEOUT:?}", self.client_id),
             }
         }
     }
@@ -462,17 +466,7 @@ impl Device {
             Link::V5(c) => c.disconnect().await?,
             Link::V311(c) => c.disconnect().await?,
         }
-        let deadline = Instant::now() + ACK_TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.control.recv()).await {
-                Ok(Some(Control::Closed(_)) | None) => return Ok(()),
-                Ok(Some(_)) => continue,
-                Err(_) => bail!(
-                    "device {}: DISCONNECT was not sent within {ACK_TIMEOUT:?}",
-                    self.client_id
-                ),
-            }
-        }
+        self.closed_in_time("DISCONNECT was not sent").await
     }
 }
 

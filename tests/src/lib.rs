@@ -18,7 +18,7 @@ use fleetcmd_contracts::pb::command_registry_client::CommandRegistryClient;
 use fleetcmd_contracts::pb::thing_registry_client::ThingRegistryClient;
 pub use fleetcmd_standalone::ServeArgs;
 use fleetcmd_standalone::{Running, start};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// A registry client.
 pub type Registry = CommandRegistryClient<Channel>;
@@ -100,6 +100,17 @@ pub fn policed_args(name: &str, policy: &str) -> anyhow::Result<ServeArgs> {
     })
 }
 
+/// Connects to `endpoint` with the limits of every test channel: calls fail after [`WAIT`].
+async fn connect_bounded(what: &str, endpoint: Endpoint) -> anyhow::Result<Channel> {
+    let endpoint = endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(WAIT)
+        .timeout(WAIT);
+    within(format!("connecting to {what}"), endpoint.connect())
+        .await?
+        .map_err(Into::into)
+}
+
 /// A running server and clients for it.
 pub struct Server {
     pub running: Running,
@@ -134,13 +145,7 @@ impl Server {
     /// A channel whose calls fail after [`WAIT`] instead of hanging (the limit covers a call
     /// up to its response headers: a Watch stream, once open, is not cut).
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let endpoint = Channel::from_shared(self.grpc_endpoint())?
-            .tcp_nodelay(true)
-            .connect_timeout(WAIT)
-            .timeout(WAIT);
-        within("connecting to the gRPC API", endpoint.connect())
-            .await?
-            .map_err(Into::into)
+        connect_bounded("the gRPC API", Channel::from_shared(self.grpc_endpoint())?).await
     }
 
     /// A channel over TLS that trusts the server's CA (`<data-dir>/tls/ca.pem`), presenting
@@ -152,14 +157,8 @@ impl Server {
         if let Some((cert, key)) = identity {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
-        let endpoint = Channel::from_shared(format!("https://{}", self.running.grpc_addr))?
-            .tls_config(tls)?
-            .tcp_nodelay(true)
-            .connect_timeout(WAIT)
-            .timeout(WAIT);
-        within("connecting to the gRPC API over TLS", endpoint.connect())
-            .await?
-            .map_err(Into::into)
+        let endpoint = Channel::from_shared(format!("https://{}", self.running.grpc_addr))?;
+        connect_bounded("the gRPC API over TLS", endpoint.tls_config(tls)?).await
     }
 
     pub async fn registry(&self) -> anyhow::Result<Registry> {
