@@ -18,7 +18,9 @@ const INTERNAL: [&str; 3] = [
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with `env!`: a build script compiled for one checkout may be
+    // reused by another that shares the target directory, and must read that one's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     for f in PUBLIC.iter().chain(&INTERNAL) {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
