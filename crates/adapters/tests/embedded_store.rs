@@ -64,8 +64,7 @@ fn batch(partition: u32, next_offset: u64, executions: Vec<Execution>) -> Projec
         next_offset,
         commands: Vec::new(),
         executions: executions.into_iter().map(ExecutionWrite::Upsert).collect(),
-        things: Vec::new(),
-        credentials: Vec::new(),
+        ..Default::default()
     }
 }
 

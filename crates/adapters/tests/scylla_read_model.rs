@@ -234,8 +234,7 @@ async fn bad_settings_and_tokens_are_rejected() {
         next_offset: 1,
         commands,
         executions: Vec::new(),
-        things: Vec::new(),
-        credentials: Vec::new(),
+        ..Default::default()
     };
     within("commit", store.commit(batch)).await.expect("commit");
     let list = |q: CommandQuery| {
@@ -332,8 +331,7 @@ async fn reused_client_token_finds_the_newest(store: &ScyllaReadModel) {
             next_offset: offset,
             commands: Vec::new(),
             executions: writes,
-            things: Vec::new(),
-            credentials: Vec::new(),
+            ..Default::default()
         };
         within("commit", store.commit(batch))
     };

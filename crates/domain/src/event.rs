@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ca::{CaCertificate, CaEvent};
 use crate::credential::{CredentialEvent, Credentials};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{
@@ -26,6 +27,8 @@ pub enum Aggregate {
     Thing(String),
     /// The credentials (certificates, password) of a thing or a bare client id.
     Credential(Target),
+    /// A registered CA certificate, by its certificate id.
+    Ca(String),
 }
 
 impl Aggregate {
@@ -38,6 +41,7 @@ impl Aggregate {
             Self::Thing(name) => thing_routing_key(name),
             // The owner's: a thing's credentials live in the shard of the thing.
             Self::Credential(owner) => owner.resource_name(),
+            Self::Ca(id) => crate::ca::routing_key(id),
         }
     }
 }
@@ -115,6 +119,10 @@ pub enum Event {
     Credential {
         event: CredentialEvent,
     },
+    /// A fact about a registered CA certificate.
+    Ca {
+        event: CaEvent,
+    },
 }
 
 impl Event {
@@ -138,6 +146,7 @@ impl Event {
                 ThingEvent::RemovedFromGroup { .. } => "ThingRemovedFromGroup",
             },
             Self::Credential { event } => event.name(),
+            Self::Ca { event } => event.name(),
         }
     }
 
@@ -174,6 +183,8 @@ pub struct ShardSnapshot {
     /// The credentials of the shard's owners (each carries its last event's sequence number
     /// as its version).
     pub credentials: Vec<Credentials>,
+    /// The shard's registered CA certificates (each carries its version).
+    pub cas: Vec<CaCertificate>,
 }
 
 /// A client token in a [`ShardSnapshot`].

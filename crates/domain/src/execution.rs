@@ -171,7 +171,8 @@ pub fn apply(e: &mut Execution, event: &Event, at: TimestampMs, seq: u64) -> boo
         | Event::CommandDeletionScheduled { .. }
         | Event::CommandDeleted
         | Event::Thing { .. }
-        | Event::Credential { .. } => {}
+        | Event::Credential { .. }
+        | Event::Ca { .. } => {}
     }
     true
 }

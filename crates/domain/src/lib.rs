@@ -7,6 +7,7 @@
 //! is passed in as milliseconds since the Unix epoch, so every rule is testable as a pure
 //! function.
 
+pub mod ca;
 pub mod command;
 pub mod credential;
 pub mod device;

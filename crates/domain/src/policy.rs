@@ -31,10 +31,12 @@ pub enum Action {
     RevokeThingCertificate,
     GetCertificateRevocationList,
     CreateThingPassword,
+    RegisterCaCertificate,
+    ListCaCertificates,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 24] = [
         Self::CreateCommand,
         Self::GetCommand,
         Self::ListCommands,
@@ -57,6 +59,8 @@ impl Action {
         Self::RevokeThingCertificate,
         Self::GetCertificateRevocationList,
         Self::CreateThingPassword,
+        Self::RegisterCaCertificate,
+        Self::ListCaCertificates,
     ];
 
     /// The name used in policy files (the RPC name, e.g. `StartCommandExecution`).
@@ -84,6 +88,8 @@ impl Action {
             Self::RevokeThingCertificate => "RevokeThingCertificate",
             Self::GetCertificateRevocationList => "GetCertificateRevocationList",
             Self::CreateThingPassword => "CreateThingPassword",
+            Self::RegisterCaCertificate => "RegisterCaCertificate",
+            Self::ListCaCertificates => "ListCaCertificates",
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 
+use crate::ca::CaCertificate;
 use crate::credential::{CertificateRecord, Credentials};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{Command, Execution, ExecutionStatus, TimestampMs};
@@ -281,6 +282,8 @@ pub struct ProjectionBatch {
     pub executions: Vec<ExecutionWrite>,
     pub things: Vec<ThingWrite>,
     pub credentials: Vec<CredentialWrite>,
+    /// Registered CA certificates, each whole; a store keeps the highest `version`.
+    pub cas: Vec<CaCertificate>,
 }
 
 /// The read model: what Get and List serve, folded from the log by the projector.
@@ -338,6 +341,15 @@ pub trait ReadModel: Send + Sync + 'static {
 
     /// Every revoked certificate, of every owner (for the CRL), by certificate id.
     async fn revoked_certificates(&self) -> PortResult<Vec<CertificateRecord>>;
+
+    /// The registered CA certificate with this id.
+    async fn get_ca_certificate(
+        &self,
+        ca_certificate_id: &str,
+    ) -> PortResult<Option<CaCertificate>>;
+
+    /// Every registered CA certificate, by id (few: they are trust anchors).
+    async fn list_ca_certificates(&self) -> PortResult<Vec<CaCertificate>>;
 
     /// The argon2id PHC string of `owner`'s password, if one is set. The default reads the
     /// owner's credentials.
@@ -402,6 +414,8 @@ pub struct ProjectionWrites {
     pub executions: Vec<ExecutionWrite>,
     pub things: Vec<ThingWrite>,
     pub credentials: Vec<CredentialWrite>,
+    /// Registered CA certificates, each whole; a store keeps the highest `version`.
+    pub cas: Vec<CaCertificate>,
 }
 
 /// Who a connecting device is, as the credential registry knows it: the embedded broker's

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ca::{CaCertificate, CaInput};
 use crate::command::CommandInput;
 use crate::credential::{CertificateRecord, CredentialInput};
 use crate::error::Rejection;
@@ -58,6 +59,11 @@ pub enum ShardRequest {
         owner: Target,
         input: CredentialInput,
     },
+    /// An input for the registered CA certificate with this id.
+    Ca {
+        ca_certificate_id: String,
+        input: CaInput,
+    },
 }
 
 impl ShardRequest {
@@ -69,6 +75,9 @@ impl ShardRequest {
             Self::Command { command_id, .. } => format!("command/{command_id}"),
             Self::Thing { thing_name, .. } => crate::event::thing_routing_key(thing_name),
             Self::Credential { owner, .. } => owner.resource_name(),
+            Self::Ca {
+                ca_certificate_id, ..
+            } => crate::ca::routing_key(ca_certificate_id),
         }
     }
 }
@@ -111,6 +120,11 @@ pub enum ShardReply {
     /// stored after it (`None` for a password).
     Credential {
         certificate: Option<Box<CertificateRecord>>,
+        position: Option<LogPosition>,
+    },
+    /// A CA input was applied; `ca` is the CA certificate as stored after it.
+    Ca {
+        ca: Option<Box<CaCertificate>>,
         position: Option<LogPosition>,
     },
     /// The domain refused the input.

@@ -84,6 +84,8 @@ pub struct TrustedCa {
     der: CertificateDer<'static>,
     anchor: TrustAnchor<'static>,
     common_name: Option<String>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
 }
 
 impl TrustedCa {
@@ -100,6 +102,11 @@ impl TrustedCa {
             ));
         }
         let common_name = subject_common_name(&x509);
+        let validity = x509.validity();
+        let (not_before, not_after) = (
+            from_unix(validity.not_before.timestamp()),
+            from_unix(validity.not_after.timestamp()),
+        );
         let anchor = webpki::anchor_from_trusted_cert(&der)
             .map_err(|e| Error::invalid("CA certificate", e))?
             .to_owned();
@@ -108,6 +115,8 @@ impl TrustedCa {
             der,
             anchor,
             common_name,
+            not_before,
+            not_after,
         })
     }
 
@@ -129,6 +138,21 @@ impl TrustedCa {
     /// The CA's subject CN, if it has one.
     pub fn common_name(&self) -> Option<&str> {
         self.common_name.as_deref()
+    }
+
+    /// When the CA's certificate starts to be valid.
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    /// When the CA's certificate stops being valid.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// The CA certificate in PEM, as fleetcmd stores it.
+    pub fn certificate_pem(&self) -> String {
+        certificate_pem(&self.der)
     }
 
     pub(crate) fn anchor(&self) -> &TrustAnchor<'static> {

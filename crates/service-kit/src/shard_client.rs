@@ -150,6 +150,7 @@ pub fn input_name(request: &ShardRequest) -> &'static str {
         ShardRequest::Command { .. } => "command",
         ShardRequest::Thing { .. } => "thing",
         ShardRequest::Credential { .. } => "credential",
+        ShardRequest::Ca { .. } => "ca",
     }
 }
 

@@ -12,7 +12,10 @@ use fleetcmd_domain::credential::CertificateStatus;
 use fleetcmd_domain::ids::{Target, TargetKind};
 use fleetcmd_domain::ports::{DeviceCredentials, PortResult, ReadModel};
 use fleetcmd_domain::topics::TopicRoot;
-use fleetcmd_identity::{ClientAuth, MemoryTrustStore, PeerRegistry, TlsProxy, server_config};
+use fleetcmd_identity::{
+    ClientAuth, MemoryTrustStore, PeerRegistry, TlsProxy, TrustedCa, server_config,
+};
+use fleetcmd_registry::DeviceTrust;
 
 use crate::{ServeArgs, TlsIdentity};
 
@@ -99,8 +102,36 @@ pub struct DeviceListeners {
     pub mqtt_addr: SocketAddr,
     pub mqtt_tls_addr: SocketAddr,
     pub proxy: TlsProxy,
-    /// Called when a certificate is revoked: its handshakes fail and its connections end.
-    pub on_revoke: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Told of revocations (their handshakes fail and their connections end) and of newly
+    /// registered CAs (their certificates are trusted from the next handshake on).
+    pub trust: Arc<dyn DeviceTrust>,
+}
+
+/// The TLS listener's trust store and the connections it proxies.
+struct ListenerTrust {
+    trust: Arc<MemoryTrustStore>,
+    peers: PeerRegistry,
+}
+
+impl DeviceTrust for ListenerTrust {
+    fn certificate_revoked(&self, certificate_id: &str) {
+        self.trust.revoke(certificate_id);
+        let dropped = self.peers.disconnect_certificate(certificate_id);
+        tracing::info!(
+            certificate_id,
+            dropped,
+            "certificate revoked: its connections are closed"
+        );
+    }
+
+    fn ca_registered(&self, ca: &TrustedCa) {
+        if self.trust.add_ca(ca.clone()) {
+            tracing::info!(
+                ca_certificate_id = ca.id(),
+                "CA registered: the device listener trusts it"
+            );
+        }
+    }
 }
 
 /// Starts the broker (guarded unless `mode` is open) and binds the TLS listener; the caller
@@ -137,6 +168,22 @@ pub async fn start(
     let mqtt_addr = broker.local_addr();
 
     let trust = Arc::new(MemoryTrustStore::new([identity.ca.trusted()]));
+    for registered in read_model
+        .list_ca_certificates()
+        .await
+        .context("reading the registered CA certificates")?
+    {
+        // Each was verified when it was registered: one that no longer parses is a fault of
+        // the store, said loudly, and not a reason to keep every device out.
+        match TrustedCa::from_pem(&registered.certificate_pem) {
+            Ok(ca) => {
+                trust.add_ca(ca);
+            }
+            Err(e) => {
+                tracing::error!(ca_certificate_id = %registered.ca_certificate_id, error = %e, "a registered CA certificate does not parse; not trusted");
+            }
+        }
+    }
     for revoked in read_model
         .revoked_certificates()
         .await
@@ -155,21 +202,12 @@ pub async fn start(
         .with_context(|| format!("binding the MQTT TLS listener on {}", args.mqtt_tls_addr))?
         .with_registry(peers.clone());
     let mqtt_tls_addr = proxy.local_addr();
-    let on_revoke: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |certificate_id: &str| {
-        trust.revoke(certificate_id);
-        let dropped = peers.disconnect_certificate(certificate_id);
-        tracing::info!(
-            certificate_id,
-            dropped,
-            "certificate revoked: its connections are closed"
-        );
-    });
     Ok(DeviceListeners {
         broker,
         mqtt_addr,
         mqtt_tls_addr,
         proxy,
-        on_revoke,
+        trust: Arc::new(ListenerTrust { trust, peers }),
     })
 }
 

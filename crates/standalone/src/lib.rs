@@ -259,7 +259,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         mqtt_addr,
         mqtt_tls_addr,
         proxy,
-        on_revoke,
+        trust,
     } = devices::start(
         &args,
         device_auth,
@@ -356,7 +356,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         auth: auth.clone(),
         arns: Default::default(),
         ca: Some(identity.ca.clone()),
-        on_revoke: Some(on_revoke),
+        device_trust: Some(trust),
         shutdown: shutdown_rx.clone(),
     });
     let mut grpc = GrpcServer::new()?;

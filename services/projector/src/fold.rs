@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use fleetcmd_domain::ca::{self, CaCertificate};
 use fleetcmd_domain::command;
 use fleetcmd_domain::credential::{self, Credentials};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
@@ -89,6 +90,8 @@ pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
                     needs.credentials.push(owner.clone());
                 }
             }
+            // A CA's one event carries it whole: there is nothing to fold onto.
+            Aggregate::Ca(_) => {}
         }
     }
     needs
@@ -167,6 +170,7 @@ pub fn fold(
         .map(|(owner, c)| (owner, Some(c)))
         .collect();
     let mut order_o: Vec<Target> = Vec::new();
+    let mut cas: Vec<CaCertificate> = Vec::new();
     let mut seen_t: HashSet<String> = HashSet::new();
     let mut seen_e: HashSet<ExecutionId> = HashSet::new();
     let mut seen_c: HashSet<CommandId> = HashSet::new();
@@ -224,6 +228,14 @@ pub fn fold(
                     credential::fold(owner, slot, event, env.at, env.seq);
                 }
             }
+            Aggregate::Ca(id) => {
+                if let Event::Ca { event } = &env.event {
+                    let at = cas.iter().position(|c| c.ca_certificate_id == *id);
+                    let mut slot = at.map(|i| cas.swap_remove(i));
+                    ca::fold(&mut slot, event, env.seq);
+                    cas.extend(slot);
+                }
+            }
         }
     }
     let mut batch = ProjectionBatch {
@@ -233,6 +245,7 @@ pub fn fold(
         executions: Vec::with_capacity(order_e.len()),
         things: Vec::with_capacity(order_t.len()),
         credentials: Vec::with_capacity(order_o.len()),
+        cas,
     };
     for id in order_e {
         match executions.remove(&id) {

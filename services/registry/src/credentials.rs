@@ -42,7 +42,7 @@ fn ca(deps: &RegistryDeps) -> Result<&Ca, Status> {
     deps.ca.as_deref().ok_or_else(no_ca)
 }
 
-fn ms(t: OffsetDateTime) -> TimestampMs {
+pub(crate) fn ms(t: OffsetDateTime) -> TimestampMs {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
@@ -66,7 +66,7 @@ fn validity_days(days: u32) -> Result<u32, Status> {
     }
 }
 
-fn pem_field(field: &str, pem: &str) -> Result<(), Status> {
+pub(crate) fn pem_field(field: &str, pem: &str) -> Result<(), Status> {
     if pem.len() > CERTIFICATE_PEM_MAX_BYTES {
         return Err(validation_status(ValidationError::new(
             field,
@@ -130,7 +130,7 @@ async fn attach(deps: &RegistryDeps, record: CertificateRecord) -> Result<(), St
 
 fn record(
     owner: Target,
-    ca: &Ca,
+    ca_certificate_id: &str,
     certificate_id: String,
     certificate_pem: String,
     not_before: OffsetDateTime,
@@ -141,7 +141,7 @@ fn record(
         owner,
         status: CertificateStatus::Active,
         certificate_pem,
-        ca_certificate_id: ca.id().to_owned(),
+        ca_certificate_id: ca_certificate_id.to_owned(),
         not_before: ms(not_before),
         not_after: ms(not_after),
         // Set by the owner's decision.
@@ -171,7 +171,7 @@ pub(crate) async fn create_certificate(
         .ok_or_else(|| Status::internal("the issued certificate came without its key"))?;
     let r = record(
         owner,
-        ca,
+        ca.id(),
         issued.certificate_id.clone(),
         issued.certificate_pem.clone(),
         issued.not_before,
@@ -202,7 +202,6 @@ pub(crate) async fn register_certificate(
     pem_field("certificate_pem", &req.certificate_pem)?;
     pem_field("csr_pem", &req.csr_pem)?;
     let days = validity_days(req.validity_days)?;
-    let ca = ca(deps)?;
     let identity = identity(&owner)?;
     let now = OffsetDateTime::now_utc();
     let r = match (req.certificate_pem.is_empty(), req.csr_pem.is_empty()) {
@@ -213,7 +212,10 @@ pub(crate) async fn register_certificate(
                     "applies to a CSR only: a certificate's validity is its own",
                 ));
             }
-            let trusted = [ca.trusted()];
+            let trusted = crate::cas::trusted(deps).await?;
+            if trusted.is_empty() {
+                return Err(no_ca());
+            }
             let parsed = fleetcmd_identity::parse_and_verify(&req.certificate_pem, &trusted, now)
                 .map_err(|e| invalid("certificate_pem", e))?;
             let expected = identity.as_str();
@@ -228,7 +230,7 @@ pub(crate) async fn register_certificate(
             }
             record(
                 owner,
-                ca,
+                &parsed.issuer_ca_id,
                 parsed.certificate_id,
                 fleetcmd_identity::certificate_pem(&parsed.der),
                 parsed.not_before,
@@ -236,11 +238,12 @@ pub(crate) async fn register_certificate(
             )
         }
         (true, false) => {
+            let ca = ca(deps)?;
             let issued = fleetcmd_identity::sign_csr(ca, &req.csr_pem, &identity, days, now)
                 .map_err(|e| invalid("csr_pem", e))?;
             record(
                 owner,
-                ca,
+                ca.id(),
                 issued.certificate_id,
                 issued.certificate_pem,
                 issued.not_before,
@@ -323,8 +326,8 @@ pub(crate) async fn revoke_certificate(
         certificate_id: id.clone(),
     };
     let after = call(deps, &stored.owner, input).await?;
-    if let Some(on_revoke) = &deps.on_revoke {
-        on_revoke(&id);
+    if let Some(trust) = &deps.device_trust {
+        trust.certificate_revoked(&id);
     }
     let status = after.map_or(CertificateStatus::Revoked, |c| c.status);
     Ok(Response::new(pb::RevokeThingCertificateResponse {

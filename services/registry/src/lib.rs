@@ -4,6 +4,7 @@
 //! the projector's status-change notifications. The thing registry (`things.rs`) works the
 //! same way for things, and for device credentials (`credentials.rs`).
 
+mod cas;
 mod credentials;
 mod things;
 
@@ -35,8 +36,15 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-/// Called with the id of a certificate whose revocation is durable.
-pub type OnRevoke = Arc<dyn Fn(&str) + Send + Sync>;
+/// Whoever serves devices and must hear of a change of trust once it is durable: the
+/// embedded broker's TLS listener in `fleetcmd serve`. (A cluster's external broker reads the
+/// CRL and the registered CAs from the API instead.)
+pub trait DeviceTrust: Send + Sync {
+    /// A certificate's revocation is durable: refuse it and close its connections.
+    fn certificate_revoked(&self, certificate_id: &str);
+    /// A CA's registration is durable: trust the device certificates it signs.
+    fn ca_registered(&self, ca: &fleetcmd_identity::TrustedCa);
+}
 
 /// What the registry needs.
 pub struct RegistryDeps {
@@ -49,9 +57,9 @@ pub struct RegistryDeps {
     /// The device CA that issues and verifies thing certificates (`None`: this deployment
     /// has none, and the certificate calls say so).
     pub ca: Option<Arc<fleetcmd_identity::Ca>>,
-    /// Called with a certificate's id once its revocation is durable, so whoever serves
-    /// devices (the embedded broker) drops the connections that presented it.
-    pub on_revoke: Option<OnRevoke>,
+    /// Told of revocations and registered CAs once durable, so whoever serves devices (the
+    /// embedded broker) drops a revoked certificate's connections and trusts a new CA.
+    pub device_trust: Option<Arc<dyn DeviceTrust>>,
     /// Turns true when the process shuts down: open Watch streams end with UNAVAILABLE, so
     /// a graceful shutdown does not wait on them.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

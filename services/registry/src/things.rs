@@ -18,7 +18,7 @@ use fleetcmd_service_kit::{await_projection, call_status, unexpected};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::{RegistryDeps, credentials, list_status};
+use crate::{RegistryDeps, cas, credentials, list_status};
 
 pub struct ThingService {
     deps: Arc<RegistryDeps>,
@@ -307,8 +307,26 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         audit.finish(async move { credentials::create_password(&self.deps, request).await }.await)
     }
 
+    async fn register_ca_certificate(
+        &self,
+        request: Request<pb::RegisterCaCertificateRequest>,
+    ) -> Result<Response<pb::RegisterCaCertificateResponse>, Status> {
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::RegisterCaCertificate,
+            "ca".to_owned(),
+        );
+        audit.finish(async move { cas::register(&self.deps, request).await }.await)
+    }
+
+    async fn list_ca_certificates(
+        &self,
+        request: Request<pb::ListCaCertificatesRequest>,
+    ) -> Result<Response<pb::ListCaCertificatesResponse>, Status> {
+        cas::list(&self.deps, request).await
+    }
+
     not_yet! {
-        register_ca_certificate(pb::RegisterCaCertificateRequest) -> pb::RegisterCaCertificateResponse: "RegisterCaCertificate";
         get_connectivity(pb::GetConnectivityRequest) -> pb::Connectivity: "GetConnectivity";
         create_thing_group(pb::CreateThingGroupRequest) -> pb::ThingGroup: "CreateThingGroup";
         describe_thing_group(pb::DescribeThingGroupRequest) -> pb::ThingGroup: "DescribeThingGroup";

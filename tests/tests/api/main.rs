@@ -9,6 +9,7 @@
 
 mod audit;
 mod auth;
+mod cas;
 mod command_lifecycle;
 mod command_validation;
 mod commands;

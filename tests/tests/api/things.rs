@@ -465,10 +465,10 @@ async fn calls_not_served_yet_say_so() -> Result {
     let (server, mut things) = given_things("thing-not-yet").await?;
     expect_code(
         things
-            .register_ca_certificate(pb::RegisterCaCertificateRequest::default())
+            .create_thing_group(pb::CreateThingGroupRequest::default())
             .await,
         Code::Unimplemented,
-        &["RegisterCaCertificate is not available"],
+        &["CreateThingGroup is not available"],
     );
     expect_code(
         things

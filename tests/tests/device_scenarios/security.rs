@@ -466,3 +466,63 @@ async fn only_an_identity_named_event_reader_reads_the_status_events() -> Result
     assert!(format!("{err:#}").contains("NotAuthorized"), "{err:#}");
     env.stop().await
 }
+
+#[tokio::test]
+async fn a_certificate_signed_by_a_registered_ca_works_once_both_are_registered_and_after_a_restart()
+-> Result {
+    let name = "sec-registered-ca";
+    let (mut env, mut things) = given_a_secured_server(name, &["lamp-1"]).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let acme = fleetcmd_identity::Ca::generate(now)?;
+    let lamp = fleetcmd_identity::DeviceIdentity::thing("lamp-1")?;
+    let signed = fleetcmd_identity::issue(&acme, &lamp, 30, now)?;
+    let key = signed.private_key_pem.clone().unwrap_or_default();
+    let server_ca = std::fs::read_to_string(env.server.data_dir.join("tls").join("ca.pem"))?;
+    let tls = Arc::new(fleetcmd_identity::client_config(
+        &server_ca,
+        Some((&signed.certificate_pem, &key)),
+    )?);
+    // Its CA unknown: the handshake fails.
+    assert_refused(
+        over_tls(&env.server, Version::V5, "lamp-1", &tls).await,
+        "could not connect",
+    );
+    things
+        .register_ca_certificate(pb::RegisterCaCertificateRequest {
+            ca_certificate_pem: acme.certificate_pem().into(),
+        })
+        .await?;
+    // The CA is trusted now, but the certificate is nobody's: refused at CONNECT.
+    assert_refused(
+        over_tls(&env.server, Version::V5, "lamp-1", &tls).await,
+        "NotAuthorized",
+    );
+    things
+        .register_thing_certificate(pb::RegisterThingCertificateRequest {
+            owner: owner("lamp-1"),
+            certificate_pem: signed.certificate_pem.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let (mut device, topics) = subscribed(&env.server, Version::V5, "lamp-1", &tls).await?;
+    let id = env.start_simple(thing("lamp-1"), "ping", 60).await?;
+    device
+        .expect_topic(&topics.request(&id, "json"), fleetcmd_e2e::WAIT)
+        .await?;
+    let reply = device
+        .report_json(&topics, &id, &json!({"status": "SUCCEEDED"}))
+        .await?;
+    assert_accepted(&reply, &id)?;
+    device.disconnect().await?;
+    // After a restart the listener trusts the registered CA from the start.
+    let data_dir = env.server.stop().await?;
+    let server = Server::start_with(ServeArgs {
+        data_dir,
+        device_auth: Some(DeviceAuth::Required),
+        ..test_args(name)
+    })
+    .await?;
+    let device = over_tls(&server, Version::V5, "lamp-1", &tls).await?;
+    device.disconnect().await?;
+    server.shutdown().await
+}

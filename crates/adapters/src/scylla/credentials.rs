@@ -5,7 +5,11 @@
 //! loses to what is stored, and a certificate row once revoked stays revoked. A crash
 //! between the rows of one write leaves them behind the `credentials` row at worst, and the
 //! replay writes them all again.
+//!
+//! Registered CA certificates are rows of the single `ca_certificates` partition (at most
+//! [`REGISTERED_CAS_MAX`] of them), written `USING TIMESTAMP` of their version.
 
+use fleetcmd_domain::ca::{CaCertificate, REGISTERED_CAS_MAX};
 use fleetcmd_domain::credential::{CertificateRecord, CertificateStatus, Credentials};
 use fleetcmd_domain::ports::{CredentialWrite, PortResult};
 use fleetcmd_domain::{Target, ports::PortError};
@@ -23,7 +27,7 @@ use super::writes::ts_last;
 const REVOKED_PAGE_ROWS: usize = 1000;
 
 /// DDL of the credential tables.
-pub(super) fn credential_tables(ks: &str) -> [String; 3] {
+pub(super) fn credential_tables(ks: &str) -> [String; 4] {
     [
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.credentials (owner text, data blob, \
@@ -38,6 +42,11 @@ pub(super) fn credential_tables(ks: &str) -> [String; 3] {
              certificate_id text, data blob, PRIMARY KEY ((scope), certificate_id)) \
              WITH CLUSTERING ORDER BY (certificate_id ASC)"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.ca_certificates (scope text, \
+             ca_certificate_id text, data blob, PRIMARY KEY ((scope), ca_certificate_id)) \
+             WITH CLUSTERING ORDER BY (ca_certificate_id ASC)"
+        ),
     ]
 }
 
@@ -48,11 +57,13 @@ pub(super) struct CredentialStatements {
     put_certificate: PreparedStatement,
     revoked: PreparedStatement,
     put_revoked: PreparedStatement,
+    cas: PreparedStatement,
+    put_ca: PreparedStatement,
 }
 
 /// The CQL of each statement, in the order of [`CredentialStatements`], and how many values
 /// each binds (`VALUES (...) USING TIMESTAMP ?` takes the timestamp last).
-fn statement_texts(ks: &str) -> [(String, usize); 6] {
+fn statement_texts(ks: &str) -> [(String, usize); 8] {
     [
         (
             format!("SELECT data FROM {ks}.credentials WHERE owner = ?"),
@@ -84,12 +95,23 @@ fn statement_texts(ks: &str) -> [(String, usize); 6] {
             ),
             4,
         ),
+        (
+            format!("SELECT data FROM {ks}.ca_certificates WHERE scope = ?"),
+            1,
+        ),
+        (
+            format!(
+                "INSERT INTO {ks}.ca_certificates (scope, ca_certificate_id, data) \
+                 VALUES (?, ?, ?) USING TIMESTAMP ?"
+            ),
+            4,
+        ),
     ]
 }
 
 impl CredentialStatements {
     pub(super) async fn prepare(session: &Session, ks: &str) -> PortResult<Self> {
-        let [a, b, c, d, e, f] = statement_texts(ks);
+        let [a, b, c, d, e, f, g, h] = statement_texts(ks);
         Ok(Self {
             get_credentials: prepare(session, a.0).await?,
             put_credentials: prepare(session, b.0).await?,
@@ -97,6 +119,8 @@ impl CredentialStatements {
             put_certificate: prepare(session, d.0).await?,
             revoked: prepare(session, e.0).await?,
             put_revoked: prepare(session, f.0).await?,
+            cas: prepare(session, g.0).await?,
+            put_ca: prepare(session, h.0).await?,
         })
     }
 }
@@ -153,6 +177,64 @@ impl ScyllaReadModel {
         self.run_writes(futures).await
     }
 
+    /// Writes each registered CA certificate whole.
+    pub(super) async fn commit_cas(&self, cas: &[CaCertificate]) -> PortResult<()> {
+        let mut futures = Vec::with_capacity(cas.len());
+        for c in cas {
+            let id = &c.ca_certificate_id;
+            let data = encode_json("CA certificate", id, c)?;
+            futures.push(self.exec(
+                "writing a CA certificate",
+                &self.cred.put_ca,
+                ts_last(
+                    vec![
+                        CqlValue::Text(ALL_SCOPE.to_owned()),
+                        CqlValue::Text(id.clone()),
+                        CqlValue::Blob(data),
+                    ],
+                    to_i64(c.version, "CA certificate version")?,
+                ),
+            ));
+        }
+        self.run_writes(futures).await
+    }
+
+    /// Every registered CA certificate, by id.
+    pub(super) async fn stored_cas(&self) -> PortResult<Vec<CaCertificate>> {
+        self.scope_rows("CA certificates", &self.cred.cas, REGISTERED_CAS_MAX)
+            .await
+    }
+
+    /// Every row of the single `ALL_SCOPE` partition that `st` reads, decoded, in pages of
+    /// `page_rows`.
+    async fn scope_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        st: &PreparedStatement,
+        page_rows: usize,
+    ) -> PortResult<Vec<T>> {
+        let mut out = Vec::new();
+        let mut state = None;
+        loop {
+            let fetched = self
+                .fetch(
+                    what,
+                    st,
+                    vec![CqlValue::Text(ALL_SCOPE.to_owned())],
+                    page_rows,
+                    state,
+                )
+                .await?;
+            for data in fetched.rows {
+                out.push(decode_json(what, &data)?);
+            }
+            match fetched.more {
+                Some(s) => state = Some(s),
+                None => return Ok(out),
+            }
+        }
+    }
+
     async fn one_row<T: serde::de::DeserializeOwned>(
         &self,
         what: &'static str,
@@ -192,34 +274,24 @@ impl ScyllaReadModel {
     }
 
     pub(super) async fn stored_revoked(&self) -> PortResult<Vec<CertificateRecord>> {
-        let mut out = Vec::new();
-        let mut state = None;
-        loop {
-            let fetched = self
-                .fetch(
-                    "revoked certificates",
-                    &self.cred.revoked,
-                    vec![CqlValue::Text(ALL_SCOPE.to_owned())],
-                    REVOKED_PAGE_ROWS,
-                    state,
-                )
-                .await?;
-            for data in fetched.rows {
-                let r: CertificateRecord = decode_json("revoked certificate", &data)?;
-                if r.status != CertificateStatus::Revoked {
-                    return Err(PortError::Corrupt(format!(
-                        "certificate {} is listed as revoked but is {}",
-                        r.certificate_id,
-                        r.status.as_str()
-                    )));
-                }
-                out.push(r);
-            }
-            match fetched.more {
-                Some(s) => state = Some(s),
-                None => return Ok(out),
-            }
+        let revoked: Vec<CertificateRecord> = self
+            .scope_rows(
+                "revoked certificates",
+                &self.cred.revoked,
+                REVOKED_PAGE_ROWS,
+            )
+            .await?;
+        if let Some(r) = revoked
+            .iter()
+            .find(|r| r.status != CertificateStatus::Revoked)
+        {
+            return Err(PortError::Corrupt(format!(
+                "certificate {} is listed as revoked but is {}",
+                r.certificate_id,
+                r.status.as_str()
+            )));
         }
+        Ok(revoked)
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use fleetcmd_domain::ca::CaCertificate;
 use fleetcmd_domain::credential::{CertificateRecord, Credentials};
 use fleetcmd_domain::ports::{
     CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortError, PortResult,
@@ -107,6 +108,7 @@ impl ReadModel for ScyllaReadModel {
         self.run_writes(upserts).await?;
         self.commit_things(&batch.things).await?;
         self.commit_credentials(&batch.credentials).await?;
+        self.commit_cas(&batch.cas).await?;
 
         // Only now: a crash before this line replays the batch, which changes nothing.
         let next = to_i64(batch.next_offset, "next_offset")?;
@@ -331,6 +333,21 @@ impl ReadModel for ScyllaReadModel {
 
     async fn get_certificate(&self, certificate_id: &str) -> PortResult<Option<CertificateRecord>> {
         self.stored_certificate(certificate_id).await
+    }
+
+    async fn get_ca_certificate(
+        &self,
+        ca_certificate_id: &str,
+    ) -> PortResult<Option<CaCertificate>> {
+        // Few rows in one partition: the listing is one read either way.
+        let all = self.stored_cas().await?;
+        Ok(all
+            .into_iter()
+            .find(|c| c.ca_certificate_id == ca_certificate_id))
+    }
+
+    async fn list_ca_certificates(&self) -> PortResult<Vec<CaCertificate>> {
+        self.stored_cas().await
     }
 
     async fn revoked_certificates(&self) -> PortResult<Vec<CertificateRecord>> {

@@ -83,6 +83,7 @@ fn envelope_to_pb(env: &EventEnvelope) -> ipb::EventEnvelope {
         }),
         Aggregate::Thing(name) => A::ThingName(name.clone()),
         Aggregate::Credential(owner) => A::CredentialOwner(owner.into()),
+        Aggregate::Ca(id) => A::CaCertificateId(id.clone()),
     };
     ipb::EventEnvelope {
         event_id: env.event_id.clone(),
@@ -108,6 +109,10 @@ fn envelope_from_pb(env: ipb::EventEnvelope) -> Result<EventEnvelope> {
             Aggregate::Thing(name)
         }
         A::CredentialOwner(owner) => Aggregate::Credential(Target::try_from(owner)?),
+        A::CaCertificateId(id) => {
+            fleetcmd_domain::credential::validate_certificate_id(&id)?;
+            Aggregate::Ca(id)
+        }
     };
     Ok(EventEnvelope {
         event_id: env.event_id,
@@ -166,6 +171,7 @@ fn event_to_pb(event: &Event) -> ipb::event_envelope::Event {
         Event::ExecutionDeleted => E::ExecutionDeleted(ipb::ExecutionDeleted {}),
         Event::Thing { event } => things::event_to_pb(event),
         Event::Credential { event } => credentials::event_to_pb(event),
+        Event::Ca { event } => cas::event_to_pb(event),
     }
 }
 
@@ -217,6 +223,9 @@ fn event_from_pb(event: ipb::event_envelope::Event) -> Result<Event> {
                 event: credentials::event_from_pb(event)?,
             }
         }
+        E::CaCertificateRegistered(c) => Event::Ca {
+            event: cas::registered_from_pb(c)?,
+        },
     })
 }
 
@@ -401,6 +410,8 @@ pub fn encode_shard_request(request: &ShardRequest) -> Vec<u8> {
         ShardRequest::Credential { owner, input } => {
             R::Credential(credentials::input_to_pb(owner, input))
         }
+        // The id travels in the record.
+        ShardRequest::Ca { input, .. } => R::RegisterCa(cas::input_to_pb(input)),
     };
     ipb::ShardRequest {
         request: Some(request),
@@ -424,6 +435,7 @@ pub fn decode_shard_request(bytes: &[u8]) -> Result<ShardRequest> {
         R::Command(c) => command_input_from_pb(c)?,
         R::Thing(t) => things::input_from_pb(t)?,
         R::Credential(c) => credentials::input_from_pb(c)?,
+        R::RegisterCa(c) => cas::input_from_pb(c)?,
     })
 }
 
@@ -575,6 +587,10 @@ pub fn encode_shard_reply(reply: &ShardReply) -> Vec<u8> {
             certificate: certificate.as_deref().map(credentials::certificate_to_ipb),
             position: position.map(position_to_pb),
         }),
+        ShardReply::Ca { ca, position } => R::Ca(ipb::CaApplied {
+            ca: ca.as_deref().map(cas::ca_to_ipb),
+            position: position.map(position_to_pb),
+        }),
         ShardReply::Rejected(r) => R::Rejected(ipb::Rejection {
             code: rejection_code_to_pb(r.code) as i32,
             message: r.message.clone(),
@@ -622,6 +638,10 @@ pub fn decode_shard_reply(bytes: &[u8]) -> Result<ShardReply> {
                 .map(credentials::certificate_from_ipb)
                 .transpose()?
                 .map(Box::new),
+            position: c.position.map(position_from_pb),
+        },
+        R::Ca(c) => ShardReply::Ca {
+            ca: c.ca.map(cas::ca_from_ipb).transpose()?.map(Box::new),
             position: c.position.map(position_from_pb),
         },
         R::Rejected(r) => ShardReply::Rejected(Rejection {
@@ -848,6 +868,7 @@ pub fn encode_snapshot(s: &ShardSnapshot) -> Vec<u8> {
             .iter()
             .map(credentials::credentials_to_ipb)
             .collect(),
+        cas: s.cas.iter().map(cas::ca_to_ipb).collect(),
     }
     .encode_to_vec()
 }
@@ -926,9 +947,15 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ShardSnapshot> {
             .into_iter()
             .map(credentials::credentials_from_ipb)
             .collect::<Result<_>>()?,
+        cas: s
+            .cas
+            .into_iter()
+            .map(cas::ca_from_ipb)
+            .collect::<Result<_>>()?,
     })
 }
 
+mod cas;
 mod credentials;
 mod things;
 

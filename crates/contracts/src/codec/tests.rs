@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use fleetcmd_domain::ca::{CaCertificate, CaEvent, CaInput};
 use fleetcmd_domain::command::{CommandInput, CreateCommand, UpdateCommand};
 use fleetcmd_domain::credential::{
     CertificateRecord, CertificateStatus, CredentialEvent, CredentialInput, Credentials,
@@ -155,6 +156,18 @@ fn credentials() -> Credentials {
     }
 }
 
+fn registered_ca(common_name: Option<&str>) -> CaCertificate {
+    CaCertificate {
+        ca_certificate_id: "cd".repeat(32),
+        certificate_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+        common_name: common_name.map(str::to_owned),
+        not_before: 1_000,
+        not_after: 9_000,
+        registered_at: 2_000,
+        version: 1,
+    }
+}
+
 fn every_event() -> Vec<Event> {
     let thing_events = [
         ThingEvent::Created(thing()),
@@ -242,6 +255,11 @@ fn every_event() -> Vec<Event> {
         },
     ];
     events.extend(credential_events.map(|event| Event::Credential { event }));
+    for common_name in [Some("Acme CA"), None] {
+        events.push(Event::Ca {
+            event: CaEvent::Registered(registered_ca(common_name)),
+        });
+    }
     events
 }
 
@@ -256,6 +274,7 @@ fn envelope(event: Event, seq: u64, trace: Option<&str>) -> EventEnvelope {
             event: CredentialEvent::PasswordSet { .. },
         } => Aggregate::Credential(Target::client("sensor-7").unwrap()),
         Event::Credential { .. } => Aggregate::Credential(Target::thing("lamp-1").unwrap()),
+        Event::Ca { .. } => Aggregate::Ca("cd".repeat(32)),
         _ => Aggregate::Execution {
             execution_id: ExecutionId::parse("e-1").unwrap(),
             target: Target::thing("lamp-1").unwrap(),
@@ -463,6 +482,10 @@ fn every_request() -> Vec<ShardRequest> {
     ] {
         requests.push(ShardRequest::Credential { owner, input });
     }
+    requests.push(ShardRequest::Ca {
+        ca_certificate_id: "cd".repeat(32),
+        input: CaInput::Register(registered_ca(Some("Acme CA"))),
+    });
     requests
 }
 
@@ -529,6 +552,14 @@ fn every_shard_reply_decodes_to_what_was_encoded() {
         },
         ShardReply::Credential {
             certificate: None,
+            position: None,
+        },
+        ShardReply::Ca {
+            ca: Some(Box::new(registered_ca(None))),
+            position,
+        },
+        ShardReply::Ca {
+            ca: None,
             position: None,
         },
         ShardReply::Unavailable("moving".into()),
@@ -611,6 +642,7 @@ fn a_snapshot_decodes_to_what_was_encoded_and_another_version_is_refused() {
             credentials(),
             Credentials::new(Target::thing("lamp-1").unwrap()),
         ],
+        cas: vec![registered_ca(Some("Acme CA"))],
     };
     assert_eq!(
         decode_snapshot(&encode_snapshot(&snapshot)).unwrap(),

@@ -1,5 +1,7 @@
-//! Device credentials: the owner a request names, and certificates as the API lists them.
+//! Device credentials: the owner a request names, and certificates and registered CAs as the
+//! API lists them.
 
+use fleetcmd_domain::ca::CaCertificate;
 use fleetcmd_domain::credential::{CertificateRecord, CertificateStatus};
 use fleetcmd_domain::error::ValidationError;
 use fleetcmd_domain::ids::{Target, TargetKind};
@@ -60,6 +62,19 @@ impl From<CertificateRecord> for pb::Certificate {
             not_after: Some(timestamp_from_ms(c.not_after)),
             created_at: Some(timestamp_from_ms(c.created_at)),
             revoked_at: opt_timestamp_from_ms(c.revoked_at),
+        }
+    }
+}
+
+impl From<CaCertificate> for pb::CaCertificate {
+    fn from(c: CaCertificate) -> Self {
+        Self {
+            ca_certificate_id: c.ca_certificate_id,
+            certificate_pem: c.certificate_pem,
+            common_name: c.common_name.unwrap_or_default(),
+            not_before: Some(timestamp_from_ms(c.not_before)),
+            not_after: Some(timestamp_from_ms(c.not_after)),
+            registered_at: Some(timestamp_from_ms(c.registered_at)),
         }
     }
 }

@@ -5,9 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use fleetcmd_domain::ca::{self, CaInput};
 use fleetcmd_domain::command::{self, CommandInput, CommandSettings};
 use fleetcmd_domain::credential::{self, CredentialInput};
-use fleetcmd_domain::error::{Rejection, RejectionCode};
+use fleetcmd_domain::error::{Rejection, RejectionCode, ValidationError};
 use fleetcmd_domain::event::{Aggregate, Event};
 use fleetcmd_domain::execution::{self, ExecutionInput};
 use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
@@ -92,6 +93,8 @@ pub enum Outcome {
         owner: Target,
         certificate_id: Option<String>,
     },
+    /// A CA input: answer with the CA certificate as stored after it.
+    Ca { ca_certificate_id: String },
 }
 
 /// The events an input produces (in order, one log record) and what to answer.
@@ -141,7 +144,8 @@ pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardReq
             }
             ShardRequest::Command { .. }
             | ShardRequest::Thing { .. }
-            | ShardRequest::Credential { .. } => {}
+            | ShardRequest::Credential { .. }
+            | ShardRequest::Ca { .. } => {}
         }
     }
     needs
@@ -227,6 +231,35 @@ pub fn decide(
                 outcome: Outcome::Credential {
                     owner: owner.clone(),
                     certificate_id,
+                },
+            })
+        }
+        ShardRequest::Ca {
+            ca_certificate_id,
+            input,
+        } => {
+            let CaInput::Register(record) = input;
+            if record.ca_certificate_id != *ca_certificate_id {
+                return Err(Rejection::from(ValidationError::new(
+                    "ca_certificate_id",
+                    "the request and its record name different CA certificates",
+                ))
+                .into());
+            }
+            let decided = ca::decide(state.ca(ca_certificate_id), input, now)?;
+            Ok(Decision {
+                hydrate: None,
+                events: decided
+                    .into_iter()
+                    .map(|event| {
+                        (
+                            Aggregate::Ca(ca_certificate_id.clone()),
+                            Event::Ca { event },
+                        )
+                    })
+                    .collect(),
+                outcome: Outcome::Ca {
+                    ca_certificate_id: ca_certificate_id.clone(),
                 },
             })
         }

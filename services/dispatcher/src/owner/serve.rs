@@ -496,6 +496,10 @@ impl Owner {
                 }),
                 position,
             },
+            Outcome::Ca { ca_certificate_id } => ShardReply::Ca {
+                ca: self.state.ca(ca_certificate_id).cloned().map(Box::new),
+                position,
+            },
         })
     }
 
@@ -631,6 +635,13 @@ impl Owner {
                         writes.credentials.push(CredentialWrite {
                             credentials: c.clone(),
                         });
+                    }
+                }
+                Aggregate::Ca(id) => {
+                    if let Some(c) = self.state.ca(id)
+                        && !writes.cas.iter().any(|w| w.ca_certificate_id == *id)
+                    {
+                        writes.cas.push(c.clone());
                     }
                 }
             }

@@ -9,6 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
+use fleetcmd_domain::ca::{self, CaCertificate};
 use fleetcmd_domain::command;
 use fleetcmd_domain::credential::{self, Credentials};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, ShardSnapshot, SnapshotToken};
@@ -60,6 +61,8 @@ pub struct ShardState {
     /// The credentials of the shard's owners (things and bare clients); each one's version
     /// is the sequence number of its last event.
     credentials: HashMap<Target, Credentials>,
+    /// The shard's registered CA certificates (each carries its version).
+    cas: HashMap<String, CaCertificate>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     /// The offset the next record appended to the partition gets.
     next_offset: u64,
@@ -106,6 +109,10 @@ impl ShardState {
         self.credentials.get(owner)
     }
 
+    pub fn ca(&self, ca_certificate_id: &str) -> Option<&CaCertificate> {
+        self.cas.get(ca_certificate_id)
+    }
+
     /// The sequence number the next event of `aggregate` gets: one past its last event's.
     pub fn next_seq(&self, aggregate: &Aggregate) -> u64 {
         let last = match aggregate {
@@ -115,6 +122,7 @@ impl ShardState {
             Aggregate::Command(id) => self.command_seq(id.as_str()),
             Aggregate::Thing(name) => self.thing_seq(name),
             Aggregate::Credential(owner) => self.credentials(owner).map_or(0, |c| c.version),
+            Aggregate::Ca(id) => self.ca(id).map_or(0, |c| c.version),
         };
         last + 1
     }
@@ -233,6 +241,15 @@ impl ShardState {
                     if let Some(mut c) = state {
                         c.version = env.seq;
                         self.credentials.insert(owner.clone(), c);
+                    }
+                }
+            }
+            Aggregate::Ca(id) => {
+                if let Event::Ca { event } = &env.event {
+                    let mut state = self.cas.remove(id);
+                    ca::fold(&mut state, event, env.seq);
+                    if let Some(c) = state {
+                        self.cas.insert(id.clone(), c);
                     }
                 }
             }
@@ -404,6 +421,8 @@ impl ShardState {
         things.sort_by(|a, b| a.0.thing_name.cmp(&b.0.thing_name));
         let mut credentials: Vec<Credentials> = self.credentials.values().cloned().collect();
         credentials.sort_by(|a, b| a.owner.cmp(&b.owner));
+        let mut cas: Vec<CaCertificate> = self.cas.values().cloned().collect();
+        cas.sort_by(|a, b| a.ca_certificate_id.cmp(&b.ca_certificate_id));
         ShardSnapshot {
             next_offset: self.next_offset,
             executions,
@@ -413,6 +432,7 @@ impl ShardState {
             commands,
             things,
             credentials,
+            cas,
         }
     }
 
@@ -473,6 +493,11 @@ impl ShardState {
             .credentials
             .into_iter()
             .map(|c| (c.owner.clone(), c))
+            .collect();
+        state.cas = snapshot
+            .cas
+            .into_iter()
+            .map(|c| (c.ca_certificate_id.clone(), c))
             .collect();
         state
     }

@@ -40,11 +40,13 @@ pub fn input_span(
         ShardRequest::Start(_)
         | ShardRequest::Command { .. }
         | ShardRequest::Thing { .. }
-        | ShardRequest::Credential { .. } => {
+        | ShardRequest::Credential { .. }
+        | ShardRequest::Ca { .. } => {
             let name = match req {
                 ShardRequest::Start(_) => "shard.owner start",
                 ShardRequest::Thing { .. } => "shard.owner thing",
                 ShardRequest::Credential { .. } => "shard.owner credential",
+                ShardRequest::Ca { .. } => "shard.owner ca",
                 _ => "shard.owner command",
             };
             let span = tracing::info_span!(

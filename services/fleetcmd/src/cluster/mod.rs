@@ -178,7 +178,7 @@ pub async fn start(
                 arns: Default::default(),
                 // A cluster's device CA is not configured yet: the certificate calls say so.
                 ca: None,
-                on_revoke: None,
+                device_trust: None,
                 shutdown: shutdown.clone(),
             });
             let grpc = grpc.with(commands).with(things);

@@ -1,10 +1,12 @@
 //! Device credentials: round trips of an owner's whole, certificates found by id and by
-//! owner, the revoked listing, and replays (an older version changes nothing).
+//! owner, the revoked listing, and replays (an older version changes nothing); registered CA
+//! certificates found by id and listed.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use fleetcmd_domain::ca::CaCertificate;
 use fleetcmd_domain::credential::{CertificateRecord, CertificateStatus, Credentials};
 use fleetcmd_domain::ports::{CredentialWrite, ProjectionBatch, ReadModel};
 use fleetcmd_domain::{Target, TimestampMs};
@@ -200,4 +202,68 @@ pub async fn revocations_are_listed_and_older_versions_change_nothing(
             .count(),
         1
     );
+}
+
+fn registered_ca(run: &str, n: &str, at: TimestampMs, version: u64) -> CaCertificate {
+    CaCertificate {
+        ca_certificate_id: certificate_id(run, n),
+        certificate_pem: format!(
+            "-----BEGIN CERTIFICATE-----\n{run}{n}{version}\n-----END CERTIFICATE-----\n"
+        ),
+        common_name: Some(format!("{run} {n} CA")),
+        not_before: at - 3_600_000,
+        not_after: at + 86_400_000,
+        registered_at: at,
+        version,
+    }
+}
+
+/// This run's registered CA certificates (other runs may share the store).
+async fn cas_of(store: &dyn ReadModel, ids: &[&str]) -> Vec<CaCertificate> {
+    within("list_ca_certificates", store.list_ca_certificates())
+        .await
+        .expect("list_ca_certificates")
+        .into_iter()
+        .filter(|c| ids.contains(&c.ca_certificate_id.as_str()))
+        .collect()
+}
+
+async fn get_ca(store: &dyn ReadModel, id: &str) -> Option<CaCertificate> {
+    within("get_ca_certificate", store.get_ca_certificate(id))
+        .await
+        .expect("get_ca_certificate")
+}
+
+/// A registered CA reads back whole by id and in the listing (sorted by id); an unknown id
+/// is `None`; a replayed older version changes nothing.
+pub async fn registered_cas_round_trip_and_older_versions_change_nothing(
+    store: Arc<dyn ReadModel>,
+    _: Capabilities,
+) {
+    let store = &*store;
+    let (run, at) = start("ca");
+    let (a1, b) = (
+        registered_ca(&run, "a", at, 1),
+        registered_ca(&run, "b", at, 1),
+    );
+    let (id_a, id_b) = (a1.ca_certificate_id.clone(), b.ca_certificate_id.clone());
+    let ids = [id_a.as_str(), id_b.as_str()];
+    assert_eq!(get_ca(store, ids[0]).await, None);
+    assert!(cas_of(store, &ids).await.is_empty());
+    let next_offset = position(store).await + 1;
+    let batch = |cas: Vec<CaCertificate>, next_offset: u64| ProjectionBatch {
+        partition: 0,
+        next_offset,
+        cas,
+        ..ProjectionBatch::default()
+    };
+    commit(store, batch(vec![a1.clone(), b.clone()], next_offset)).await;
+    assert_eq!(get_ca(store, ids[0]).await, Some(a1.clone()));
+    let mut both = vec![a1.clone(), b.clone()];
+    both.sort_by(|x, y| x.ca_certificate_id.cmp(&y.ca_certificate_id));
+    assert_eq!(cas_of(store, &ids).await, both);
+    let a2 = registered_ca(&run, "a", at, 2);
+    commit(store, batch(vec![a2.clone()], next_offset + 1)).await;
+    commit(store, batch(vec![a1], next_offset + 2)).await;
+    assert_eq!(get_ca(store, ids[0]).await, Some(a2));
 }

@@ -48,7 +48,9 @@ pub use commands::{
     malformed_command_page_tokens_are_refused,
 };
 pub use credentials::{
-    credentials_round_trip_every_field, revocations_are_listed_and_older_versions_change_nothing,
+    credentials_round_trip_every_field,
+    registered_cas_round_trip_and_older_versions_change_nothing,
+    revocations_are_listed_and_older_versions_change_nothing,
 };
 pub use executions::{
     a_lagging_upsert_after_a_delete_brings_nothing_back,
@@ -107,6 +109,7 @@ macro_rules! __read_model_checks {
             malformed_thing_page_tokens_are_refused,
             credentials_round_trip_every_field,
             revocations_are_listed_and_older_versions_change_nothing,
+            registered_cas_round_trip_and_older_versions_change_nothing,
         );
     };
 }
@@ -264,6 +267,7 @@ async fn commit_next(
             executions,
             things: Vec::new(),
             credentials: Vec::new(),
+            cas: Vec::new(),
         },
     )
     .await;

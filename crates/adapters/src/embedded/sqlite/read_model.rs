@@ -1,6 +1,7 @@
 //! The [`ReadModel`] methods. A commit is one write of the writer thread: its upserts and
 //! deletes and the partition's position commit together.
 
+use fleetcmd_domain::ca::CaCertificate;
 use fleetcmd_domain::credential::{CertificateRecord, Credentials};
 use fleetcmd_domain::ports::{
     CommandQuery, CommandWrite, CredentialWrite, ExecutionQuery, ExecutionWrite, Page, PortResult,
@@ -24,9 +25,13 @@ pub(super) fn apply_writes(tx: &Connection, writes: &ProjectionWrites) -> Result
         executions,
         things,
         credentials,
+        cas,
     } = writes;
     for w in credentials {
         upsert_credentials(tx, w)?;
+    }
+    for c in cas {
+        upsert_ca(tx, c)?;
     }
     for w in things {
         match w {
@@ -162,6 +167,19 @@ fn upsert_credentials(tx: &Connection, w: &CredentialWrite) -> Result<()> {
     Ok(())
 }
 
+fn upsert_ca(tx: &Connection, c: &CaCertificate) -> Result<()> {
+    let id = &c.ca_certificate_id;
+    let data =
+        serde_json::to_string(c).map_err(|e| Error::Encode(format!("CA certificate {id}: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO ca_certificates (ca_certificate_id, version, data) VALUES (?1, ?2, ?3)
+         ON CONFLICT (ca_certificate_id) DO UPDATE SET version = excluded.version, data = excluded.data
+         WHERE excluded.version > ca_certificates.version",
+    )?
+    .execute(params![id, to_i64(c.version, "version")?, data])?;
+    Ok(())
+}
+
 fn upsert_execution(tx: &Connection, e: &Execution) -> Result<()> {
     let data = serde_json::to_string(e)
         .map_err(|err| Error::Encode(format!("execution {}: {err}", e.execution_id)))?;
@@ -207,12 +225,14 @@ impl ReadModel for SqliteStore {
             executions,
             things,
             credentials,
+            cas,
         } = batch;
         let writes = ProjectionWrites {
             commands,
             executions,
             things,
             credentials,
+            cas,
         };
         self.write(move |_, tx, _| {
             apply_writes(tx, &writes)?;
@@ -343,14 +363,28 @@ impl ReadModel for SqliteStore {
     async fn list_certificates(&self, owner: &Target) -> PortResult<Vec<CertificateRecord>> {
         let sql = "SELECT certificate_id, data FROM certificates WHERE owner = ?1
                    ORDER BY certificate_id";
-        self.read_certificates(sql, Some(owner.resource_name()))
+        self.read_rows("certificate", sql, Some(owner.resource_name()))
             .await
     }
 
     async fn revoked_certificates(&self) -> PortResult<Vec<CertificateRecord>> {
         let sql = "SELECT certificate_id, data FROM certificates WHERE status = 'REVOKED'
                    ORDER BY certificate_id";
-        self.read_certificates(sql, None).await
+        self.read_rows("certificate", sql, None).await
+    }
+
+    async fn get_ca_certificate(
+        &self,
+        ca_certificate_id: &str,
+    ) -> PortResult<Option<CaCertificate>> {
+        let sql = "SELECT data FROM ca_certificates WHERE ca_certificate_id = ?1";
+        self.read_by_id("CA certificate", sql, ca_certificate_id)
+            .await
+    }
+
+    async fn list_ca_certificates(&self) -> PortResult<Vec<CaCertificate>> {
+        let sql = "SELECT ca_certificate_id, data FROM ca_certificates ORDER BY ca_certificate_id";
+        self.read_rows("CA certificate", sql, None).await
     }
 
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {
@@ -365,13 +399,17 @@ impl ReadModel for SqliteStore {
 }
 
 impl SqliteStore {
-    /// The certificates `sql` (`SELECT certificate_id, data ...`, with `?1` bound to `arg`
-    /// when given) selects, decoded.
-    async fn read_certificates(
+    /// The records `sql` (`SELECT <id>, data ...`, with `?1` bound to `arg` when given)
+    /// selects, decoded.
+    async fn read_rows<T>(
         &self,
+        what: &'static str,
         sql: &'static str,
         arg: Option<String>,
-    ) -> PortResult<Vec<CertificateRecord>> {
+    ) -> PortResult<Vec<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
         self.read_with(move |_, conn| {
             let mut stmt = conn.prepare_cached(sql)?;
             let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
@@ -380,7 +418,7 @@ impl SqliteStore {
                 None => stmt.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
             };
             rows.iter()
-                .map(|(id, data)| decode("certificate", id, data))
+                .map(|(id, data)| decode(what, id, data))
                 .collect()
         })
         .await

@@ -106,6 +106,13 @@ CREATE TABLE IF NOT EXISTS certificates (
 CREATE INDEX IF NOT EXISTS certificates_revoked
     ON certificates (certificate_id) WHERE status = 'REVOKED';
 
+-- Registered CA certificates, each whole as JSON.
+CREATE TABLE IF NOT EXISTS ca_certificates (
+    ca_certificate_id TEXT PRIMARY KEY NOT NULL,
+    version           INTEGER NOT NULL,
+    data              TEXT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS snapshots (
     "partition" INTEGER PRIMARY KEY NOT NULL,
     next_offset INTEGER NOT NULL,
@@ -163,8 +170,7 @@ mod tests {
             next_offset: 1,
             commands: Vec::new(),
             executions: vec![ExecutionWrite::Upsert(e.clone())],
-            things: Vec::new(),
-            credentials: Vec::new(),
+            ..Default::default()
         };
         within("commit", store.commit(batch)).await.expect("commit");
         drop(store);
