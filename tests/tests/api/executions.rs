@@ -189,11 +189,24 @@ async fn create_dim_and_tokened_start(
     })
 }
 
-fn on_t1() -> pb::ListCommandExecutionsRequest {
-    pb::ListCommandExecutionsRequest {
+/// The ids of the executions on t1, in listing order.
+async fn executions_on_t1(reg: &mut Registry) -> anyhow::Result<Vec<String>> {
+    let on_t1 = pb::ListCommandExecutionsRequest {
         target: Some(thing("t1")),
         ..Default::default()
-    }
+    };
+    Ok(execution_ids(&list_all_executions(reg, on_t1).await?.0))
+}
+
+/// Asserts that a start was refused because `token` already started `first` otherwise.
+#[track_caller]
+fn expect_token_conflict(
+    start: std::result::Result<tonic::Response<pb::StartCommandExecutionResponse>, tonic::Status>,
+    token: &str,
+    first: &str,
+) {
+    let s = expect_code(start, Code::AlreadyExists, &["client_token", token, first]);
+    assert_eq!(error_reason(&s).as_deref(), Some("CONFLICT"));
 }
 
 /// A server, its clients, and one tokened start of `dim` already made (its id).
@@ -242,16 +255,8 @@ async fn client_tokens_stay_idempotent_after_they_leave_the_owners_memory() -> R
         .await;
 
     assert_eq!(first, again, "same token, same request: the same execution");
-    let s = expect_code(
-        conflict,
-        Code::AlreadyExists,
-        &["client_token", "retry-later", &first],
-    );
-    assert_eq!(error_reason(&s).as_deref(), Some("CONFLICT"));
-    assert_eq!(
-        execution_ids(&list_all_executions(&mut reg, on_t1()).await?.0),
-        vec![first]
-    );
+    expect_token_conflict(conflict, "retry-later", &first);
+    assert_eq!(executions_on_t1(&mut reg).await?, vec![first]);
     server.shutdown().await
 }
 
@@ -262,10 +267,7 @@ async fn a_retry_with_the_same_token_returns_the_same_execution() -> Result {
     let again = start_execution(&mut disp, req.clone()).await?;
 
     assert_eq!(first, again, "same token, same request: same execution");
-    assert_eq!(
-        execution_ids(&list_all_executions(&mut reg, on_t1()).await?.0),
-        vec![first.clone()]
-    );
+    assert_eq!(executions_on_t1(&mut reg).await?, vec![first]);
     server.shutdown().await
 }
 
@@ -287,18 +289,10 @@ async fn the_same_token_on_a_different_request_is_already_exists() -> Result {
         },
     ];
     for d in different {
-        let s = expect_code(
-            disp.start_command_execution(d).await,
-            Code::AlreadyExists,
-            &["client_token", "retry-me", &first],
-        );
-        assert_eq!(error_reason(&s).as_deref(), Some("CONFLICT"));
+        expect_token_conflict(disp.start_command_execution(d).await, "retry-me", &first);
     }
     // Nothing started.
-    assert_eq!(
-        execution_ids(&list_all_executions(&mut reg, on_t1()).await?.0),
-        vec![first.clone()]
-    );
+    assert_eq!(executions_on_t1(&mut reg).await?, vec![first]);
     server.shutdown().await
 }
 
