@@ -70,10 +70,12 @@ pub fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// The fleetcmd side of a deployment: the device CA and the certificates it issued.
+/// The fleetcmd side of a deployment: the device CA and the certificates it issued, and the
+/// CAs a user registered (RegisterCaCertificate), whose certificates the broker trusts too.
 pub struct Pki {
     pub ca: Ca,
     pub now: OffsetDateTime,
+    pub registered_ca_pems: Vec<String>,
 }
 
 impl Pki {
@@ -82,6 +84,7 @@ impl Pki {
         Self {
             ca: Ca::generate(now).expect("generate the device CA"),
             now,
+            registered_ca_pems: Vec::new(),
         }
     }
 
@@ -91,23 +94,27 @@ impl Pki {
         fleetcmd_identity::issue(&self.ca, &identity, 1, self.now).expect("issue a certificate")
     }
 
-    /// The CRL listing `revoked`, valid for a day.
+    /// The device CA's CRL listing `revoked`, valid for a day.
     pub fn crl(&self, revoked: &[&Issued]) -> String {
-        let entries: Vec<RevokedEntry> = revoked
-            .iter()
-            .map(|c| RevokedEntry {
-                serial_hex: c.serial_hex.clone(),
-                revoked_at: self.now,
-            })
-            .collect();
-        fleetcmd_identity::crl(&self.ca, &entries, self.now, self.now + time::Duration::DAY)
-            .expect("sign the CRL")
+        crl_of(&self.ca, revoked, self.now)
     }
 
     /// TLS to a device listener: trusting the device CA, with `certificate` if given.
     pub fn tls(&self, certificate: Option<&Issued>) -> TlsConfiguration {
         tls_trusting(&self.ca, certificate)
     }
+}
+
+/// The CRL of `ca` listing `revoked`, issued at `now` and valid for a day.
+pub fn crl_of(ca: &Ca, revoked: &[&Issued], now: OffsetDateTime) -> String {
+    let entries: Vec<RevokedEntry> = revoked
+        .iter()
+        .map(|c| RevokedEntry {
+            serial_hex: c.serial_hex.clone(),
+            revoked_at: now,
+        })
+        .collect();
+    fleetcmd_identity::crl(ca, &entries, now, now + time::Duration::DAY).expect("sign the CRL")
 }
 
 pub fn tls_trusting(ca: &Ca, certificate: Option<&Issued>) -> TlsConfiguration {
@@ -152,7 +159,11 @@ impl Broker {
                 .expect("issue the server certificate");
         write(&etc.join("certs/server.crt"), &server_cert);
         write(&etc.join("certs/server.key"), &server_key);
-        write(&etc.join("certs/device-ca.crt"), pki.ca.certificate_pem());
+        // The device CA file holds every CA devices' certificates may chain to.
+        let cas: String = std::iter::once(pki.ca.certificate_pem())
+            .chain(pki.registered_ca_pems.iter().map(String::as_str))
+            .collect();
+        write(&etc.join("certs/device-ca.crt"), &cas);
         write(&etc.join("certs/device-ca.crl"), crl_pem);
         for (installed, shipped) in SHIPPED_ACL_FILES {
             std::fs::copy(deploy_dir().join(shipped), etc.join(installed))

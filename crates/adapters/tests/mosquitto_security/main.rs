@@ -432,3 +432,54 @@ async fn a_device_cannot_take_over_another_devices_session() {
         )
         .await;
 }
+
+/// A CA the user registered with fleetcmd (RegisterCaCertificate): Mosquitto trusts its
+/// devices once its certificate is in the device CA file and its CRL in the CRL file, as
+/// `deploy/README.md` says; with the device CA's CRL alone, OpenSSL's CRL check refuses
+/// them, and a certificate the registered CA revoked is refused.
+#[tokio::test]
+async fn a_registered_cas_devices_need_its_certificate_and_its_crl_in_the_broker_files() {
+    let Some(tools) = tools("a_registered_cas_devices_need...") else {
+        return;
+    };
+    let mut pki = Pki::new();
+    let acme = Ca::generate(pki.now).expect("a registered CA");
+    pki.registered_ca_pems
+        .push(acme.certificate_pem().to_owned());
+    let issue = |identity: &str| {
+        let identity = DeviceIdentity::parse(identity).expect("an identity");
+        fleetcmd_identity::issue(&acme, &identity, 1, pki.now).expect("a certificate of acme")
+    };
+    let (lamp, gone) = (issue("things/acme-lamp"), issue("things/acme-gone"));
+    let crls = format!("{}{}", pki.crl(&[]), crl_of(&acme, &[&gone], pki.now));
+    let broker = Broker::start(&tools, &pki, &crls, &[]).await;
+    let port = broker.port(MTLS_LISTENER);
+    let login = |id: &str, cert: &Issued| Login::new(port, id).tls(pki.tls(Some(cert)));
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let mut device = connected(
+            "a certificate of a registered CA",
+            protocol,
+            &login("acme-lamp", &lamp),
+        )
+        .await;
+        assert!(
+            device.subscribe(&request("things/acme-lamp", "+")).await,
+            "its own requests"
+        );
+        let e = refused(
+            "a certificate the registered CA revoked",
+            protocol,
+            &login("acme-gone", &gone),
+        )
+        .await;
+        assert_alert(&e, "CertificateRevoked");
+    }
+    // OpenSSL's CRL check wants a CRL for every CA of a chain.
+    broker.reload_crl(&pki.crl(&[]));
+    let e = refused_eventually(
+        "a registered CA without its CRL",
+        &login("acme-lamp", &lamp),
+    )
+    .await;
+    assert_alert(&e, "UnknownCA");
+}
