@@ -43,13 +43,14 @@ mod shard_moves;
 mod things;
 
 use fleetcmd_domain::Target;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fleetcmd_local_cluster::engines::managed_by_script;
+use fleetcmd_local_cluster::engines::{host_port, managed_by_script};
 use fleetcmd_local_cluster::reads::get_is_right_or_unavailable;
 use fleetcmd_local_cluster::starts::{create_command, start_and_settle, start_is_unavailable};
 use fleetcmd_local_cluster::{
-    Cluster, Dispatcher, Engines, Fleet, OUTAGE_ANSWER_WITHIN, Registry, one_at_a_time, unique_id,
+    Cluster, Dispatcher, EngineOutage, Engines, Fleet, OUTAGE_ANSWER_WITHIN, Registry,
+    one_at_a_time, unique_id,
 };
 use tokio::sync::MutexGuard;
 
@@ -85,6 +86,8 @@ async fn given_a_cluster(
 /// and one execution it already SUCCEEDED (`before`, started with the token
 /// `<scenario>-before`).
 struct Outage {
+    /// When the scenario began, before the engines were looked for.
+    started: Instant,
     _serial: MutexGuard<'static, ()>,
     cluster: Cluster,
     fleet: Fleet,
@@ -93,18 +96,22 @@ struct Outage {
     command_id: String,
     target: Target,
     before: String,
+    /// The scenario's name and the engine it stops (as `deploy/engines/<engine>.sh` names it).
+    scenario: String,
+    engine: &'static str,
 }
 
-/// [`Outage`] for `test`, which stops `engine`; `None` (skipped) when the engines are not
-/// configured or the one at `address` is not the one `deploy/engines/<engine>.sh` manages.
-async fn given_an_outage(
-    test: &str,
-    scenario: &str,
-    engine: &str,
-    address: impl Fn(&Engines) -> String,
-) -> Option<Outage> {
+/// [`Outage`] for `test`, which stops `engine` (`nats` or `kafka`); `None` (skipped) when the
+/// engines are not configured or that one is not the one `deploy/engines/<engine>.sh` manages.
+async fn given_an_outage(test: &str, scenario: &str, engine: &'static str) -> Option<Outage> {
+    let started = Instant::now();
     let (serial, engines) = given_the_engines(test).await?;
-    if !managed_by_script(test, engine, &address(&engines)) {
+    let address = match engine {
+        "nats" => host_port(&engines.nats_url),
+        "kafka" => host_port(&engines.kafka_brokers),
+        other => panic!("no outage scenario stops {other}"),
+    };
+    if !managed_by_script(test, engine, address) {
         return None;
     }
     let (cluster, mut registry, command_id) = given_a_cluster(scenario, &engines, 1, 1).await;
@@ -120,6 +127,7 @@ async fn given_an_outage(
     )
     .await;
     Some(Outage {
+        started,
         _serial: serial,
         cluster,
         fleet,
@@ -128,21 +136,22 @@ async fn given_an_outage(
         command_id,
         target,
         before,
+        scenario: scenario.to_string(),
+        engine,
     })
 }
 
 impl Outage {
-    /// With `engine` down: a start (token `<scenario>-during`) answers UNAVAILABLE within
-    /// [`OUTAGE_ANSWER_WITHIN`], and reading `before` gives the right answer or UNAVAILABLE,
-    /// as fast; no process died.
-    async fn then_starts_are_unavailable_and_reads_stay_right(
-        &mut self,
-        scenario: &str,
-        engine: &str,
-    ) {
+    /// Stops the engine (`label` in messages). With it down: a start (token
+    /// `<scenario>-during`) answers UNAVAILABLE within [`OUTAGE_ANSWER_WITHIN`], and reading
+    /// `before` gives the right answer or UNAVAILABLE, as fast; no process died. The engine
+    /// runs again once the outage returned is restarted or dropped.
+    async fn when_the_engine_stops(&mut self, label: &str) -> EngineOutage {
+        let outage = EngineOutage::stop(self.engine);
+        let scenario = &self.scenario;
         start_is_unavailable(
             scenario,
-            engine,
+            label,
             &mut self.dispatcher,
             &self.command_id,
             &self.target,
@@ -152,10 +161,11 @@ impl Outage {
         get_is_right_or_unavailable(
             &mut self.registry,
             &self.before,
-            &format!("[{scenario}] Get with {engine} down"),
+            &format!("[{scenario}] Get with {label} down"),
             Some(OUTAGE_ANSWER_WITHIN),
         )
         .await;
         self.cluster.assert_all_alive();
+        outage
     }
 }

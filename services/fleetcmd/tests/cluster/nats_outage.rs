@@ -7,30 +7,22 @@ use std::time::Instant;
 use fleetcmd_contracts::convert::status_to_pb;
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::ExecutionStatus;
-use fleetcmd_local_cluster::engines::host_port;
 use fleetcmd_local_cluster::reads::{list_all, try_get};
 use fleetcmd_local_cluster::starts::start_and_settle;
-use fleetcmd_local_cluster::{EngineOutage, OUTAGE_ANSWER_WITHIN, unique_id};
+use fleetcmd_local_cluster::{OUTAGE_ANSWER_WITHIN, unique_id};
 use tonic::Code;
 
 use crate::given_an_outage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_nats_outage_gives_unavailable_then_recovers() {
-    let t0 = Instant::now();
-    let Some(mut o) = given_an_outage("s4_nats_outage", "s4", "nats", |e| {
-        host_port(&e.nats_url).to_string()
-    })
-    .await
-    else {
+    let Some(mut o) = given_an_outage("s4_nats_outage", "s4", "nats").await else {
         return;
     };
 
     // When NATS stops: starts (routed over NATS) fail fast and retryably; Get reads the read
     // model, not NATS: a right answer or UNAVAILABLE, never a wrong one.
-    let mut outage = EngineOutage::stop("nats");
-    o.then_starts_are_unavailable_and_reads_stay_right("s4", "NATS")
-        .await;
+    let mut outage = o.when_the_engine_stops("NATS").await;
     // CreateCommand (routed over NATS through the registry) fails fast too.
     let t = Instant::now();
     let create = o
@@ -87,6 +79,6 @@ async fn s4_nats_outage_gives_unavailable_then_recovers() {
     println!(
         "[s4] NATS outage: UNAVAILABLE within limits; calls succeed {:.1} s after NATS is back; total {:.1} s",
         recovered.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
+        o.started.elapsed().as_secs_f64()
     );
 }

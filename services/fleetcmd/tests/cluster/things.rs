@@ -41,6 +41,18 @@ where
     }
 }
 
+/// [`retried`] of one thing registry method, which names the call.
+macro_rules! call {
+    ($things:expr, $method:ident($request:expr)) => {
+        retried(
+            stringify!($method),
+            $things,
+            $request,
+            |mut c, r| async move { c.$method(r).await },
+        )
+    };
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
     let test = "s7_things_are_registered_through_the_shard_owners_and_read_back";
@@ -57,20 +69,16 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
             attributes: HashMap::from([("parity".to_string(), (i % 2).to_string())]),
             max_in_flight: 0,
         };
-        retried("CreateThing", &things, request, |mut c, r| async move {
-            c.create_thing(r).await
-        })
-        .await
-        .unwrap_or_else(|s| panic!("[s7] create {name}: {:?} {}", s.code(), s.message()));
+        call!(&things, create_thing(request))
+            .await
+            .unwrap_or_else(|s| panic!("[s7] create {name}: {:?} {}", s.code(), s.message()));
         // Readable as soon as the create returned: the registry waited for the projector.
         let get = pb::GetThingRequest {
             thing_name: name.clone(),
         };
-        let got = retried("GetThing", &things, get, |mut c, r| async move {
-            c.get_thing(r).await
-        })
-        .await
-        .unwrap_or_else(|s| panic!("[s7] get {name}: {:?} {}", s.code(), s.message()));
+        let got = call!(&things, get_thing(get))
+            .await
+            .unwrap_or_else(|s| panic!("[s7] get {name}: {:?} {}", s.code(), s.message()));
         assert_eq!(
             (got.version, got.attributes["parity"].as_str()),
             (1, if i % 2 == 0 { "0" } else { "1" })
@@ -82,21 +90,13 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
         expected_version: 1,
         ..Default::default()
     };
-    let updated = retried("UpdateThing", &things, update, |mut c, r| async move {
-        c.update_thing(r).await
-    })
-    .await
-    .expect("update");
+    let updated = call!(&things, update_thing(update)).await.expect("update");
     assert_eq!(updated.version, 2);
     let delete = pb::DeleteThingRequest {
         thing_name: names[4].clone(),
         expected_version: 0,
     };
-    retried("DeleteThing", &things, delete, |mut c, r| async move {
-        c.delete_thing(r).await
-    })
-    .await
-    .expect("delete");
+    call!(&things, delete_thing(delete)).await.expect("delete");
     let odd = pb::ListThingsRequest {
         max_results: 2,
         attribute_name: "parity".into(),
@@ -111,11 +111,7 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
             next_token: token.clone(),
             ..odd.clone()
         };
-        let page = retried("ListThings", &things, request, |mut c, r| async move {
-            c.list_things(r).await
-        })
-        .await
-        .expect("list");
+        let page = call!(&things, list_things(request)).await.expect("list");
         listed.extend(page.things.into_iter().map(|t| t.thing_name));
         token = page.next_token;
         if token.is_empty() {
@@ -129,11 +125,9 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
     let get = pb::GetThingRequest {
         thing_name: names[4].clone(),
     };
-    let gone = retried("GetThing", &things, get, |mut c, r| async move {
-        c.get_thing(r).await
-    })
-    .await
-    .expect_err("a deleted thing");
+    let gone = call!(&things, get_thing(get))
+        .await
+        .expect_err("a deleted thing");
     assert_eq!(gone.code(), Code::NotFound);
     // Credentials: the cluster has no device CA, so certificates are refused; a password is
     // decided by the thing's shard owner and projected like the thing.
@@ -144,14 +138,9 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
         owner: owner.clone(),
         validity_days: 0,
     };
-    let refused = retried(
-        "CreateThingCertificate",
-        &things,
-        cert,
-        |mut c, r| async move { c.create_thing_certificate(r).await },
-    )
-    .await
-    .expect_err("no CA in the cluster");
+    let refused = call!(&things, create_thing_certificate(cert))
+        .await
+        .expect_err("no CA in the cluster");
     assert_eq!(
         refused.code(),
         Code::FailedPrecondition,
@@ -166,14 +155,9 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
     let password = pb::CreateThingPasswordRequest {
         owner: owner.clone(),
     };
-    let created = retried(
-        "CreateThingPassword",
-        &things,
-        password,
-        |mut c, r| async move { c.create_thing_password(r).await },
-    )
-    .await
-    .expect("password");
+    let created = call!(&things, create_thing_password(password))
+        .await
+        .expect("password");
     assert_eq!(created.username, names[0]);
     assert!(!created.password.is_empty());
     let ghost = pb::CreateThingPasswordRequest {
@@ -181,24 +165,14 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
             owner: Some(pb::credential_owner::Owner::ThingName(names[4].clone())),
         }),
     };
-    let refused = retried(
-        "CreateThingPassword",
-        &things,
-        ghost,
-        |mut c, r| async move { c.create_thing_password(r).await },
-    )
-    .await
-    .expect_err("a deleted thing has no credentials");
+    let refused = call!(&things, create_thing_password(ghost))
+        .await
+        .expect_err("a deleted thing has no credentials");
     assert_eq!(refused.code(), Code::NotFound);
     let list = pb::ListThingCertificatesRequest { owner };
-    let listed = retried(
-        "ListThingCertificates",
-        &things,
-        list,
-        |mut c, r| async move { c.list_thing_certificates(r).await },
-    )
-    .await
-    .expect("list certificates");
+    let listed = call!(&things, list_thing_certificates(list))
+        .await
+        .expect("list certificates");
     assert!(listed.certificates.is_empty());
     cluster.assert_all_alive();
 }
