@@ -7,6 +7,7 @@
 //! (no shard owner yet, a server restarting), so it is retried with capped exponential
 //! backoff; every other status is final and is printed as `CODE: message`.
 
+pub mod cas;
 pub mod command;
 pub mod credentials;
 pub mod exec;

@@ -8,6 +8,7 @@ use fleetcmd_contracts::pb;
 use serde_json::{Value as Json, json};
 use tonic::Status;
 
+use super::cas::{self, CaCmd};
 use super::command::parse_tag;
 use super::credentials::{self, CertCmd, PasswordCmd};
 use super::render::{self, KeyValues, Table, map_json, map_text, page_text, time_full};
@@ -31,6 +32,9 @@ pub enum ThingCmd {
     /// Device passwords, for devices without a client certificate.
     #[command(subcommand)]
     Password(PasswordCmd),
+    /// CAs of your own whose device certificates fleetcmd accepts.
+    #[command(subcommand)]
+    Ca(CaCmd),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -217,6 +221,7 @@ pub async fn run(
     let (json, text) = match cmd {
         ThingCmd::Cert(cmd) => credentials::run_cert(api, cmd).await?,
         ThingCmd::Password(cmd) => credentials::run_password(api, cmd).await?,
+        ThingCmd::Ca(cmd) => cas::run_ca(api, cmd).await?,
         ThingCmd::Create(args) => {
             let r = create(api, args.to_request()?).await?;
             let text = format!("created {} ({})\n", r.thing_name, r.thing_arn);

@@ -246,3 +246,44 @@ async fn the_policy_covers_the_ca_calls() -> Result {
     assert_eq!(cas.len(), 1);
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn the_cli_registers_a_ca_from_its_file_and_lists_it() -> Result {
+    use fleetcmd_cli::cas::{CaCmd, RegisterArgs};
+    use fleetcmd_cli::thing::{ThingCmd, run};
+    let args = test_args("ca-cli");
+    let server = Server::start_with(args.clone()).await?;
+    let api = fleetcmd_cli::Api::connect_lazy(&server.grpc_endpoint(), None)?;
+    let acme = Ca::generate(OffsetDateTime::now_utc())?;
+    let file = args.data_dir.join("acme-ca.pem");
+    std::fs::write(&file, acme.certificate_pem())?;
+    let json =
+        |out: Vec<u8>| -> anyhow::Result<serde_json::Value> { Ok(serde_json::from_slice(&out)?) };
+    let mut out = Vec::new();
+    let register = ThingCmd::Ca(CaCmd::Register(RegisterArgs { file }));
+    run(&api, register, fleetcmd_cli::Output::Json, &mut out).await?;
+    assert_eq!(json(out)?["ca_certificate_id"], acme.id());
+    let mut out = Vec::new();
+    run(
+        &api,
+        ThingCmd::Ca(CaCmd::List),
+        fleetcmd_cli::Output::Json,
+        &mut out,
+    )
+    .await?;
+    let listed = json(out)?;
+    assert_eq!(listed["ca_certificates"][0]["ca_certificate_id"], acme.id());
+    assert_eq!(
+        listed["ca_certificates"][0]["certificate_pem"],
+        acme.certificate_pem()
+    );
+    let mut out = Vec::new();
+    let missing = ThingCmd::Ca(CaCmd::Register(RegisterArgs {
+        file: args.data_dir.join("no-such.pem"),
+    }));
+    let err = run(&api, missing, fleetcmd_cli::Output::Text, &mut out)
+        .await
+        .expect_err("a missing file is refused before any call");
+    assert!(format!("{err:#}").contains("no-such.pem"), "{err:#}");
+    server.shutdown().await
+}
