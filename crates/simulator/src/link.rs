@@ -37,6 +37,17 @@ pub enum LinkEvent {
     Other,
 }
 
+impl LinkEvent {
+    /// The SUBACK of one filter per return code, counted by `granted`.
+    fn sub_ack<C>(codes: &[C], granted: impl Fn(&C) -> bool) -> Self {
+        let granted = codes.iter().filter(|c| granted(c)).count();
+        Self::SubAck {
+            granted,
+            refused: codes.len() - granted,
+        }
+    }
+}
+
 /// The sending half; cheap to clone, usable from any task.
 #[derive(Clone)]
 pub enum Publisher {
@@ -171,20 +182,14 @@ impl Link {
         match self {
             Self::V3(el) => {
                 use rumqttc::{Event, Packet, SubscribeReasonCode};
+                // 3.1.1 refuses a filter with its one failure code.
+                let granted = |c: &SubscribeReasonCode| !matches!(c, SubscribeReasonCode::Failure);
                 match el.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(Packet::ConnAck(ack)) => Ok(LinkEvent::ConnAck {
                         session_present: ack.session_present,
                     }),
                     Event::Incoming(Packet::SubAck(ack)) => {
-                        let refused = ack
-                            .return_codes
-                            .iter()
-                            .filter(|c| matches!(c, SubscribeReasonCode::Failure))
-                            .count();
-                        Ok(LinkEvent::SubAck {
-                            granted: ack.return_codes.len() - refused,
-                            refused,
-                        })
+                        Ok(LinkEvent::sub_ack(&ack.return_codes, granted))
                     }
                     Event::Incoming(Packet::Publish(p)) => Ok(LinkEvent::Publish(Message {
                         topic: p.topic,
@@ -201,20 +206,15 @@ impl Link {
             Self::V5(el) => {
                 use rumqttc::v5::Event;
                 use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
+                // MQTT 5 refuses with one of many reasons and grants with a QoS.
+                let granted =
+                    |c: &SubscribeReasonCode| matches!(c, SubscribeReasonCode::Success(_));
                 match el.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(PacketV5::ConnAck(ack)) => Ok(LinkEvent::ConnAck {
                         session_present: ack.session_present,
                     }),
                     Event::Incoming(PacketV5::SubAck(ack)) => {
-                        let refused = ack
-                            .return_codes
-                            .iter()
-                            .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                            .count();
-                        Ok(LinkEvent::SubAck {
-                            granted: ack.return_codes.len() - refused,
-                            refused,
-                        })
+                        Ok(LinkEvent::sub_ack(&ack.return_codes, granted))
                     }
                     Event::Incoming(PacketV5::Publish(p)) => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
