@@ -1,7 +1,8 @@
 //! s7: the thing registry in cluster mode: a thing created through the registry is decided by
 //! the owner of its shard, logged in Kafka, projected into the CQL read model and readable as
 //! soon as the call returns; updates, listings and deletes go the same way, and so do device
-//! passwords (certificates need a device CA, which the cluster does not have).
+//! passwords and CAs the user registers, whose device certificates are then attached (the
+//! cluster has no device CA of its own, so it issues none).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -169,10 +170,51 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
         .await
         .expect_err("a deleted thing has no credentials");
     assert_eq!(refused.code(), Code::NotFound);
-    let list = pb::ListThingCertificatesRequest { owner };
-    let listed = call!(&things, list_thing_certificates(list))
+    let list = pb::ListThingCertificatesRequest {
+        owner: owner.clone(),
+    };
+    let listed = call!(&things, list_thing_certificates(list.clone()))
         .await
         .expect("list certificates");
     assert!(listed.certificates.is_empty());
+    // A CA of the user's PKI: registered in the shard of ca/<id>, projected, listed; a
+    // device certificate it signed is attached to the thing through the thing's shard.
+    let now = time::OffsetDateTime::now_utc();
+    let acme = fleetcmd_identity::Ca::generate(now).expect("a CA");
+    let register = pb::RegisterCaCertificateRequest {
+        ca_certificate_pem: acme.certificate_pem().to_owned(),
+    };
+    let registered = call!(&things, register_ca_certificate(register))
+        .await
+        .expect("register the CA");
+    assert_eq!(registered.ca_certificate_id, acme.id());
+    let cas = call!(
+        &things,
+        list_ca_certificates(pb::ListCaCertificatesRequest {})
+    )
+    .await
+    .expect("list CAs");
+    assert!(
+        cas.ca_certificates
+            .iter()
+            .any(|c| c.ca_certificate_id == acme.id()),
+        "{cas:?}"
+    );
+    let identity = fleetcmd_identity::DeviceIdentity::thing(names[0].clone()).expect("identity");
+    let signed = fleetcmd_identity::issue(&acme, &identity, 1, now).expect("a certificate");
+    let attach = pb::RegisterThingCertificateRequest {
+        owner,
+        certificate_pem: signed.certificate_pem.clone(),
+        ..Default::default()
+    };
+    let attached = call!(&things, register_thing_certificate(attach))
+        .await
+        .expect("attach a certificate of the registered CA");
+    assert_eq!(attached.certificate_id, signed.certificate_id);
+    let listed = call!(&things, list_thing_certificates(list))
+        .await
+        .expect("list certificates");
+    assert_eq!(listed.certificates.len(), 1);
+    assert_eq!(listed.certificates[0].ca_certificate_id, acme.id());
     cluster.assert_all_alive();
 }
