@@ -63,6 +63,10 @@ pub fn expect_code<T: Debug>(
     status
 }
 
+/// A request that validation refuses, for tables of them: (label, request, the field the
+/// refusal names, needles of its message), as [`expect_invalid`] checks them.
+pub type Refused<R> = (&'static str, R, &'static str, Vec<&'static str>);
+
 /// The field of the first `google.rpc.BadRequest` violation, if any.
 pub fn violation_field(status: &Status) -> Option<String> {
     status
@@ -419,6 +423,21 @@ pub async fn list_all_executions(
 /// The ids of a listing, in order.
 pub fn execution_ids(list: &[pb::CommandExecutionSummary]) -> Vec<String> {
     list.iter().map(|e| e.execution_id.clone()).collect()
+}
+
+/// The ids of every execution there is, in listing order.
+pub async fn all_execution_ids(registry: &mut Registry) -> anyhow::Result<Vec<String>> {
+    let every = pb::ListCommandExecutionsRequest::default();
+    Ok(execution_ids(
+        &list_all_executions(registry, every).await?.0,
+    ))
+}
+
+/// Asserts that there is no execution at all; `why` says what would have made one.
+pub async fn assert_no_executions(registry: &mut Registry, why: &str) -> anyhow::Result<()> {
+    let ids = all_execution_ids(registry).await?;
+    assert!(ids.is_empty(), "{why}: {ids:?}");
+    Ok(())
 }
 
 /// The ids, sorted (for comparing sets).

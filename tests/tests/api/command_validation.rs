@@ -49,13 +49,8 @@ fn many_tags(n: usize) -> HashMap<String, String> {
     (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect()
 }
 
-/// Every limit, one request just beyond it: (label, request, field named, message needles).
-fn beyond_every_limit() -> Vec<(
-    &'static str,
-    pb::CreateCommandRequest,
-    &'static str,
-    Vec<&'static str>,
-)> {
+/// Every limit, one request just beyond it.
+fn beyond_every_limit() -> Vec<Refused<pb::CreateCommandRequest>> {
     vec![
         (
             "empty id",

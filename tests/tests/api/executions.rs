@@ -317,12 +317,6 @@ async fn a_token_is_scoped_to_its_target_and_no_token_starts_anew() -> Result {
 
     assert_ne!(other, first);
     assert_ne!(a, b);
-    assert_eq!(
-        list_all_executions(&mut reg, pb::ListCommandExecutionsRequest::default())
-            .await?
-            .0
-            .len(),
-        4
-    );
+    assert_eq!(all_execution_ids(&mut reg).await?.len(), 4);
     server.shutdown().await
 }

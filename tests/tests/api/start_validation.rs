@@ -63,13 +63,8 @@ fn with_params(p: Vec<(&str, pb::ParameterValue)>) -> pb::StartCommandExecutionR
     }
 }
 
-/// Every rule, one request just beyond it: (label, request, field named, message needles).
-fn beyond_every_rule() -> Vec<(
-    &'static str,
-    pb::StartCommandExecutionRequest,
-    &'static str,
-    Vec<&'static str>,
-)> {
+/// Every rule, one request just beyond it.
+fn beyond_every_rule() -> Vec<Refused<pb::StartCommandExecutionRequest>> {
     vec![
         (
             "bad command id",
@@ -283,12 +278,7 @@ async fn start_refuses_every_bad_request_and_starts_nothing() -> Result {
         Code::NotFound,
         &["command ghost not found"],
     );
-    let (listed, _) =
-        list_all_executions(&mut reg, pb::ListCommandExecutionsRequest::default()).await?;
-    assert!(
-        listed.is_empty(),
-        "refused starts created executions: {listed:?}"
-    );
+    assert_no_executions(&mut reg, "refused starts created executions").await?;
     server.shutdown().await
 }
 
@@ -341,12 +331,6 @@ async fn start_accepts_the_edges_of_the_same_rules() -> Result {
             timeout
         );
     }
-    assert_eq!(
-        list_all_executions(&mut reg, pb::ListCommandExecutionsRequest::default())
-            .await?
-            .0
-            .len(),
-        5
-    );
+    assert_eq!(all_execution_ids(&mut reg).await?.len(), 5);
     server.shutdown().await
 }
