@@ -66,6 +66,16 @@ pub fn status_of(e: &pb::CommandExecution) -> pb::ExecutionStatus {
     pb::ExecutionStatus::try_from(e.status).unwrap_or(pb::ExecutionStatus::Unspecified)
 }
 
+/// Asserts that `e` ended as `status`: terminal, with its completion time.
+#[track_caller]
+pub fn assert_ended(e: &pb::CommandExecution, status: pb::ExecutionStatus) {
+    assert_eq!(status_of(e), status, "{e:?}");
+    assert!(
+        e.terminal && e.completed_at.is_some(),
+        "{status:?} is terminal: {e:?}"
+    );
+}
+
 pub fn reason_code(e: &pb::CommandExecution) -> Option<&str> {
     e.status_reason.as_ref().map(|r| r.reason_code.as_str())
 }
