@@ -6,6 +6,7 @@ use anyhow::Context;
 use ciborium::Value as Cbor;
 use fleetcmd_contracts::pb;
 use fleetcmd_contracts::pb::parameter_value::Value as V;
+use fleetcmd_e2e::api::{condition, op_range};
 use fleetcmd_e2e::device::{Device, DeviceOptions, Topics, Version};
 use fleetcmd_e2e::scenario::*;
 use fleetcmd_e2e::{
@@ -70,17 +71,10 @@ async fn a_static_json_request_arrives_exactly_with_its_content_type_and_expiry(
 fn set_level() -> pb::CreateCommandRequest {
     let template = r#"{"level": "${aws:iot:commandexecution::parameter:level}", "label": "${aws:iot:commandexecution::parameter:label}", "on": "${aws:iot:commandexecution::parameter:on}", "blob": "${aws:iot:commandexecution::parameter:blob}", "timeout": "${aws:iot:commandexecution::executionTimeoutSec}", "note": "level ${aws:iot:commandexecution::parameter:level}"}"#;
     let mut level = parameter("level", pb::ParameterType::Integer, None);
-    level.value_conditions = vec![pb::ValueCondition {
-        comparison_operator: pb::ComparisonOperator::InRange as i32,
-        operand: Some(pb::ConditionOperand {
-            operand: Some(pb::condition_operand::Operand::NumberRange(
-                pb::NumberRange {
-                    min: "0".into(),
-                    max: "100".into(),
-                },
-            )),
-        }),
-    }];
+    level.value_conditions = vec![condition(
+        pb::ComparisonOperator::InRange,
+        op_range("0", "100"),
+    )];
     let params = vec![
         level,
         parameter("label", pb::ParameterType::String, None),
