@@ -410,6 +410,114 @@ impl Drop for Client {
     }
 }
 
+/// The options of `login` for either protocol: rumqttc's `MqttOptions` of 3.1.1 and 5 are
+/// separate types with the same setters.
+macro_rules! options {
+    ($options:ty, $login:expr, $transport:expr) => {{
+        let mut opts = <$options>::new(&$login.client_id, "127.0.0.1", $login.port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        if let Some(t) = $transport {
+            opts.set_transport(t);
+        }
+        if let Some((user, password)) = &$login.credentials {
+            opts.set_credentials(user, password);
+        }
+        opts
+    }};
+}
+
+/// What a client's event loop heard, the same for both protocols.
+#[derive(Debug)]
+enum Heard {
+    ConnAck,
+    /// A message: its topic and payload.
+    Message((String, String)),
+    Ack(Ack),
+    /// Anything else, as rumqttc shows it.
+    Other(String),
+}
+
+/// rumqttc's event loop of either protocol (separate types), one event at a time.
+trait Events: Send + 'static {
+    /// The next event; `Err` carries rumqttc's error once the connection failed.
+    fn next(&mut self) -> impl Future<Output = Result<Heard, String>> + Send;
+}
+
+impl Events for rumqttc::EventLoop {
+    async fn next(&mut self) -> Result<Heard, String> {
+        use rumqttc::{Event, Packet, SubscribeReasonCode};
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            Event::Incoming(Packet::ConnAck(_)) => Heard::ConnAck,
+            Event::Incoming(Packet::Publish(p)) => {
+                Heard::Message((p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
+            }
+            Event::Incoming(Packet::SubAck(s)) => Heard::Ack(Ack::Subscribed(
+                s.return_codes
+                    .iter()
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+            )),
+            Event::Incoming(Packet::PubAck(_)) => Heard::Ack(Ack::Published(true)),
+            other => Heard::Other(format!("{other:?}")),
+        })
+    }
+}
+
+impl Events for v5::EventLoop {
+    async fn next(&mut self) -> Result<Heard, String> {
+        use v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
+        let event = self.poll().await.map_err(|e| e.to_string())?;
+        let v5::Event::Incoming(packet) = event else {
+            return Ok(Heard::Other(format!("{event:?}")));
+        };
+        Ok(match packet {
+            Packet::ConnAck(_) => Heard::ConnAck,
+            Packet::Publish(p) => Heard::Message((
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            )),
+            Packet::SubAck(s) => Heard::Ack(Ack::Subscribed(
+                s.return_codes
+                    .iter()
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+            )),
+            // Any other failure is not an ACL denial: it fails the assertions that expect
+            // `Published(false)`.
+            Packet::PubAck(a) => {
+                Heard::Ack(Ack::Published(a.reason != PubAckReason::NotAuthorized))
+            }
+            other => Heard::Other(format!("{:?}", v5::Event::Incoming(other))),
+        })
+    }
+}
+
+/// Awaits the first event, which connects (TLS handshake, CONNECT, CONNACK), then hands
+/// over what the client hears on a task of its own until the connection ends or nobody
+/// listens. `Err` carries rumqttc's error, or the event that came instead of the CONNACK.
+async fn listen(
+    name: &str,
+    mut events: impl Events,
+    message_tx: mpsc::Sender<(String, String)>,
+    ack_tx: mpsc::Sender<Ack>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    match within(&format!("{name}: connect"), events.next()).await? {
+        Heard::ConnAck => {}
+        Heard::Other(event) => return Err(format!("expected CONNACK, got {event}")),
+        heard => return Err(format!("expected CONNACK, got {heard:?}")),
+    }
+    Ok(tokio::spawn(async move {
+        while let Ok(heard) = events.next().await {
+            let listening = match heard {
+                Heard::Message(m) => message_tx.send(m).await.is_ok(),
+                Heard::Ack(a) => ack_tx.send(a).await.is_ok(),
+                Heard::ConnAck | Heard::Other(_) => true,
+            };
+            if !listening {
+                break;
+            }
+        }
+    }))
+}
+
 /// Connects; `Err` carries rumqttc's error when the handshake or CONNECT is refused.
 pub async fn connect(protocol: Protocol, login: &Login) -> Result<Client, String> {
     let (message_tx, messages) = mpsc::channel(256);
@@ -418,97 +526,20 @@ pub async fn connect(protocol: Protocol, login: &Login) -> Result<Client, String
     let transport = login.tls.clone().map(Transport::tls_with_config);
     let (mqtt, task) = match protocol {
         Protocol::V311 => {
-            let mut opts = rumqttc::MqttOptions::new(&login.client_id, "127.0.0.1", login.port);
-            opts.set_keep_alive(Duration::from_secs(30));
-            if let Some(t) = transport {
-                opts.set_transport(t);
-            }
-            if let Some((user, password)) = &login.credentials {
-                opts.set_credentials(user, password);
-            }
-            let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
-            // The first poll connects: TLS handshake, CONNECT, CONNACK.
-            match within(&format!("{name}: connect"), events.poll()).await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {}
-                Ok(other) => return Err(format!("expected CONNACK, got {other:?}")),
-                Err(e) => return Err(e.to_string()),
-            }
-            let task = tokio::spawn(async move {
-                use rumqttc::{Event, Packet, SubscribeReasonCode};
-                loop {
-                    let sent = match events.poll().await {
-                        Ok(Event::Incoming(Packet::Publish(p))) => message_tx
-                            .send((p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
-                            .await
-                            .is_ok(),
-                        Ok(Event::Incoming(Packet::SubAck(s))) => {
-                            let granted = s
-                                .return_codes
-                                .iter()
-                                .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
-                            ack_tx.send(Ack::Subscribed(granted)).await.is_ok()
-                        }
-                        Ok(Event::Incoming(Packet::PubAck(_))) => {
-                            ack_tx.send(Ack::Published(true)).await.is_ok()
-                        }
-                        Ok(_) => true,
-                        Err(_) => false,
-                    };
-                    if !sent {
-                        break;
-                    }
-                }
-            });
-            (Mqtt::V311(client), task)
+            let opts = options!(rumqttc::MqttOptions, login, transport);
+            let (client, events) = rumqttc::AsyncClient::new(opts, 64);
+            (
+                Mqtt::V311(client),
+                listen(&name, events, message_tx, ack_tx).await?,
+            )
         }
         Protocol::V5 => {
-            let mut opts = v5::MqttOptions::new(&login.client_id, "127.0.0.1", login.port);
-            opts.set_keep_alive(Duration::from_secs(30));
-            if let Some(t) = transport {
-                opts.set_transport(t);
-            }
-            if let Some((user, password)) = &login.credentials {
-                opts.set_credentials(user, password);
-            }
-            let (client, mut events) = v5::AsyncClient::new(opts, 64);
-            match within(&format!("{name}: connect"), events.poll()).await {
-                Ok(v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(_))) => {}
-                Ok(other) => return Err(format!("expected CONNACK, got {other:?}")),
-                Err(e) => return Err(e.to_string()),
-            }
-            let task = tokio::spawn(async move {
-                use v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
-                loop {
-                    let sent = match events.poll().await {
-                        Ok(v5::Event::Incoming(Packet::Publish(p))) => message_tx
-                            .send((
-                                String::from_utf8_lossy(&p.topic).into_owned(),
-                                String::from_utf8_lossy(&p.payload).into_owned(),
-                            ))
-                            .await
-                            .is_ok(),
-                        Ok(v5::Event::Incoming(Packet::SubAck(s))) => {
-                            let granted = s
-                                .return_codes
-                                .iter()
-                                .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
-                            ack_tx.send(Ack::Subscribed(granted)).await.is_ok()
-                        }
-                        Ok(v5::Event::Incoming(Packet::PubAck(a))) => {
-                            // Any other failure is not an ACL denial: it fails the
-                            // assertions that expect `Published(false)`.
-                            let authorized = a.reason != PubAckReason::NotAuthorized;
-                            ack_tx.send(Ack::Published(authorized)).await.is_ok()
-                        }
-                        Ok(_) => true,
-                        Err(_) => false,
-                    };
-                    if !sent {
-                        break;
-                    }
-                }
-            });
-            (Mqtt::V5(client), task)
+            let opts = options!(v5::MqttOptions, login, transport);
+            let (client, events) = v5::AsyncClient::new(opts, 64);
+            (
+                Mqtt::V5(client),
+                listen(&name, events, message_tx, ack_tx).await?,
+            )
         }
     };
     Ok(Client {
@@ -571,6 +602,22 @@ impl Client {
             .unwrap_or_else(|| panic!("{what}: the connection ended"))
     }
 
+    /// Fails the test if `request` could not be queued (`sent`), then waits for its
+    /// acknowledgement, which must be of `kind`; returns what it says.
+    async fn acked(
+        &mut self,
+        request: &str,
+        sent: Result<(), String>,
+        kind: fn(bool) -> Ack,
+    ) -> bool {
+        sent.unwrap_or_else(|e| panic!("{}: {request}: {e}", self.name));
+        let ack = self.ack(&format!("the acknowledgement of {request}")).await;
+        [true, false]
+            .into_iter()
+            .find(|&says| ack == kind(says))
+            .unwrap_or_else(|| panic!("{}: {request}: unexpected {ack:?}", self.name))
+    }
+
     /// Subscribes at QoS 1 and waits for the SUBACK; returns whether it was granted.
     pub async fn subscribe(&mut self, filter: &str) -> bool {
         let sent = match &self.mqtt {
@@ -583,14 +630,8 @@ impl Client {
                 .await
                 .map_err(|e| e.to_string()),
         };
-        sent.unwrap_or_else(|e| panic!("{}: subscribe {filter}: {e}", self.name));
-        match self.ack(&format!("SUBACK for {filter}")).await {
-            Ack::Subscribed(granted) => granted,
-            other => panic!(
-                "{}: expected a SUBACK for {filter}, got {other:?}",
-                self.name
-            ),
-        }
+        self.acked(&format!("subscribe {filter}"), sent, Ack::Subscribed)
+            .await
     }
 
     /// Publishes at QoS 1 and waits for the PUBACK; `false` when it says "not authorized".
@@ -606,14 +647,8 @@ impl Client {
                 .await
                 .map_err(|e| e.to_string()),
         };
-        sent.unwrap_or_else(|e| panic!("{}: publish {topic}: {e}", self.name));
-        match self.ack(&format!("PUBACK for {topic}")).await {
-            Ack::Published(taken) => taken,
-            other => panic!(
-                "{}: expected a PUBACK for {topic}, got {other:?}",
-                self.name
-            ),
-        }
+        self.acked(&format!("publish {topic}"), sent, Ack::Published)
+            .await
     }
 
     /// The next message this client receives, as (topic, payload).
