@@ -516,6 +516,14 @@ impl std::fmt::Debug for DeviceMessage {
     }
 }
 
+/// What a broker tells of its device sessions, where it tells anything: the embedded broker
+/// does, from its own hooks; an external broker seen through a plain MQTT client does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The client `client_id` subscribed to `filter` (the broker granted it).
+    Subscribed { client_id: String, filter: String },
+}
+
 /// The edge's link to an MQTT broker: the broker's own API when it is embedded in the process,
 /// an MQTT client of an external broker otherwise.
 ///
@@ -541,5 +549,11 @@ pub trait MqttLink: Send + Sync + 'static {
     async fn has_subscribers(&self, topic: &str) -> bool {
         let _ = topic;
         true
+    }
+
+    /// The broker's session events from then on, or `None` when it tells none. May be
+    /// called once.
+    async fn session_events(&self) -> PortResult<Option<BoxStream<SessionEvent>>> {
+        Ok(None)
     }
 }

@@ -64,6 +64,12 @@ pub enum ShardRequest {
         ca_certificate_id: String,
         input: CaInput,
     },
+    /// The target's device has just subscribed to its requests: deliver every execution of
+    /// it that is still waiting (CREATED and not past its deadline), in start order. Records
+    /// nothing: a device that got a request and has not answered gets it again.
+    DeliverPending {
+        target: Target,
+    },
 }
 
 impl ShardRequest {
@@ -78,6 +84,7 @@ impl ShardRequest {
             Self::Ca {
                 ca_certificate_id, ..
             } => crate::ca::routing_key(ca_certificate_id),
+            Self::DeliverPending { target } => target.resource_name(),
         }
     }
 }
@@ -127,6 +134,8 @@ pub enum ShardReply {
         ca: Option<Box<CaCertificate>>,
         position: Option<LogPosition>,
     },
+    /// The target's waiting executions were handed to the edge: `count` of them.
+    DeliveredPending { count: u32 },
     /// The domain refused the input.
     Rejected(Rejection),
     /// The owner cannot serve now (starting up, shard moving, log unavailable): retry.

@@ -165,6 +165,38 @@ impl TopicRoot {
         ]
     }
 
+    /// The target whose requests a subscription to `filter` receives: `filter` names one
+    /// target (`<root>/commands/<things|clients>/<id>/executions/...`, no wildcard there) and
+    /// matches the request topics of any execution of it (`+/request/#`, `+/request/json`,
+    /// `#`, ...). `None` for any other filter, a filter of many targets included: such a
+    /// subscriber is not a device waiting for its own commands.
+    pub fn request_subscriber(&self, filter: &str) -> Option<Target> {
+        let rest = filter
+            .strip_prefix(self.0.as_str())?
+            .strip_prefix("/commands/")?;
+        let mut levels = rest.splitn(4, '/');
+        let kind = match levels.next()? {
+            "things" => TargetKind::Thing,
+            "clients" => TargetKind::Client,
+            _ => return None,
+        };
+        let id = levels.next()?;
+        if levels.next()? != "executions" || id.contains(['+', '#']) {
+            return None;
+        }
+        let tail = levels.next()?;
+        // Any execution id: a filter that matches the request of an id no execution has
+        // matches them all (ids hold no `/`).
+        let matches_requests = ["json", "cbor"]
+            .iter()
+            .any(|format| filter_matches(tail, &format!("\0/request/{format}")))
+            || filter_matches(tail, "\0/request");
+        if !matches_requests {
+            return None;
+        }
+        Target::new(kind, id).ok()
+    }
+
     /// Parses the topic of a device update: `<root>/commands/<kind>/<id>/executions/<eid>/response/<fmt>`.
     pub fn parse_update(
         &self,
@@ -217,9 +249,70 @@ impl TopicRoot {
     }
 }
 
+/// Whether the MQTT topic filter `filter` matches `topic` (`+` one level, `#` the rest, at
+/// the end only).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for f in filter.split('/') {
+        if f == "#" {
+            return true;
+        }
+        match topic_levels.next() {
+            Some(t) if f == "+" || f == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_of_one_targets_requests_names_that_target() {
+        let root = TopicRoot::default();
+        let lamp = Target::thing("lamp-1").unwrap();
+        for filter in [
+            "$aws/commands/things/lamp-1/executions/+/request/#",
+            "$aws/commands/things/lamp-1/executions/+/request/json",
+            "$aws/commands/things/lamp-1/executions/+/request",
+            "$aws/commands/things/lamp-1/executions/#",
+            "$aws/commands/things/lamp-1/executions/+/#",
+        ] {
+            assert_eq!(
+                root.request_subscriber(filter),
+                Some(lamp.clone()),
+                "{filter}"
+            );
+        }
+        assert_eq!(
+            root.request_subscriber("$aws/commands/clients/sensor-7/executions/+/request/cbor"),
+            Some(Target::client("sensor-7").unwrap())
+        );
+        for filter in [
+            "$aws/commands/things/+/executions/+/request/#",
+            "$aws/commands/things/#",
+            "$aws/commands/things/lamp-1/executions/+/response/#",
+            "$aws/commands/things/lamp-1/executions/e-1/request/json",
+            "$aws/commands/things/lamp-1/executions",
+            "$aws/commands/devices/lamp-1/executions/+/request/#",
+            "other/commands/things/lamp-1/executions/+/request/#",
+            "#",
+        ] {
+            assert_eq!(root.request_subscriber(filter), None, "{filter}");
+        }
+    }
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        assert!(filter_matches("a/+/c", "a/b/c"));
+        assert!(filter_matches("a/#", "a/b/c"));
+        assert!(filter_matches("a/#", "a"));
+        assert!(!filter_matches("a/+", "a/b/c"));
+        assert!(!filter_matches("a/b", "a/b/c"));
+        assert!(!filter_matches("a/b/c", "a/b"));
+    }
     use proptest::prelude::*;
 
     fn root() -> TopicRoot {

@@ -11,10 +11,14 @@
 //!   message expiry of the remaining execution timeout.
 //! - Status changes are published on `<root>/events/commandExecution/<cmd>/<status>`, unless
 //!   the link can tell nobody subscribes.
+//! - Where the broker reports subscriptions (the embedded one), a device that subscribes to
+//!   its requests gets every execution still waiting for it: the edge asks the owner of its
+//!   shard to deliver them again, in start order, whatever the device's MQTT session.
 //!
 //! Updates are processed in lanes keyed by target, so one device's updates keep their order
 //! while different devices proceed in parallel.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +26,10 @@ use bytes::Bytes;
 use fleetcmd_domain::device::{self, StatusEvent};
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::execution::ExecutionInput;
-use fleetcmd_domain::ids::{command_arn, target_arn};
+use fleetcmd_domain::ids::{Target, command_arn, target_arn};
 use fleetcmd_domain::ports::{
     BoxStream, Bus, BusMessage, Clock, DeviceMessage, MqttLink, MqttMessage, PortError,
+    SessionEvent,
 };
 use fleetcmd_domain::protocol::{
     DELIVER_SUBJECT, EDGE_QUEUE_GROUP, EVENTS_ALL, ShardReply, ShardRequest,
@@ -126,8 +131,78 @@ pub async fn run(
     ));
     let events = deps.bus.subscribe(EVENTS_ALL, Some("edge-events")).await?;
     tokio::spawn(forward_events(events, deps.link.clone(), config.clone()));
+    if let Some(sessions) = deps.link.session_events().await? {
+        tokio::spawn(deliver_on_subscribe(
+            sessions,
+            config.clone(),
+            deps.shards.clone(),
+        ));
+    }
     tokio::spawn(report_link(deps.link.clone(), shutdown));
     Ok(())
+}
+
+/// Asks the owner of a device's shard to deliver what waits for it each time the device
+/// subscribes to its own requests. Each target's calls run in a task of their own (a slow
+/// shard holds up no other device), one at a time: the subscriptions a device makes while
+/// its call runs (one per filter of one SUBSCRIBE, typically) are answered by a single
+/// call after it, so they cost two deliveries at most, and none is missed.
+async fn deliver_on_subscribe(
+    mut sessions: BoxStream<SessionEvent>,
+    config: Arc<EdgeConfig>,
+    shards: ShardClient,
+) {
+    // Targets with a call running; true when another subscription came meanwhile.
+    let running: Arc<std::sync::Mutex<HashMap<Target, bool>>> = Arc::default();
+    while let Some(event) = sessions.next().await {
+        let SessionEvent::Subscribed { client_id, filter } = event;
+        let Some(target) = config.topic_root.request_subscriber(&filter) else {
+            continue;
+        };
+        let key = format!("{}/{}", target.kind.topic_segment(), target.id);
+        if !handles(&config, &key) {
+            continue;
+        }
+        {
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(again) = running.get_mut(&target) {
+                *again = true;
+                continue;
+            }
+            running.insert(target.clone(), false);
+        }
+        let (shards, running) = (shards.clone(), running.clone());
+        tokio::spawn(async move {
+            loop {
+                deliver_pending(&shards, &target, &client_id).await;
+                let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+                match running.get_mut(&target) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        running.remove(&target);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn deliver_pending(shards: &ShardClient, target: &Target, client_id: &str) {
+    let request = ShardRequest::DeliverPending {
+        target: target.clone(),
+    };
+    match shards.call(&request).await {
+        Ok(ShardReply::DeliveredPending { count }) => {
+            tracing::debug!(client_id, %target, count, "delivered waiting executions on subscribe");
+        }
+        Ok(other) => {
+            tracing::warn!(client_id, reply = ?other, "unexpected answer to a delivery of waiting executions");
+        }
+        Err(e) => {
+            tracing::warn!(client_id, error = %e, "could not deliver waiting executions on subscribe; they wait for the next subscription");
+        }
+    }
 }
 
 /// Keeps the MQTT link gauge in step with the link.
@@ -162,9 +237,7 @@ async fn route_updates(
         };
         let Some(message) = message else { return };
         let key = target_key(&message.topic);
-        if config.instances > 1
-            && hash_key(&key) % u64::from(config.instances) != u64::from(config.instance)
-        {
+        if !handles(&config, &key) {
             // Another edge instance handles this target.
             (message.ack)();
             continue;
@@ -174,6 +247,12 @@ async fn route_updates(
             tracing::error!(error = %e, "update lane closed");
         }
     }
+}
+
+/// Whether this edge instance handles the target of `key` (its `<kind>/<id>` topic segments).
+fn handles(config: &EdgeConfig, key: &str) -> bool {
+    config.instances <= 1
+        || hash_key(key) % u64::from(config.instances) == u64::from(config.instance)
 }
 
 /// The `<kind>/<id>` segments after `<root>/commands/`: lanes and edge shares are chosen by

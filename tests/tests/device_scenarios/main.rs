@@ -8,6 +8,7 @@
 //! test: a `given_*` function sets the scene, the test acts and checks.
 
 mod cancel;
+mod delivery;
 mod idempotency;
 mod isolation;
 mod malformed;

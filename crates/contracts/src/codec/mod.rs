@@ -412,6 +412,7 @@ pub fn encode_shard_request(request: &ShardRequest) -> Vec<u8> {
         }
         // The id travels in the record.
         ShardRequest::Ca { input, .. } => R::RegisterCa(cas::input_to_pb(input)),
+        ShardRequest::DeliverPending { target } => R::DeliverPending(target.into()),
     };
     ipb::ShardRequest {
         request: Some(request),
@@ -436,6 +437,9 @@ pub fn decode_shard_request(bytes: &[u8]) -> Result<ShardRequest> {
         R::Thing(t) => things::input_from_pb(t)?,
         R::Credential(c) => credentials::input_from_pb(c)?,
         R::RegisterCa(c) => cas::input_from_pb(c)?,
+        R::DeliverPending(target) => ShardRequest::DeliverPending {
+            target: Target::try_from(target)?,
+        },
     })
 }
 
@@ -591,6 +595,7 @@ pub fn encode_shard_reply(reply: &ShardReply) -> Vec<u8> {
             ca: ca.as_deref().map(cas::ca_to_ipb),
             position: position.map(position_to_pb),
         }),
+        ShardReply::DeliveredPending { count } => R::DeliveredPending(*count),
         ShardReply::Rejected(r) => R::Rejected(ipb::Rejection {
             code: rejection_code_to_pb(r.code) as i32,
             message: r.message.clone(),
@@ -644,6 +649,7 @@ pub fn decode_shard_reply(bytes: &[u8]) -> Result<ShardReply> {
             ca: c.ca.map(cas::ca_from_ipb).transpose()?.map(Box::new),
             position: c.position.map(position_from_pb),
         },
+        R::DeliveredPending(count) => ShardReply::DeliveredPending { count },
         R::Rejected(r) => ShardReply::Rejected(Rejection {
             code: rejection_code_from_pb(r.code)?,
             message: r.message,

@@ -482,6 +482,9 @@ fn every_request() -> Vec<ShardRequest> {
     ] {
         requests.push(ShardRequest::Credential { owner, input });
     }
+    requests.push(ShardRequest::DeliverPending {
+        target: Target::client("sensor-7").unwrap(),
+    });
     requests.push(ShardRequest::Ca {
         ca_certificate_id: "cd".repeat(32),
         input: CaInput::Register(registered_ca(Some("Acme CA"))),
@@ -562,6 +565,7 @@ fn every_shard_reply_decodes_to_what_was_encoded() {
             ca: None,
             position: None,
         },
+        ShardReply::DeliveredPending { count: 3 },
         ShardReply::Unavailable("moving".into()),
     ];
     for (code, _) in REJECTION_CODES {

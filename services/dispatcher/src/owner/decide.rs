@@ -95,6 +95,8 @@ pub enum Outcome {
     },
     /// A CA input: answer with the CA certificate as stored after it.
     Ca { ca_certificate_id: String },
+    /// Deliver the target's waiting executions, then answer how many.
+    DeliverPending { target: Target },
 }
 
 /// The events an input produces (in order, one log record) and what to answer.
@@ -145,7 +147,8 @@ pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardReq
             ShardRequest::Command { .. }
             | ShardRequest::Thing { .. }
             | ShardRequest::Credential { .. }
-            | ShardRequest::Ca { .. } => {}
+            | ShardRequest::Ca { .. }
+            | ShardRequest::DeliverPending { .. } => {}
         }
     }
     needs
@@ -263,6 +266,13 @@ pub fn decide(
                 },
             })
         }
+        ShardRequest::DeliverPending { target } => Ok(Decision {
+            hydrate: None,
+            events: Vec::new(),
+            outcome: Outcome::DeliverPending {
+                target: target.clone(),
+            },
+        }),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `serve`: the I/O loop that reads, decides, appends, answers and delivers.
 
 pub mod decide;
+mod pending;
 mod serve;
 pub mod state;
 mod trace;

@@ -14,7 +14,7 @@ use fleetcmd_contracts::codec;
 use fleetcmd_domain::device::encode_cancel_notice;
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
-use fleetcmd_domain::ids::ExecutionId;
+use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::model::{Execution, Payload, TimestampMs};
 use fleetcmd_domain::ports::{
     BusMessage, CommandWrite, CredentialWrite, ExecutionWrite, PortError, ProjectionWrites,
@@ -375,6 +375,9 @@ impl Owner {
         }
         for s in &staged {
             self.after_append(&s.events).await;
+            if let Outcome::DeliverPending { target } = &s.outcome {
+                self.deliver_pending(target).await;
+            }
         }
         self.announce(changes).await;
         drop(spans);
@@ -500,6 +503,13 @@ impl Owner {
                 ca: self.state.ca(ca_certificate_id).cloned().map(Box::new),
                 position,
             },
+            Outcome::DeliverPending { target } => {
+                let now = self.deps.clock.now_ms();
+                let count = self.state.undelivered_of(target, now).count();
+                ShardReply::DeliveredPending {
+                    count: u32::try_from(count).unwrap_or(u32::MAX),
+                }
+            }
         })
     }
 
@@ -647,6 +657,23 @@ impl Owner {
             }
         }
         writes
+    }
+
+    /// Hands the edge every execution of `target` that still waits, in start order: its
+    /// device has just subscribed to its requests.
+    async fn deliver_pending(&self, target: &Target) {
+        let now = self.deps.clock.now_ms();
+        let deliveries: Vec<Delivery> = self
+            .state
+            .undelivered_of(target, now)
+            .map(|(e, payload)| self.delivery(e, payload))
+            .collect();
+        for d in deliveries {
+            let message = BusMessage::new(DELIVER_SUBJECT, codec::encode_delivery(&d));
+            if let Err(err) = self.deps.bus.publish(message).await {
+                tracing::warn!(topic = %d.topic, error = %err, "could not hand a waiting execution to the edge");
+            }
+        }
     }
 
     /// Delivers again every execution that is still CREATED and not expired: the previous

@@ -19,6 +19,8 @@ use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, Times
 use fleetcmd_domain::start::PriorStart;
 use fleetcmd_domain::thing::{self, Thing};
 
+use super::pending::Pending;
+
 /// What a timer is for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerKey {
@@ -69,9 +71,9 @@ pub struct ShardState {
     /// The `traceparent` each traced execution started under: later inputs (device updates,
     /// timeouts, cancels) join that trace, so one execution is one trace.
     traces: HashMap<ExecutionId, String>,
-    /// The payloads of executions still CREATED: a new owner delivers them again after a
-    /// rebuild, since the previous owner may have died between its append and its delivery.
-    undelivered: HashMap<ExecutionId, Payload>,
+    /// The executions still CREATED, with their payloads: delivered again when their device
+    /// subscribes, and by a new owner after a rebuild.
+    undelivered: Pending,
 }
 
 impl ShardState {
@@ -160,10 +162,32 @@ impl ShardState {
     /// The executions still CREATED, not past `now`, with their payloads: what a new owner
     /// delivers again.
     pub fn undelivered(&self, now: TimestampMs) -> impl Iterator<Item = (&Execution, &Payload)> {
-        self.undelivered.iter().filter_map(move |(id, payload)| {
-            let e = self.executions.get(id)?;
-            (e.status == ExecutionStatus::Created && e.deadline() > now).then_some((e, payload))
-        })
+        self.undelivered
+            .iter()
+            .filter_map(move |(id, payload)| self.waiting(id, payload, now))
+    }
+
+    /// The executions of `target` still CREATED, not past `now`, with their payloads, in
+    /// start order: what its device gets when it subscribes.
+    pub fn undelivered_of(
+        &self,
+        target: &Target,
+        now: TimestampMs,
+    ) -> impl Iterator<Item = (&Execution, &Payload)> {
+        self.undelivered
+            .of_target(target)
+            .iter()
+            .filter_map(move |id| self.waiting(id, self.undelivered.payload(id)?, now))
+    }
+
+    fn waiting<'a>(
+        &'a self,
+        id: &ExecutionId,
+        payload: &'a Payload,
+        now: TimestampMs,
+    ) -> Option<(&'a Execution, &'a Payload)> {
+        let e = self.executions.get(id)?;
+        (e.status == ExecutionStatus::Created && e.deadline() > now).then_some((e, payload))
     }
 
     /// When the next timer fires.
@@ -320,7 +344,7 @@ impl ShardState {
         if let Some(trace) = &env.trace {
             self.traces.insert(id.clone(), trace.clone());
         }
-        self.undelivered.insert(id.clone(), payload.clone());
+        self.undelivered.insert(&e.target, id, payload);
     }
 
     /// Records that `records` records were appended from offset `first` on. Inputs are
@@ -457,7 +481,19 @@ impl ShardState {
         }
         terminal.sort();
         state.terminal_order = terminal.into_iter().map(|(_, id)| id).collect();
-        state.undelivered = snapshot.undelivered.into_iter().collect();
+        // In start order, as the log had them: the snapshot lists them by id.
+        let mut undelivered: Vec<(&Execution, ExecutionId, Payload)> = snapshot
+            .undelivered
+            .into_iter()
+            .filter_map(|(id, p)| Some((state.executions.get(&id)?, id, p)))
+            .collect();
+        undelivered.sort_by_key(|(e, ..)| (e.started_at, state.last_offsets.get(&e.execution_id)));
+        let mut pending = Pending::default();
+        for (e, id, payload) in &undelivered {
+            pending.insert(&e.target, id, payload);
+        }
+        drop(undelivered);
+        state.undelivered = pending;
         state.traces = snapshot.traces.into_iter().collect();
         let mut order: Vec<(TokenKey, TimestampMs)> = Vec::new();
         for t in snapshot.tokens {

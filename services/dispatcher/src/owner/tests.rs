@@ -246,6 +246,51 @@ fn a_start_creates_an_execution_and_arms_its_deadline() {
 }
 
 #[test]
+fn a_targets_waiting_executions_are_delivered_in_start_order_until_its_device_answers() {
+    let mut shard = given();
+    for at in 0..3 {
+        shard.when(start(None, Some(10)), at).unwrap();
+    }
+    let d = shard
+        .when(ShardRequest::DeliverPending { target: target() }, 5)
+        .unwrap();
+    assert!(d.events.is_empty(), "a delivery records nothing");
+    assert_eq!(d.outcome, Outcome::DeliverPending { target: target() });
+    let waiting = |shard: &Shard, now| -> Vec<String> {
+        shard
+            .state
+            .undelivered_of(&target(), now)
+            .map(|(e, _)| e.execution_id.to_string())
+            .collect()
+    };
+    assert_eq!(waiting(&shard, 5), ["e1", "e2", "e3"]);
+    shard
+        .when(report("e2", target(), ExecutionStatus::InProgress), 6)
+        .unwrap();
+    assert_eq!(
+        waiting(&shard, 6),
+        ["e1", "e3"],
+        "an answered one no longer waits"
+    );
+    // Past e1's deadline (started at 0 with 10 s): only e3 is left to deliver.
+    assert_eq!(waiting(&shard, 10_000), ["e3"]);
+    assert!(
+        shard
+            .state
+            .undelivered_of(&Target::thing("lamp-2").unwrap(), 6)
+            .next()
+            .is_none()
+    );
+    // A snapshot keeps the order.
+    let again = ShardState::from_snapshot(shard.state.to_snapshot(), 60_000);
+    let ids: Vec<String> = again
+        .undelivered_of(&target(), 6)
+        .map(|(e, _)| e.execution_id.to_string())
+        .collect();
+    assert_eq!(ids, ["e1", "e3"]);
+}
+
+#[test]
 fn a_start_of_an_unknown_command_is_not_found_and_an_unread_one_is_retryable() {
     let mut shard = given();
     shard

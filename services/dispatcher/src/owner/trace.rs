@@ -41,12 +41,14 @@ pub fn input_span(
         | ShardRequest::Command { .. }
         | ShardRequest::Thing { .. }
         | ShardRequest::Credential { .. }
-        | ShardRequest::Ca { .. } => {
+        | ShardRequest::Ca { .. }
+        | ShardRequest::DeliverPending { .. } => {
             let name = match req {
                 ShardRequest::Start(_) => "shard.owner start",
                 ShardRequest::Thing { .. } => "shard.owner thing",
                 ShardRequest::Credential { .. } => "shard.owner credential",
                 ShardRequest::Ca { .. } => "shard.owner ca",
+                ShardRequest::DeliverPending { .. } => "shard.owner deliver pending",
                 _ => "shard.owner command",
             };
             let span = tracing::info_span!(

@@ -11,13 +11,16 @@
 //! external broker. The publish then goes on to the router, where no fleetcmd session
 //! subscribes to updates (another subscriber, such as a monitoring application allowed to,
 //! still gets it).
+//!
+//! Session events come from the `SessionSubscribed` hook, which runs once the broker added a
+//! subscription and before its SUBACK: a publish made after the event reaches the device.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fleetcmd_domain::ports::{
-    BoxStream, DeviceMessage, MqttLink, MqttMessage, PortError, PortResult,
+    BoxStream, DeviceMessage, MqttLink, MqttMessage, PortError, PortResult, SessionEvent,
 };
 use rmqtt::codec::v5::PublishProperties;
 use rmqtt::context::ServerContext;
@@ -30,6 +33,8 @@ use super::Subscriptions;
 
 /// Device messages queued for the edge before the hook waits (back-pressure on devices).
 const QUEUE: usize = 16_384;
+/// Session events queued for the edge before the hook waits (back-pressure on subscribers).
+const SESSION_QUEUE: usize = 16_384;
 /// The longest a device's publish is held for the edge's acknowledgement; the edge answers
 /// well before (it gives up on an owner after 30 s and rejects).
 const ACK_WAIT: Duration = Duration::from_secs(40);
@@ -44,6 +49,7 @@ pub struct EmbeddedLink {
     from: From,
     subscriptions: Subscriptions,
     capturing: AtomicBool,
+    watching_sessions: AtomicBool,
 }
 
 impl EmbeddedLink {
@@ -66,6 +72,7 @@ impl EmbeddedLink {
             from,
             subscriptions,
             capturing: AtomicBool::new(false),
+            watching_sessions: AtomicBool::new(false),
         }
     }
 
@@ -92,6 +99,49 @@ impl EmbeddedLink {
             properties: Some(properties),
         };
         Publish::new(Box::new(codec), None, None, Some(now_ms()))
+    }
+}
+
+impl EmbeddedLink {
+    /// Registers `handler` for `kind`. Registering touches the hook manager: on the broker's
+    /// own runtime.
+    async fn register(
+        &self,
+        kind: Type,
+        priority: Priority,
+        handler: impl Handler + 'static,
+    ) -> PortResult<()> {
+        let scx = self.scx.clone();
+        self.runtime
+            .spawn(async move {
+                let register = scx.extends.hook_mgr().register();
+                register
+                    .add_priority(kind, priority, Box::new(handler))
+                    .await;
+                register.start().await;
+            })
+            .await
+            .map_err(|e| PortError::Backend(format!("registering a broker hook: {e}")))
+    }
+}
+
+/// The hook that reports granted subscriptions.
+struct Sessions {
+    tx: mpsc::Sender<SessionEvent>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Sessions {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::SessionSubscribed(session, subscribe) = param {
+            let event = SessionEvent::Subscribed {
+                client_id: session.id.client_id.to_string(),
+                filter: subscribe.topic_filter.to_string(),
+            };
+            // The edge gone (shutting down): nobody to tell.
+            let _ = self.tx.send(event).await;
+        }
+        (true, acc)
     }
 }
 
@@ -127,23 +177,23 @@ impl MqttLink for EmbeddedLink {
                 .collect(),
             tx,
         };
-        let scx = self.scx.clone();
-        // Registering touches the hook manager: on the broker's own runtime.
-        self.runtime
-            .spawn(async move {
-                let register = scx.extends.hook_mgr().register();
-                register
-                    .add_priority(
-                        Type::MessagePublishCheckAcl,
-                        CAPTURE_PRIORITY,
-                        Box::new(capture),
-                    )
-                    .await;
-                register.start().await;
-            })
-            .await
-            .map_err(|e| PortError::Backend(format!("registering the update hook: {e}")))?;
+        self.register(Type::MessagePublishCheckAcl, CAPTURE_PRIORITY, capture)
+            .await?;
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn session_events(&self) -> PortResult<Option<BoxStream<SessionEvent>>> {
+        if self.watching_sessions.swap(true, Ordering::AcqRel) {
+            return Err(PortError::Backend(
+                "the embedded link already delivers session events".into(),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        self.register(Type::SessionSubscribed, 0, Sessions { tx })
+            .await?;
+        Ok(Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        ))))
     }
 
     fn is_ready(&self) -> bool {
