@@ -109,6 +109,11 @@ pub fn expect_invalid<T: Debug>(
 // ---------------------------------------------------------------------------------------------
 // Request builders
 
+/// A request of the admin, whom [`crate::with_admin`] adds to a policy.
+pub fn as_admin<T>(message: T) -> Request<T> {
+    with_token(message, crate::ADMIN_TOKEN)
+}
+
 /// A request carrying `authorization: Bearer <token>`.
 pub fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);

@@ -54,37 +54,28 @@ async fn every_mutating_call_is_recorded_with_its_caller_resource_and_result() -
     let mut disp = server.dispatcher().await?;
     let mut things = server.things().await?;
 
-    reg.create_command(with_token(static_json_command("ping", "{}"), ADMIN_TOKEN))
+    reg.create_command(as_admin(static_json_command("ping", "{}")))
         .await?;
     things
-        .create_thing(with_token(
-            pb::CreateThingRequest {
-                thing_name: "lamp-1".into(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .create_thing(as_admin(pb::CreateThingRequest {
+            thing_name: "lamp-1".into(),
+            ..Default::default()
+        }))
         .await?;
     let owner = Some(pb::CredentialOwner {
         owner: Some(pb::credential_owner::Owner::ThingName("lamp-1".into())),
     });
     let cert = things
-        .create_thing_certificate(with_token(
-            pb::CreateThingCertificateRequest {
-                owner: owner.clone(),
-                validity_days: 0,
-            },
-            ADMIN_TOKEN,
-        ))
+        .create_thing_certificate(as_admin(pb::CreateThingCertificateRequest {
+            owner: owner.clone(),
+            validity_days: 0,
+        }))
         .await?
         .into_inner();
     things
-        .revoke_thing_certificate(with_token(
-            pb::RevokeThingCertificateRequest {
-                certificate_id: cert.certificate_id.clone(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .revoke_thing_certificate(as_admin(pb::RevokeThingCertificateRequest {
+            certificate_id: cert.certificate_id.clone(),
+        }))
         .await?;
     // Refused: not allowed, and not authenticated at all.
     let denied = things

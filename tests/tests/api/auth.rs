@@ -171,7 +171,7 @@ async fn given_a_policy(name: &str) -> anyhow::Result<Policed> {
     let mut reg = server.registry().await?;
     let mut disp = server.dispatcher().await?;
     for id in ["reboot", "other"] {
-        reg.create_command(with_token(static_json_command(id, "{}"), ADMIN_TOKEN))
+        reg.create_command(as_admin(static_json_command(id, "{}")))
             .await?;
     }
     let lab_exec = start_execution(
@@ -280,13 +280,10 @@ async fn a_narrow_token_is_denied_every_other_method_and_changes_nothing() -> Re
     assert_eq!(execution_ids(&listed), vec![p.lab_exec.clone()]);
     let e = p
         .reg
-        .get_command_execution(with_token(
-            pb::GetCommandExecutionRequest {
-                execution_id: p.lab_exec.clone(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        .get_command_execution(as_admin(pb::GetCommandExecutionRequest {
+            execution_id: p.lab_exec.clone(),
+            ..Default::default()
+        }))
         .await?
         .into_inner();
     assert_eq!(
@@ -353,34 +350,22 @@ async fn the_admin_may_do_everything() -> Result {
     let mut p = given_a_policy("auth-admin").await?;
     let (reg, disp) = (&mut p.reg, &mut p.disp);
     let mut watch = reg
-        .watch_command_executions(with_token(
-            pb::WatchCommandExecutionsRequest::default(),
-            ADMIN_TOKEN,
-        ))
+        .watch_command_executions(as_admin(pb::WatchCommandExecutionsRequest::default()))
         .await?
         .into_inner();
 
-    reg.get_command(with_token(
-        pb::GetCommandRequest {
-            command_id: "reboot".into(),
-        },
-        ADMIN_TOKEN,
-    ))
+    reg.get_command(as_admin(pb::GetCommandRequest {
+        command_id: "reboot".into(),
+    }))
     .await?;
-    reg.update_command(with_token(
-        pb::UpdateCommandRequest {
-            command_id: "other".into(),
-            deprecated: Some(true),
-            ..Default::default()
-        },
-        ADMIN_TOKEN,
-    ))
+    reg.update_command(as_admin(pb::UpdateCommandRequest {
+        command_id: "other".into(),
+        deprecated: Some(true),
+        ..Default::default()
+    }))
     .await?;
-    let admin_exec = start_execution(
-        disp,
-        with_token(start_request("reboot", thing("prod-1")), ADMIN_TOKEN),
-    )
-    .await?;
+    let admin_exec =
+        start_execution(disp, as_admin(start_request("reboot", thing("prod-1")))).await?;
     let event = within("the admin's Watch event", watch.message())
         .await??
         .expect("an event");
@@ -389,30 +374,21 @@ async fn the_admin_may_do_everything() -> Result {
         (admin_exec.as_str(), St::Created)
     );
     for id in [&p.lab_exec, &admin_exec] {
-        disp.cancel_command_execution(with_token(
-            pb::CancelCommandExecutionRequest {
-                execution_id: id.clone(),
-                ..Default::default()
-            },
-            ADMIN_TOKEN,
-        ))
+        disp.cancel_command_execution(as_admin(pb::CancelCommandExecutionRequest {
+            execution_id: id.clone(),
+            ..Default::default()
+        }))
         .await?;
-        reg.delete_command_execution(with_token(
-            pb::DeleteCommandExecutionRequest {
-                execution_id: id.clone(),
-                target: None,
-            },
-            ADMIN_TOKEN,
-        ))
+        reg.delete_command_execution(as_admin(pb::DeleteCommandExecutionRequest {
+            execution_id: id.clone(),
+            target: None,
+        }))
         .await?;
     }
     let deleted = reg
-        .delete_command(with_token(
-            pb::DeleteCommandRequest {
-                command_id: "other".into(),
-            },
-            ADMIN_TOKEN,
-        ))
+        .delete_command(as_admin(pb::DeleteCommandRequest {
+            command_id: "other".into(),
+        }))
         .await?
         .into_inner();
 

@@ -53,11 +53,11 @@ fn list() -> pb::ListCommandsRequest {
 async fn over_tls_callers_who_trust_the_ca_are_served_and_plaintext_is_not() -> Result {
     let server = given_a_tls_server("tls-basic").await?;
     let mut reg = Registry::new(server.tls_channel(None).await?);
-    reg.list_commands(with_token(list(), ADMIN_TOKEN)).await?;
+    reg.list_commands(as_admin(list())).await?;
     // The same port spoken to in plaintext does not answer as gRPC.
     let plain = within(
         "a plaintext call",
-        Registry::new(server.channel().await?).list_commands(with_token(list(), ADMIN_TOKEN)),
+        Registry::new(server.channel().await?).list_commands(as_admin(list())),
     )
     .await?;
     assert!(plain.is_err(), "a plaintext call to a TLS port must fail");
@@ -95,15 +95,12 @@ async fn a_client_certificate_is_a_policy_identity_that_no_header_can_forge() ->
     // The admin issues the CI runner a certificate (a bare client identity).
     let mut things = Things::new(server.tls_channel(None).await?);
     let issued = things
-        .create_thing_certificate(with_token(
-            pb::CreateThingCertificateRequest {
-                owner: Some(pb::CredentialOwner {
-                    owner: Some(pb::credential_owner::Owner::ClientId("ci-runner".into())),
-                }),
-                validity_days: 0,
-            },
-            ADMIN_TOKEN,
-        ))
+        .create_thing_certificate(as_admin(pb::CreateThingCertificateRequest {
+            owner: Some(pb::CredentialOwner {
+                owner: Some(pb::credential_owner::Owner::ClientId("ci-runner".into())),
+            }),
+            validity_days: 0,
+        }))
         .await?
         .into_inner();
     let identity = (
