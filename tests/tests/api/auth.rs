@@ -40,109 +40,78 @@ async fn call_every_method(
 ) -> anyhow::Result<Vec<(&'static str, Status)>> {
     let mut reg = server.registry().await?;
     let mut disp = server.dispatcher().await?;
-    let a = |m| authed(auth, m);
     let execution = || pb::GetCommandExecutionRequest {
         execution_id: execution_id.into(),
         ..Default::default()
     };
+    // One call with `auth`: its refusal, if any.
+    macro_rules! refusal {
+        ($client:ident.$method:ident($request:expr)) => {
+            $client.$method(authed(auth, $request)).await.err()
+        };
+    }
     let outcomes: [(&'static str, Option<Status>); 11] = [
         (
             "CreateCommand",
-            reg.create_command(a(static_json_command("made-by-anyone", "{}")))
-                .await
-                .err(),
+            refusal!(reg.create_command(static_json_command("made-by-anyone", "{}"))),
         ),
         (
             "GetCommand",
-            reg.get_command(authed(
-                auth,
-                pb::GetCommandRequest {
-                    command_id: "reboot".into(),
-                },
-            ))
-            .await
-            .err(),
+            refusal!(reg.get_command(pb::GetCommandRequest {
+                command_id: "reboot".into(),
+            })),
         ),
         (
             "ListCommands",
-            reg.list_commands(authed(auth, pb::ListCommandsRequest::default()))
-                .await
-                .err(),
+            refusal!(reg.list_commands(pb::ListCommandsRequest::default())),
         ),
         (
             "UpdateCommand",
-            reg.update_command(authed(
-                auth,
-                pb::UpdateCommandRequest {
-                    command_id: "reboot".into(),
-                    display_name: Some("x".into()),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .err(),
+            refusal!(reg.update_command(pb::UpdateCommandRequest {
+                command_id: "reboot".into(),
+                display_name: Some("x".into()),
+                ..Default::default()
+            })),
         ),
         (
             "DeleteCommand",
-            reg.delete_command(authed(
-                auth,
-                pb::DeleteCommandRequest {
-                    command_id: "other".into(),
-                },
-            ))
-            .await
-            .err(),
+            refusal!(reg.delete_command(pb::DeleteCommandRequest {
+                command_id: "other".into(),
+            })),
         ),
         (
             "GetCommandExecution",
-            reg.get_command_execution(authed(auth, execution()))
-                .await
-                .err(),
+            refusal!(reg.get_command_execution(execution())),
         ),
         (
             "ListCommandExecutions",
-            reg.list_command_executions(authed(auth, pb::ListCommandExecutionsRequest::default()))
-                .await
-                .err(),
+            refusal!(reg.list_command_executions(pb::ListCommandExecutionsRequest::default())),
         ),
         (
             "DeleteCommandExecution",
-            reg.delete_command_execution(authed(
-                auth,
-                pb::DeleteCommandExecutionRequest {
+            refusal!(
+                reg.delete_command_execution(pb::DeleteCommandExecutionRequest {
                     execution_id: execution_id.into(),
                     target: None,
-                },
-            ))
-            .await
-            .err(),
+                })
+            ),
         ),
         (
             "WatchCommandExecutions",
-            reg.watch_command_executions(authed(
-                auth,
-                pb::WatchCommandExecutionsRequest::default(),
-            ))
-            .await
-            .err(),
+            refusal!(reg.watch_command_executions(pb::WatchCommandExecutionsRequest::default())),
         ),
         (
             "StartCommandExecution",
-            disp.start_command_execution(authed(auth, start_request("other", thing("prod-1"))))
-                .await
-                .err(),
+            refusal!(disp.start_command_execution(start_request("other", thing("prod-1")))),
         ),
         (
             "CancelCommandExecution",
-            disp.cancel_command_execution(authed(
-                auth,
-                pb::CancelCommandExecutionRequest {
+            refusal!(
+                disp.cancel_command_execution(pb::CancelCommandExecutionRequest {
                     execution_id: execution_id.into(),
                     ..Default::default()
-                },
-            ))
-            .await
-            .err(),
+                })
+            ),
         ),
     ];
     Ok(outcomes
