@@ -113,34 +113,23 @@ pub fn parse_parameters_json(text: &str) -> Result<Vec<pb::CommandParameter>, St
 }
 
 fn parameter(path: &str, json: &Json) -> Result<pb::CommandParameter, String> {
-    let fields = Fields::new(
-        path,
-        json,
-        &[
-            ("name", "name"),
-            ("type", "type"),
-            ("value", "value"),
-            ("defaultValue", "default_value"),
-            ("valueConditions", "value_conditions"),
-            ("description", "description"),
-        ],
-    )?;
+    let known = [
+        "name",
+        "type",
+        "value",
+        "defaultValue",
+        "valueConditions",
+        "description",
+    ];
+    let fields = Fields::new(path, json, &known)?;
     let name = match fields.get("name") {
         Some(v) => string(&format!("{path}.name"), v)?,
         None => return Err(format!("{path}: missing required field \"name\"")),
     };
     let ty = match fields.get("type") {
         Some(v) => {
-            let text = string(&format!("{path}.type"), v)?;
-            match pb::ParameterType::from_str_name(&text.to_ascii_uppercase()) {
-                Some(t) if t != pb::ParameterType::Unspecified => t as i32,
-                _ => {
-                    return Err(format!(
-                        "{path}.type: unknown type {text:?}; expected one of STRING, INTEGER, \
-                         LONG, DOUBLE, UNSIGNEDLONG, BOOLEAN, BINARY"
-                    ));
-                }
-            }
+            let from_name = pb::ParameterType::from_str_name;
+            enum_name(&format!("{path}.type"), v, from_name, "type", TYPE_NAMES)?
         }
         None => pb::ParameterType::Unspecified as i32,
     };
@@ -184,20 +173,16 @@ fn parameter(path: &str, json: &Json) -> Result<pb::CommandParameter, String> {
 /// `{"i": 20}` and friends: exactly one member.
 fn parameter_value(path: &str, json: &Json) -> Result<pb::ParameterValue, String> {
     let map = object(path, json)?;
-    let mut entries = map.iter();
-    let (key, v) = match (entries.next(), entries.next()) {
-        (Some(entry), None) => entry,
-        _ => {
-            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
-            return Err(format!(
-                "{path}: exactly one of s, b, i, l, d, bin, ul must be set, found {}",
-                if keys.is_empty() {
-                    "none".to_string()
-                } else {
-                    keys.join(", ")
-                }
-            ));
-        }
+    let Some((key, v)) = only_member(map) else {
+        let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        return Err(format!(
+            "{path}: exactly one of s, b, i, l, d, bin, ul must be set, found {}",
+            if keys.is_empty() {
+                "none".to_string()
+            } else {
+                keys.join(", ")
+            }
+        ));
     };
     let at = format!("{path}.{key}");
     let value = match key.to_ascii_lowercase().as_str() {
@@ -252,27 +237,12 @@ fn parameter_value(path: &str, json: &Json) -> Result<pb::ParameterValue, String
 }
 
 fn condition(path: &str, json: &Json) -> Result<pb::ValueCondition, String> {
-    let fields = Fields::new(
-        path,
-        json,
-        &[
-            ("comparisonOperator", "comparison_operator"),
-            ("operand", "operand"),
-        ],
-    )?;
+    let fields = Fields::new(path, json, &["comparisonOperator", "operand"])?;
     let op = match fields.get("comparisonOperator") {
         Some(v) => {
-            let text = string(&format!("{path}.comparisonOperator"), v)?;
-            match pb::ComparisonOperator::from_str_name(&text.to_ascii_uppercase()) {
-                Some(op) if op != pb::ComparisonOperator::Unspecified => op as i32,
-                _ => {
-                    return Err(format!(
-                        "{path}.comparisonOperator: unknown operator {text:?}; expected one of \
-                         EQUALS, NOT_EQUALS, LESS_THAN, LESS_THAN_EQUALS, GREATER_THAN, \
-                         GREATER_THAN_EQUALS, IN_SET, NOT_IN_SET, IN_RANGE, NOT_IN_RANGE"
-                    ));
-                }
-            }
+            let at = format!("{path}.comparisonOperator");
+            let from_name = pb::ComparisonOperator::from_str_name;
+            enum_name(&at, v, from_name, "operator", OPERATOR_NAMES)?
         }
         None => {
             return Err(format!(
@@ -293,16 +263,12 @@ fn condition(path: &str, json: &Json) -> Result<pb::ValueCondition, String> {
 fn operand(path: &str, json: &Json) -> Result<pb::ConditionOperand, String> {
     use pb::condition_operand::Operand;
     let map = object(path, json)?;
-    let mut entries = map.iter();
-    let (key, v) = match (entries.next(), entries.next()) {
-        (Some(entry), None) => entry,
-        _ => {
-            return Err(format!(
-                "{path}: exactly one of number, numbers, string, strings, numberRange must be \
-                 set, found {}",
-                map.len()
-            ));
-        }
+    let Some((key, v)) = only_member(map) else {
+        return Err(format!(
+            "{path}: exactly one of number, numbers, string, strings, numberRange must be \
+             set, found {}",
+            map.len()
+        ));
     };
     let at = format!("{path}.{key}");
     let operand = match key.as_str() {
@@ -315,7 +281,7 @@ fn operand(path: &str, json: &Json) -> Result<pb::ConditionOperand, String> {
             values: list(&at, v, string)?,
         }),
         "numberRange" | "number_range" => {
-            let fields = Fields::new(&at, v, &[("min", "min"), ("max", "max")])?;
+            let fields = Fields::new(&at, v, &["min", "max"])?;
             let bound = |name: &str| match fields.get(name) {
                 Some(b) => number(&format!("{at}.{name}"), b),
                 None => Err(format!("{at}: missing required field {name:?}")),
@@ -337,29 +303,26 @@ fn operand(path: &str, json: &Json) -> Result<pb::ConditionOperand, String> {
     })
 }
 
-/// The fields of an object, looked up by their camelCase name whichever spelling was used;
-/// unknown fields are errors (a typo must not silently drop a condition).
+/// The fields of an object, looked up by their camelCase name whichever spelling was used
+/// (camelCase or the proto's snake_case); unknown fields are errors (a typo must not
+/// silently drop a condition).
 struct Fields<'a> {
     values: Vec<(&'static str, &'a Json)>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(
-        path: &str,
-        json: &'a Json,
-        known: &[(&'static str, &'static str)],
-    ) -> Result<Self, String> {
+    /// `known`: the camelCase names.
+    fn new(path: &str, json: &'a Json, known: &[&'static str]) -> Result<Self, String> {
         let map = object(path, json)?;
         let mut values = Vec::with_capacity(map.len());
         for (key, value) in map {
-            let Some((camel, _)) = known
+            let Some(camel) = known
                 .iter()
-                .find(|(camel, snake)| key == camel || key == snake)
+                .find(|camel| key == *camel || *key == snake_case(camel))
             else {
-                let names: Vec<&str> = known.iter().map(|(camel, _)| *camel).collect();
                 return Err(format!(
                     "{path}: unknown field {key:?}; expected one of {}",
-                    names.join(", ")
+                    known.join(", ")
                 ));
             };
             if values.iter().any(|(seen, _)| seen == camel) {
@@ -378,9 +341,53 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// `defaultValue` → `default_value`.
+fn snake_case(camel: &str) -> String {
+    let mut snake = String::with_capacity(camel.len() + 4);
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            snake.push('_');
+        }
+        snake.push(c.to_ascii_lowercase());
+    }
+    snake
+}
+
+/// The member of an object that has exactly one (a oneof: `{"i": 20}`), else `None`.
+fn only_member(map: &Map<String, Json>) -> Option<(&String, &Json)> {
+    let mut members = map.iter();
+    match (members.next(), members.next()) {
+        (Some(member), None) => Some(member),
+        _ => None,
+    }
+}
+
 fn object<'a>(path: &str, json: &'a Json) -> Result<&'a Map<String, Json>, String> {
     json.as_object()
         .ok_or_else(|| format!("{path}: expected an object, got {}", kind(json)))
+}
+
+/// The names a parameter type and a comparison operator may be given by.
+const TYPE_NAMES: &str = "STRING, INTEGER, LONG, DOUBLE, UNSIGNEDLONG, BOOLEAN, BINARY";
+const OPERATOR_NAMES: &str = "EQUALS, NOT_EQUALS, LESS_THAN, LESS_THAN_EQUALS, GREATER_THAN, \
+                              GREATER_THAN_EQUALS, IN_SET, NOT_IN_SET, IN_RANGE, NOT_IN_RANGE";
+
+/// A proto enum given by its name, in any case; its unspecified value (`0`) is no name one
+/// may give. An unknown name is an error naming the `kind` of value and its `names`.
+fn enum_name<E: Into<i32>>(
+    path: &str,
+    json: &Json,
+    from_name: fn(&str) -> Option<E>,
+    kind: &str,
+    names: &str,
+) -> Result<i32, String> {
+    let text = string(path, json)?;
+    match from_name(&text.to_ascii_uppercase()).map(Into::into) {
+        Some(n) if n != 0 => Ok(n),
+        _ => Err(format!(
+            "{path}: unknown {kind} {text:?}; expected one of {names}"
+        )),
+    }
 }
 
 fn string(path: &str, json: &Json) -> Result<String, String> {
