@@ -12,6 +12,7 @@ pub mod command;
 pub mod credentials;
 pub mod exec;
 pub mod params;
+pub mod presence;
 pub mod render;
 pub mod thing;
 pub mod timefmt;

@@ -11,6 +11,7 @@ use tonic::Status;
 use super::cas::{self, CaCmd};
 use super::command::parse_tag;
 use super::credentials::{self, CertCmd, PasswordCmd};
+use super::presence::{self, TargetArgs, WatchArgs};
 use super::render::{self, KeyValues, Table, map_json, map_text, page_text, time_full};
 use super::{Api, Output, PageArgs, list_pages};
 
@@ -35,6 +36,11 @@ pub enum ThingCmd {
     /// CAs of your own whose device certificates fleetcmd accepts.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Whether a device is connected (its client id is the thing name), since when, and why
+    /// it last disconnected.
+    Connectivity(TargetArgs),
+    /// Print devices' connects and disconnects as they happen (one device's, or all).
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -222,6 +228,8 @@ pub async fn run(
         ThingCmd::Cert(cmd) => credentials::run_cert(api, cmd).await?,
         ThingCmd::Password(cmd) => credentials::run_password(api, cmd).await?,
         ThingCmd::Ca(cmd) => cas::run_ca(api, cmd).await?,
+        ThingCmd::Connectivity(args) => presence::connectivity(api, args).await?,
+        ThingCmd::Watch(args) => return presence::watch(api, args, output, out).await,
         ThingCmd::Create(args) => {
             let r = create(api, args.to_request()?).await?;
             let text = format!("created {} ({})\n", r.thing_name, r.thing_arn);
@@ -274,6 +282,29 @@ mod tests {
 
     fn parse(line: &str) -> Result<ThingCmd, clap::Error> {
         crate::parse_verb("thing", line.split(' '))
+    }
+
+    #[test]
+    fn connectivity_needs_one_device_and_watch_at_most_one() {
+        let ThingCmd::Connectivity(args) = parse("connectivity lamp-1").unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.thing_name.as_deref(), Some("lamp-1"));
+        let ThingCmd::Connectivity(args) = parse("connectivity --client-id s-7").unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.client_id.as_deref(), Some("s-7"));
+        assert!(parse("connectivity").is_err());
+        assert_eq!(
+            parse("connectivity lamp-1 --client-id s-7")
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ArgumentConflict
+        );
+        let ThingCmd::Watch(args) = parse("watch").unwrap() else {
+            panic!()
+        };
+        assert_eq!((args.thing_name, args.client_id), (None, None));
     }
 
     #[test]

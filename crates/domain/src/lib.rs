@@ -21,6 +21,7 @@ pub mod model;
 pub mod paging;
 pub mod policy;
 pub mod ports;
+pub mod presence;
 pub mod protocol;
 pub mod query;
 pub mod rollout;

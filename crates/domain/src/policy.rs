@@ -33,10 +33,12 @@ pub enum Action {
     CreateThingPassword,
     RegisterCaCertificate,
     ListCaCertificates,
+    GetConnectivity,
+    WatchConnectivity,
 }
 
 impl Action {
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 26] = [
         Self::CreateCommand,
         Self::GetCommand,
         Self::ListCommands,
@@ -61,6 +63,8 @@ impl Action {
         Self::CreateThingPassword,
         Self::RegisterCaCertificate,
         Self::ListCaCertificates,
+        Self::GetConnectivity,
+        Self::WatchConnectivity,
     ];
 
     /// The name used in policy files (the RPC name, e.g. `StartCommandExecution`).
@@ -90,6 +94,8 @@ impl Action {
             Self::CreateThingPassword => "CreateThingPassword",
             Self::RegisterCaCertificate => "RegisterCaCertificate",
             Self::ListCaCertificates => "ListCaCertificates",
+            Self::GetConnectivity => "GetConnectivity",
+            Self::WatchConnectivity => "WatchConnectivity",
         }
     }
 

@@ -522,6 +522,8 @@ impl std::fmt::Debug for DeviceMessage {
 pub enum SessionEvent {
     /// The client `client_id` subscribed to `filter` (the broker granted it).
     Subscribed { client_id: String, filter: String },
+    /// A client connected or disconnected.
+    Lifecycle(crate::presence::Lifecycle),
 }
 
 /// The edge's link to an MQTT broker: the broker's own API when it is embedded in the process,

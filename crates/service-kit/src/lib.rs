@@ -4,6 +4,7 @@
 //! ([`grpc::GrpcServer`]).
 
 pub mod grpc;
+pub mod presence;
 pub mod projection;
 pub mod shard_client;
 

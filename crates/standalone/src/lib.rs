@@ -328,6 +328,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let shard_client = ShardClient::new(bus.clone(), args.shards);
 
     // The edge works inside the broker: no MQTT client, no socket, no client id of its own.
+    // It learns of connects and disconnects from the broker; the registry answers from it.
+    let presence = Arc::new(fleetcmd_service_kit::presence::Presence::default());
     let edge_config = fleetcmd_edge::EdgeConfig {
         topic_root: topic_root.clone(),
         ..fleetcmd_edge::EdgeConfig::default()
@@ -339,6 +341,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         link: Arc::new(broker.link()),
         // The owners project inline: an accepted update is readable when they answer.
         projection: None,
+        presence: presence.clone(),
     };
     fleetcmd_edge::run(edge_config, edge_deps, shutdown_rx.clone()).await?;
 
@@ -357,6 +360,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         arns: Default::default(),
         ca: Some(identity.ca.clone()),
         device_trust: Some(trust),
+        presence: Some(presence),
         shutdown: shutdown_rx.clone(),
     });
     let mut grpc = GrpcServer::new()?;

@@ -43,6 +43,10 @@ pub const DEVICE_UPDATES: &str = "fleetcmd_device_updates_total";
 /// `published`, `expired` (the execution timed out before it could be sent) or `failed`.
 pub const DELIVERIES: &str = "fleetcmd_deliveries_total";
 
+/// Devices connected right now, as the broker reports connects and disconnects (the embedded
+/// broker does; an external one tells nothing, and the gauge stays 0).
+pub const DEVICES_CONNECTED: &str = "fleetcmd_devices_connected";
+
 /// Every series name, in the order of the README's table.
 pub const ALL: &[&str] = &[
     GRPC_REQUESTS,
@@ -53,6 +57,7 @@ pub const ALL: &[&str] = &[
     MQTT_CONNECTED,
     DEVICE_UPDATES,
     DELIVERIES,
+    DEVICES_CONNECTED,
 ];
 
 /// Latency buckets in seconds: 0.5 ms to 10 s.
@@ -68,6 +73,7 @@ struct Metrics {
     shards_owned: IntGauge,
     projector_lag: IntGaugeVec,
     mqtt_connected: IntGauge,
+    devices_connected: IntGauge,
     device_updates: IntCounterVec,
     deliveries: IntCounterVec,
 }
@@ -124,6 +130,10 @@ impl Metrics {
             MQTT_CONNECTED,
             "Whether the edge's MQTT connection is up (1) or not (0).",
         );
+        let devices_connected = gauge(
+            DEVICES_CONNECTED,
+            "Devices (client ids) connected to the broker, as it reports them.",
+        );
         let projector_lag = IntGaugeVec::new(
             Opts::new(
                 PROJECTOR_LAG,
@@ -143,10 +153,16 @@ impl Metrics {
             shards_owned,
             projector_lag,
             mqtt_connected,
+            devices_connected,
             device_updates,
             deliveries,
         }
     }
+}
+
+/// Adds `delta` (+1 a connect, −1 a disconnect) to the connected devices.
+pub fn devices_connected(delta: i64) {
+    METRICS.devices_connected.add(delta);
 }
 
 /// Records one served gRPC call.

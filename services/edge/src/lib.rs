@@ -36,6 +36,7 @@ use fleetcmd_domain::protocol::{
 };
 use fleetcmd_domain::shard::hash_key;
 use fleetcmd_domain::topics::TopicRoot;
+use fleetcmd_service_kit::presence::Presence;
 use fleetcmd_service_kit::{CallError, ProjectionWatch, ShardClient, await_projection};
 use fleetcmd_telemetry::context as trace_context;
 use fleetcmd_telemetry::metrics::{self, DeliveryOutcome};
@@ -86,6 +87,8 @@ pub struct EdgeDeps {
     /// (a cluster: the projector writes the read model): `/accepted` waits for it. `None`
     /// when the owner's answer means readable (the embedded store projects inline).
     pub projection: Option<Arc<ProjectionWatch>>,
+    /// Where device presence is kept, for whoever answers connectivity queries.
+    pub presence: Arc<Presence>,
 }
 
 /// Runs the edge until `shutdown` turns true.
@@ -132,30 +135,54 @@ pub async fn run(
     let events = deps.bus.subscribe(EVENTS_ALL, Some("edge-events")).await?;
     tokio::spawn(forward_events(events, deps.link.clone(), config.clone()));
     if let Some(sessions) = deps.link.session_events().await? {
-        tokio::spawn(deliver_on_subscribe(
+        tokio::spawn(follow_sessions(
             sessions,
             config.clone(),
             deps.shards.clone(),
+            deps.link.clone(),
+            deps.presence.clone(),
         ));
     }
     tokio::spawn(report_link(deps.link.clone(), shutdown));
     Ok(())
 }
 
-/// Asks the owner of a device's shard to deliver what waits for it each time the device
-/// subscribes to its own requests. Each target's calls run in a task of their own (a slow
-/// shard holds up no other device), one at a time: the subscriptions a device makes while
-/// its call runs (one per filter of one SUBSCRIBE, typically) are answered by a single
-/// call after it, so they cost two deliveries at most, and none is missed.
-async fn deliver_on_subscribe(
+/// Follows the broker's session events.
+///
+/// - A connect or disconnect is folded into `presence` and published as AWS's lifecycle
+///   event (in the order the broker reported them).
+/// - When a device subscribes to its own requests, the owner of its shard is asked to
+///   deliver what waits for it. Each target's calls run in a task of their own (a slow shard
+///   holds up no other device), one at a time: the subscriptions a device makes while its
+///   call runs (one per filter of one SUBSCRIBE, typically) are answered by a single call
+///   after it, so they cost two deliveries at most, and none is missed.
+async fn follow_sessions(
     mut sessions: BoxStream<SessionEvent>,
     config: Arc<EdgeConfig>,
     shards: ShardClient,
+    link: Arc<dyn MqttLink>,
+    presence: Arc<Presence>,
 ) {
     // Targets with a call running; true when another subscription came meanwhile.
     let running: Arc<std::sync::Mutex<HashMap<Target, bool>>> = Arc::default();
     while let Some(event) = sessions.next().await {
-        let SessionEvent::Subscribed { client_id, filter } = event;
+        let (client_id, filter) = match event {
+            SessionEvent::Subscribed { client_id, filter } => (client_id, filter),
+            SessionEvent::Lifecycle(lifecycle) => {
+                let payload = presence.fold(&lifecycle).payload;
+                let message = MqttMessage {
+                    topic: payload.topic(&config.topic_root),
+                    payload: Bytes::from(payload.to_json()),
+                    content_type: Some("application/json".into()),
+                    message_expiry_secs: None,
+                    user_properties: Vec::new(),
+                };
+                if let Err(e) = link.publish(message).await {
+                    tracing::warn!(client_id = %lifecycle.client_id, error = %e, "could not publish a lifecycle event");
+                }
+                continue;
+            }
+        };
         let Some(target) = config.topic_root.request_subscriber(&filter) else {
             continue;
         };

@@ -5,6 +5,7 @@
 //! same way for things, and for device credentials (`credentials.rs`).
 
 mod cas;
+mod connectivity;
 mod credentials;
 mod things;
 
@@ -60,6 +61,9 @@ pub struct RegistryDeps {
     /// Told of revocations and registered CAs once durable, so whoever serves devices (the
     /// embedded broker) drops a revoked certificate's connections and trusts a new CA.
     pub device_trust: Option<Arc<dyn DeviceTrust>>,
+    /// Device presence, where the devices' broker reports it (`fleetcmd serve`); `None`
+    /// when it does not (an external broker), and the connectivity calls say so.
+    pub presence: Option<Arc<fleetcmd_service_kit::presence::Presence>>,
     /// Turns true when the process shuts down: open Watch streams end with UNAVAILABLE, so
     /// a graceful shutdown does not wait on them.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -18,7 +18,7 @@ use fleetcmd_service_kit::{await_projection, call_status, unexpected};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::{RegistryDeps, cas, credentials, list_status};
+use crate::{RegistryDeps, cas, connectivity, credentials, list_status};
 
 pub struct ThingService {
     deps: Arc<RegistryDeps>,
@@ -85,7 +85,7 @@ fn not_yet(what: &str) -> Status {
     ))
 }
 
-type ConnectivityStream =
+pub(crate) type ConnectivityStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ConnectivityEvent, Status>> + Send>>;
 
 /// The calls of `ThingRegistry` that are declared but not served yet. (`async_trait` runs
@@ -327,7 +327,6 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
     }
 
     not_yet! {
-        get_connectivity(pb::GetConnectivityRequest) -> pb::Connectivity: "GetConnectivity";
         create_thing_group(pb::CreateThingGroupRequest) -> pb::ThingGroup: "CreateThingGroup";
         describe_thing_group(pb::DescribeThingGroupRequest) -> pb::ThingGroup: "DescribeThingGroup";
         list_thing_groups(pb::ListThingGroupsRequest) -> pb::ListThingGroupsResponse: "ListThingGroups";
@@ -341,9 +340,16 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
 
     async fn watch_connectivity(
         &self,
-        _: Request<pb::WatchConnectivityRequest>,
+        request: Request<pb::WatchConnectivityRequest>,
     ) -> Result<Response<Self::WatchConnectivityStream>, Status> {
-        Err(not_yet("WatchConnectivity"))
+        connectivity::watch(&self.deps, request).await
+    }
+
+    async fn get_connectivity(
+        &self,
+        request: Request<pb::GetConnectivityRequest>,
+    ) -> Result<Response<pb::Connectivity>, Status> {
+        connectivity::get(&self.deps, request).await
     }
 }
 

@@ -12,6 +12,7 @@ mod delivery;
 mod idempotency;
 mod isolation;
 mod malformed;
+mod presence;
 mod requests;
 mod restart;
 mod security;

@@ -179,6 +179,7 @@ pub async fn start(
                 // A cluster's device CA is not configured yet: the certificate calls say so.
                 ca: None,
                 device_trust: None,
+                presence: None,
                 shutdown: shutdown.clone(),
             });
             let grpc = grpc.with(commands).with(things);
@@ -266,6 +267,8 @@ pub async fn start(
                 clock,
                 link: link.clone(),
                 projection: Some(projection),
+                // An external broker reports no connects: nothing is folded into it.
+                presence: Default::default(),
             };
             fleetcmd_edge::run(edge_config, deps, shutdown.clone()).await?;
             let link: Arc<dyn fleetcmd_domain::ports::MqttLink> = link;

@@ -216,5 +216,23 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
         .expect("list certificates");
     assert_eq!(listed.certificates.len(), 1);
     assert_eq!(listed.certificates[0].ca_certificate_id, acme.id());
+    // Mosquitto tells nobody who connects: connectivity is not known, and says so.
+    let unknown = call!(
+        &things,
+        get_connectivity(pb::GetConnectivityRequest {
+            target: Some(pb::Target {
+                kind: pb::TargetKind::Thing as i32,
+                id: names[0].clone(),
+            }),
+        })
+    )
+    .await
+    .expect_err("no presence from an external broker");
+    assert_eq!(
+        unknown.code(),
+        Code::FailedPrecondition,
+        "{}",
+        unknown.message()
+    );
     cluster.assert_all_alive();
 }

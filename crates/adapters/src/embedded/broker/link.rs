@@ -13,7 +13,8 @@
 //! still gets it).
 //!
 //! Session events come from the `SessionSubscribed` hook, which runs once the broker added a
-//! subscription and before its SUBACK: a publish made after the event reaches the device.
+//! subscription and before its SUBACK (a publish made after the event reaches the device),
+//! and from the `ClientConnected` and `ClientDisconnected` hooks (presence).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,11 +23,12 @@ use bytes::Bytes;
 use fleetcmd_domain::ports::{
     BoxStream, DeviceMessage, MqttLink, MqttMessage, PortError, PortResult, SessionEvent,
 };
+use fleetcmd_domain::presence::{DisconnectReason, Lifecycle};
 use rmqtt::codec::v5::PublishProperties;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, Priority, ReturnType, Type};
 use rmqtt::session::SessionState;
-use rmqtt::types::{ClientId, CodecPublish, From, Id, Publish, QoS};
+use rmqtt::types::{ClientId, CodecPublish, From, Id, Publish, QoS, Reason};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Subscriptions;
@@ -125,7 +127,7 @@ impl EmbeddedLink {
     }
 }
 
-/// The hook that reports granted subscriptions.
+/// The hook that reports granted subscriptions, connects and disconnects.
 struct Sessions {
     tx: mpsc::Sender<SessionEvent>,
 }
@@ -133,15 +135,62 @@ struct Sessions {
 #[async_trait::async_trait]
 impl Handler for Sessions {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Parameter::SessionSubscribed(session, subscribe) = param {
-            let event = SessionEvent::Subscribed {
+        let event = match param {
+            Parameter::SessionSubscribed(session, subscribe) => SessionEvent::Subscribed {
                 client_id: session.id.client_id.to_string(),
                 filter: subscribe.topic_filter.to_string(),
-            };
-            // The edge gone (shutting down): nobody to tell.
-            let _ = self.tx.send(event).await;
-        }
+            },
+            Parameter::ClientConnected(session) => {
+                SessionEvent::Lifecycle(lifecycle(&session.id, None))
+            }
+            Parameter::ClientDisconnected(session, reason) => {
+                SessionEvent::Lifecycle(lifecycle(&session.id, Some(disconnect_reason(reason))))
+            }
+            _ => return (true, acc),
+        };
+        // The edge gone (shutting down): nobody to tell.
+        let _ = self.tx.send(event).await;
         (true, acc)
+    }
+}
+
+fn lifecycle(id: &Id, disconnect: Option<DisconnectReason>) -> Lifecycle {
+    let port = id.remote_addr.map_or(0, |a| a.port());
+    Lifecycle {
+        client_id: id.client_id.to_string(),
+        // The connection's identity, as the guard keys it: its start and its remote port.
+        session_id: format!("{:x}{port:04x}", id.create_time),
+        principal: id
+            .username
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        at: now_ms(),
+        disconnect,
+    }
+}
+
+/// AWS's name for why rmqtt ended a connection.
+fn disconnect_reason(reason: &Reason) -> DisconnectReason {
+    match reason {
+        Reason::ConnectDisconnect(_) => DisconnectReason::ClientInitiatedDisconnect,
+        Reason::ConnectReadWriteTimeout
+        | Reason::ConnectReadWriteError
+        | Reason::ConnectRemoteClose
+        | Reason::Unknown => DisconnectReason::ConnectionLost,
+        Reason::ConnectKeepaliveTimeout => DisconnectReason::MqttKeepAliveTimeout,
+        // Kicked by a new session of the same client id (not by an admin).
+        Reason::ConnectKicked(false) => DisconnectReason::DuplicateClientId,
+        Reason::PublishResult(_) | Reason::SubscribeRefused | Reason::DelayedPublishRefused => {
+            DisconnectReason::ForbiddenAccess
+        }
+        Reason::ProtocolError(_) | Reason::MqttError(_) | Reason::SubscribeFailed(_) => {
+            DisconnectReason::ClientError
+        }
+        Reason::Reasons(all) => all
+            .first()
+            .map_or(DisconnectReason::ConnectionLost, disconnect_reason),
+        _ => DisconnectReason::ServerInitiatedDisconnect,
     }
 }
 
@@ -189,8 +238,13 @@ impl MqttLink for EmbeddedLink {
             ));
         }
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        self.register(Type::SessionSubscribed, 0, Sessions { tx })
-            .await?;
+        for kind in [
+            Type::SessionSubscribed,
+            Type::ClientConnected,
+            Type::ClientDisconnected,
+        ] {
+            self.register(kind, 0, Sessions { tx: tx.clone() }).await?;
+        }
         Ok(Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         ))))
