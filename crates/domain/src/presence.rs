@@ -65,6 +65,17 @@ pub struct Connectivity {
     pub last_disconnect_reason: Option<DisconnectReason>,
 }
 
+impl Connectivity {
+    /// As a thing carries it (and the API and the query language read it).
+    pub fn to_thing(&self) -> crate::thing::Connectivity {
+        crate::thing::Connectivity {
+            connected: self.connected,
+            since: self.since,
+            disconnect_reason: self.last_disconnect_reason.map(|r| r.as_str().to_owned()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     connectivity: Connectivity,

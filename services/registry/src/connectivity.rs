@@ -6,20 +6,24 @@
 use std::sync::Arc;
 
 use fleetcmd_contracts::convert::{
-    optional_target, require_target, timestamp_from_ms, validation_status,
+    connectivity_event_to_pb, connectivity_to_pb, optional_target, require_target,
+    validation_status,
 };
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::ids::Target;
 use fleetcmd_domain::policy::Action;
-use fleetcmd_domain::presence::Connectivity;
+use fleetcmd_domain::ports::{Page, ThingQuery};
+use fleetcmd_domain::thing::{self, Thing};
 use fleetcmd_service_kit::presence::Presence;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use crate::RegistryDeps;
+use crate::{RegistryDeps, list_status};
 
 /// Connectivity events buffered for one watcher before it is disconnected as too slow.
 const WATCH_BUFFER: usize = 1024;
+/// Registry pages one filtered ListThings page reads at most.
+const FILTER_PAGES: usize = 20;
 
 fn presence(deps: &RegistryDeps) -> Result<&Arc<Presence>, Status> {
     deps.presence.as_ref().ok_or_else(|| {
@@ -29,23 +33,80 @@ fn presence(deps: &RegistryDeps) -> Result<&Arc<Presence>, Status> {
     })
 }
 
-fn to_pb(c: Option<&Connectivity>) -> pb::Connectivity {
-    c.map_or_else(pb::Connectivity::default, |c| pb::Connectivity {
-        connected: c.connected,
-        since: Some(timestamp_from_ms(c.since)),
-        disconnect_reason: c
-            .last_disconnect_reason
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_default(),
-    })
-}
-
 /// The target a client id's connectivity is reported as, when a watcher names none: the
 /// thing of that name if it can be one, else the bare client.
 fn target_of(client_id: &str) -> Option<Target> {
     Target::thing(client_id)
         .or_else(|_| Target::client(client_id))
         .ok()
+}
+
+/// The connectivity of the thing `name` (of the client id equal to it), where known.
+pub(crate) fn of_thing(deps: &RegistryDeps, name: &str) -> Option<thing::Connectivity> {
+    let presence = deps.presence.as_ref()?;
+    Some(
+        presence
+            .connectivity(name)
+            .map(|c| c.to_thing())
+            .unwrap_or_default(),
+    )
+}
+
+/// ListThings, with each thing's connectivity where known. A connectivity filter is applied
+/// to the read model's pages here: a page is filled from up to [`FILTER_PAGES`] pages of the
+/// registry, so it may come back shorter than asked (or empty) with a `next_token` to go on.
+pub(crate) async fn list_things(
+    deps: &RegistryDeps,
+    mut query: ThingQuery,
+) -> Result<Page<(Thing, Option<thing::Connectivity>)>, Status> {
+    let Some(want) = query.connected.take() else {
+        let page = deps
+            .read_model
+            .list_things(&query)
+            .await
+            .map_err(list_status)?;
+        return Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|t| {
+                    let c = of_thing(deps, &t.thing_name);
+                    (t, c)
+                })
+                .collect(),
+            next_token: page.next_token,
+        });
+    };
+    let presence = presence(deps)?;
+    let wanted = query.page_size as usize;
+    let mut items = Vec::new();
+    for _ in 0..FILTER_PAGES {
+        // Never more things than there is room for: every match of a page fits, so the
+        // next token never skips one.
+        query.page_size = u32::try_from(wanted - items.len()).unwrap_or(u32::MAX);
+        let page = deps
+            .read_model
+            .list_things(&query)
+            .await
+            .map_err(list_status)?;
+        for t in page.items {
+            let c = presence
+                .connectivity(&t.thing_name)
+                .map(|c| c.to_thing())
+                .unwrap_or_default();
+            if c.connected == want {
+                items.push((t, Some(c)));
+            }
+        }
+        query.page_token = page.next_token;
+        if query.page_token.is_none() || items.len() >= wanted {
+            break;
+        }
+    }
+    Ok(Page {
+        items,
+        next_token: query.page_token,
+    })
 }
 
 pub(crate) async fn get(
@@ -59,8 +120,11 @@ pub(crate) async fn get(
         None,
         Some(&target),
     )?;
-    let c = presence(deps)?.connectivity(&target.id);
-    Ok(Response::new(to_pb(c.as_ref())))
+    let c = presence(deps)?
+        .connectivity(&target.id)
+        .map(|c| c.to_thing())
+        .unwrap_or_default();
+    Ok(Response::new(connectivity_to_pb(&c)))
 }
 
 pub(crate) async fn watch(
@@ -109,20 +173,14 @@ pub(crate) async fn watch(
                     None => continue,
                 },
             };
-            let c = &change.connectivity;
-            let event = pb::ConnectivityEvent {
-                target: Some(pb::Target {
-                    kind: pb::TargetKind::from(shown.kind) as i32,
-                    id: shown.id,
-                }),
-                client_id: change.client_id,
-                connected: c.connected,
-                timestamp: Some(timestamp_from_ms(c.since)),
-                disconnect_reason: c
-                    .last_disconnect_reason
-                    .map(|r| r.as_str().to_owned())
-                    .unwrap_or_default(),
-            };
+            let c = change.connectivity.to_thing();
+            let event = connectivity_event_to_pb(
+                &shown,
+                &change.client_id,
+                c.connected,
+                c.since,
+                c.disconnect_reason.as_deref(),
+            );
             match tx.try_send(Ok(event)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {

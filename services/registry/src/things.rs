@@ -18,7 +18,7 @@ use fleetcmd_service_kit::{await_projection, call_status, unexpected};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::{RegistryDeps, cas, connectivity, credentials, list_status};
+use crate::{RegistryDeps, cas, connectivity, credentials};
 
 pub struct ThingService {
     deps: Arc<RegistryDeps>,
@@ -156,7 +156,12 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
             .await
             .map_err(port_status)?
             .ok_or_else(|| not_found(name))?;
-        Ok(Response::new(thing_to_pb(thing, None, &self.deps.arns)))
+        let c = connectivity::of_thing(&self.deps, &thing.thing_name);
+        Ok(Response::new(thing_to_pb(
+            thing,
+            c.as_ref(),
+            &self.deps.arns,
+        )))
     }
 
     async fn list_things(
@@ -167,24 +172,16 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
             .auth
             .check(request.metadata(), Action::ListThings, None, None)?;
         let query = ThingQuery::try_from(request.into_inner()).map_err(validation_status)?;
-        if query.connected.is_some() {
-            return Err(not_yet("filtering things by connectivity"));
-        }
         if let Some((name, value)) = &query.attribute {
             let one = std::collections::BTreeMap::from([(name.clone(), value.clone())]);
             thing::validate_attributes(&one, false).map_err(validation_status)?;
         }
-        let page = self
-            .deps
-            .read_model
-            .list_things(&query)
-            .await
-            .map_err(list_status)?;
+        let page = connectivity::list_things(&self.deps, query).await?;
         Ok(Response::new(pb::ListThingsResponse {
             things: page
                 .items
                 .into_iter()
-                .map(|t| thing_to_pb(t, None, &self.deps.arns))
+                .map(|(t, c)| thing_to_pb(t, c.as_ref(), &self.deps.arns))
                 .collect(),
             next_token: page.next_token.unwrap_or_default(),
         }))

@@ -472,13 +472,10 @@ async fn calls_not_served_yet_say_so() -> Result {
     );
     expect_code(
         things
-            .list_things(pb::ListThingsRequest {
-                connectivity: pb::ConnectivityFilter::Connected as i32,
-                ..Default::default()
-            })
+            .list_thing_groups(pb::ListThingGroupsRequest::default())
             .await,
         Code::Unimplemented,
-        &["connectivity"],
+        &["ListThingGroups is not available"],
     );
     server.shutdown().await
 }

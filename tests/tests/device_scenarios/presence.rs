@@ -126,3 +126,63 @@ async fn a_takeover_keeps_the_client_id_connected_and_a_dropped_connection_is_lo
     assert_eq!(now.disconnect_reason, "CONNECTION_LOST");
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn things_list_by_connectivity_page_by_page_and_carry_it() -> Result {
+    let env = Env::start("presence-list").await?;
+    let mut things = env.server.things().await?;
+    for name in ["lamp-1", "lamp-2", "lamp-3", "lamp-4"] {
+        things
+            .create_thing(pb::CreateThingRequest {
+                thing_name: name.into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let mut observer = Device::v5(env.port(), "observer").await?;
+    observer
+        .subscribe(&["$aws/events/presence/connected/+"])
+        .await?;
+    let mut online = Vec::new();
+    for name in ["lamp-1", "lamp-3"] {
+        online.push(Device::v5(env.port(), name).await?);
+        let topic = format!("$aws/events/presence/connected/{name}");
+        observer.expect_topic(&topic, WAIT).await?;
+    }
+    let list = |filter: pb::ConnectivityFilter, next_token: String| pb::ListThingsRequest {
+        connectivity: filter as i32,
+        max_results: 1,
+        next_token,
+        ..Default::default()
+    };
+    for (filter, want) in [
+        (pb::ConnectivityFilter::Connected, ["lamp-1", "lamp-3"]),
+        (pb::ConnectivityFilter::Disconnected, ["lamp-2", "lamp-4"]),
+    ] {
+        let mut names = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = things.list_things(list(filter, token)).await?.into_inner();
+            assert!(page.things.len() <= 1, "{page:?}");
+            for t in &page.things {
+                let c = t.connectivity.clone().unwrap_or_default();
+                assert_eq!(c.connected, filter == pb::ConnectivityFilter::Connected);
+                names.push(t.thing_name.clone());
+            }
+            if page.next_token.is_empty() {
+                break;
+            }
+            token = page.next_token;
+        }
+        assert_eq!(names, want, "{filter:?}");
+    }
+    let lamp = things
+        .get_thing(pb::GetThingRequest {
+            thing_name: "lamp-3".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(lamp.connectivity.is_some_and(|c| c.connected));
+    drop(online);
+    env.stop().await
+}
