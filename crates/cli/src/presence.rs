@@ -11,26 +11,21 @@ use tonic::Status;
 use super::render::{self, time_full};
 use super::{Api, Output};
 
-/// A thing by name, or a bare MQTT client by id.
+/// A thing by name, or a bare MQTT client by id (`watch`: every device when neither).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
-pub struct TargetArgs {
+pub struct DeviceArgs {
     /// The thing name.
-    #[arg(value_name = "NAME", required_unless_present = "client_id")]
+    #[arg(value_name = "NAME")]
     pub thing_name: Option<String>,
     /// A bare MQTT client id instead of a thing.
     #[arg(long, value_name = "ID", conflicts_with = "thing_name")]
     pub client_id: Option<String>,
 }
 
-/// Like [`TargetArgs`], but every device when neither is given.
-#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
-pub struct WatchArgs {
-    /// Only this thing's changes.
-    #[arg(value_name = "NAME")]
-    pub thing_name: Option<String>,
-    /// Only this bare client's changes.
-    #[arg(long, value_name = "ID", conflicts_with = "thing_name")]
-    pub client_id: Option<String>,
+impl DeviceArgs {
+    fn target(&self) -> Option<pb::Target> {
+        target(self.thing_name.as_ref(), self.client_id.as_ref())
+    }
 }
 
 fn target(thing_name: Option<&String>, client_id: Option<&String>) -> Option<pb::Target> {
@@ -77,9 +72,12 @@ fn connectivity_text(c: &pb::Connectivity) -> String {
 }
 
 /// `thing connectivity`: answers in both forms, for the caller to print.
-pub async fn connectivity(api: &Api, args: TargetArgs) -> anyhow::Result<(Json, String)> {
+pub async fn connectivity(api: &Api, args: DeviceArgs) -> anyhow::Result<(Json, String)> {
+    let Some(target) = args.target() else {
+        anyhow::bail!("name a thing, or a bare client with --client-id");
+    };
     let request = pb::GetConnectivityRequest {
-        target: target(args.thing_name.as_ref(), args.client_id.as_ref()),
+        target: Some(target),
     };
     let c = get_connectivity(api, request).await?;
     Ok((connectivity_json(&c), connectivity_text(&c)))
@@ -120,12 +118,12 @@ fn event_line(e: &pb::ConnectivityEvent) -> String {
 /// `thing watch`: prints each change as it comes, until the stream ends or Ctrl-C.
 pub async fn watch(
     api: &Api,
-    args: WatchArgs,
+    args: DeviceArgs,
     output: Output,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let request = pb::WatchConnectivityRequest {
-        target: target(args.thing_name.as_ref(), args.client_id.as_ref()),
+        target: args.target(),
     };
     let mut stream = open(api, request).await?;
     let ctrl_c = tokio::signal::ctrl_c();

@@ -18,7 +18,7 @@ use fleetcmd_service_kit::presence::Presence;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use crate::{RegistryDeps, list_status};
+use crate::{RegistryDeps, forward, list_status};
 
 /// Connectivity events buffered for one watcher before it is disconnected as too slow.
 const WATCH_BUFFER: usize = 1024;
@@ -181,17 +181,9 @@ pub(crate) async fn watch(
                 c.since,
                 c.disconnect_reason.as_deref(),
             );
-            match tx.try_send(Ok(event)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    let _ = tx
-                        .send(Err(Status::resource_exhausted(format!(
-                            "the watcher fell more than {WATCH_BUFFER} changes behind and was disconnected; reconnect"
-                        ))))
-                        .await;
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            let lag = "changes behind and was disconnected; reconnect";
+            if !forward(&tx, event, WATCH_BUFFER, lag).await {
+                return;
             }
         }
     });

@@ -515,22 +515,33 @@ impl pb::command_registry_server::CommandRegistry for RegistryService {
                 {
                     continue;
                 }
-                match tx.try_send(Ok(changed_to_pb(changed))) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // Never stall the bus for one slow reader: end its stream instead.
-                        let _ = tx
-                            .send(Err(Status::resource_exhausted(format!(
-                                "the watcher fell more than {WATCH_BUFFER} events behind and was disconnected; reconnect and list to resynchronise"
-                            ))))
-                            .await;
-                        return;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                let lag = "events behind and was disconnected; reconnect and list to resynchronise";
+                if !forward(&tx, changed_to_pb(changed), WATCH_BUFFER, lag).await {
+                    return;
                 }
             }
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Hands `item` to a watcher's stream of `buffer` items; false once the stream is over (the
+/// watcher left, or fell a whole buffer behind and was told so, `lag` saying how: never stall
+/// the source for one slow reader).
+pub(crate) async fn forward<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    item: T,
+    buffer: usize,
+    lag: &str,
+) -> bool {
+    match tx.try_send(Ok(item)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            let message = format!("the watcher fell more than {buffer} {lag}");
+            let _ = tx.send(Err(Status::resource_exhausted(message))).await;
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }

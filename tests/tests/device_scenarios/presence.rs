@@ -69,7 +69,7 @@ async fn a_connect_and_a_clean_disconnect_are_published_and_change_the_connectiv
     // The CLI says the same.
     let api = fleetcmd_cli::Api::connect_lazy(&env.server.grpc_endpoint(), None)?;
     let mut out = Vec::new();
-    let verb = fleetcmd_cli::thing::ThingCmd::Connectivity(fleetcmd_cli::presence::TargetArgs {
+    let verb = fleetcmd_cli::thing::ThingCmd::Connectivity(fleetcmd_cli::presence::DeviceArgs {
         thing_name: Some("lamp-1".into()),
         client_id: None,
     });
