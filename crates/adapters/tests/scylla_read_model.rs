@@ -295,6 +295,7 @@ fn command(id: &str, created_at: i64) -> Command {
         deprecated: false,
         deprecated_at: None,
         delete_at: None,
+        supersede_pending: false,
     }
 }
 

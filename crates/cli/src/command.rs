@@ -75,6 +75,10 @@ pub struct CreateArgs {
     /// A tag (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
+    /// A new execution on a target cancels the target's older ones of this command that
+    /// still wait for their device (reason code $SUPERSEDED): the latest wins.
+    #[arg(long)]
+    pub supersede_pending: bool,
 }
 
 /// `--display-name` and `--description`, which `create` sets and `update` changes.
@@ -218,6 +222,7 @@ impl CreateArgs {
             preprocessor,
             mandatory_parameters,
             tags,
+            supersede_pending: self.supersede_pending,
         })
     }
 }

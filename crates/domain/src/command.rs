@@ -27,6 +27,9 @@ pub struct CreateCommand {
     pub template: Option<PayloadTemplate>,
     pub parameters: Vec<CommandParameter>,
     pub tags: BTreeMap<String, String>,
+    /// See [`Command::supersede_pending`].
+    #[serde(default)]
+    pub supersede_pending: bool,
 }
 
 /// UpdateCommand: only these three fields may change.
@@ -209,6 +212,7 @@ pub fn validate_create(req: &CreateCommand, now: TimestampMs) -> Result<Command,
         deprecated: false,
         deprecated_at: None,
         delete_at: None,
+        supersede_pending: req.supersede_pending,
     })
 }
 

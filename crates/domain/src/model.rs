@@ -189,6 +189,10 @@ pub struct Command {
     /// Set while a scheduled deletion is pending: when the command will be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_at: Option<TimestampMs>,
+    /// A new execution of it on a target cancels the target's older ones of it that still
+    /// wait for their device (`$SUPERSEDED`): the latest wins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supersede_pending: bool,
 }
 
 impl Command {
@@ -251,6 +255,9 @@ pub struct StatusReason {
 pub const NO_RESPONSE_FROM_DEVICE: &str = "$NO_RESPONSE_FROM_DEVICE";
 /// The reason code set when an API caller cancels an execution.
 pub const CANCELED_BY_CALLER: &str = "$CANCELED";
+/// Reason code of an execution that a newer one of the same command superseded while it
+/// still waited for its device (commands with `supersede_pending`).
+pub const SUPERSEDED: &str = "$SUPERSEDED";
 
 /// A result value reported by a device: `s`, `b` or `bin`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

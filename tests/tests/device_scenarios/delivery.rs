@@ -126,3 +126,32 @@ async fn an_execution_that_timed_out_while_its_device_was_offline_is_never_deliv
     device.disconnect().await?;
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lamp_toggled_five_times_while_offline_gets_only_the_last_toggle() -> Result {
+    let mut env = Env::start("delivery-supersede").await?;
+    env.create(fleetcmd_contracts::pb::CreateCommandRequest {
+        supersede_pending: true,
+        ..static_json_command("toggle", r#"{"toggle":true}"#)
+    })
+    .await?;
+    env.create(static_json_command("ping", r#"{"ping":"pong"}"#))
+        .await?;
+    let topics = Topics::thing("lamp-1");
+    let ping = env.start_simple(thing("lamp-1"), "ping", 60).await?;
+    let mut toggles = Vec::new();
+    for _ in 0..5 {
+        toggles.push(env.start_simple(thing("lamp-1"), "toggle", 60).await?);
+    }
+    let last = toggles.pop().unwrap_or_default();
+    for older in &toggles {
+        let e = env.get(older, false).await?;
+        assert_ended(&e, fleetcmd_contracts::pb::ExecutionStatus::Canceled);
+        assert_eq!(reason_code(&e), Some("$SUPERSEDED"), "{older}");
+    }
+    // Another command's execution is not superseded, and keeps its place in line.
+    let mut device = comes_online(&env, Version::V5, &topics).await?;
+    assert_eq!(next_requests(&mut device, &topics, 2).await?, [ping, last]);
+    device.disconnect().await?;
+    env.stop().await
+}

@@ -290,6 +290,7 @@ fn command_to_ipb(c: &Command) -> ipb::Command {
         deprecated: c.deprecated,
         deprecated_at_ms: c.deprecated_at,
         delete_at_ms: c.delete_at,
+        supersede_pending: c.supersede_pending,
     }
 }
 
@@ -312,6 +313,7 @@ fn command_from_ipb(c: ipb::Command) -> Result<Command> {
         deprecated: c.deprecated,
         deprecated_at: c.deprecated_at_ms,
         delete_at: c.delete_at_ms,
+        supersede_pending: c.supersede_pending,
     })
 }
 
@@ -504,6 +506,7 @@ fn command_input_to_pb(command_id: &str, input: &CommandInput) -> ipb::CommandIn
             template: c.template.as_ref().map(template_to_ipb),
             parameters: c.parameters.iter().cloned().map(Into::into).collect(),
             tags: c.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            supersede_pending: c.supersede_pending,
         }),
         CommandInput::Update(u) => I::Update(ipb::CommandUpdated {
             display_name: u.display_name.clone(),
@@ -531,6 +534,7 @@ fn command_input_from_pb(c: ipb::CommandInput) -> Result<ShardRequest> {
             template: c.template.map(template_from_ipb).transpose()?,
             parameters: parameters_list_from(c.parameters)?,
             tags: c.tags.into_iter().collect(),
+            supersede_pending: c.supersede_pending,
         })),
         I::Update(u) => CommandInput::Update(UpdateCommand {
             display_name: u.display_name,

@@ -83,6 +83,7 @@ fn template_command() -> Command {
         deprecated: true,
         deprecated_at: Some(2),
         delete_at: Some(3),
+        supersede_pending: true,
     }
 }
 
@@ -96,6 +97,7 @@ fn static_command() -> Command {
         deprecated: false,
         deprecated_at: None,
         delete_at: None,
+        supersede_pending: false,
         ..template_command()
     }
 }
@@ -413,6 +415,7 @@ fn every_request() -> Vec<ShardRequest> {
             }),
             parameters: template_command().parameters,
             tags: BTreeMap::from([("k".to_string(), "v".to_string())]),
+            supersede_pending: true,
         })),
         CommandInput::Update(UpdateCommand {
             display_name: None,

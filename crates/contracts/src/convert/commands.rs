@@ -207,6 +207,7 @@ impl TryFrom<pb::CreateCommandRequest> for CreateCommand {
             template,
             parameters,
             tags: req.tags.into_iter().collect(),
+            supersede_pending: req.supersede_pending,
         })
     }
 }
@@ -237,6 +238,7 @@ pub fn command_to_pb(command: Command, arns: &Arns) -> pb::Command {
         deprecated: command.deprecated,
         pending_deletion,
         deletion_scheduled_at: opt_timestamp_from_ms(command.delete_at),
+        supersede_pending: command.supersede_pending,
     }
 }
 
@@ -326,6 +328,7 @@ mod tests {
             deprecated: true,
             deprecated_at: Some(6_000),
             delete_at: Some(7_000),
+            supersede_pending: true,
         }
     }
 
@@ -634,6 +637,7 @@ mod tests {
             preprocessor: p.preprocessor,
             mandatory_parameters: p.mandatory_parameters.clone(),
             tags: p.tags.clone(),
+            supersede_pending: p.supersede_pending,
         };
         let c = CreateCommand::try_from(req).unwrap();
         assert_eq!(CommandBody::Template(c.template.unwrap()), command.body);

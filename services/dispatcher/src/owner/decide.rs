@@ -12,7 +12,7 @@ use fleetcmd_domain::error::{Rejection, RejectionCode, ValidationError};
 use fleetcmd_domain::event::{Aggregate, Event};
 use fleetcmd_domain::execution::{self, ExecutionInput};
 use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
-use fleetcmd_domain::model::{Command, Execution, TimestampMs};
+use fleetcmd_domain::model::{Command, Execution, SUPERSEDED, StatusReason, TimestampMs};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
 use fleetcmd_domain::shard::shard_of;
 use fleetcmd_domain::start::{self, PriorStart, StartRequest, TokenCheck};
@@ -328,20 +328,44 @@ fn decide_start(
         now,
         settings.retention_secs,
     )?;
+    // Latest wins: the target's older executions of the command that still wait for
+    // their device end first, in the same record, so the device is told before it gets
+    // the new one.
+    let mut events: Vec<(Aggregate, Event)> = Vec::new();
+    if command.supersede_pending {
+        for (older, _) in state.undelivered_of(&req.target, now) {
+            if older.command_id == req.command_id {
+                let reason = StatusReason {
+                    reason_code: SUPERSEDED.into(),
+                    reason_description: format!("superseded by execution {execution_id}"),
+                };
+                events.push((
+                    Aggregate::Execution {
+                        execution_id: older.execution_id.clone(),
+                        target: older.target.clone(),
+                    },
+                    Event::ExecutionCanceled {
+                        status_reason: Some(reason),
+                    },
+                ));
+            }
+        }
+    }
     let aggregate = Aggregate::Execution {
         execution_id: execution_id.clone(),
         target: execution.target.clone(),
     };
+    events.push((
+        aggregate,
+        Event::ExecutionStarted {
+            execution: Box::new(execution),
+            payload,
+            request_fingerprint: fingerprint,
+        },
+    ));
     Ok(Decision {
         hydrate: None,
-        events: vec![(
-            aggregate,
-            Event::ExecutionStarted {
-                execution: Box::new(execution),
-                payload,
-                request_fingerprint: fingerprint,
-            },
-        )],
+        events,
         outcome: Outcome::Started { execution_id },
     })
 }

@@ -51,6 +51,7 @@ fn reboot() -> Command {
         deprecated: false,
         deprecated_at: None,
         delete_at: None,
+        supersede_pending: false,
     }
 }
 
@@ -288,6 +289,70 @@ fn a_targets_waiting_executions_are_delivered_in_start_order_until_its_device_an
         .map(|(e, _)| e.execution_id.to_string())
         .collect();
     assert_eq!(ids, ["e1", "e3"]);
+}
+
+#[test]
+fn a_superseding_start_cancels_the_older_waiting_ones_of_its_command_on_its_target_only() {
+    let mut shard = given();
+    let toggle = Command {
+        command_id: CommandId::parse("toggle").unwrap(),
+        supersede_pending: true,
+        ..reboot()
+    };
+    shard
+        .lookups
+        .commands
+        .insert(toggle.command_id.clone(), Some(toggle));
+    let start_of = |command: &str, target: Target| {
+        ShardRequest::Start(StartRequest {
+            command_id: CommandId::parse(command).unwrap(),
+            target,
+            parameters: BTreeMap::new(),
+            timeout_secs: Some(60),
+            client_token: None,
+        })
+    };
+    let lamp_2 = Target::thing("lamp-2").unwrap();
+    shard.when(start_of("toggle", target()), 1).unwrap(); // e1: answered at once
+    shard
+        .when(report("e1", target(), ExecutionStatus::InProgress), 2)
+        .unwrap();
+    shard.when(start_of("toggle", target()), 3).unwrap(); // e2: waits
+    shard.when(start_of("reboot", target()), 4).unwrap(); // e3: another command
+    shard.when(start_of("toggle", lamp_2.clone()), 5).unwrap(); // e4: another target
+    shard.when(start_of("toggle", target()), 6).unwrap(); // e5: supersedes e2
+    let d = shard.when(start_of("toggle", target()), 7).unwrap(); // e6: supersedes e5
+    let canceled: Vec<String> = d
+        .events
+        .iter()
+        .filter_map(|(a, e)| match (a, e) {
+            (
+                Aggregate::Execution { execution_id, .. },
+                Event::ExecutionCanceled { status_reason },
+            ) => {
+                let reason = status_reason.as_ref().map(|r| r.reason_code.as_str());
+                assert_eq!(reason, Some("$SUPERSEDED"));
+                Some(execution_id.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(canceled, ["e5"], "e2 went when e5 started; e1 was answered");
+    assert!(matches!(
+        d.events.last(),
+        Some((_, Event::ExecutionStarted { .. }))
+    ));
+    let status = |id: &str| shard.execution(id).status;
+    assert_eq!(status("e2"), ExecutionStatus::Canceled);
+    assert_eq!(status("e1"), ExecutionStatus::InProgress);
+    assert_eq!(status("e3"), ExecutionStatus::Created);
+    assert_eq!(status("e4"), ExecutionStatus::Created);
+    let waiting: Vec<String> = shard
+        .state
+        .undelivered_of(&target(), 7)
+        .map(|(e, _)| e.execution_id.to_string())
+        .collect();
+    assert_eq!(waiting, ["e3", "e6"]);
 }
 
 #[test]

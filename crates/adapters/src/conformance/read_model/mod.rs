@@ -198,6 +198,8 @@ fn command(
         deprecated: false,
         deprecated_at: None,
         delete_at: None,
+        // Both values, so each store keeps the field either way.
+        supersede_pending: n.len() % 2 == 1,
     }
 }
 
