@@ -63,6 +63,7 @@ pub fn test_args(name: &str) -> ServeArgs {
         deletion_wait_secs: 43_200,
         client_token_memory_secs: 900,
         retention_secs: 183 * 24 * 3600,
+        max_in_flight: None,
         log_json: false,
         metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
         otlp_endpoint: None,

@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// How long execution records are kept.
     #[arg(long, env = "FLEETCMD_RETENTION_SECS", default_value_t = 183 * 24 * 3600)]
     pub retention_secs: u64,
+    /// The most executions of a target with its device at once when its thing sets no
+    /// `max_in_flight`; later ones wait, and go out in start order as earlier ones end
+    /// (unset: no limit, as AWS).
+    #[arg(long, env = "FLEETCMD_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<u32>,
     /// Log as JSON lines (with `trace_id` and `span_id` while a traced span is active).
     #[arg(long, env = "FLEETCMD_LOG_JSON")]
     pub log_json: bool,
@@ -292,6 +297,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         },
         topic_root: topic_root.clone(),
         token_memory: Duration::from_secs(args.client_token_memory_secs),
+        max_in_flight_default: args.max_in_flight.filter(|n| *n > 0),
         ..OwnerConfig::default()
     });
     let owner_deps = OwnerDeps {

@@ -45,6 +45,7 @@ fn args(name: &str) -> ServeArgs {
         deletion_wait_secs: 43_200,
         client_token_memory_secs: 900,
         retention_secs: 183 * 24 * 3600,
+        max_in_flight: None,
         log_json: false,
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         otlp_endpoint: None,

@@ -155,3 +155,89 @@ async fn a_lamp_toggled_five_times_while_offline_gets_only_the_last_toggle() -> 
     device.disconnect().await?;
     env.stop().await
 }
+
+/// The requests `device` holds right now (arrived, not yet taken).
+fn requests_held(device: &mut Device, topics: &Topics) -> Vec<String> {
+    device
+        .take_received()
+        .iter()
+        .filter(|m| topics.is_request(&m.topic))
+        .filter_map(|m| m.execution_id().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thing_with_max_in_flight_one_gets_one_execution_at_a_time_in_start_order() -> Result {
+    let (mut env, _obs, topics) = given_an_offline_device("delivery-one-at-a-time").await?;
+    let mut things = env.server.things().await?;
+    things
+        .create_thing(fleetcmd_contracts::pb::CreateThingRequest {
+            thing_name: "lamp-1".into(),
+            max_in_flight: 1,
+            ..Default::default()
+        })
+        .await?;
+    let mut device = comes_online(&env, Version::V5, &topics).await?;
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        started.push(env.start_simple(thing("lamp-1"), "ping", 60).await?);
+    }
+    for (i, id) in started.iter().enumerate() {
+        assert_eq!(
+            next_requests(&mut device, &topics, 1).await?,
+            std::slice::from_ref(id),
+            "execution {i} is the next to arrive"
+        );
+        let reply = device
+            .report_json(&topics, id, &json!({"status": "IN_PROGRESS"}))
+            .await?;
+        assert_accepted(&reply, id)?;
+        // Still live: the next one waits. Its request would have come before this reply.
+        assert!(requests_held(&mut device, &topics).is_empty(), "{i}");
+        let reply = device
+            .report_json(&topics, id, &json!({"status": "SUCCEEDED"}))
+            .await?;
+        assert_accepted(&reply, id)?;
+    }
+    device.disconnect().await?;
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_default_limit_holds_a_bare_clients_second_execution_until_the_first_is_canceled()
+-> Result {
+    let mut env = Env::start_with(fleetcmd_e2e::ServeArgs {
+        max_in_flight: Some(1),
+        ..fleetcmd_e2e::test_args("delivery-default-limit")
+    })
+    .await?;
+    env.create(static_json_command("ping", r#"{"ping":"pong"}"#))
+        .await?;
+    let topics = Topics::client("sensor-7");
+    let mut device = Device::connect(env.port(), DeviceOptions::v5("sensor-7")).await?;
+    device.subscribe(&topics.device_filters()).await?;
+    let first = env
+        .start_simple(fleetcmd_e2e::client("sensor-7"), "ping", 60)
+        .await?;
+    let second = env
+        .start_simple(fleetcmd_e2e::client("sensor-7"), "ping", 60)
+        .await?;
+    assert_eq!(
+        next_requests(&mut device, &topics, 1).await?,
+        std::slice::from_ref(&first)
+    );
+    env.dispatcher
+        .cancel_command_execution(fleetcmd_contracts::pb::CancelCommandExecutionRequest {
+            execution_id: first.clone(),
+            target: Some(fleetcmd_e2e::client("sensor-7")),
+            ..Default::default()
+        })
+        .await?;
+    // Held until now: the first's cancel notice is the next message, before the second's
+    // request (which, sent at its start, would have come first).
+    let next = device.recv(WAIT).await?;
+    assert_eq!(next.topic, topics.cancel(&first));
+    assert_eq!(next_requests(&mut device, &topics, 1).await?, [second]);
+    device.disconnect().await?;
+    env.stop().await
+}

@@ -46,6 +46,9 @@ pub struct OwnerConfig {
     /// A new owner that replayed at least this many records after the latest snapshot saves
     /// one as soon as it is ready (after a hand-over), so the next hand-over is quick.
     pub snapshot_after_tail_records: u64,
+    /// The most executions of a target with its device at once when its thing sets no
+    /// `max_in_flight` (`None`: no limit, as AWS).
+    pub max_in_flight_default: Option<u32>,
 }
 
 impl Default for OwnerConfig {
@@ -60,6 +63,7 @@ impl Default for OwnerConfig {
             token_memory: Duration::from_secs(15 * 60),
             snapshot_every_records: 100_000,
             snapshot_after_tail_records: 10_000,
+            max_in_flight_default: None,
         }
     }
 }

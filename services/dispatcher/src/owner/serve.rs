@@ -6,6 +6,7 @@
 //! every request of the batch gets a retryable answer and the state is rebuilt from the log,
 //! so nothing unacknowledged is assumed written.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use fleetcmd_domain::device::encode_cancel_notice;
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::ids::{ExecutionId, Target};
-use fleetcmd_domain::model::{Execution, Payload, TimestampMs};
+use fleetcmd_domain::model::{Execution, ExecutionStatus, Payload, TimestampMs};
 use fleetcmd_domain::ports::{
     BusMessage, CommandWrite, CredentialWrite, ExecutionWrite, PortError, ProjectionWrites,
     ThingWrite,
@@ -65,6 +66,9 @@ pub(super) struct Owner {
     state: ShardState,
     /// The `next_offset` of the latest snapshot saved or loaded.
     snapshot_at: u64,
+    /// Waiting executions not handed to the edge because their target had as many with its
+    /// device as its in-flight limit allows: each goes out once an earlier one ends.
+    held: std::sync::Mutex<HashSet<ExecutionId>>,
 }
 
 /// How a rebuild went.
@@ -91,6 +95,52 @@ impl Owner {
             shard,
             settings,
             snapshot_at: 0,
+            held: Default::default(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<ExecutionId>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn in_flight_limit(&self, target: &Target) -> Option<usize> {
+        self.state
+            .in_flight_limit(target, self.config.max_in_flight_default)
+    }
+
+    /// Whether `e` may go to its device now; when it may not, it is held until an earlier
+    /// execution of its target ends.
+    fn release_or_hold(&self, e: &Execution) -> bool {
+        let within = self.state.within_limit(e, self.in_flight_limit(&e.target));
+        if !within {
+            self.held().insert(e.execution_id.clone());
+        }
+        within
+    }
+
+    /// Hands the edge the held executions of `target` that its in-flight limit now lets
+    /// through (an earlier one ended, or the limit was raised).
+    async fn release(&self, target: &Target) {
+        let now = self.deps.clock.now_ms();
+        let limit = self.in_flight_limit(target);
+        let released: Vec<Delivery> = {
+            let mut held = self.held();
+            if held.is_empty() {
+                return;
+            }
+            self.state
+                .in_flight_window(target, limit)
+                .iter()
+                .filter(|id| held.remove(*id))
+                .filter_map(|id| self.state.waiting_execution(id, now))
+                .map(|(e, payload)| self.delivery(e, payload))
+                .collect()
+        };
+        for d in released {
+            let message = BusMessage::new(DELIVER_SUBJECT, codec::encode_delivery(&d));
+            if let Err(err) = self.deps.bus.publish(message).await {
+                tracing::warn!(topic = %d.topic, error = %err, "could not hand a released execution to the edge");
+            }
         }
     }
 
@@ -98,6 +148,7 @@ impl Owner {
     /// 0 when there is no snapshot, or it cannot be read).
     pub(super) async fn rebuild(&mut self) -> Result<Rebuilt, PortError> {
         self.state = ShardState::new(token_memory_ms(&self.config));
+        self.held().clear();
         self.snapshot_at = 0;
         match self.deps.snapshots.load_snapshot(self.shard).await {
             Ok(Some((offset, data))) => match codec::decode_snapshot(&data) {
@@ -663,9 +714,11 @@ impl Owner {
     /// device has just subscribed to its requests.
     async fn deliver_pending(&self, target: &Target) {
         let now = self.deps.clock.now_ms();
+        let limit = self.in_flight_limit(target);
         let deliveries: Vec<Delivery> = self
             .state
             .undelivered_of(target, now)
+            .filter(|(e, _)| self.state.within_limit(e, limit))
             .map(|(e, payload)| self.delivery(e, payload))
             .collect();
         for d in deliveries {
@@ -683,6 +736,9 @@ impl Owner {
         let now = self.deps.clock.now_ms();
         let mut count = 0usize;
         for (e, payload) in self.state.undelivered(now) {
+            if !self.release_or_hold(e) {
+                continue;
+            }
             let d = self.delivery(e, payload);
             let message = BusMessage::new(DELIVER_SUBJECT, codec::encode_delivery(&d));
             match self.deps.bus.publish(message).await {
@@ -714,7 +770,9 @@ impl Owner {
                         execution, payload, ..
                     },
                     _,
-                ) => Some(self.delivery(execution, payload)),
+                ) => self
+                    .release_or_hold(execution)
+                    .then(|| self.delivery(execution, payload)),
                 (
                     Event::ExecutionCanceled { status_reason },
                     Aggregate::Execution {
@@ -742,6 +800,40 @@ impl Owner {
                     tracing::warn!(topic = %d.topic, error = %e, "could not hand a delivery to the edge");
                 }
             }
+        }
+        // An execution that ended, or a thing whose limit changed, may let a held one go.
+        let mut freed: Vec<Target> = Vec::new();
+        for env in events {
+            let ended = |event: &Event| {
+                matches!(event, Event::ExecutionDeleted)
+                    || event.new_status().is_some_and(|s| {
+                        !matches!(s, ExecutionStatus::Created | ExecutionStatus::InProgress)
+                    })
+            };
+            let target = match (&env.aggregate, &env.event) {
+                (
+                    Aggregate::Execution {
+                        target,
+                        execution_id,
+                    },
+                    event,
+                ) if ended(event) => {
+                    // Held and ended before its turn: it never goes out.
+                    self.held().remove(execution_id);
+                    target.clone()
+                }
+                (Aggregate::Thing(name), _) => match Target::thing(name.clone()) {
+                    Ok(t) => t,
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            if !freed.contains(&target) {
+                freed.push(target);
+            }
+        }
+        for target in &freed {
+            self.release(target).await;
         }
     }
 

@@ -14,7 +14,7 @@ use fleetcmd_domain::command;
 use fleetcmd_domain::credential::{self, Credentials};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, ShardSnapshot, SnapshotToken};
 use fleetcmd_domain::execution::{self, Folded};
-use fleetcmd_domain::ids::{ExecutionId, Target};
+use fleetcmd_domain::ids::{ExecutionId, Target, TargetKind};
 use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, TimestampMs};
 use fleetcmd_domain::start::PriorStart;
 use fleetcmd_domain::thing::{self, Thing};
@@ -74,6 +74,9 @@ pub struct ShardState {
     /// The executions still CREATED, with their payloads: delivered again when their device
     /// subscribes, and by a new owner after a rebuild.
     undelivered: Pending,
+    /// Each target's live executions (CREATED or IN_PROGRESS), in start order: a target's
+    /// in-flight limit lets only the first ones of it reach the device.
+    live: HashMap<Target, Vec<ExecutionId>>,
 }
 
 impl ShardState {
@@ -180,6 +183,44 @@ impl ShardState {
             .filter_map(move |id| self.waiting(id, self.undelivered.payload(id)?, now))
     }
 
+    /// The most executions of `target` that may be with its device at once: its thing's
+    /// `max_in_flight`, else `default`; `None`: no limit.
+    pub fn in_flight_limit(&self, target: &Target, default: Option<u32>) -> Option<usize> {
+        let own = match target.kind {
+            TargetKind::Thing => self.thing(&target.id).and_then(|t| t.max_in_flight),
+            TargetKind::Client => None,
+        };
+        own.or(default)
+            .filter(|n| *n > 0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Whether `e` may reach its device now: it is among the first `limit` live executions
+    /// of its target.
+    pub fn within_limit(&self, e: &Execution, limit: Option<usize>) -> bool {
+        let Some(limit) = limit else { return true };
+        self.live
+            .get(&e.target)
+            .is_some_and(|ids| ids.iter().take(limit).any(|id| *id == e.execution_id))
+    }
+
+    /// The live executions of `target` that its in-flight limit lets through, in start
+    /// order (all of them without a limit).
+    pub fn in_flight_window(&self, target: &Target, limit: Option<usize>) -> &[ExecutionId] {
+        let ids = self.live.get(target).map_or(&[][..], Vec::as_slice);
+        &ids[..limit.unwrap_or(usize::MAX).min(ids.len())]
+    }
+
+    /// The execution `id` with its payload while it waits for its device (CREATED, not past
+    /// `now`).
+    pub fn waiting_execution(
+        &self,
+        id: &ExecutionId,
+        now: TimestampMs,
+    ) -> Option<(&Execution, &Payload)> {
+        self.waiting(id, self.undelivered.payload(id)?, now)
+    }
+
     fn waiting<'a>(
         &'a self,
         id: &ExecutionId,
@@ -283,12 +324,19 @@ impl ShardState {
     fn apply_execution(&mut self, id: &ExecutionId, env: &EventEnvelope, offset: u64) {
         let mut slot = self.executions.remove(id);
         let was_terminal = slot.as_ref().is_some_and(|e| e.terminal);
+        // Only a delete loses the record, and with it the target the live list is kept by.
+        let deleted_target = matches!(env.event, Event::ExecutionDeleted)
+            .then(|| slot.as_ref().map(|e| e.target.clone()))
+            .flatten();
         match execution::fold(&mut slot, &env.event, env.at, env.seq) {
             Folded::Unchanged => {}
             Folded::Deleted => {
                 self.last_offsets.remove(id);
                 self.traces.remove(id);
                 self.undelivered.remove(id);
+                if let Some(target) = &deleted_target {
+                    self.leave_live(target, id);
+                }
             }
             Folded::Applied => {
                 self.last_offsets.insert(id.clone(), offset);
@@ -301,6 +349,14 @@ impl ShardState {
                     // Any status change means the device got it, or it no longer matters.
                     _ => {
                         self.undelivered.remove(id);
+                        if let Some(e) = &slot
+                            && !matches!(
+                                e.status,
+                                ExecutionStatus::Created | ExecutionStatus::InProgress
+                            )
+                        {
+                            self.leave_live(&e.target, id);
+                        }
                     }
                 }
                 if let Some(e) = &slot
@@ -345,6 +401,21 @@ impl ShardState {
             self.traces.insert(id.clone(), trace.clone());
         }
         self.undelivered.insert(&e.target, id, payload);
+        match self.live.get_mut(&e.target) {
+            Some(ids) => ids.push(id.clone()),
+            None => {
+                self.live.insert(e.target.clone(), vec![id.clone()]);
+            }
+        }
+    }
+
+    fn leave_live(&mut self, target: &Target, id: &ExecutionId) {
+        if let Some(ids) = self.live.get_mut(target) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.live.remove(target);
+            }
+        }
     }
 
     /// Records that `records` records were appended from offset `first` on. Inputs are
@@ -494,6 +565,25 @@ impl ShardState {
         }
         drop(undelivered);
         state.undelivered = pending;
+        let mut live: Vec<&Execution> = state
+            .executions
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.status,
+                    ExecutionStatus::Created | ExecutionStatus::InProgress
+                )
+            })
+            .collect();
+        live.sort_by_key(|e| (e.started_at, state.last_offsets.get(&e.execution_id)));
+        let mut by_target: HashMap<Target, Vec<ExecutionId>> = HashMap::new();
+        for e in live {
+            by_target
+                .entry(e.target.clone())
+                .or_default()
+                .push(e.execution_id.clone());
+        }
+        state.live = by_target;
         state.traces = snapshot.traces.into_iter().collect();
         let mut order: Vec<(TokenKey, TimestampMs)> = Vec::new();
         for t in snapshot.tokens {

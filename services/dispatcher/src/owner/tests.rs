@@ -356,6 +356,40 @@ fn a_superseding_start_cancels_the_older_waiting_ones_of_its_command_on_its_targ
 }
 
 #[test]
+fn the_in_flight_window_holds_the_first_live_executions_in_start_order() {
+    let mut shard = given();
+    for at in 0..3 {
+        shard.when(start(None, Some(60)), at).unwrap();
+    }
+    let ids = |w: &[ExecutionId]| w.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(shard.state.in_flight_limit(&target(), None), None);
+    assert_eq!(shard.state.in_flight_limit(&target(), Some(2)), Some(2));
+    assert_eq!(
+        ids(shard.state.in_flight_window(&target(), Some(2))),
+        ["e1", "e2"]
+    );
+    assert!(!shard.state.within_limit(shard.execution("e3"), Some(2)));
+    shard
+        .when(report("e1", target(), ExecutionStatus::InProgress), 3)
+        .unwrap();
+    assert_eq!(
+        ids(shard.state.in_flight_window(&target(), Some(2))),
+        ["e1", "e2"],
+        "IN_PROGRESS is still in flight"
+    );
+    shard
+        .when(report("e1", target(), ExecutionStatus::Succeeded), 4)
+        .unwrap();
+    assert_eq!(
+        ids(shard.state.in_flight_window(&target(), Some(2))),
+        ["e2", "e3"]
+    );
+    assert!(shard.state.within_limit(shard.execution("e3"), Some(2)));
+    let again = ShardState::from_snapshot(shard.state.to_snapshot(), 60_000);
+    assert_eq!(ids(again.in_flight_window(&target(), None)), ["e2", "e3"]);
+}
+
+#[test]
 fn a_start_of_an_unknown_command_is_not_found_and_an_unread_one_is_retryable() {
     let mut shard = given();
     shard

@@ -25,6 +25,9 @@ pub struct ClusterConfig {
     /// How long a client token stays in a dispatcher's memory after its start; retries with
     /// older tokens are answered from the read model.
     pub client_token_memory_secs: u64,
+    /// The most executions of a target with its device at once when its thing sets no
+    /// `max_in_flight` (unset: no limit, as AWS).
+    pub max_in_flight: Option<u32>,
     /// Log as JSON lines (with `trace_id` and `span_id` while a traced span is active).
     pub log_json: bool,
     pub grpc: GrpcConfig,
@@ -146,6 +149,7 @@ impl Default for ClusterConfig {
         Self {
             shards: 64,
             topic_root: "$aws".into(),
+            max_in_flight: None,
             retention_secs: fleetcmd_domain::limits::RETENTION_DEFAULT_SECS,
             deletion_wait_secs: fleetcmd_domain::limits::DELETION_WAIT_DEFAULT_SECS,
             client_token_memory_secs: 900,

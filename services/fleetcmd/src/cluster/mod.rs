@@ -198,6 +198,7 @@ pub async fn start(
                 },
                 topic_root: topic_root.clone(),
                 token_memory: Duration::from_secs(config.client_token_memory_secs),
+                max_in_flight_default: config.max_in_flight.filter(|n| *n > 0),
                 ..OwnerConfig::default()
             });
             let deps = OwnerDeps {
