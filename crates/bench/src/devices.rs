@@ -160,6 +160,32 @@ impl Fleet {
     }
 }
 
+/// The execution ids a device acted on lately (the last [`Seen::CAPACITY`]).
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Seen {
+    const CAPACITY: usize = 1024;
+
+    /// True the first time `id` is seen (within the last [`Self::CAPACITY`]).
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == Self::CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.ids.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
+}
+
 struct Bodies {
     in_progress: Bytes,
     succeeded: Bytes,
@@ -184,6 +210,9 @@ impl Device {
             .collect();
         // Executions waiting for IN_PROGRESS to be accepted (progress behavior).
         let mut in_progress: HashSet<String> = HashSet::new();
+        // fleetcmd may send a request again (a new subscription, a failover): a device acts
+        // on each execution id once, as the device protocol asks.
+        let mut seen = Seen::default();
         let mut subscribed = false;
         loop {
             let event = tokio::select! {
@@ -210,6 +239,9 @@ impl Device {
                     };
                     match protocol::classify(&self.root, &self.target, topic) {
                         Some(Inbound::Request { execution_id, .. }) => {
+                            if !seen.first_time(&execution_id) {
+                                continue;
+                            }
                             let _ = self
                                 .notes
                                 .send(Note::Delivered {
@@ -326,4 +358,22 @@ pub fn publish(client: &AsyncClient, topic: String, body: Bytes, delay: Duration
             tracing::debug!(error = %e, "bench publish failed");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_acts_on_an_execution_id_once_among_its_latest() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time("e1"));
+        assert!(!seen.first_time("e1"));
+        for i in 0..Seen::CAPACITY {
+            assert!(seen.first_time(&format!("x{i}")));
+        }
+        // e1 is older than the last CAPACITY ids: forgotten.
+        assert!(seen.first_time("e1"));
+        assert_eq!(seen.ids.len(), Seen::CAPACITY);
+    }
 }

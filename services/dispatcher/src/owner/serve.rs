@@ -801,7 +801,11 @@ impl Owner {
                 }
             }
         }
-        // An execution that ended, or a thing whose limit changed, may let a held one go.
+        // An execution that ended, or a thing whose limit changed, may let a held one go
+        // (nothing to do, and nothing to look at, while none is held: the common case).
+        if self.held().is_empty() {
+            return;
+        }
         let mut freed: Vec<Target> = Vec::new();
         for env in events {
             let ended = |event: &Event| {
