@@ -77,6 +77,10 @@ pub struct ListArgs {
     /// Only executions in this status (repeatable: any of them).
     #[arg(long = "status", value_name = "STATUS", value_parser = super::parse_status)]
     pub statuses: Vec<pb::ExecutionStatus>,
+    /// Only executions still waiting for their device (CREATED: not answered yet), in
+    /// start order with `--sort asc`.
+    #[arg(long, conflicts_with = "statuses")]
+    pub undelivered: bool,
     /// Started at or after (RFC 3339, or yyyy-MM-ddTHH:mm in UTC).
     #[arg(long, value_name = "TIME", value_parser = timefmt::parse_time_arg)]
     pub started_after: Option<Timestamp>,
@@ -179,7 +183,13 @@ fn status_filter(statuses: &[pb::ExecutionStatus]) -> (i32, Vec<i32>) {
 
 impl ListArgs {
     pub fn to_request(&self) -> pb::ListCommandExecutionsRequest {
-        let (status, statuses) = status_filter(&self.statuses);
+        let waiting = [pb::ExecutionStatus::Created];
+        let chosen = if self.undelivered {
+            &waiting[..]
+        } else {
+            &self.statuses
+        };
+        let (status, statuses) = status_filter(chosen);
         pb::ListCommandExecutionsRequest {
             max_results: self.page.max_results.unwrap_or(0),
             next_token: self.page.next_token.clone().unwrap_or_default(),
@@ -455,6 +465,14 @@ mod tests {
         assert_eq!(req.sort_order, pb::SortOrder::Ascending as i32);
         assert_eq!(req.max_results, 50);
         assert_eq!(req.next_token, "abc");
+
+        let req = list_request("list --thing lamp-1 --undelivered");
+        assert_eq!(req.status, pb::ExecutionStatus::Created as i32);
+        assert_eq!(req.target.as_ref().unwrap().id, "lamp-1");
+        assert!(
+            crate::parse_verb::<ExecCmd>("exec", "list --undelivered --status failed".split(' '))
+                .is_err()
+        );
 
         let req = list_request(
             "list --status SUCCEEDED --status timed-out --completed-before 2024-11-01",
