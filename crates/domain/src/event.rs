@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca::{CaCertificate, CaEvent};
 use crate::credential::{CredentialEvent, Credentials};
+use crate::group::{GroupEvent, ThingGroup};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{
     Command, Execution, ExecutionStatus, Payload, ResultValue, StatusReason, TimestampMs,
@@ -29,6 +30,8 @@ pub enum Aggregate {
     Credential(Target),
     /// A registered CA certificate, by its certificate id.
     Ca(String),
+    /// A thing group, by name.
+    Group(String),
 }
 
 impl Aggregate {
@@ -42,6 +45,7 @@ impl Aggregate {
             // The owner's: a thing's credentials live in the shard of the thing.
             Self::Credential(owner) => owner.resource_name(),
             Self::Ca(id) => crate::ca::routing_key(id),
+            Self::Group(name) => crate::group::routing_key(name),
         }
     }
 }
@@ -123,6 +127,10 @@ pub enum Event {
     Ca {
         event: CaEvent,
     },
+    /// A fact about a thing group.
+    Group {
+        event: GroupEvent,
+    },
 }
 
 impl Event {
@@ -147,6 +155,7 @@ impl Event {
             },
             Self::Credential { event } => event.name(),
             Self::Ca { event } => event.name(),
+            Self::Group { event } => event.name(),
         }
     }
 
@@ -185,6 +194,8 @@ pub struct ShardSnapshot {
     pub credentials: Vec<Credentials>,
     /// The shard's registered CA certificates (each carries its version).
     pub cas: Vec<CaCertificate>,
+    /// The shard's thing groups (each carries its version).
+    pub groups: Vec<ThingGroup>,
 }
 
 /// A client token in a [`ShardSnapshot`].

@@ -172,7 +172,8 @@ pub fn apply(e: &mut Execution, event: &Event, at: TimestampMs, seq: u64) -> boo
         | Event::CommandDeleted
         | Event::Thing { .. }
         | Event::Credential { .. }
-        | Event::Ca { .. } => {}
+        | Event::Ca { .. }
+        | Event::Group { .. } => {}
     }
     true
 }

@@ -15,6 +15,7 @@ pub mod device_acl;
 pub mod error;
 pub mod event;
 pub mod execution;
+pub mod group;
 pub mod ids;
 pub mod limits;
 pub mod model;

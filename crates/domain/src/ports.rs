@@ -10,6 +10,7 @@ use futures::Stream;
 
 use crate::ca::CaCertificate;
 use crate::credential::{CertificateRecord, Credentials};
+use crate::group::ThingGroup;
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{Command, Execution, ExecutionStatus, TimestampMs};
 use crate::thing::Thing;
@@ -263,6 +264,33 @@ impl ThingWrite {
     }
 }
 
+/// A write to the read model's thing groups. Groups of one partition are written in log
+/// order (one writer per partition), so a later write always wins.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupWrite {
+    Upsert(ThingGroup),
+    Delete(String),
+}
+
+impl GroupWrite {
+    /// The group this write is about.
+    pub fn group_name(&self) -> &str {
+        match self {
+            Self::Upsert(g) => &g.thing_group_name,
+            Self::Delete(name) => name,
+        }
+    }
+}
+
+/// ListThingGroups.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupQuery {
+    /// Keep groups whose name starts with this.
+    pub name_prefix: Option<String>,
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
 /// A write to the read model's credentials: the owner's credentials whole (its certificates,
 /// its password hash and its version). Credentials are never deleted (certificates are
 /// revoked, not removed), so an upsert is the only write. A store keeps the write with the
@@ -284,6 +312,7 @@ pub struct ProjectionBatch {
     pub credentials: Vec<CredentialWrite>,
     /// Registered CA certificates, each whole; a store keeps the highest `version`.
     pub cas: Vec<CaCertificate>,
+    pub groups: Vec<GroupWrite>,
 }
 
 /// The read model: what Get and List serve, folded from the log by the projector.
@@ -351,6 +380,11 @@ pub trait ReadModel: Send + Sync + 'static {
     /// Every registered CA certificate, by id (few: they are trust anchors).
     async fn list_ca_certificates(&self) -> PortResult<Vec<CaCertificate>>;
 
+    async fn get_thing_group(&self, name: &str) -> PortResult<Option<ThingGroup>>;
+
+    /// Thing groups by name, ascending.
+    async fn list_thing_groups(&self, query: &GroupQuery) -> PortResult<Page<ThingGroup>>;
+
     /// The argon2id PHC string of `owner`'s password, if one is set. The default reads the
     /// owner's credentials.
     async fn get_password_hash(&self, owner: &Target) -> PortResult<Option<String>> {
@@ -416,6 +450,7 @@ pub struct ProjectionWrites {
     pub credentials: Vec<CredentialWrite>,
     /// Registered CA certificates, each whole; a store keeps the highest `version`.
     pub cas: Vec<CaCertificate>,
+    pub groups: Vec<GroupWrite>,
 }
 
 /// Who a connecting device is, as the credential registry knows it: the embedded broker's

@@ -16,6 +16,7 @@ use crate::command::CommandInput;
 use crate::credential::{CertificateRecord, CredentialInput};
 use crate::error::Rejection;
 use crate::execution::ExecutionInput;
+use crate::group::{GroupInput, ThingGroup};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{Command, Execution, ExecutionStatus, ResultValue, StatusReason, TimestampMs};
 use crate::start::StartRequest;
@@ -70,6 +71,11 @@ pub enum ShardRequest {
     DeliverPending {
         target: Target,
     },
+    /// An input for the thing group of this name.
+    Group {
+        thing_group_name: String,
+        input: GroupInput,
+    },
 }
 
 impl ShardRequest {
@@ -84,6 +90,9 @@ impl ShardRequest {
             Self::Ca {
                 ca_certificate_id, ..
             } => crate::ca::routing_key(ca_certificate_id),
+            Self::Group {
+                thing_group_name, ..
+            } => crate::group::routing_key(thing_group_name),
             Self::DeliverPending { target } => target.resource_name(),
         }
     }
@@ -132,6 +141,12 @@ pub enum ShardReply {
     /// A CA input was applied; `ca` is the CA certificate as stored after it.
     Ca {
         ca: Option<Box<CaCertificate>>,
+        position: Option<LogPosition>,
+    },
+    /// A group input was applied; `group` is the group as stored after it (`None`: deleted
+    /// or never there).
+    Group {
+        group: Option<Box<ThingGroup>>,
         position: Option<LogPosition>,
     },
     /// The target's waiting executions were handed to the edge: `count` of them.

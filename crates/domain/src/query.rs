@@ -151,6 +151,32 @@ impl Query {
         }
     }
 
+    /// The terms every match satisfies: the query when it is one term, else the terms of
+    /// its top-level `AND`. A store narrows its scan with one of them (an index on attribute
+    /// values, group members, a name range) and checks the whole query on what it finds.
+    pub fn required_terms(&self) -> Vec<&Term> {
+        match self {
+            Self::Term(t) => vec![t],
+            Self::And(qs) => qs
+                .iter()
+                .filter_map(|q| match q {
+                    Self::Term(t) => Some(t),
+                    _ => None,
+                })
+                .collect(),
+            Self::Not(_) | Self::Or(_) => vec![],
+        }
+    }
+
+    /// Whether a term reads connectivity (which only a broker that reports presence knows).
+    pub fn uses_connectivity(&self) -> bool {
+        match self {
+            Self::Term(t) => matches!(t, Term::Connected(_)),
+            Self::Not(q) => q.uses_connectivity(),
+            Self::And(qs) | Self::Or(qs) => qs.iter().any(Query::uses_connectivity),
+        }
+    }
+
     /// Joins operands into `And` (or `Or`), flattening operands of the same kind.
     fn join(and: bool, items: Vec<Query>) -> Query {
         let mut flat = Vec::with_capacity(items.len());

@@ -189,14 +189,13 @@ fn not_found(name: &str) -> Rejection {
     )
 }
 
-/// Decides a thing input. `group_exists` says whether a static group is registered (groups
-/// live in other shards: the caller looked it up).
+/// Decides a thing input. Joining a static group needs the group to exist and be static:
+/// groups live in other shards, so the registry checks that before it asks.
 pub fn decide(
     name: &str,
     state: Option<&Thing>,
     input: &ThingInput,
     now: TimestampMs,
-    group_exists: bool,
 ) -> Result<Vec<ThingEvent>, Rejection> {
     match input {
         ThingInput::Create(req) => {
@@ -268,12 +267,6 @@ pub fn decide(
         ThingInput::AddToGroup { group } => {
             validate_group_name(group)?;
             let thing = state.ok_or_else(|| not_found(name))?;
-            if !group_exists {
-                return Err(Rejection::new(
-                    RejectionCode::ResourceNotFound,
-                    format!("thing group {group} not found"),
-                ));
-            }
             if thing.groups.contains(group) {
                 return Ok(vec![]);
             }
@@ -369,7 +362,7 @@ mod tests {
     }
 
     fn run(state: &mut Option<Thing>, input: ThingInput, at: TimestampMs) -> Result<(), Rejection> {
-        for e in decide("lamp-1", state.as_ref(), &input, at, true)? {
+        for e in decide("lamp-1", state.as_ref(), &input, at)? {
             apply(state, &e, at);
         }
         Ok(())
@@ -415,7 +408,7 @@ mod tests {
             "max_in_flight",
         ];
         for (input, field) in bad.into_iter().zip(fields) {
-            let err = decide("lamp-1", None, &input, 0, true).unwrap_err();
+            let err = decide("lamp-1", None, &input, 0).unwrap_err();
             assert_eq!(
                 (err.code, err.field.as_deref()),
                 (RejectionCode::InvalidRequest, Some(field)),
@@ -470,15 +463,15 @@ mod tests {
     }
 
     #[test]
-    fn groups_need_to_exist_and_are_bounded() {
+    fn group_memberships_are_bounded_and_joining_twice_records_nothing() {
         let mut t = None;
-        run(&mut t, create("lamp-1", &[]), 1).unwrap();
         let add = |g: &str| ThingInput::AddToGroup { group: g.into() };
-        let err = decide("lamp-1", t.as_ref(), &add("lab"), 2, false).unwrap_err();
+        let err = decide("lamp-1", None, &add("lab"), 2).unwrap_err();
         assert_eq!(err.code, RejectionCode::ResourceNotFound);
+        run(&mut t, create("lamp-1", &[]), 1).unwrap();
         run(&mut t, add("lab"), 2).unwrap();
         assert!(
-            decide("lamp-1", t.as_ref(), &add("lab"), 3, true)
+            decide("lamp-1", t.as_ref(), &add("lab"), 3)
                 .unwrap()
                 .is_empty()
         );
@@ -516,7 +509,6 @@ mod tests {
                 expected_version: None,
             },
             8,
-            true,
         )
         .unwrap();
         assert!(gone.is_empty());
@@ -527,7 +519,6 @@ mod tests {
                 expected_version: Some(3),
             },
             8,
-            true,
         )
         .unwrap_err();
         assert_eq!(err.code, RejectionCode::ResourceNotFound);

@@ -151,6 +151,7 @@ pub fn input_name(request: &ShardRequest) -> &'static str {
         ShardRequest::Thing { .. } => "thing",
         ShardRequest::Credential { .. } => "credential",
         ShardRequest::Ca { .. } => "ca",
+        ShardRequest::Group { .. } => "group",
         ShardRequest::DeliverPending { .. } => "deliver pending",
     }
 }

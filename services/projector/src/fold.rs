@@ -10,11 +10,12 @@ use fleetcmd_domain::command;
 use fleetcmd_domain::credential::{self, Credentials};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope};
 use fleetcmd_domain::execution::{self, Folded as Step};
+use fleetcmd_domain::group::{self, ThingGroup};
 use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
 use fleetcmd_domain::model::{Command, Execution};
 use fleetcmd_domain::ports::{
-    CommandWrite, CredentialWrite, ExecutionWrite, PortError, ProjectionBatch, ReadModel,
-    ThingWrite,
+    CommandWrite, CredentialWrite, ExecutionWrite, GroupWrite, PortError, ProjectionBatch,
+    ReadModel, ThingWrite,
 };
 use fleetcmd_domain::protocol::ExecutionChanged;
 use fleetcmd_domain::thing::{self, Thing, ThingEvent};
@@ -90,8 +91,9 @@ pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
                     needs.credentials.push(owner.clone());
                 }
             }
-            // A CA's one event carries it whole: there is nothing to fold onto.
-            Aggregate::Ca(_) => {}
+            // A CA's and a group's events carry them whole (or delete them): there is
+            // nothing to fold onto.
+            Aggregate::Ca(_) | Aggregate::Group(_) => {}
         }
     }
     needs
@@ -171,6 +173,8 @@ pub fn fold(
         .collect();
     let mut order_o: Vec<Target> = Vec::new();
     let mut cas: Vec<CaCertificate> = Vec::new();
+    // Few groups per batch, in first-seen order: a scan is cheaper than a map.
+    let mut groups: Vec<(String, Option<ThingGroup>)> = Vec::new();
     let mut seen_t: HashSet<String> = HashSet::new();
     let mut seen_e: HashSet<ExecutionId> = HashSet::new();
     let mut seen_c: HashSet<CommandId> = HashSet::new();
@@ -236,6 +240,18 @@ pub fn fold(
                     cas.extend(slot);
                 }
             }
+            Aggregate::Group(name) => {
+                if let Event::Group { event } = &env.event {
+                    let at = match groups.iter().position(|(n, _)| n == name) {
+                        Some(i) => i,
+                        None => {
+                            groups.push((name.clone(), None));
+                            groups.len() - 1
+                        }
+                    };
+                    group::fold(&mut groups[at].1, event, env.seq);
+                }
+            }
         }
     }
     let mut batch = ProjectionBatch {
@@ -246,6 +262,13 @@ pub fn fold(
         things: Vec::with_capacity(order_t.len()),
         credentials: Vec::with_capacity(order_o.len()),
         cas,
+        groups: groups
+            .into_iter()
+            .map(|(name, g)| match g {
+                Some(g) => GroupWrite::Upsert(g),
+                None => GroupWrite::Delete(name),
+            })
+            .collect(),
     };
     for id in order_e {
         match executions.remove(&id) {

@@ -133,6 +133,7 @@
 
 mod credentials;
 mod error;
+mod groups;
 mod paging;
 mod plan;
 mod read_model;
@@ -251,6 +252,7 @@ pub struct ScyllaReadModel {
     st: Statements,
     snap: snapshots::SnapshotStatements,
     cred: credentials::CredentialStatements,
+    groups: groups::GroupStatements,
     /// `(scope, bucket)` → the latest `time_to_live` written to `execution_buckets` by this
     /// process; a bucket row only needs rewriting when an execution outlives it.
     buckets_written: Mutex<HashMap<(String, i64), TimestampMs>>,
@@ -330,6 +332,7 @@ impl ScyllaReadModel {
         let st = Statements::prepare(&session, statement_texts(&ks)).await?;
         let snap = snapshots::SnapshotStatements::prepare(&session, &ks).await?;
         let cred = credentials::CredentialStatements::prepare(&session, &ks).await?;
+        let groups = groups::GroupStatements::prepare(&session, &ks).await?;
         check_using_clauses(&st.upsert_execution)?;
         let buckets = settle_settings(&session, &ks, config.buckets).await?;
         tracing::info!(keyspace = %ks, ?buckets, "ScyllaDB read model ready");
@@ -342,6 +345,7 @@ impl ScyllaReadModel {
             st,
             snap,
             cred,
+            groups,
             buckets_written: Mutex::new(HashMap::new()),
             thing_clock: AtomicI64::new(i64::MIN),
         }))

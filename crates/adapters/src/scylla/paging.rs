@@ -14,6 +14,7 @@ pub(super) const EXECUTION_TOKEN: &str = "e";
 pub(super) const COMMAND_TOKEN: &str = "c";
 /// Thing listings resume after a name, kept where the paging state is.
 pub(super) const THING_TOKEN: &str = "t";
+pub(super) const GROUP_TOKEN: &str = "g";
 
 /// FNV-1a: a hash that is the same in every build, so tokens survive rolling upgrades.
 pub(super) fn fingerprint(parts: &[&str]) -> u64 {

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use fleetcmd_domain::ca::CaCertificate;
 use fleetcmd_domain::credential::{CertificateRecord, Credentials};
+use fleetcmd_domain::group::ThingGroup;
 use fleetcmd_domain::ports::{
-    CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortError, PortResult,
-    ProjectionBatch, ReadModel, ThingQuery,
+    CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, GroupQuery, Page, PortError,
+    PortResult, ProjectionBatch, ReadModel, ThingQuery,
 };
 use fleetcmd_domain::thing::Thing;
 use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
@@ -109,6 +110,7 @@ impl ReadModel for ScyllaReadModel {
         self.commit_things(&batch.things).await?;
         self.commit_credentials(&batch.credentials).await?;
         self.commit_cas(&batch.cas).await?;
+        self.commit_groups(&batch.groups).await?;
 
         // Only now: a crash before this line replays the batch, which changes nothing.
         let next = to_i64(batch.next_offset, "next_offset")?;
@@ -348,6 +350,14 @@ impl ReadModel for ScyllaReadModel {
 
     async fn list_ca_certificates(&self) -> PortResult<Vec<CaCertificate>> {
         self.stored_cas().await
+    }
+
+    async fn get_thing_group(&self, name: &str) -> PortResult<Option<ThingGroup>> {
+        self.stored_group(name).await
+    }
+
+    async fn list_thing_groups(&self, query: &GroupQuery) -> PortResult<Page<ThingGroup>> {
+        self.stored_groups(query).await
     }
 
     async fn revoked_certificates(&self) -> PortResult<Vec<CertificateRecord>> {

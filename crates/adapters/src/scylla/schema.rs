@@ -109,6 +109,7 @@ pub(super) fn schema_cql(ks: &str, replication: &str) -> Vec<String> {
     ));
     ddl.extend(super::snapshots::snapshot_tables(ks));
     ddl.extend(super::credentials::credential_tables(ks));
+    ddl.extend(super::groups::group_tables(ks));
     ddl
 }
 

@@ -242,7 +242,7 @@ impl ScyllaReadModel {
     /// clocks disagree, and above `floor` (the stored versions' write times), so a writer whose
     /// clock is behind the previous one's (after a rebalance) still replaces what it wrote, and
     /// keeps later timestamps above those too.
-    fn next_thing_timestamp(&self, floor: i64) -> i64 {
+    pub(super) fn next_thing_timestamp(&self, floor: i64) -> i64 {
         reserve_timestamp(
             &self.thing_clock,
             self.clock.now_ms().saturating_mul(1000),

@@ -84,6 +84,7 @@ fn envelope_to_pb(env: &EventEnvelope) -> ipb::EventEnvelope {
         Aggregate::Thing(name) => A::ThingName(name.clone()),
         Aggregate::Credential(owner) => A::CredentialOwner(owner.into()),
         Aggregate::Ca(id) => A::CaCertificateId(id.clone()),
+        Aggregate::Group(name) => A::ThingGroupName(name.clone()),
     };
     ipb::EventEnvelope {
         event_id: env.event_id.clone(),
@@ -112,6 +113,10 @@ fn envelope_from_pb(env: ipb::EventEnvelope) -> Result<EventEnvelope> {
         A::CaCertificateId(id) => {
             fleetcmd_domain::credential::validate_certificate_id(&id)?;
             Aggregate::Ca(id)
+        }
+        A::ThingGroupName(name) => {
+            fleetcmd_domain::thing::validate_group_name(&name)?;
+            Aggregate::Group(name)
         }
     };
     Ok(EventEnvelope {
@@ -172,6 +177,7 @@ fn event_to_pb(event: &Event) -> ipb::event_envelope::Event {
         Event::Thing { event } => things::event_to_pb(event),
         Event::Credential { event } => credentials::event_to_pb(event),
         Event::Ca { event } => cas::event_to_pb(event),
+        Event::Group { event } => groups::event_to_pb(event),
     }
 }
 
@@ -225,6 +231,12 @@ fn event_from_pb(event: ipb::event_envelope::Event) -> Result<Event> {
         }
         E::CaCertificateRegistered(c) => Event::Ca {
             event: cas::registered_from_pb(c)?,
+        },
+        E::ThingGroupCreated(g) => Event::Group {
+            event: groups::created_from_pb(g)?,
+        },
+        E::ThingGroupDeleted(_) => Event::Group {
+            event: fleetcmd_domain::group::GroupEvent::Deleted,
         },
     })
 }
@@ -415,6 +427,10 @@ pub fn encode_shard_request(request: &ShardRequest) -> Vec<u8> {
         // The id travels in the record.
         ShardRequest::Ca { input, .. } => R::RegisterCa(cas::input_to_pb(input)),
         ShardRequest::DeliverPending { target } => R::DeliverPending(target.into()),
+        ShardRequest::Group {
+            thing_group_name,
+            input,
+        } => R::Group(groups::input_to_pb(thing_group_name, input)),
     };
     ipb::ShardRequest {
         request: Some(request),
@@ -442,6 +458,7 @@ pub fn decode_shard_request(bytes: &[u8]) -> Result<ShardRequest> {
         R::DeliverPending(target) => ShardRequest::DeliverPending {
             target: Target::try_from(target)?,
         },
+        R::Group(g) => groups::input_from_pb(g)?,
     })
 }
 
@@ -599,6 +616,10 @@ pub fn encode_shard_reply(reply: &ShardReply) -> Vec<u8> {
             ca: ca.as_deref().map(cas::ca_to_ipb),
             position: position.map(position_to_pb),
         }),
+        ShardReply::Group { group, position } => R::Group(ipb::GroupApplied {
+            group: group.as_deref().map(groups::group_to_ipb),
+            position: position.map(position_to_pb),
+        }),
         ShardReply::DeliveredPending { count } => R::DeliveredPending(*count),
         ShardReply::Rejected(r) => R::Rejected(ipb::Rejection {
             code: rejection_code_to_pb(r.code) as i32,
@@ -654,6 +675,14 @@ pub fn decode_shard_reply(bytes: &[u8]) -> Result<ShardReply> {
             position: c.position.map(position_from_pb),
         },
         R::DeliveredPending(count) => ShardReply::DeliveredPending { count },
+        R::Group(g) => ShardReply::Group {
+            group: g
+                .group
+                .map(groups::group_from_ipb)
+                .transpose()?
+                .map(Box::new),
+            position: g.position.map(position_from_pb),
+        },
         R::Rejected(r) => ShardReply::Rejected(Rejection {
             code: rejection_code_from_pb(r.code)?,
             message: r.message,
@@ -879,6 +908,7 @@ pub fn encode_snapshot(s: &ShardSnapshot) -> Vec<u8> {
             .map(credentials::credentials_to_ipb)
             .collect(),
         cas: s.cas.iter().map(cas::ca_to_ipb).collect(),
+        groups: s.groups.iter().map(groups::group_to_ipb).collect(),
     }
     .encode_to_vec()
 }
@@ -962,11 +992,17 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ShardSnapshot> {
             .into_iter()
             .map(cas::ca_from_ipb)
             .collect::<Result<_>>()?,
+        groups: s
+            .groups
+            .into_iter()
+            .map(groups::group_from_ipb)
+            .collect::<Result<_>>()?,
     })
 }
 
 mod cas;
 mod credentials;
+mod groups;
 mod things;
 
 #[cfg(test)]

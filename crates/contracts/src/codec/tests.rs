@@ -11,6 +11,7 @@ use fleetcmd_domain::credential::{
 use fleetcmd_domain::error::{Rejection, RejectionCode};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::execution::ExecutionInput;
+use fleetcmd_domain::group::{GroupEvent, GroupInput, ThingGroup};
 use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
 use fleetcmd_domain::model::{
     Command, CommandBody, CommandParameter, ComparisonOperator, ExecutionStatus, Operand,
@@ -170,6 +171,16 @@ fn registered_ca(common_name: Option<&str>) -> CaCertificate {
     }
 }
 
+fn group(query_string: Option<&str>) -> ThingGroup {
+    ThingGroup {
+        thing_group_name: "lab:floor-3".into(),
+        description: "Lamps on the third floor".into(),
+        query_string: query_string.map(str::to_owned),
+        created_at: 1_700_000_000_000,
+        version: 2,
+    }
+}
+
 fn every_event() -> Vec<Event> {
     let thing_events = [
         ThingEvent::Created(thing()),
@@ -262,6 +273,13 @@ fn every_event() -> Vec<Event> {
             event: CaEvent::Registered(registered_ca(common_name)),
         });
     }
+    for event in [
+        GroupEvent::Created(group(None)),
+        GroupEvent::Created(group(Some("attributes.floor >= 3"))),
+        GroupEvent::Deleted,
+    ] {
+        events.push(Event::Group { event });
+    }
     events
 }
 
@@ -277,6 +295,7 @@ fn envelope(event: Event, seq: u64, trace: Option<&str>) -> EventEnvelope {
         } => Aggregate::Credential(Target::client("sensor-7").unwrap()),
         Event::Credential { .. } => Aggregate::Credential(Target::thing("lamp-1").unwrap()),
         Event::Ca { .. } => Aggregate::Ca("cd".repeat(32)),
+        Event::Group { .. } => Aggregate::Group("lab:floor-3".into()),
         _ => Aggregate::Execution {
             execution_id: ExecutionId::parse("e-1").unwrap(),
             target: Target::thing("lamp-1").unwrap(),
@@ -492,6 +511,22 @@ fn every_request() -> Vec<ShardRequest> {
         ca_certificate_id: "cd".repeat(32),
         input: CaInput::Register(registered_ca(Some("Acme CA"))),
     });
+    for input in [
+        GroupInput::Create {
+            description: "d".into(),
+            query_string: Some("group:lab".into()),
+        },
+        GroupInput::Create {
+            description: String::new(),
+            query_string: None,
+        },
+        GroupInput::Delete,
+    ] {
+        requests.push(ShardRequest::Group {
+            thing_group_name: "lab".into(),
+            input,
+        });
+    }
     requests
 }
 
@@ -569,6 +604,14 @@ fn every_shard_reply_decodes_to_what_was_encoded() {
             position: None,
         },
         ShardReply::DeliveredPending { count: 3 },
+        ShardReply::Group {
+            group: Some(Box::new(group(Some("thing_name:lab-*")))),
+            position,
+        },
+        ShardReply::Group {
+            group: None,
+            position: None,
+        },
         ShardReply::Unavailable("moving".into()),
     ];
     for (code, _) in REJECTION_CODES {
@@ -650,6 +693,7 @@ fn a_snapshot_decodes_to_what_was_encoded_and_another_version_is_refused() {
             Credentials::new(Target::thing("lamp-1").unwrap()),
         ],
         cas: vec![registered_ca(Some("Acme CA"))],
+        groups: vec![group(None), group(Some("group:lab"))],
     };
     assert_eq!(
         decode_snapshot(&encode_snapshot(&snapshot)).unwrap(),

@@ -30,6 +30,14 @@ impl Arns {
     pub fn target(&self, target: &Target) -> String {
         ids::target_arn(&self.region, &self.account, target)
     }
+
+    /// `arn:aws:iot:<region>:<account>:thinggroup/<name>`.
+    pub fn thing_group(&self, name: &str) -> String {
+        format!(
+            "arn:aws:iot:{}:{}:thinggroup/{name}",
+            self.region, self.account
+        )
+    }
 }
 
 impl Default for Arns {

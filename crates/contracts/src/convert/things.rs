@@ -2,9 +2,10 @@
 //! messages.
 
 use fleetcmd_domain::error::ValidationError;
+use fleetcmd_domain::group::ThingGroup;
 use fleetcmd_domain::ids::Target;
 use fleetcmd_domain::model::TimestampMs;
-use fleetcmd_domain::ports::ThingQuery;
+use fleetcmd_domain::ports::{GroupQuery, ThingQuery};
 use fleetcmd_domain::thing::{Connectivity, CreateThing, Thing, UpdateThing};
 
 use super::non_empty;
@@ -128,6 +129,29 @@ pub fn thing_to_pb(t: Thing, connectivity: Option<&Connectivity>, arns: &Arns) -
         created_at: Some(timestamp_from_ms(t.created_at)),
         last_updated_at: opt_timestamp_from_ms(Some(t.last_updated_at)),
         connectivity: connectivity.map(connectivity_to_pb),
+    }
+}
+
+/// A thing group as CreateThingGroup, DescribeThingGroup and ListThingGroups return it.
+pub fn thing_group_to_pb(g: ThingGroup, arns: &Arns) -> pb::ThingGroup {
+    pb::ThingGroup {
+        thing_group_arn: arns.thing_group(&g.thing_group_name),
+        thing_group_name: g.thing_group_name,
+        description: g.description,
+        query_string: g.query_string.unwrap_or_default(),
+        created_at: Some(timestamp_from_ms(g.created_at)),
+    }
+}
+
+impl TryFrom<pb::ListThingGroupsRequest> for GroupQuery {
+    type Error = ValidationError;
+
+    fn try_from(r: pb::ListThingGroupsRequest) -> Result<Self, Self::Error> {
+        Ok(Self {
+            name_prefix: non_empty(r.name_prefix_filter),
+            page_size: page_size_from_pb(r.max_results)?,
+            page_token: non_empty(r.next_token),
+        })
     }
 }
 

@@ -102,6 +102,39 @@ fn and_binds_tighter_than_or_and_not_tightest() {
 }
 
 #[test]
+fn required_terms_are_those_every_match_satisfies() {
+    let q = parse("attributes.model:lamp AND (group:a OR group:b) AND thing_name:lab-*").unwrap();
+    let required: Vec<String> = q
+        .required_terms()
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect();
+    assert_eq!(required.len(), 2, "{required:?}");
+    assert!(
+        required[0].contains("model") && required[1].contains("lab-"),
+        "{required:?}"
+    );
+    assert_eq!(parse("group:a").unwrap().required_terms().len(), 1);
+    for none in ["group:a OR group:b", "NOT group:a"] {
+        assert!(parse(none).unwrap().required_terms().is_empty(), "{none}");
+    }
+}
+
+#[test]
+fn connectivity_terms_are_found_at_any_depth() {
+    assert!(
+        parse("group:a AND (NOT connectivity.connected:true OR thing_name:x)")
+            .unwrap()
+            .uses_connectivity()
+    );
+    assert!(
+        !parse("group:a OR attributes.floor >= 3")
+            .unwrap()
+            .uses_connectivity()
+    );
+}
+
+#[test]
 fn errors_name_the_column_and_the_problem() {
     let cases = [
         ("", "column 1: expected a term"),

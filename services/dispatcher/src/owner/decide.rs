@@ -11,6 +11,7 @@ use fleetcmd_domain::credential::{self, CredentialInput};
 use fleetcmd_domain::error::{Rejection, RejectionCode, ValidationError};
 use fleetcmd_domain::event::{Aggregate, Event};
 use fleetcmd_domain::execution::{self, ExecutionInput};
+use fleetcmd_domain::group;
 use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
 use fleetcmd_domain::model::{Command, Execution, SUPERSEDED, StatusReason, TimestampMs};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
@@ -97,6 +98,8 @@ pub enum Outcome {
     Ca { ca_certificate_id: String },
     /// Deliver the target's waiting executions, then answer how many.
     DeliverPending { target: Target },
+    /// A group input: answer with the group as stored after it.
+    Group { thing_group_name: String },
 }
 
 /// The events an input produces (in order, one log record) and what to answer.
@@ -148,6 +151,7 @@ pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardReq
             | ShardRequest::Thing { .. }
             | ShardRequest::Credential { .. }
             | ShardRequest::Ca { .. }
+            | ShardRequest::Group { .. }
             | ShardRequest::DeliverPending { .. } => {}
         }
     }
@@ -196,7 +200,7 @@ pub fn decide(
         }
         ShardRequest::Thing { thing_name, input } => {
             // Thing groups are not registered yet: no group exists to join.
-            let decided = thing::decide(thing_name, state.thing(thing_name), input, now, false)?;
+            let decided = thing::decide(thing_name, state.thing(thing_name), input, now)?;
             Ok(Decision {
                 hydrate: None,
                 events: decided
@@ -273,6 +277,23 @@ pub fn decide(
                 target: target.clone(),
             },
         }),
+        ShardRequest::Group {
+            thing_group_name,
+            input,
+        } => {
+            let name = thing_group_name;
+            let decided = group::decide(name, state.group(name), input, now)?;
+            Ok(Decision {
+                hydrate: None,
+                events: decided
+                    .into_iter()
+                    .map(|event| (Aggregate::Group(name.clone()), Event::Group { event }))
+                    .collect(),
+                outcome: Outcome::Group {
+                    thing_group_name: name.clone(),
+                },
+            })
+        }
     }
 }
 

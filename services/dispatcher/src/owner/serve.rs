@@ -18,8 +18,8 @@ use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, SCHEMA_VERSION};
 use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::model::{Execution, ExecutionStatus, Payload, TimestampMs};
 use fleetcmd_domain::ports::{
-    BusMessage, CommandWrite, CredentialWrite, ExecutionWrite, PortError, ProjectionWrites,
-    ThingWrite,
+    BusMessage, CommandWrite, CredentialWrite, ExecutionWrite, GroupWrite, PortError,
+    ProjectionWrites, ThingWrite,
 };
 use fleetcmd_domain::protocol::{
     DELIVER_SUBJECT, Delivery, ExecutionChanged, LogPosition, ShardReply, ShardRequest,
@@ -554,6 +554,10 @@ impl Owner {
                 ca: self.state.ca(ca_certificate_id).cloned().map(Box::new),
                 position,
             },
+            Outcome::Group { thing_group_name } => ShardReply::Group {
+                group: self.state.group(thing_group_name).cloned().map(Box::new),
+                position,
+            },
             Outcome::DeliverPending { target } => {
                 let now = self.deps.clock.now_ms();
                 let count = self.state.undelivered_of(target, now).count();
@@ -703,6 +707,14 @@ impl Owner {
                         && !writes.cas.iter().any(|w| w.ca_certificate_id == *id)
                     {
                         writes.cas.push(c.clone());
+                    }
+                }
+                Aggregate::Group(name) => {
+                    if !writes.groups.iter().any(|w| w.group_name() == name) {
+                        writes.groups.push(match self.state.group(name) {
+                            Some(g) => GroupWrite::Upsert(g.clone()),
+                            None => GroupWrite::Delete(name.clone()),
+                        });
                     }
                 }
             }

@@ -14,6 +14,7 @@ use fleetcmd_domain::command;
 use fleetcmd_domain::credential::{self, Credentials};
 use fleetcmd_domain::event::{Aggregate, Event, EventEnvelope, ShardSnapshot, SnapshotToken};
 use fleetcmd_domain::execution::{self, Folded};
+use fleetcmd_domain::group::{self, ThingGroup};
 use fleetcmd_domain::ids::{ExecutionId, Target, TargetKind};
 use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, TimestampMs};
 use fleetcmd_domain::start::PriorStart;
@@ -65,6 +66,8 @@ pub struct ShardState {
     credentials: HashMap<Target, Credentials>,
     /// The shard's registered CA certificates (each carries its version).
     cas: HashMap<String, CaCertificate>,
+    /// The shard's thing groups (each carries its version).
+    groups: HashMap<String, ThingGroup>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     /// The offset the next record appended to the partition gets.
     next_offset: u64,
@@ -118,6 +121,10 @@ impl ShardState {
         self.cas.get(ca_certificate_id)
     }
 
+    pub fn group(&self, name: &str) -> Option<&ThingGroup> {
+        self.groups.get(name)
+    }
+
     /// The sequence number the next event of `aggregate` gets: one past its last event's.
     pub fn next_seq(&self, aggregate: &Aggregate) -> u64 {
         let last = match aggregate {
@@ -128,6 +135,7 @@ impl ShardState {
             Aggregate::Thing(name) => self.thing_seq(name),
             Aggregate::Credential(owner) => self.credentials(owner).map_or(0, |c| c.version),
             Aggregate::Ca(id) => self.ca(id).map_or(0, |c| c.version),
+            Aggregate::Group(name) => self.group(name).map_or(0, |g| g.version),
         };
         last + 1
     }
@@ -315,6 +323,15 @@ impl ShardState {
                     ca::fold(&mut state, event, env.seq);
                     if let Some(c) = state {
                         self.cas.insert(id.clone(), c);
+                    }
+                }
+            }
+            Aggregate::Group(name) => {
+                if let Event::Group { event } = &env.event {
+                    let mut state = self.groups.remove(name);
+                    group::fold(&mut state, event, env.seq);
+                    if let Some(g) = state {
+                        self.groups.insert(name.clone(), g);
                     }
                 }
             }
@@ -518,6 +535,8 @@ impl ShardState {
         credentials.sort_by(|a, b| a.owner.cmp(&b.owner));
         let mut cas: Vec<CaCertificate> = self.cas.values().cloned().collect();
         cas.sort_by(|a, b| a.ca_certificate_id.cmp(&b.ca_certificate_id));
+        let mut groups: Vec<ThingGroup> = self.groups.values().cloned().collect();
+        groups.sort_by(|a, b| a.thing_group_name.cmp(&b.thing_group_name));
         ShardSnapshot {
             next_offset: self.next_offset,
             executions,
@@ -528,6 +547,7 @@ impl ShardState {
             things,
             credentials,
             cas,
+            groups,
         }
     }
 
@@ -624,6 +644,11 @@ impl ShardState {
             .cas
             .into_iter()
             .map(|c| (c.ca_certificate_id.clone(), c))
+            .collect();
+        state.groups = snapshot
+            .groups
+            .into_iter()
+            .map(|g| (g.thing_group_name.clone(), g))
             .collect();
         state
     }

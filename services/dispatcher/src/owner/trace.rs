@@ -42,12 +42,14 @@ pub fn input_span(
         | ShardRequest::Thing { .. }
         | ShardRequest::Credential { .. }
         | ShardRequest::Ca { .. }
+        | ShardRequest::Group { .. }
         | ShardRequest::DeliverPending { .. } => {
             let name = match req {
                 ShardRequest::Start(_) => "shard.owner start",
                 ShardRequest::Thing { .. } => "shard.owner thing",
                 ShardRequest::Credential { .. } => "shard.owner credential",
                 ShardRequest::Ca { .. } => "shard.owner ca",
+                ShardRequest::Group { .. } => "shard.owner group",
                 ShardRequest::DeliverPending { .. } => "shard.owner deliver pending",
                 _ => "shard.owner command",
             };

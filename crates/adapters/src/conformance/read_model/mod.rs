@@ -19,6 +19,7 @@ mod commands;
 mod credentials;
 mod executions;
 mod expiry;
+mod groups;
 mod listings;
 mod things;
 
@@ -27,10 +28,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use fleetcmd_domain::group::ThingGroup;
 use fleetcmd_domain::paging::{RepeatedToken, collect_pages};
 use fleetcmd_domain::ports::{
-    Clock, CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, Page, PortResult,
-    ProjectionBatch, ReadModel, ThingQuery,
+    Clock, CommandQuery, CommandWrite, ExecutionQuery, ExecutionWrite, GroupQuery, Page,
+    PortResult, ProjectionBatch, ReadModel, ThingQuery,
 };
 use fleetcmd_domain::thing::Thing;
 use fleetcmd_domain::{
@@ -63,6 +65,9 @@ pub use executions::{
 pub use expiry::{
     executions_expire_by_themselves_at_their_time_to_live, expired_executions_are_never_readable,
     expired_executions_are_purged,
+};
+pub use groups::{
+    malformed_group_page_tokens_are_refused, thing_groups_round_trip_list_by_prefix_and_delete,
 };
 pub use listings::{
     a_full_last_page_ends_the_listing, execution_listings_filter_and_sort_by_completion_time,
@@ -110,6 +115,8 @@ macro_rules! __read_model_checks {
             credentials_round_trip_every_field,
             revocations_are_listed_and_older_versions_change_nothing,
             registered_cas_round_trip_and_older_versions_change_nothing,
+            thing_groups_round_trip_list_by_prefix_and_delete,
+            malformed_group_page_tokens_are_refused,
         );
     };
 }
@@ -267,9 +274,7 @@ async fn commit_next(
             next_offset,
             commands,
             executions,
-            things: Vec::new(),
-            credentials: Vec::new(),
-            cas: Vec::new(),
+            ..ProjectionBatch::default()
         },
     )
     .await;
@@ -330,6 +335,7 @@ macro_rules! listing {
 listing!(CommandQuery, Command, list_commands, command_id);
 listing!(ExecutionQuery, Execution, list_executions, execution_id);
 listing!(ThingQuery, Thing, list_things, thing_name);
+listing!(GroupQuery, ThingGroup, list_thing_groups, thing_group_name);
 
 /// The ids of every item `q` lists (every page, from the first) that start with `prefix`;
 /// each page holds at most `page_size` items.

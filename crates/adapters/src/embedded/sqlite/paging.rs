@@ -4,7 +4,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fleetcmd_domain::TimestampMs;
-use fleetcmd_domain::ports::{CommandQuery, ExecutionQuery, Page, PortResult, ThingQuery};
+use fleetcmd_domain::ports::{
+    CommandQuery, ExecutionQuery, GroupQuery, Page, PortResult, ThingQuery,
+};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
@@ -22,6 +24,7 @@ pub(super) struct PageKey {
 pub(super) const COMMAND_TOKEN: &str = "c";
 pub(super) const EXECUTION_TOKEN: &str = "e";
 pub(super) const THING_TOKEN: &str = "t";
+pub(super) const GROUP_TOKEN: &str = "g";
 
 fn encode_token(kind: &str, key: &PageKey) -> String {
     URL_SAFE_NO_PAD.encode(format!("{kind}|{}|{}", key.time, key.id))
@@ -224,28 +227,59 @@ pub(super) fn thing_page_query(q: &ThingQuery) -> PortResult<PageQuery> {
             params.len()
         ));
     }
-    if let Some(prefix) = &q.name_prefix {
+    name_page(
+        sql,
+        params,
+        "thing_name",
+        THING_TOKEN,
+        q.name_prefix.as_deref(),
+        q.page_token.as_deref(),
+        q.page_size,
+    )
+}
+
+/// ListThingGroups: groups by name.
+pub(super) fn group_page_query(q: &GroupQuery) -> PortResult<PageQuery> {
+    let sql = String::from("SELECT data, 0, thing_group_name FROM group_records WHERE 1 = 1");
+    name_page(
+        sql,
+        Vec::new(),
+        "thing_group_name",
+        GROUP_TOKEN,
+        q.name_prefix.as_deref(),
+        q.page_token.as_deref(),
+        q.page_size,
+    )
+}
+
+/// Completes a listing by name: the names with `prefix`, after the token's, in order.
+fn name_page(
+    mut sql: String,
+    mut params: Vec<Value>,
+    column: &str,
+    token_kind: &str,
+    prefix: Option<&str>,
+    token: Option<&str>,
+    page_size: u32,
+) -> PortResult<PageQuery> {
+    if let Some(prefix) = prefix {
         // Names are ASCII below DEL, so every name with the prefix sorts before prefix + DEL.
-        params.push(Value::Text(prefix.clone()));
+        params.push(Value::Text(prefix.to_owned()));
         params.push(Value::Text(format!("{prefix}\u{7f}")));
         let n = params.len();
-        sql.push_str(&format!(
-            " AND thing_name >= ?{} AND thing_name < ?{n}",
-            n - 1
-        ));
+        sql.push_str(&format!(" AND {column} >= ?{} AND {column} < ?{n}", n - 1));
     }
-    if let Some(token) = &q.page_token {
-        let key = decode_token(THING_TOKEN, token)?;
+    if let Some(token) = token {
+        let key = decode_token(token_kind, token)?;
         params.push(Value::Text(key.id));
-        sql.push_str(&format!(" AND thing_name > ?{}", params.len()));
+        sql.push_str(&format!(" AND {column} > ?{}", params.len()));
     }
-    let limit = effective_page_size(q.page_size) as usize;
+    let limit = effective_page_size(page_size) as usize;
     params.push(Value::Integer(limit as i64 + 1));
-    sql.push_str(&format!(" ORDER BY thing_name LIMIT ?{}", params.len()));
+    sql.push_str(&format!(" ORDER BY {column} LIMIT ?{}", params.len()));
     Ok(PageQuery { sql, params, limit })
 }
 
-/// Runs a page query whose columns are `(data, sort_time, id)`.
 pub(super) fn run_page<T: serde::de::DeserializeOwned>(
     conn: &Connection,
     what: &str,

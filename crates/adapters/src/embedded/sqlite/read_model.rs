@@ -3,17 +3,19 @@
 
 use fleetcmd_domain::ca::CaCertificate;
 use fleetcmd_domain::credential::{CertificateRecord, Credentials};
+use fleetcmd_domain::group::ThingGroup;
 use fleetcmd_domain::ports::{
-    CommandQuery, CommandWrite, CredentialWrite, ExecutionQuery, ExecutionWrite, Page, PortResult,
-    ProjectionBatch, ProjectionWrites, ReadModel, ThingQuery, ThingWrite,
+    CommandQuery, CommandWrite, CredentialWrite, ExecutionQuery, ExecutionWrite, GroupQuery,
+    GroupWrite, Page, PortResult, ProjectionBatch, ProjectionWrites, ReadModel, ThingQuery,
+    ThingWrite,
 };
 use fleetcmd_domain::thing::Thing;
 use fleetcmd_domain::{Command, CommandId, Execution, ExecutionId, Target, TimestampMs};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::paging::{
-    COMMAND_TOKEN, EXECUTION_TOKEN, THING_TOKEN, command_page_query, execution_page_query,
-    run_page, thing_page_query,
+    COMMAND_TOKEN, EXECUTION_TOKEN, GROUP_TOKEN, THING_TOKEN, command_page_query,
+    execution_page_query, group_page_query, run_page, thing_page_query,
 };
 use super::{SqliteStore, decode, to_i64};
 use crate::error::{Error, Result};
@@ -26,12 +28,22 @@ pub(super) fn apply_writes(tx: &Connection, writes: &ProjectionWrites) -> Result
         things,
         credentials,
         cas,
+        groups,
     } = writes;
     for w in credentials {
         upsert_credentials(tx, w)?;
     }
     for c in cas {
         upsert_ca(tx, c)?;
+    }
+    for w in groups {
+        match w {
+            GroupWrite::Upsert(g) => upsert_group(tx, g)?,
+            GroupWrite::Delete(name) => {
+                tx.prepare_cached("DELETE FROM group_records WHERE thing_group_name = ?1")?
+                    .execute([name])?;
+            }
+        }
     }
     for w in things {
         match w {
@@ -138,6 +150,18 @@ fn delete_thing(tx: &Connection, name: &str) -> Result<()> {
     delete_thing_filters(tx, name)
 }
 
+fn upsert_group(tx: &Connection, g: &ThingGroup) -> Result<()> {
+    let name = &g.thing_group_name;
+    let data =
+        serde_json::to_string(g).map_err(|e| Error::Encode(format!("thing group {name}: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO group_records (thing_group_name, data) VALUES (?1, ?2)
+         ON CONFLICT (thing_group_name) DO UPDATE SET data = excluded.data",
+    )?
+    .execute(params![name, data])?;
+    Ok(())
+}
+
 fn upsert_credentials(tx: &Connection, w: &CredentialWrite) -> Result<()> {
     let c = &w.credentials;
     let owner = c.owner.resource_name();
@@ -226,6 +250,7 @@ impl ReadModel for SqliteStore {
             things,
             credentials,
             cas,
+            groups,
         } = batch;
         let writes = ProjectionWrites {
             commands,
@@ -233,6 +258,7 @@ impl ReadModel for SqliteStore {
             things,
             credentials,
             cas,
+            groups,
         };
         self.write(move |_, tx, _| {
             apply_writes(tx, &writes)?;
@@ -385,6 +411,17 @@ impl ReadModel for SqliteStore {
     async fn list_ca_certificates(&self) -> PortResult<Vec<CaCertificate>> {
         let sql = "SELECT ca_certificate_id, data FROM ca_certificates ORDER BY ca_certificate_id";
         self.read_rows("CA certificate", sql, None).await
+    }
+
+    async fn get_thing_group(&self, name: &str) -> PortResult<Option<ThingGroup>> {
+        let sql = "SELECT data FROM group_records WHERE thing_group_name = ?1";
+        self.read_by_id("thing group", sql, name).await
+    }
+
+    async fn list_thing_groups(&self, query: &GroupQuery) -> PortResult<Page<ThingGroup>> {
+        let q = group_page_query(query)?;
+        self.read_with(move |_, conn| run_page(conn, "thing group", GROUP_TOKEN, &q))
+            .await
     }
 
     async fn purge_expired(&self, now: TimestampMs) -> PortResult<u64> {

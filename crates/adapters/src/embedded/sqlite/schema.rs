@@ -113,6 +113,12 @@ CREATE TABLE IF NOT EXISTS ca_certificates (
     data              TEXT NOT NULL
 );
 
+-- Thing groups, each whole as JSON (a static group's members are rows of thing_groups).
+CREATE TABLE IF NOT EXISTS group_records (
+    thing_group_name TEXT PRIMARY KEY NOT NULL,
+    data             TEXT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS snapshots (
     "partition" INTEGER PRIMARY KEY NOT NULL,
     next_offset INTEGER NOT NULL,
