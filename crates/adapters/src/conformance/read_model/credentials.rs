@@ -11,7 +11,7 @@ use fleetcmd_domain::credential::{CertificateRecord, CertificateStatus, Credenti
 use fleetcmd_domain::ports::{CredentialWrite, ProjectionBatch, ReadModel};
 use fleetcmd_domain::{Target, TimestampMs};
 
-use super::{Capabilities, commit, position, start};
+use super::{Capabilities, commit, commit_writes, position, start};
 use crate::conformance::within;
 
 /// A certificate id (64 hex characters) unique to `run` and `n`.
@@ -62,16 +62,14 @@ fn credentials(
 
 /// Commits credential writes to partition 0 as the next batch.
 async fn commit_credentials(store: &dyn ReadModel, writes: Vec<Credentials>) {
-    let next_offset = position(store).await + 1;
-    commit(
+    let credentials = writes
+        .into_iter()
+        .map(|credentials| CredentialWrite { credentials })
+        .collect();
+    commit_writes(
         store,
         ProjectionBatch {
-            partition: 0,
-            next_offset,
-            credentials: writes
-                .into_iter()
-                .map(|credentials| CredentialWrite { credentials })
-                .collect(),
+            credentials,
             ..ProjectionBatch::default()
         },
     )

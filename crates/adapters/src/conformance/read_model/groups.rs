@@ -6,7 +6,7 @@ use fleetcmd_domain::TimestampMs;
 use fleetcmd_domain::group::ThingGroup;
 use fleetcmd_domain::ports::{GroupQuery, GroupWrite, ProjectionBatch, ReadModel};
 
-use super::{Capabilities, commit, listed, position, start};
+use super::{Capabilities, commit_writes, listed, start};
 use crate::conformance::within;
 use crate::is_invalid_page_token;
 
@@ -21,17 +21,11 @@ fn group(run: &str, n: &str, at: TimestampMs, query: Option<&str>) -> ThingGroup
 }
 
 async fn commit_groups(store: &dyn ReadModel, groups: Vec<GroupWrite>) {
-    let next_offset = position(store).await + 1;
-    commit(
-        store,
-        ProjectionBatch {
-            partition: 0,
-            next_offset,
-            groups,
-            ..ProjectionBatch::default()
-        },
-    )
-    .await;
+    let writes = ProjectionBatch {
+        groups,
+        ..ProjectionBatch::default()
+    };
+    commit_writes(store, writes).await;
 }
 
 async fn get_group(store: &dyn ReadModel, name: &str) -> Option<ThingGroup> {

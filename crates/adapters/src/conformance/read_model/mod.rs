@@ -259,26 +259,31 @@ async fn commit(store: &dyn ReadModel, batch: ProjectionBatch) {
         .expect("commit must succeed");
 }
 
-/// Commits the writes to partition 0 as the next batch (its position + 1); returns the new
+/// Commits `writes` to partition 0 as the next batch (its position + 1); returns the new
 /// position.
+async fn commit_writes(store: &dyn ReadModel, writes: ProjectionBatch) -> u64 {
+    let next_offset = position(store).await + 1;
+    let batch = ProjectionBatch {
+        partition: 0,
+        next_offset,
+        ..writes
+    };
+    commit(store, batch).await;
+    next_offset
+}
+
+/// Commits command and execution writes as the next batch; returns the new position.
 async fn commit_next(
     store: &dyn ReadModel,
     commands: Vec<CommandWrite>,
     executions: Vec<ExecutionWrite>,
 ) -> u64 {
-    let next_offset = position(store).await + 1;
-    commit(
-        store,
-        ProjectionBatch {
-            partition: 0,
-            next_offset,
-            commands,
-            executions,
-            ..ProjectionBatch::default()
-        },
-    )
-    .await;
-    next_offset
+    let writes = ProjectionBatch {
+        commands,
+        executions,
+        ..ProjectionBatch::default()
+    };
+    commit_writes(store, writes).await
 }
 
 async fn get_execution(store: &dyn ReadModel, e: &Execution) -> Option<Execution> {

@@ -8,7 +8,7 @@ use fleetcmd_domain::TimestampMs;
 use fleetcmd_domain::ports::{ProjectionBatch, ReadModel, ThingQuery, ThingWrite};
 use fleetcmd_domain::thing::Thing;
 
-use super::{Capabilities, commit, listed, position, start};
+use super::{Capabilities, commit_writes, listed, start};
 use crate::conformance::within;
 use crate::is_invalid_page_token;
 
@@ -38,17 +38,11 @@ fn thing(
 
 /// Commits thing writes to partition 0 as the next batch.
 async fn commit_things(store: &dyn ReadModel, things: Vec<ThingWrite>) {
-    let next_offset = position(store).await + 1;
-    commit(
-        store,
-        ProjectionBatch {
-            partition: 0,
-            next_offset,
-            things,
-            ..ProjectionBatch::default()
-        },
-    )
-    .await;
+    let writes = ProjectionBatch {
+        things,
+        ..ProjectionBatch::default()
+    };
+    commit_writes(store, writes).await;
 }
 
 async fn get_thing(store: &dyn ReadModel, name: &str) -> Option<Thing> {
