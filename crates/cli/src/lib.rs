@@ -11,6 +11,7 @@ pub mod cas;
 pub mod command;
 pub mod credentials;
 pub mod exec;
+pub mod groups;
 pub mod params;
 pub mod presence;
 pub mod render;
@@ -541,6 +542,11 @@ paged!(
     command_executions: pb::CommandExecutionSummary
 );
 paged!(pb::ListThingsRequest => pb::ListThingsResponse, things: pb::Thing);
+paged!(pb::ListThingsInThingGroupRequest => pb::ListThingsResponse, things: pb::Thing);
+paged!(
+    pb::ListThingGroupsRequest => pb::ListThingGroupsResponse,
+    thing_groups: pb::ThingGroup
+);
 
 /// One page (`list(request)`), or with `all` every page from the request's `next_token`
 /// on, concatenated into one response whose `next_token` is empty.

@@ -11,6 +11,7 @@ use tonic::Status;
 use super::cas::{self, CaCmd};
 use super::command::parse_tag;
 use super::credentials::{self, CertCmd, PasswordCmd};
+use super::groups::{self, GroupCmd};
 use super::presence::{self, DeviceArgs};
 use super::render::{self, KeyValues, Table, map_json, map_text, page_text, time_full};
 use super::{Api, Output, PageArgs, list_pages};
@@ -21,12 +22,16 @@ pub enum ThingCmd {
     Create(CreateArgs),
     /// Show one thing.
     Get(NameArgs),
-    /// List things by name, optionally those with an attribute value or a name prefix.
+    /// List things by name, optionally those with an attribute value, a name prefix or
+    /// matching a query.
     List(ListArgs),
     /// Change a thing's attributes or execution limit.
     Update(UpdateArgs),
     /// Delete a thing (deleting one that is not there succeeds, as in AWS).
     Delete(DeleteArgs),
+    /// Thing groups: static (members by name) and dynamic (members by query).
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// Device certificates: issue, list, revoke.
     #[command(subcommand)]
     Cert(CertCmd),
@@ -72,6 +77,9 @@ pub struct ListArgs {
     /// Only things whose name starts with this.
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
+    /// Only things matching this query, e.g. 'attributes.model:lamp-v2 AND attributes.floor >= 3'.
+    #[arg(long, value_name = "QUERY")]
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -142,6 +150,7 @@ impl ListArgs {
             attribute_value,
             connectivity: 0,
             thing_name_prefix: self.prefix.clone().unwrap_or_default(),
+            query_string: self.query.clone().unwrap_or_default(),
         }
     }
 }
@@ -206,7 +215,7 @@ fn limit_text(max_in_flight: u32) -> String {
     }
 }
 
-fn list_table(things: &[pb::Thing]) -> Table {
+pub(crate) fn list_table(things: &[pb::Thing]) -> Table {
     let columns = ["NAME", "VERSION", "MAX IN FLIGHT", "ATTRIBUTES"];
     Table::new(columns).with_rows(things, |t| {
         vec![
@@ -225,6 +234,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let (json, text) = match cmd {
+        ThingCmd::Group(cmd) => groups::run_group(api, cmd).await?,
         ThingCmd::Cert(cmd) => credentials::run_cert(api, cmd).await?,
         ThingCmd::Password(cmd) => credentials::run_password(api, cmd).await?,
         ThingCmd::Ca(cmd) => cas::run_ca(api, cmd).await?,
@@ -357,7 +367,8 @@ mod tests {
 
     #[test]
     fn list_filters_by_attribute_and_prefix() {
-        let ThingCmd::List(args) = parse("list --attr model=v2 --prefix lamp- --all").unwrap()
+        let ThingCmd::List(args) =
+            parse("list --attr model=v2 --prefix lamp- --query attributes.floor>=3 --all").unwrap()
         else {
             panic!()
         };
@@ -367,6 +378,7 @@ mod tests {
             ("model", "v2")
         );
         assert_eq!(r.thing_name_prefix, "lamp-");
+        assert_eq!(r.query_string, "attributes.floor>=3");
         assert!(args.page.all);
     }
 

@@ -81,7 +81,11 @@ pub fn routing_key(name: &str) -> String {
     format!("group/{name}")
 }
 
-fn validate_create(description: &str, query_string: Option<&str>) -> Result<(), ValidationError> {
+/// Checks a create's description and query (the name is checked by `validate_group_name`).
+pub fn validate_create(
+    description: &str,
+    query_string: Option<&str>,
+) -> Result<(), ValidationError> {
     let (length, max) = (description.chars().count(), GROUP_DESCRIPTION_MAX_CHARS);
     ensure(length <= max, "description", || {
         format!("must be at most {max} characters, got {length}")

@@ -35,10 +35,17 @@ pub enum Action {
     ListCaCertificates,
     GetConnectivity,
     WatchConnectivity,
+    CreateThingGroup,
+    DescribeThingGroup,
+    ListThingGroups,
+    DeleteThingGroup,
+    AddThingToThingGroup,
+    RemoveThingFromThingGroup,
+    ListThingsInThingGroup,
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 33] = [
         Self::CreateCommand,
         Self::GetCommand,
         Self::ListCommands,
@@ -65,6 +72,13 @@ impl Action {
         Self::ListCaCertificates,
         Self::GetConnectivity,
         Self::WatchConnectivity,
+        Self::CreateThingGroup,
+        Self::DescribeThingGroup,
+        Self::ListThingGroups,
+        Self::DeleteThingGroup,
+        Self::AddThingToThingGroup,
+        Self::RemoveThingFromThingGroup,
+        Self::ListThingsInThingGroup,
     ];
 
     /// The name used in policy files (the RPC name, e.g. `StartCommandExecution`).
@@ -96,6 +110,13 @@ impl Action {
             Self::ListCaCertificates => "ListCaCertificates",
             Self::GetConnectivity => "GetConnectivity",
             Self::WatchConnectivity => "WatchConnectivity",
+            Self::CreateThingGroup => "CreateThingGroup",
+            Self::DescribeThingGroup => "DescribeThingGroup",
+            Self::ListThingGroups => "ListThingGroups",
+            Self::DeleteThingGroup => "DeleteThingGroup",
+            Self::AddThingToThingGroup => "AddThingToThingGroup",
+            Self::RemoveThingFromThingGroup => "RemoveThingFromThingGroup",
+            Self::ListThingsInThingGroup => "ListThingsInThingGroup",
         }
     }
 

@@ -177,6 +177,11 @@ impl Query {
         }
     }
 
+    /// The query all of `items` satisfy (`None` for no items): their `AND`, flattened.
+    pub fn all(items: Vec<Query>) -> Option<Query> {
+        (!items.is_empty()).then(|| Self::join(true, items))
+    }
+
     /// Joins operands into `And` (or `Or`), flattening operands of the same kind.
     fn join(and: bool, items: Vec<Query>) -> Query {
         let mut flat = Vec::with_capacity(items.len());

@@ -25,7 +25,7 @@ const WATCH_BUFFER: usize = 1024;
 /// Registry pages one filtered ListThings page reads at most.
 const FILTER_PAGES: usize = 20;
 
-fn presence(deps: &RegistryDeps) -> Result<&Arc<Presence>, Status> {
+pub(crate) fn presence(deps: &RegistryDeps) -> Result<&Arc<Presence>, Status> {
     deps.presence.as_ref().ok_or_else(|| {
         Status::failed_precondition(
             "this deployment's device broker reports no connects or disconnects (an external broker): connectivity is not known",
@@ -52,9 +52,8 @@ pub(crate) fn of_thing(deps: &RegistryDeps, name: &str) -> Option<thing::Connect
     )
 }
 
-/// ListThings, with each thing's connectivity where known. A connectivity filter is applied
-/// to the read model's pages here: a page is filled from up to [`FILTER_PAGES`] pages of the
-/// registry, so it may come back shorter than asked (or empty) with a `next_token` to go on.
+/// ListThings, with each thing's connectivity where known. A connectivity filter needs
+/// presence, and is applied by [`list_filtered`].
 pub(crate) async fn list_things(
     deps: &RegistryDeps,
     mut query: ThingQuery,
@@ -77,7 +76,19 @@ pub(crate) async fn list_things(
             next_token: page.next_token,
         });
     };
-    let presence = presence(deps)?;
+    presence(deps)?;
+    list_filtered(deps, query, |_, c| c.connected == want).await
+}
+
+/// The things of the read model's listing `query` that `keep` (given each one's
+/// connectivity, disconnected where unknown), with their connectivity where known. A page is
+/// filled from up to [`FILTER_PAGES`] pages of the registry, so it may come back shorter than
+/// asked (or empty) with a `next_token` to go on.
+pub(crate) async fn list_filtered(
+    deps: &RegistryDeps,
+    mut query: ThingQuery,
+    keep: impl Fn(&Thing, &thing::Connectivity) -> bool,
+) -> Result<Page<(Thing, Option<thing::Connectivity>)>, Status> {
     let wanted = query.page_size as usize;
     let mut items = Vec::new();
     for _ in 0..FILTER_PAGES {
@@ -90,12 +101,12 @@ pub(crate) async fn list_things(
             .await
             .map_err(list_status)?;
         for t in page.items {
-            let c = presence
-                .connectivity(&t.thing_name)
-                .map(|c| c.to_thing())
-                .unwrap_or_default();
-            if c.connected == want {
-                items.push((t, Some(c)));
+            let known = of_thing(deps, &t.thing_name);
+            if keep(
+                &t,
+                known.as_ref().unwrap_or(&thing::Connectivity::default()),
+            ) {
+                items.push((t, known));
             }
         }
         query.page_token = page.next_token;

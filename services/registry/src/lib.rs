@@ -7,6 +7,7 @@
 mod cas;
 mod connectivity;
 mod credentials;
+mod groups;
 mod things;
 
 pub use things::ThingService;

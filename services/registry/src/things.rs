@@ -18,7 +18,7 @@ use fleetcmd_service_kit::{await_projection, call_status, unexpected};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::{RegistryDeps, cas, connectivity, credentials};
+use crate::{RegistryDeps, cas, connectivity, credentials, groups};
 
 pub struct ThingService {
     deps: Arc<RegistryDeps>,
@@ -78,40 +78,8 @@ fn not_found(name: &str) -> Status {
     Status::not_found(format!("thing {name} not found"))
 }
 
-/// A call this version does not serve yet: said plainly, never faked.
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available in this version of fleetcmd"
-    ))
-}
-
 pub(crate) type ConnectivityStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ConnectivityEvent, Status>> + Send>>;
-
-/// The calls of `ThingRegistry` that are declared but not served yet. (`async_trait` runs
-/// before this macro expands, so the methods are written as it would have desugared them.)
-macro_rules! not_yet {
-    ($($method:ident($req:ty) -> $resp:ty: $what:literal;)*) => {
-        $(
-            fn $method<'life0, 'async_trait>(
-                &'life0 self,
-                _: Request<$req>,
-            ) -> std::pin::Pin<
-                Box<
-                    dyn std::future::Future<Output = Result<Response<$resp>, Status>>
-                        + Send
-                        + 'async_trait,
-                >,
-            >
-            where
-                'life0: 'async_trait,
-                Self: 'async_trait,
-            {
-                Box::pin(async move { Err(not_yet($what)) })
-            }
-        )*
-    };
-}
 
 #[tonic::async_trait]
 impl pb::thing_registry_server::ThingRegistry for ThingService {
@@ -171,12 +139,18 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         self.deps
             .auth
             .check(request.metadata(), Action::ListThings, None, None)?;
-        let query = ThingQuery::try_from(request.into_inner()).map_err(validation_status)?;
+        let mut request = request.into_inner();
+        let query_string = std::mem::take(&mut request.query_string);
+        let query = ThingQuery::try_from(request).map_err(validation_status)?;
         if let Some((name, value)) = &query.attribute {
             let one = std::collections::BTreeMap::from([(name.clone(), value.clone())]);
             thing::validate_attributes(&one, false).map_err(validation_status)?;
         }
-        let page = connectivity::list_things(&self.deps, query).await?;
+        let page = if query_string.is_empty() {
+            connectivity::list_things(&self.deps, query).await?
+        } else {
+            groups::list_by_query(&self.deps, &query_string, query).await?
+        };
         Ok(Response::new(pb::ListThingsResponse {
             things: page
                 .items
@@ -323,14 +297,81 @@ impl pb::thing_registry_server::ThingRegistry for ThingService {
         cas::list(&self.deps, request).await
     }
 
-    not_yet! {
-        create_thing_group(pb::CreateThingGroupRequest) -> pb::ThingGroup: "CreateThingGroup";
-        describe_thing_group(pb::DescribeThingGroupRequest) -> pb::ThingGroup: "DescribeThingGroup";
-        list_thing_groups(pb::ListThingGroupsRequest) -> pb::ListThingGroupsResponse: "ListThingGroups";
-        delete_thing_group(pb::DeleteThingGroupRequest) -> pb::DeleteThingGroupResponse: "DeleteThingGroup";
-        add_thing_to_thing_group(pb::AddThingToThingGroupRequest) -> pb::AddThingToThingGroupResponse: "AddThingToThingGroup";
-        remove_thing_from_thing_group(pb::RemoveThingFromThingGroupRequest) -> pb::RemoveThingFromThingGroupResponse: "RemoveThingFromThingGroup";
-        list_things_in_thing_group(pb::ListThingsInThingGroupRequest) -> pb::ListThingsResponse: "ListThingsInThingGroup";
+    async fn create_thing_group(
+        &self,
+        request: Request<pb::CreateThingGroupRequest>,
+    ) -> Result<Response<pb::ThingGroup>, Status> {
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::CreateThingGroup,
+            format!("thinggroup/{}", request.get_ref().thing_group_name),
+        );
+        audit.finish(async move { groups::create(&self.deps, request).await }.await)
+    }
+
+    async fn describe_thing_group(
+        &self,
+        request: Request<pb::DescribeThingGroupRequest>,
+    ) -> Result<Response<pb::ThingGroup>, Status> {
+        groups::describe(&self.deps, request).await
+    }
+
+    async fn list_thing_groups(
+        &self,
+        request: Request<pb::ListThingGroupsRequest>,
+    ) -> Result<Response<pb::ListThingGroupsResponse>, Status> {
+        groups::list(&self.deps, request).await
+    }
+
+    async fn delete_thing_group(
+        &self,
+        request: Request<pb::DeleteThingGroupRequest>,
+    ) -> Result<Response<pb::DeleteThingGroupResponse>, Status> {
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::DeleteThingGroup,
+            format!("thinggroup/{}", request.get_ref().thing_group_name),
+        );
+        audit.finish(async move { groups::delete(&self.deps, request).await }.await)
+    }
+
+    async fn add_thing_to_thing_group(
+        &self,
+        request: Request<pb::AddThingToThingGroupRequest>,
+    ) -> Result<Response<pb::AddThingToThingGroupResponse>, Status> {
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::AddThingToThingGroup,
+            format!(
+                "thinggroup/{}/thing/{}",
+                request.get_ref().thing_group_name,
+                request.get_ref().thing_name
+            ),
+        );
+        audit.finish(async move { groups::add_thing(&self.deps, request).await }.await)
+    }
+
+    async fn remove_thing_from_thing_group(
+        &self,
+        request: Request<pb::RemoveThingFromThingGroupRequest>,
+    ) -> Result<Response<pb::RemoveThingFromThingGroupResponse>, Status> {
+        let audit = self.deps.auth.audit(
+            request.metadata(),
+            Action::RemoveThingFromThingGroup,
+            format!(
+                "thinggroup/{}/thing/{}",
+                request.get_ref().thing_group_name,
+                request.get_ref().thing_name
+            ),
+        );
+        audit.finish(async move { groups::remove_thing(&self.deps, request).await }.await)
+    }
+
+    async fn list_things_in_thing_group(
+        &self,
+        request: Request<pb::ListThingsInThingGroupRequest>,
+    ) -> Result<Response<pb::ListThingsResponse>, Status> {
+        groups::list_things(&self.deps, request).await
     }
 
     type WatchConnectivityStream = ConnectivityStream;

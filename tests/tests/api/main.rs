@@ -17,6 +17,7 @@ mod credentials;
 mod execution_lifecycle;
 mod execution_list;
 mod executions;
+mod groups;
 mod health;
 mod start_validation;
 mod things;

@@ -459,23 +459,3 @@ async fn the_policy_covers_the_thing_calls() -> Result {
     );
     server.shutdown().await
 }
-
-#[tokio::test]
-async fn calls_not_served_yet_say_so() -> Result {
-    let (server, mut things) = given_things("thing-not-yet").await?;
-    expect_code(
-        things
-            .create_thing_group(pb::CreateThingGroupRequest::default())
-            .await,
-        Code::Unimplemented,
-        &["CreateThingGroup is not available"],
-    );
-    expect_code(
-        things
-            .list_thing_groups(pb::ListThingGroupsRequest::default())
-            .await,
-        Code::Unimplemented,
-        &["ListThingGroups is not available"],
-    );
-    server.shutdown().await
-}

@@ -57,8 +57,8 @@ pub use status::{
 };
 pub use targets::{optional_target, require_target, target_kind_from_pb};
 pub use things::{
-    connectivity_event_to_pb, connectivity_to_pb, expected_version, thing_group_to_pb, thing_to_pb,
-    update_thing_from_pb,
+    connectivity_event_to_pb, connectivity_to_pb, expected_version, group_members_query_from_pb,
+    thing_group_to_pb, thing_to_pb, update_thing_from_pb,
 };
 pub use time::{opt_timestamp_from_ms, opt_timestamp_to_ms, timestamp_from_ms, timestamp_to_ms};
 pub use values::{

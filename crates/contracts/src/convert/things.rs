@@ -143,6 +143,20 @@ pub fn thing_group_to_pb(g: ThingGroup, arns: &Arns) -> pb::ThingGroup {
     }
 }
 
+/// ListThingsInThingGroup: the group's name and the listing of its static members (a
+/// dynamic group's members are listed by its query instead).
+pub fn group_members_query_from_pb(
+    r: pb::ListThingsInThingGroupRequest,
+) -> Result<(String, ThingQuery), ValidationError> {
+    let query = ThingQuery {
+        group: Some(r.thing_group_name.clone()),
+        page_size: page_size_from_pb(r.max_results)?,
+        page_token: non_empty(r.next_token),
+        ..ThingQuery::default()
+    };
+    Ok((r.thing_group_name, query))
+}
+
 impl TryFrom<pb::ListThingGroupsRequest> for GroupQuery {
     type Error = ValidationError;
 
@@ -232,6 +246,7 @@ mod tests {
             thing_name_prefix: "lab-".into(),
             max_results: 10,
             next_token: "t".into(),
+            query_string: String::new(),
         })
         .unwrap();
         assert_eq!(q.attribute, Some(("floor".into(), "3".into())));

@@ -121,6 +121,23 @@ fn required_terms_are_those_every_match_satisfies() {
 }
 
 #[test]
+fn all_joins_queries_into_one_flat_and() {
+    let q = |s: &str| parse(s).unwrap();
+    assert_eq!(Query::all(vec![]), None);
+    assert_eq!(Query::all(vec![q("group:lab")]), Some(q("group:lab")));
+    assert_eq!(
+        Query::all(vec![
+            q("attributes.a:1 AND attributes.b:2"),
+            q("thing_name:lamp-*"),
+            q("group:x OR group:y"),
+        ]),
+        Some(q(
+            "attributes.a:1 AND attributes.b:2 AND thing_name:lamp-* AND (group:x OR group:y)"
+        ))
+    );
+}
+
+#[test]
 fn connectivity_terms_are_found_at_any_depth() {
     assert!(
         parse("group:a AND (NOT connectivity.connected:true OR thing_name:x)")
