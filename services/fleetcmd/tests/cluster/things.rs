@@ -2,7 +2,8 @@
 //! the owner of its shard, logged in Kafka, projected into the CQL read model and readable as
 //! soon as the call returns; updates, listings and deletes go the same way, and so do device
 //! passwords and CAs the user registers, whose device certificates are then attached (the
-//! cluster has no device CA of its own, so it issues none).
+//! cluster has no device CA of its own, so it issues none), and thing groups, whose static
+//! memberships span the group's shard and each thing's.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -130,6 +131,7 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
         .await
         .expect_err("a deleted thing");
     assert_eq!(gone.code(), Code::NotFound);
+    thing_groups(&things, &prefix, &names).await;
     // Credentials: the cluster has no device CA, so certificates are refused; a password is
     // decided by the thing's shard owner and projected like the thing.
     let owner = Some(pb::CredentialOwner {
@@ -235,4 +237,101 @@ async fn s7_things_are_registered_through_the_shard_owners_and_read_back() {
         unknown.message()
     );
     cluster.assert_all_alive();
+}
+
+/// The names of the things a listing of a group (or a query) returns, page by page.
+async fn members(things: &Things, group: &str) -> Vec<String> {
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let request = pb::ListThingsInThingGroupRequest {
+            thing_group_name: group.into(),
+            max_results: 1,
+            next_token: token.clone(),
+        };
+        let page = call!(things, list_things_in_thing_group(request))
+            .await
+            .unwrap_or_else(|s| panic!("[s7] list {group}: {:?} {}", s.code(), s.message()));
+        listed.extend(page.things.into_iter().map(|t| t.thing_name));
+        token = page.next_token;
+        if token.is_empty() {
+            return listed;
+        }
+    }
+    panic!("[s7] the listing of {group} did not end within 10 pages");
+}
+
+/// A static group gains members through their shards and is deleted once empty; a dynamic
+/// group lists what its query matches in the CQL read model. `names[4]` was deleted and
+/// `names[0]` made odd: the odd things are 0, 1 and 3.
+async fn thing_groups(things: &Things, prefix: &str, names: &[String]) {
+    let lab = format!("{prefix}lab");
+    let create = pb::CreateThingGroupRequest {
+        thing_group_name: lab.clone(),
+        description: "the bench".into(),
+        ..Default::default()
+    };
+    let created = call!(things, create_thing_group(create))
+        .await
+        .expect("create a static group");
+    assert_eq!(created.description, "the bench");
+    for name in [&names[3], &names[1]] {
+        let add = pb::AddThingToThingGroupRequest {
+            thing_group_name: lab.clone(),
+            thing_name: name.clone(),
+        };
+        call!(things, add_thing_to_thing_group(add))
+            .await
+            .unwrap_or_else(|s| panic!("[s7] add {name}: {:?} {}", s.code(), s.message()));
+    }
+    let ghost = pb::AddThingToThingGroupRequest {
+        thing_group_name: lab.clone(),
+        thing_name: names[4].clone(),
+    };
+    let refused = call!(things, add_thing_to_thing_group(ghost))
+        .await
+        .expect_err("a deleted thing joins no group");
+    assert_eq!(refused.code(), Code::NotFound, "{}", refused.message());
+    assert_eq!(
+        members(things, &lab).await,
+        [names[1].clone(), names[3].clone()]
+    );
+    let odd = format!("{prefix}odd");
+    let create = pb::CreateThingGroupRequest {
+        thing_group_name: odd.clone(),
+        query_string: format!("thing_name:{prefix}* AND attributes.parity:1 AND NOT group:{lab}"),
+        ..Default::default()
+    };
+    call!(things, create_thing_group(create))
+        .await
+        .expect("create a dynamic group");
+    assert_eq!(members(things, &odd).await, [names[0].clone()]);
+    let delete = pb::DeleteThingGroupRequest {
+        thing_group_name: lab.clone(),
+    };
+    let refused = call!(things, delete_thing_group(delete.clone()))
+        .await
+        .expect_err("a static group with members");
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "{}",
+        refused.message()
+    );
+    for name in [&names[1], &names[3]] {
+        let remove = pb::RemoveThingFromThingGroupRequest {
+            thing_group_name: lab.clone(),
+            thing_name: name.clone(),
+        };
+        call!(things, remove_thing_from_thing_group(remove))
+            .await
+            .unwrap_or_else(|s| panic!("[s7] remove {name}: {:?} {}", s.code(), s.message()));
+    }
+    call!(things, delete_thing_group(delete))
+        .await
+        .expect("delete the emptied group");
+    assert_eq!(
+        members(things, &odd).await,
+        [names[0].clone(), names[1].clone(), names[3].clone()]
+    );
 }
