@@ -425,6 +425,31 @@ pub async fn list_all_executions(
     .await
 }
 
+/// The names of every thing a listing of things (ListThings, ListThingsInThingGroup)
+/// returns, following `next_token`: `fetch` asks for the page of the token it is given.
+/// Fails the test if paging does not end or a thing is listed twice.
+pub async fn thing_names<F, Fut>(mut fetch: F) -> Vec<String>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<Response<pb::ListThingsResponse>, Status>>,
+{
+    let (things, _) = all_pages(
+        "things",
+        100,
+        |t: &pb::Thing| t.thing_name.as_str(),
+        |next_token| {
+            let page = fetch(next_token);
+            async move {
+                let page = page.await?.into_inner();
+                Ok((page.things, page.next_token))
+            }
+        },
+    )
+    .await
+    .expect("a listing of things");
+    things.into_iter().map(|t| t.thing_name).collect()
+}
+
 /// The ids of a listing, in order.
 pub fn execution_ids(list: &[pb::CommandExecutionSummary]) -> Vec<String> {
     list.iter().map(|e| e.execution_id.clone()).collect()

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use fleetcmd_contracts::pb;
-use fleetcmd_domain::paging::collect_pages;
 use fleetcmd_e2e::api::*;
 use fleetcmd_e2e::{ADMIN_TOKEN, Server, Things, policed_args, test_args, with_admin};
 use tonic::Code;
@@ -71,28 +70,16 @@ fn delete(name: &str) -> pb::DeleteThingGroupRequest {
 
 /// Every thing of `group`, page after page of `page_size`, by name.
 async fn members(things: &mut Things, group: &str, page_size: i32) -> Vec<String> {
-    let items = collect_pages(None, |token| {
+    thing_names(|next_token| {
         let mut things = things.clone();
         let request = pb::ListThingsInThingGroupRequest {
             thing_group_name: group.into(),
             max_results: page_size,
-            next_token: token.unwrap_or_default(),
+            next_token,
         };
-        async move {
-            let page = things
-                .list_things_in_thing_group(request)
-                .await
-                .expect("list")
-                .into_inner();
-            Ok::<_, fleetcmd_domain::paging::RepeatedToken>((
-                page.things,
-                Some(page.next_token).filter(|t| !t.is_empty()),
-            ))
-        }
+        async move { things.list_things_in_thing_group(request).await }
     })
     .await
-    .expect("paging ends");
-    items.into_iter().map(|t| t.thing_name).collect()
 }
 
 async fn group_names(things: &mut Things, prefix: &str) -> Vec<String> {
@@ -312,28 +299,16 @@ async fn a_dynamic_group_lists_the_things_its_query_matches_now() -> Result {
 }
 
 async fn listed(things: &mut Things, request: pb::ListThingsRequest) -> Vec<String> {
-    let items = collect_pages(None, |token| {
+    thing_names(|next_token| {
         let mut things = things.clone();
         let request = pb::ListThingsRequest {
             max_results: 1,
-            next_token: token.unwrap_or_default(),
+            next_token,
             ..request.clone()
         };
-        async move {
-            let page = things
-                .list_things(request)
-                .await
-                .expect("list")
-                .into_inner();
-            Ok::<_, fleetcmd_domain::paging::RepeatedToken>((
-                page.things,
-                Some(page.next_token).filter(|t| !t.is_empty()),
-            ))
-        }
+        async move { things.list_things(request).await }
     })
     .await
-    .expect("paging ends");
-    items.into_iter().map(|t| t.thing_name).collect()
 }
 
 #[tokio::test]

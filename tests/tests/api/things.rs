@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use fleetcmd_contracts::pb;
-use fleetcmd_domain::paging::collect_pages;
 use fleetcmd_e2e::api::*;
 use fleetcmd_e2e::{ADMIN_TOKEN, Server, Things, policed_args, test_args, with_admin, within};
 use tonic::Code;
@@ -38,27 +37,15 @@ async fn get(things: &mut Things, name: &str) -> std::result::Result<pb::Thing, 
 
 /// Every thing `request` lists, page after page, by name.
 async fn list_names(things: &mut Things, request: pb::ListThingsRequest) -> Vec<String> {
-    let items = collect_pages(None, |token| {
+    thing_names(|next_token| {
         let mut things = things.clone();
         let request = pb::ListThingsRequest {
-            next_token: token.unwrap_or_default(),
+            next_token,
             ..request.clone()
         };
-        async move {
-            let page = things
-                .list_things(request)
-                .await
-                .expect("list")
-                .into_inner();
-            Ok::<_, fleetcmd_domain::paging::RepeatedToken>((
-                page.things,
-                Some(page.next_token).filter(|t| !t.is_empty()),
-            ))
-        }
+        async move { things.list_things(request).await }
     })
     .await
-    .expect("paging ends");
-    items.into_iter().map(|t| t.thing_name).collect()
 }
 
 async fn given_things(name: &str) -> anyhow::Result<(Server, Things)> {
