@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 
-const PUBLIC: [&str; 4] = [
+const PUBLIC: [&str; 5] = [
     "fleetcmd/v1/types.proto",
     "fleetcmd/v1/registry.proto",
     "fleetcmd/v1/dispatcher.proto",
     "fleetcmd/v1/things.proto",
+    "fleetcmd/v1/rollouts.proto",
 ];
 const INTERNAL: [&str; 3] = [
     "fleetcmd/internal/v1/log.proto",

@@ -29,6 +29,7 @@ mod commands;
 mod credentials;
 mod enums;
 mod executions;
+mod rollouts;
 mod status;
 mod targets;
 #[cfg(test)]
@@ -50,6 +51,10 @@ pub use enums::{
 pub use executions::{
     execution_event_to_pb, execution_summary_to_pb, execution_to_pb, optional_status_reason,
     time_range_from_pb,
+};
+pub use rollouts::{
+    failure_type_from_pb, rollout_spec_from_pb, rollout_spec_to_pb, rollout_status_from_pb,
+    rollout_to_pb, start_rollout_from_pb,
 };
 pub use status::{
     ERROR_DOMAIN, STATUS_DETAILS_MAX_BYTES, STATUS_MESSAGE_MAX_BYTES, bounded_status, code_name,

@@ -267,7 +267,7 @@ fn validate_targets(spec: &RolloutSpec) -> Result<(), ValidationError> {
         TargetSelector::List(list) => {
             if list.is_empty() || list.len() > LIST_TARGETS_MAX {
                 return Err(err(
-                    "targets",
+                    "targets.list",
                     format!(
                         "a list must hold 1–{LIST_TARGETS_MAX} targets, got {}",
                         list.len()
@@ -278,10 +278,10 @@ fn validate_targets(spec: &RolloutSpec) -> Result<(), ValidationError> {
             for (i, t) in list.iter().enumerate() {
                 // Deserialized targets bypassed `Target::new`: check them again.
                 Target::new(t.kind, t.id.clone())
-                    .map_err(|e| err(format!("targets[{i}]"), e.message))?;
+                    .map_err(|e| err(format!("targets.list.targets[{i}]"), e.message))?;
                 if let Some(j) = seen.insert(t, i) {
                     return Err(err(
-                        format!("targets[{i}]"),
+                        format!("targets.list.targets[{i}]"),
                         format!("{t} is listed twice (also targets[{j}])"),
                     ));
                 }
@@ -388,7 +388,7 @@ pub fn validate(spec: &RolloutSpec) -> Result<(), ValidationError> {
         && !(TIMEOUT_MIN_SECS..=TIMEOUT_MAX_SECS).contains(&t)
     {
         return Err(err(
-            "execution_timeout_secs",
+            "execution_timeout_seconds",
             format!("must be between {TIMEOUT_MIN_SECS} and {TIMEOUT_MAX_SECS} seconds, got {t}"),
         ));
     }
@@ -448,7 +448,7 @@ pub fn validate(spec: &RolloutSpec) -> Result<(), ValidationError> {
     }
     if !(1..=RETRY_BACKOFF_CAP_SECS).contains(&spec.retry_backoff_base_secs) {
         return Err(err(
-            "retry_backoff_base_secs",
+            "retry_backoff_base_seconds",
             format!(
                 "must be between 1 and {RETRY_BACKOFF_CAP_SECS}, got {}",
                 spec.retry_backoff_base_secs

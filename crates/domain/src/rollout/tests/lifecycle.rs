@@ -66,17 +66,17 @@ fn validate_names_the_field_and_the_limit() {
         ),
         (
             Box::new(|s| s.targets = TargetSelector::List(vec![])),
-            "targets",
+            "targets.list",
             "1–10000",
         ),
         (
             Box::new(|s| s.targets = TargetSelector::List(things(10_001))),
-            "targets",
+            "targets.list",
             "got 10001",
         ),
         (
             Box::new(|s| s.targets = TargetSelector::List([things(2), things(1)].concat())),
-            "targets[2]",
+            "targets.list.targets[2]",
             "twice (also targets[0])",
         ),
         (
@@ -101,7 +101,7 @@ fn validate_names_the_field_and_the_limit() {
         ),
         (
             Box::new(|s| s.execution_timeout_secs = Some(0)),
-            "execution_timeout_secs",
+            "execution_timeout_seconds",
             "1 and 43200",
         ),
         (
@@ -171,7 +171,7 @@ fn validate_names_the_field_and_the_limit() {
         ),
         (
             Box::new(|s| s.retry_backoff_base_secs = 0),
-            "retry_backoff_base_secs",
+            "retry_backoff_base_seconds",
             "1 and 3600",
         ),
         (
