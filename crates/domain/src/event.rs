@@ -11,6 +11,7 @@ use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{
     Command, Execution, ExecutionStatus, Payload, ResultValue, StatusReason, TimestampMs,
 };
+use crate::rollout::{Rollout, RolloutEvent, RolloutId};
 use crate::thing::{Thing, ThingEvent};
 
 /// The schema version written into every envelope.
@@ -32,6 +33,8 @@ pub enum Aggregate {
     Ca(String),
     /// A thing group, by name.
     Group(String),
+    /// A rollout, by id.
+    Rollout(RolloutId),
 }
 
 impl Aggregate {
@@ -46,6 +49,7 @@ impl Aggregate {
             Self::Credential(owner) => owner.resource_name(),
             Self::Ca(id) => crate::ca::routing_key(id),
             Self::Group(name) => crate::group::routing_key(name),
+            Self::Rollout(id) => crate::rollout::routing_key(id),
         }
     }
 }
@@ -131,6 +135,10 @@ pub enum Event {
     Group {
         event: GroupEvent,
     },
+    /// A fact about a rollout.
+    Rollout {
+        event: RolloutEvent,
+    },
 }
 
 impl Event {
@@ -156,6 +164,7 @@ impl Event {
             Self::Credential { event } => event.name(),
             Self::Ca { event } => event.name(),
             Self::Group { event } => event.name(),
+            Self::Rollout { event } => event.name(),
         }
     }
 
@@ -196,6 +205,8 @@ pub struct ShardSnapshot {
     pub cas: Vec<CaCertificate>,
     /// The shard's thing groups (each carries its version).
     pub groups: Vec<ThingGroup>,
+    /// The rollouts the shard hosts, each with the sequence number of its last event.
+    pub rollouts: Vec<(Rollout, u64)>,
 }
 
 /// A client token in a [`ShardSnapshot`].

@@ -173,7 +173,8 @@ pub fn apply(e: &mut Execution, event: &Event, at: TimestampMs, seq: u64) -> boo
         | Event::Thing { .. }
         | Event::Credential { .. }
         | Event::Ca { .. }
-        | Event::Group { .. } => {}
+        | Event::Group { .. }
+        | Event::Rollout { .. } => {}
     }
     true
 }

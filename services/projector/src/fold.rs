@@ -92,8 +92,8 @@ pub fn needs(envelopes: &[EventEnvelope], live: &LiveCache) -> Needs {
                 }
             }
             // A CA's and a group's events carry them whole (or delete them): there is
-            // nothing to fold onto.
-            Aggregate::Ca(_) | Aggregate::Group(_) => {}
+            // nothing to fold onto. Rollouts have no read-model records yet.
+            Aggregate::Ca(_) | Aggregate::Group(_) | Aggregate::Rollout(_) => {}
         }
     }
     needs
@@ -252,6 +252,8 @@ pub fn fold(
                     group::fold(&mut groups[at].1, event, env.seq);
                 }
             }
+            // Folded by their owner only (docs/design.md, "Not implemented yet").
+            Aggregate::Rollout(_) => {}
         }
     }
     let mut batch = ProjectionBatch {

@@ -85,6 +85,7 @@ fn envelope_to_pb(env: &EventEnvelope) -> ipb::EventEnvelope {
         Aggregate::Credential(owner) => A::CredentialOwner(owner.into()),
         Aggregate::Ca(id) => A::CaCertificateId(id.clone()),
         Aggregate::Group(name) => A::ThingGroupName(name.clone()),
+        Aggregate::Rollout(id) => A::RolloutId(id.as_str().to_owned()),
     };
     ipb::EventEnvelope {
         event_id: env.event_id.clone(),
@@ -118,6 +119,7 @@ fn envelope_from_pb(env: ipb::EventEnvelope) -> Result<EventEnvelope> {
             fleetcmd_domain::thing::validate_group_name(&name)?;
             Aggregate::Group(name)
         }
+        A::RolloutId(id) => Aggregate::Rollout(fleetcmd_domain::rollout::RolloutId::parse(id)?),
     };
     Ok(EventEnvelope {
         event_id: env.event_id,
@@ -178,6 +180,7 @@ fn event_to_pb(event: &Event) -> ipb::event_envelope::Event {
         Event::Credential { event } => credentials::event_to_pb(event),
         Event::Ca { event } => cas::event_to_pb(event),
         Event::Group { event } => groups::event_to_pb(event),
+        Event::Rollout { event } => rollouts::event_to_pb(event),
     }
 }
 
@@ -237,6 +240,23 @@ fn event_from_pb(event: ipb::event_envelope::Event) -> Result<Event> {
         },
         E::ThingGroupDeleted(_) => Event::Group {
             event: fleetcmd_domain::group::GroupEvent::Deleted,
+        },
+        E::RolloutStarted(_)
+        | E::RolloutTargetsAdded(_)
+        | E::RolloutTargetsResolved(_)
+        | E::RolloutStartTimeReached(_)
+        | E::RolloutAttemptLaunching(_)
+        | E::RolloutAttemptLaunched(_)
+        | E::RolloutAttemptRefused(_)
+        | E::RolloutAttemptSettled(_)
+        | E::RolloutRateIncreased(_)
+        | E::RolloutAborted(_)
+        | E::RolloutCancelRequested(_)
+        | E::RolloutExecutionsCanceling(_)
+        | E::RolloutEndTimeReached(_)
+        | E::RolloutCompleted(_)
+        | E::RolloutCanceled(_) => Event::Rollout {
+            event: rollouts::event_from_pb(event)?,
         },
     })
 }
@@ -843,6 +863,7 @@ pub fn decode_projected(bytes: &[u8]) -> Result<Projected> {
 mod cas;
 mod credentials;
 mod groups;
+mod rollouts;
 mod snapshot;
 mod things;
 

@@ -71,6 +71,11 @@ pub fn encode_snapshot(s: &ShardSnapshot) -> Vec<u8> {
             .collect(),
         cas: s.cas.iter().map(cas::ca_to_ipb).collect(),
         groups: s.groups.iter().map(groups::group_to_ipb).collect(),
+        rollouts: s
+            .rollouts
+            .iter()
+            .map(|(r, seq)| rollouts::snapshot_to_ipb(r, *seq))
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -158,6 +163,11 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ShardSnapshot> {
             .groups
             .into_iter()
             .map(groups::group_from_ipb)
+            .collect::<Result<_>>()?,
+        rollouts: s
+            .rollouts
+            .into_iter()
+            .map(rollouts::snapshot_from_ipb)
             .collect::<Result<_>>()?,
     })
 }

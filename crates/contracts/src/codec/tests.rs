@@ -21,6 +21,11 @@ use fleetcmd_domain::model::{
 use fleetcmd_domain::protocol::{
     Delivery, ExecutionChanged, LogPosition, Projected, ShardReply, ShardRequest,
 };
+use fleetcmd_domain::rollout::{
+    AbortCriterion, EndBehavior, FailureType, IncreaseCriteria, MaintenanceWindow, Rate,
+    RetryCriterion, RetryFailureType, Rollout, RolloutEvent, RolloutId, RolloutSpec, Schedule,
+    TargetSelection, TargetSelector,
+};
 use fleetcmd_domain::start::StartRequest;
 use fleetcmd_domain::testing;
 use fleetcmd_domain::thing::{CreateThing, Thing, ThingEvent, ThingInput, UpdateThing};
@@ -280,7 +285,169 @@ fn every_event() -> Vec<Event> {
     ] {
         events.push(Event::Group { event });
     }
+    events.extend(
+        rollout_events()
+            .into_iter()
+            .map(|event| Event::Rollout { event }),
+    );
     events
+}
+
+/// Every kind of rollout event, with a list spec narrowed by the caller's grant and a group
+/// spec with every setting.
+fn rollout_events() -> Vec<RolloutEvent> {
+    let lamp = Target::thing("lab-1").unwrap();
+    let mut listed = RolloutSpec::new(
+        CommandId::parse("reboot").unwrap(),
+        TargetSelector::List(vec![lamp.clone(), Target::client("sensor-7").unwrap()]),
+        Rate::Fixed { max_per_minute: 60 },
+    );
+    listed.allowed_targets = Some(vec!["thing/lab-*".into()]);
+    let mut grouped = RolloutSpec::new(
+        CommandId::parse("reboot").unwrap(),
+        TargetSelector::Group("lab".into()),
+        Rate::ExponentialRampUp {
+            base_per_minute: 5,
+            increment_factor: 1.5,
+            increase_after: IncreaseCriteria {
+                notified: None,
+                succeeded: Some(10),
+            },
+            max_per_minute: 500,
+        },
+    );
+    grouped.parameters = parameters();
+    grouped.execution_timeout_secs = Some(120);
+    grouped.target_selection = TargetSelection::Continuous;
+    grouped.max_in_flight = Some(20);
+    grouped.abort_criteria = vec![criterion()];
+    grouped.cancel_in_progress = true;
+    grouped.retries = vec![RetryCriterion {
+        failure_type: RetryFailureType::TimedOut,
+        number_of_retries: 2,
+    }];
+    grouped.retry_backoff_base_secs = 5;
+    grouped.schedule = Some(Schedule {
+        start_time: Some(1_800_000_000_000),
+        end_time: Some(1_800_000_600_000),
+        end_behavior: EndBehavior::Cancel,
+        maintenance_windows: vec![MaintenanceWindow {
+            start: "*/15 * * * *".into(),
+            duration_minutes: 5,
+        }],
+    });
+    grouped.client_token = Some("deploy-1".into());
+    let execution_id = ExecutionId::parse("e-9").unwrap();
+    let mut events = vec![];
+    for spec in [listed, grouped] {
+        events.push(RolloutEvent::RolloutStarted {
+            rollout_id: RolloutId::parse("r-1").unwrap(),
+            spec: Box::new(spec),
+            created_at: 1_700_000_000_000,
+        });
+    }
+    events.extend([
+        RolloutEvent::TargetsAdded {
+            targets: vec![lamp.clone(), Target::thing("lab-2").unwrap()],
+        },
+        RolloutEvent::TargetsResolved,
+        RolloutEvent::StartTimeReached,
+        RolloutEvent::AttemptLaunching {
+            target_index: 3,
+            target: lamp.clone(),
+            attempt: 2,
+        },
+        RolloutEvent::AttemptLaunched {
+            target_index: 3,
+            target: lamp.clone(),
+            attempt: 2,
+            execution_id: execution_id.clone(),
+        },
+        RolloutEvent::AttemptRefused {
+            target_index: 3,
+            target: lamp.clone(),
+            attempt: 1,
+            code: RejectionCode::ResourceNotFound,
+        },
+        RolloutEvent::AttemptSettled {
+            target_index: 3,
+            target: lamp,
+            attempt: 2,
+            execution_id: execution_id.clone(),
+            status: ExecutionStatus::TimedOut,
+        },
+        RolloutEvent::RateIncreased { per_minute: 7 },
+        RolloutEvent::Aborted {
+            criterion: criterion(),
+        },
+        RolloutEvent::CancelRequested { force: true },
+        RolloutEvent::ExecutionsCanceling {
+            execution_ids: vec![execution_id],
+        },
+        RolloutEvent::EndTimeReached,
+        RolloutEvent::Completed,
+        RolloutEvent::Canceled,
+    ]);
+    events
+}
+
+/// A rollout as its owner holds it: one target skipped as not granted, one attempt
+/// launched, one logged as launching, a retry criterion and an abort criterion.
+fn hosted_rollout() -> Rollout {
+    use fleetcmd_domain::rollout::{RolloutInput, apply, decide, plan};
+    let at = 1_800_000_000_000;
+    let lab = |i: u32| Target::thing(format!("lab-{i}")).unwrap();
+    let mut spec = RolloutSpec::new(
+        CommandId::parse("reboot").unwrap(),
+        TargetSelector::List(vec![lab(1), Target::thing("office-1").unwrap(), lab(2)]),
+        Rate::Fixed {
+            max_per_minute: 60_000,
+        },
+    );
+    spec.allowed_targets = Some(vec!["thing/lab-*".into()]);
+    spec.abort_criteria = vec![criterion()];
+    spec.retries = vec![RetryCriterion {
+        failure_type: RetryFailureType::All,
+        number_of_retries: 1,
+    }];
+    let start = RolloutInput::Start {
+        rollout_id: RolloutId::parse("r-1").unwrap(),
+        spec: Box::new(spec),
+    };
+    let mut state = None;
+    let fold = |state: &mut Option<_>, events: Vec<RolloutEvent>| {
+        for e in &events {
+            apply(state, e, at);
+        }
+    };
+    fold(&mut state, decide(None, &start, at).unwrap());
+    for now in [at, at + 1] {
+        let planned = plan(state.as_ref().unwrap(), now).events;
+        fold(&mut state, planned);
+    }
+    let launched = RolloutInput::Launched {
+        target: lab(1),
+        attempt: 1,
+        execution_id: ExecutionId::parse("e-1").unwrap(),
+    };
+    let events = decide(state.as_ref(), &launched, at).unwrap();
+    fold(&mut state, events);
+    let r = state.unwrap();
+    let held = r.to_snapshot();
+    assert_eq!(
+        (held.live.len(), held.counts.skipped_unauthorized),
+        (2, 1),
+        "{held:?}"
+    );
+    r
+}
+
+fn criterion() -> AbortCriterion {
+    AbortCriterion {
+        failure_type: FailureType::All,
+        threshold_percentage: 12.5,
+        min_number_of_executed_things: 8,
+    }
 }
 
 fn envelope(event: Event, seq: u64, trace: Option<&str>) -> EventEnvelope {
@@ -296,6 +463,7 @@ fn envelope(event: Event, seq: u64, trace: Option<&str>) -> EventEnvelope {
         Event::Credential { .. } => Aggregate::Credential(Target::thing("lamp-1").unwrap()),
         Event::Ca { .. } => Aggregate::Ca("cd".repeat(32)),
         Event::Group { .. } => Aggregate::Group("lab:floor-3".into()),
+        Event::Rollout { .. } => Aggregate::Rollout(RolloutId::parse("r-1").unwrap()),
         _ => Aggregate::Execution {
             execution_id: ExecutionId::parse("e-1").unwrap(),
             target: Target::thing("lamp-1").unwrap(),
@@ -694,6 +862,7 @@ fn a_snapshot_decodes_to_what_was_encoded_and_another_version_is_refused() {
         ],
         cas: vec![registered_ca(Some("Acme CA"))],
         groups: vec![group(None), group(Some("group:lab"))],
+        rollouts: vec![(hosted_rollout(), 6)],
     };
     assert_eq!(
         decode_snapshot(&encode_snapshot(&snapshot)).unwrap(),

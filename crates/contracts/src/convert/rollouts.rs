@@ -171,6 +171,17 @@ fn schedule_from_pb(at: &str, s: pb::RolloutSchedule) -> Result<Schedule, Valida
 /// A spec at `at` (e.g. `spec`), checked against every limit of `rollout::validate`.
 /// `allowed_targets` is not part of the API: the caller's grant fills it in.
 pub fn rollout_spec_from_pb(at: &str, s: pb::RolloutSpec) -> Result<RolloutSpec, ValidationError> {
+    let spec = rollout_spec_from_pb_unchecked(at, s)?;
+    rollout::validate(&spec).map_err(|e| ValidationError::new(path(at, &e.field), e.message))?;
+    Ok(spec)
+}
+
+/// [`rollout_spec_from_pb`] without the domain's limits: for a spec as a rollout holds it
+/// (a snapshot's, whose list targets live in the target table), checked when it started.
+pub fn rollout_spec_from_pb_unchecked(
+    at: &str,
+    s: pb::RolloutSpec,
+) -> Result<RolloutSpec, ValidationError> {
     let command_id = CommandId::parse(s.command_id)
         .map_err(|e| ValidationError::new(path(at, "command_id"), e.message))?;
     let execution_timeout_secs = match s.execution_timeout_seconds {
@@ -231,7 +242,6 @@ pub fn rollout_spec_from_pb(at: &str, s: pb::RolloutSpec) -> Result<RolloutSpec,
         client_token: non_empty(s.client_token),
         allowed_targets: None,
     };
-    rollout::validate(&spec).map_err(|e| ValidationError::new(path(at, &e.field), e.message))?;
     Ok(spec)
 }
 

@@ -112,3 +112,26 @@ pub enum RolloutEvent {
     Completed,
     Canceled,
 }
+
+impl RolloutEvent {
+    /// The event's type name, for spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RolloutStarted { .. } => "RolloutStarted",
+            Self::TargetsAdded { .. } => "RolloutTargetsAdded",
+            Self::TargetsResolved => "RolloutTargetsResolved",
+            Self::StartTimeReached => "RolloutStartTimeReached",
+            Self::AttemptLaunching { .. } => "RolloutAttemptLaunching",
+            Self::AttemptLaunched { .. } => "RolloutAttemptLaunched",
+            Self::AttemptRefused { .. } => "RolloutAttemptRefused",
+            Self::AttemptSettled { .. } => "RolloutAttemptSettled",
+            Self::RateIncreased { .. } => "RolloutRateIncreased",
+            Self::Aborted { .. } => "RolloutAborted",
+            Self::CancelRequested { .. } => "RolloutCancelRequested",
+            Self::ExecutionsCanceling { .. } => "RolloutExecutionsCanceling",
+            Self::EndTimeReached => "RolloutEndTimeReached",
+            Self::Completed => "RolloutCompleted",
+            Self::Canceled => "RolloutCanceled",
+        }
+    }
+}

@@ -29,6 +29,7 @@ mod cron;
 mod decide;
 mod event;
 mod plan;
+mod snapshot;
 mod spec;
 mod state;
 mod table;
@@ -45,6 +46,7 @@ use crate::limits::ID_MAX_CHARS;
 pub use decide::decide;
 pub use event::{RolloutEvent, RolloutInput};
 pub use plan::{Plan, plan};
+pub use snapshot::{RolloutSnapshot, SnapshotLive, SnapshotTarget, StopReason};
 pub use spec::{
     ABORT_CRITERIA_MAX, AbortCriterion, EndBehavior, FailureType, IncreaseCriteria,
     LIST_TARGETS_MAX, MaintenanceWindow, PER_MINUTE_MAX, RETRY_BACKOFF_BASE_DEFAULT_SECS,
@@ -102,6 +104,11 @@ impl fmt::Display for RolloutId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The routing key of a rollout: `rollout/<id>`. Its shard's owner hosts it.
+pub fn routing_key(rollout_id: &RolloutId) -> String {
+    format!("rollout/{rollout_id}")
 }
 
 /// Longest rollout id kept verbatim in a client token.

@@ -717,6 +717,9 @@ impl Owner {
                         });
                     }
                 }
+                // Rollouts are folded by their owner only; the read model has no rollout
+                // records yet (docs/design.md, "Not implemented yet").
+                Aggregate::Rollout(_) => {}
             }
         }
         writes

@@ -2,7 +2,7 @@
 //! from the events (and, for eviction, from the caller).
 //!
 //! It holds every execution that is not terminal (and a bounded cache of terminal ones), the
-//! commands, things and device credentials the shard owns, the client tokens of recent starts, the timers (execution
+//! commands, things, device credentials, groups and rollouts the shard owns, the client tokens of recent starts, the timers (execution
 //! deadlines, scheduled command deletions), the trace each execution started under, and the
 //! payloads of executions still CREATED (a new owner delivers those again).
 
@@ -17,6 +17,7 @@ use fleetcmd_domain::execution::{self, Folded};
 use fleetcmd_domain::group::{self, ThingGroup};
 use fleetcmd_domain::ids::{ExecutionId, Target, TargetKind};
 use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, TimestampMs};
+use fleetcmd_domain::rollout::{self, Rollout, RolloutId};
 use fleetcmd_domain::start::PriorStart;
 use fleetcmd_domain::thing::{self, Thing};
 
@@ -68,6 +69,8 @@ pub struct ShardState {
     cas: HashMap<String, CaCertificate>,
     /// The shard's thing groups (each carries its version).
     groups: HashMap<String, ThingGroup>,
+    /// The rollouts the shard hosts and the sequence number of each one's last event.
+    rollouts: HashMap<RolloutId, (Rollout, u64)>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     /// The offset the next record appended to the partition gets.
     next_offset: u64,
@@ -125,6 +128,10 @@ impl ShardState {
         self.groups.get(name)
     }
 
+    pub fn rollout(&self, id: &RolloutId) -> Option<&Rollout> {
+        self.rollouts.get(id).map(|(r, _)| r)
+    }
+
     /// The sequence number the next event of `aggregate` gets: one past its last event's.
     pub fn next_seq(&self, aggregate: &Aggregate) -> u64 {
         let last = match aggregate {
@@ -136,6 +143,7 @@ impl ShardState {
             Aggregate::Credential(owner) => self.credentials(owner).map_or(0, |c| c.version),
             Aggregate::Ca(id) => self.ca(id).map_or(0, |c| c.version),
             Aggregate::Group(name) => self.group(name).map_or(0, |g| g.version),
+            Aggregate::Rollout(id) => self.rollouts.get(id).map_or(0, |(_, seq)| *seq),
         };
         last + 1
     }
@@ -332,6 +340,15 @@ impl ShardState {
                     group::fold(&mut state, event, env.seq);
                     if let Some(g) = state {
                         self.groups.insert(name.clone(), g);
+                    }
+                }
+            }
+            Aggregate::Rollout(id) => {
+                if let Event::Rollout { event } = &env.event {
+                    let mut state = self.rollouts.remove(id).map(|(r, _)| r);
+                    rollout::apply(&mut state, event, env.at);
+                    if let Some(r) = state {
+                        self.rollouts.insert(id.clone(), (r, env.seq));
                     }
                 }
             }
@@ -537,6 +554,8 @@ impl ShardState {
         cas.sort_by(|a, b| a.ca_certificate_id.cmp(&b.ca_certificate_id));
         let mut groups: Vec<ThingGroup> = self.groups.values().cloned().collect();
         groups.sort_by(|a, b| a.thing_group_name.cmp(&b.thing_group_name));
+        let mut rollouts: Vec<(Rollout, u64)> = self.rollouts.values().cloned().collect();
+        rollouts.sort_by(|a, b| a.0.rollout_id().cmp(b.0.rollout_id()));
         ShardSnapshot {
             next_offset: self.next_offset,
             executions,
@@ -548,6 +567,7 @@ impl ShardState {
             credentials,
             cas,
             groups,
+            rollouts,
         }
     }
 
@@ -649,6 +669,11 @@ impl ShardState {
             .groups
             .into_iter()
             .map(|g| (g.thing_group_name.clone(), g))
+            .collect();
+        state.rollouts = snapshot
+            .rollouts
+            .into_iter()
+            .map(|(r, seq)| (r.rollout_id().clone(), (r, seq)))
             .collect();
         state
     }

@@ -22,6 +22,7 @@ use super::decide::{self, Decision, Lookups, Outcome, Refusal, Settings};
 use super::state::{ShardState, TimerKey};
 
 mod delivery;
+mod rollouts;
 
 const SETTINGS: Settings = Settings {
     shard: 0,

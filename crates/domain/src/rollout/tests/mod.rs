@@ -12,6 +12,7 @@ mod lifecycle;
 mod rate;
 mod retry;
 mod schedule;
+mod snapshot;
 
 /// 2025-01-06 00:00 UTC, a Monday.
 const T0: TimestampMs = 1_736_121_600_000;
