@@ -22,7 +22,7 @@ use fleetcmd_domain::topics::TopicRoot;
 use super::collector::{Collector, Expect, Note, Tally};
 use super::devices::{Behavior, FleetSpec};
 use super::pace::due_offset;
-use super::stats::{Report, per_sec};
+use super::stats::{Report, Storm, per_sec};
 use super::{BenchArgs, Progress, Resources, parse_host_port, run_tag, start_devices, stop_after};
 use fleetcmd_cli::{Api, ClientArgs, code_name};
 use fleetcmd_standalone::{self as serve, ServeArgs};
@@ -300,9 +300,18 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
             None => None,
         },
     };
-    let fleet = start_devices(&spec, &collector.notes, &mut progress, "fleetcmd bench").await?;
-
-    let resources = Resources::start(target.pids.clone(), Duration::from_secs(args.sample_secs));
+    let sample_every = Duration::from_secs(args.sample_secs);
+    // The reconnect storm connects the devices only once every start has been answered.
+    let (mut fleet, mut resources) = if args.offline_start {
+        (None, None)
+    } else {
+        let fleet = start_devices(&spec, &collector.notes, &mut progress, "fleetcmd bench").await?;
+        (
+            Some(fleet),
+            Some(Resources::start(target.pids.clone(), sample_every)),
+        )
+    };
+    let mut storm: Option<(Instant, Storm)> = None;
     let budget = args.budget();
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -390,6 +399,31 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
             "fleetcmd bench: {started} started, {delivered} delivered, {completed} done, \
              {failed} failed | {rate:.0}/s over {secs:.0} s"
         ));
+        if let Some((from, figures)) = &mut storm {
+            if figures.delivered_secs.is_none() && delivered >= started {
+                figures.delivered_secs = Some(from.elapsed().as_secs_f64());
+            }
+            if figures.ended_secs.is_none() && finished >= issued {
+                figures.ended_secs = Some(from.elapsed().as_secs_f64());
+            }
+        }
+        if all_started && fleet.is_none() {
+            // Every execution is started and every device offline: they all connect now.
+            let from = Instant::now();
+            resources = Some(Resources::start(target.pids.clone(), sample_every));
+            fleet = Some(
+                start_devices(&spec, &collector.notes, &mut progress, "reconnect storm").await?,
+            );
+            let subscribed_secs = from.elapsed().as_secs_f64();
+            storm = Some((
+                from,
+                Storm {
+                    subscribed_secs,
+                    ..Storm::default()
+                },
+            ));
+            continue;
+        }
         if all_started {
             let deadline = *drain_deadline
                 .get_or_insert_with(|| Instant::now() + Duration::from_secs(args.drain_secs));
@@ -415,10 +449,15 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
         attempted,
         ..Report::default()
     };
-    resources.finish(&mut report, target.in_process);
+    report.storm = storm.map(|(_, figures)| figures);
+    if let Some(resources) = resources {
+        resources.finish(&mut report, target.in_process);
+    }
     watcher.abort();
     let collected = collector.finish().await?;
-    fleet.stop().await;
+    if let Some(fleet) = fleet {
+        fleet.stop().await;
+    }
 
     collected.fill(&mut report);
     report.start = collected.start.summary();
@@ -469,5 +508,10 @@ async fn drive(args: &BenchArgs, token: Option<&str>, target: &Target) -> anyhow
         },
         "executions/s: completed executions / (last completion - first start)".into(),
     ];
+    if report.storm.is_some() {
+        report.what.push(
+            "reconnect storm (--offline-start): every execution started while every device was offline (start->delivered includes that wait); then all devices connected at once with clean sessions; storm figures count from the first connect, read every 20 ms once all are subscribed".into(),
+        );
+    }
     Ok(report)
 }

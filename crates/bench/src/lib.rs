@@ -107,6 +107,11 @@ pub struct BenchArgs {
     /// certificate and connects with it over TLS — what TLS and authorization cost.
     #[arg(long, conflicts_with = "mqtt")]
     pub secure: bool,
+    /// The reconnect storm: start every execution while every device is offline, then
+    /// connect them all at once (clean sessions) and time until each has its request and
+    /// until each has ended.
+    #[arg(long, conflicts_with_all = ["raw_mqtt", "compare", "duration"])]
+    pub offline_start: bool,
 }
 
 impl BenchArgs {
@@ -432,6 +437,9 @@ mod tests {
     #[test]
     fn bad_flags_are_refused() {
         assert!(parse(&["--raw-mqtt", "--compare"]).is_err());
+        assert!(parse(&["--offline-start", "--raw-mqtt"]).is_err());
+        assert!(parse(&["--offline-start", "--duration", "1m"]).is_err());
+        assert!(parse(&["--offline-start"]).unwrap().bench.offline_start);
         assert!(parse(&["--behavior", "dance"]).is_err());
         assert!(parse(&["--duration", "soon"]).is_err());
         let mut b = parse(&[]).unwrap().bench;
@@ -444,6 +452,44 @@ mod tests {
         b.mqtt = Some("localhost".into());
         assert!(b.validate().is_err());
         assert_eq!(parse_host_port("[::1]:1883").unwrap(), ("::1".into(), 1883));
+    }
+
+    /// The reconnect storm, small: every execution is started while its device is offline
+    /// and still reaches SUCCEEDED once the devices connect. No timing assertions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_offline_start_delivers_every_execution_once_the_devices_connect() {
+        let cli = parse(&[
+            "--devices",
+            "20",
+            "--executions",
+            "40",
+            "--offline-start",
+            "--timeout-secs",
+            "600",
+            "--verify",
+            "40",
+            "--quiet",
+            "--json",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            run(cli.bench, &cli.client, &mut out),
+        )
+        .await
+        .expect("the storm run finished in time")
+        .expect("the storm run succeeded");
+        let report: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(report["completed"], 40, "{report}");
+        assert_eq!(report["verified"], 40, "{report}");
+        for key in [
+            "storm_subscribed_secs",
+            "storm_delivered_secs",
+            "storm_ended_secs",
+        ] {
+            assert!(report[key].is_number(), "{key} in {report}");
+        }
     }
 
     /// The one end-to-end run: a few hundred executions against fleetcmd in-process, every

@@ -111,8 +111,19 @@ pub struct Report {
     pub bench_cpu_seconds: Option<f64>,
     /// Largest delay between an execution's scheduled start (`--rate`) and its real start.
     pub max_schedule_lag_ms: Option<f64>,
+    /// `--offline-start`: from the moment the devices began connecting, the seconds until
+    /// all were subscribed, until every execution was delivered, and until every one ended.
+    pub storm: Option<Storm>,
     /// What each latency measures, in words.
     pub what: Vec<String>,
+}
+
+/// The reconnect storm's figures, in seconds from the first connect (resolution 20 ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Storm {
+    pub subscribed_secs: f64,
+    pub delivered_secs: Option<f64>,
+    pub ended_secs: Option<f64>,
 }
 
 impl Report {
@@ -175,6 +186,14 @@ impl Report {
             "max_schedule_lag_ms".into(),
             json!(self.max_schedule_lag_ms.map(round3)),
         );
+        let storm =
+            |f: fn(&Storm) -> Option<f64>| json!(self.storm.as_ref().and_then(f).map(round3));
+        m.insert(
+            "storm_subscribed_secs".into(),
+            storm(|s| Some(s.subscribed_secs)),
+        );
+        m.insert("storm_delivered_secs".into(), storm(|s| s.delivered_secs));
+        m.insert("storm_ended_secs".into(), storm(|s| s.ended_secs));
         m.insert("what".into(), json!(self.what));
         m
     }
@@ -240,6 +259,17 @@ impl Report {
         }
         if let Some(lag) = self.max_schedule_lag_ms {
             let _ = writeln!(out, "  max lag behind the --rate schedule: {lag:.1} ms");
+        }
+        if let Some(s) = &self.storm {
+            let secs =
+                |v: Option<f64>| v.map_or_else(|| "never".to_string(), |v| format!("{v:.2} s"));
+            let _ = writeln!(
+                out,
+                "  reconnect storm, from the first connect: all subscribed {:.2} s, all delivered {}, all ended {}",
+                s.subscribed_secs,
+                secs(s.delivered_secs),
+                secs(s.ended_secs)
+            );
         }
         let mem = self.peak_rss_bytes.map_or_else(|| "n/a".to_string(), mib);
         let cpu = self
