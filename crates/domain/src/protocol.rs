@@ -19,6 +19,7 @@ use crate::execution::ExecutionInput;
 use crate::group::{GroupInput, ThingGroup};
 use crate::ids::{CommandId, ExecutionId, Target};
 use crate::model::{Command, Execution, ExecutionStatus, ResultValue, StatusReason, TimestampMs};
+use crate::rollout::{RolloutId, RolloutInput, RolloutSummary};
 use crate::start::StartRequest;
 use crate::thing::{Thing, ThingInput};
 
@@ -76,6 +77,15 @@ pub enum ShardRequest {
         thing_group_name: String,
         input: GroupInput,
     },
+    /// An input for the rollout with this id.
+    Rollout {
+        rollout_id: RolloutId,
+        input: RolloutInput,
+    },
+    /// Read the rollout with this id from its owner (records nothing).
+    ReadRollout {
+        rollout_id: RolloutId,
+    },
 }
 
 impl ShardRequest {
@@ -94,6 +104,9 @@ impl ShardRequest {
                 thing_group_name, ..
             } => crate::group::routing_key(thing_group_name),
             Self::DeliverPending { target } => target.resource_name(),
+            Self::Rollout { rollout_id, .. } | Self::ReadRollout { rollout_id } => {
+                crate::rollout::routing_key(rollout_id)
+            }
         }
     }
 }
@@ -147,6 +160,12 @@ pub enum ShardReply {
     /// or never there).
     Group {
         group: Option<Box<ThingGroup>>,
+        position: Option<LogPosition>,
+    },
+    /// A rollout input was applied (or a rollout read): the rollout as the API shows it
+    /// (`None`: never started).
+    Rollout {
+        rollout: Option<Box<RolloutSummary>>,
         position: Option<LogPosition>,
     },
     /// The target's waiting executions were handed to the edge: `count` of them.

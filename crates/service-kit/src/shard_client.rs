@@ -152,6 +152,8 @@ pub fn input_name(request: &ShardRequest) -> &'static str {
         ShardRequest::Credential { .. } => "credential",
         ShardRequest::Ca { .. } => "ca",
         ShardRequest::Group { .. } => "group",
+        ShardRequest::Rollout { .. } => "rollout",
+        ShardRequest::ReadRollout { .. } => "read rollout",
         ShardRequest::DeliverPending { .. } => "deliver pending",
     }
 }

@@ -451,6 +451,10 @@ pub fn encode_shard_request(request: &ShardRequest) -> Vec<u8> {
             thing_group_name,
             input,
         } => R::Group(groups::input_to_pb(thing_group_name, input)),
+        ShardRequest::Rollout { rollout_id, input } => {
+            R::Rollout(rollouts::input_to_pb(rollout_id, input))
+        }
+        ShardRequest::ReadRollout { rollout_id } => R::ReadRollout(rollout_id.as_str().to_owned()),
     };
     ipb::ShardRequest {
         request: Some(request),
@@ -479,6 +483,10 @@ pub fn decode_shard_request(bytes: &[u8]) -> Result<ShardRequest> {
             target: Target::try_from(target)?,
         },
         R::Group(g) => groups::input_from_pb(g)?,
+        R::Rollout(r) => rollouts::input_from_pb(r)?,
+        R::ReadRollout(id) => ShardRequest::ReadRollout {
+            rollout_id: fleetcmd_domain::rollout::RolloutId::parse(id)?,
+        },
     })
 }
 
@@ -640,6 +648,10 @@ pub fn encode_shard_reply(reply: &ShardReply) -> Vec<u8> {
             group: group.as_deref().map(groups::group_to_ipb),
             position: position.map(position_to_pb),
         }),
+        ShardReply::Rollout { rollout, position } => R::Rollout(ipb::RolloutApplied {
+            rollout: rollout.as_deref().map(crate::convert::rollout_to_pb),
+            position: position.map(position_to_pb),
+        }),
         ShardReply::DeliveredPending { count } => R::DeliveredPending(*count),
         ShardReply::Rejected(r) => R::Rejected(ipb::Rejection {
             code: rejection_code_to_pb(r.code) as i32,
@@ -702,6 +714,14 @@ pub fn decode_shard_reply(bytes: &[u8]) -> Result<ShardReply> {
                 .transpose()?
                 .map(Box::new),
             position: g.position.map(position_from_pb),
+        },
+        R::Rollout(r) => ShardReply::Rollout {
+            rollout: r
+                .rollout
+                .map(crate::convert::rollout_from_pb)
+                .transpose()?
+                .map(Box::new),
+            position: r.position.map(position_from_pb),
         },
         R::Rejected(r) => ShardReply::Rejected(Rejection {
             code: rejection_code_from_pb(r.code)?,

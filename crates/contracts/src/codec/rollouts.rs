@@ -3,8 +3,9 @@
 
 use fleetcmd_domain::error::ValidationError;
 use fleetcmd_domain::ids::{ExecutionId, Target};
+use fleetcmd_domain::protocol::ShardRequest;
 use fleetcmd_domain::rollout::{
-    AbortCriterion, Rollout, RolloutCounts, RolloutEvent, RolloutId, RolloutSnapshot,
+    AbortCriterion, Rollout, RolloutCounts, RolloutEvent, RolloutId, RolloutInput, RolloutSnapshot,
     RolloutStatus, SnapshotLive, SnapshotTarget, StopReason, TargetState,
 };
 
@@ -407,4 +408,98 @@ pub(super) fn snapshot_from_ipb(r: ipb::SnapshotRollout) -> Result<(Rollout, u64
         next_slot_ns: i128::from(r.next_slot_ns),
     };
     Ok((Rollout::from_snapshot(snapshot)?, r.seq))
+}
+
+// ---- inputs on the bus -----------------------------------------------------------------------
+
+pub(super) fn input_to_pb(rollout_id: &RolloutId, input: &RolloutInput) -> ipb::RolloutInput {
+    use ipb::rollout_input::Input as I;
+    let input = match input {
+        RolloutInput::Start { rollout_id, spec } => I::Start(ipb::RolloutStarted {
+            rollout_id: rollout_id.as_str().to_owned(),
+            spec: Some(rollout_spec_to_pb(spec)),
+            created_at_ms: 0,
+            allowed_targets: spec
+                .allowed_targets
+                .clone()
+                .map(|patterns| ipb::AllowedTargets { patterns }),
+        }),
+        RolloutInput::Cancel { force } => I::Cancel(ipb::RolloutCancelRequested { force: *force }),
+        RolloutInput::AddTargets { targets } => I::AddTargets(ipb::RolloutTargetsAdded {
+            targets: targets.iter().map(pb::Target::from).collect(),
+        }),
+        RolloutInput::TargetsResolved => I::TargetsResolved(ipb::RolloutMark {}),
+        RolloutInput::Launched {
+            target,
+            attempt,
+            execution_id,
+        } => I::Launched(ipb::RolloutLaunched {
+            target: Some(target.into()),
+            attempt: *attempt,
+            execution_id: execution_id.as_str().to_owned(),
+        }),
+        RolloutInput::LaunchRefused {
+            target,
+            attempt,
+            code,
+        } => I::LaunchRefused(ipb::RolloutLaunchRefused {
+            target: Some(target.into()),
+            attempt: *attempt,
+            code: rejection_code_to_pb(*code) as i32,
+        }),
+        RolloutInput::Settled {
+            execution_id,
+            status,
+        } => I::Settled(ipb::RolloutSettled {
+            execution_id: execution_id.as_str().to_owned(),
+            status: status_to_pb(*status),
+        }),
+    };
+    ipb::RolloutInput {
+        rollout_id: rollout_id.as_str().to_owned(),
+        input: Some(input),
+    }
+}
+
+pub(super) fn input_from_pb(r: ipb::RolloutInput) -> Result<ShardRequest> {
+    use ipb::rollout_input::Input as I;
+    let rollout_id = RolloutId::parse(r.rollout_id)?;
+    let target = |t: Option<pb::Target>| -> Result<Target> {
+        Ok(Target::try_from(required("rollout_input.target", t)?)?)
+    };
+    let input = match required("rollout_input.input", r.input)? {
+        I::Start(s) => {
+            let mut spec =
+                rollout_spec_from_pb("spec", required("rollout_input.start.spec", s.spec)?)?;
+            spec.allowed_targets = s.allowed_targets.map(|a| a.patterns);
+            RolloutInput::Start {
+                rollout_id: RolloutId::parse(s.rollout_id)?,
+                spec: Box::new(spec),
+            }
+        }
+        I::Cancel(c) => RolloutInput::Cancel { force: c.force },
+        I::AddTargets(t) => RolloutInput::AddTargets {
+            targets: t
+                .targets
+                .into_iter()
+                .map(Target::try_from)
+                .collect::<Result<_, _>>()?,
+        },
+        I::TargetsResolved(_) => RolloutInput::TargetsResolved,
+        I::Launched(l) => RolloutInput::Launched {
+            target: target(l.target)?,
+            attempt: l.attempt,
+            execution_id: ExecutionId::parse(l.execution_id)?,
+        },
+        I::LaunchRefused(l) => RolloutInput::LaunchRefused {
+            target: target(l.target)?,
+            attempt: l.attempt,
+            code: rejection_code_from_pb(l.code)?,
+        },
+        I::Settled(s) => RolloutInput::Settled {
+            execution_id: ExecutionId::parse(s.execution_id)?,
+            status: status_from_pb("rollout_input.settled.status", s.status)?,
+        },
+    };
+    Ok(ShardRequest::Rollout { rollout_id, input })
 }

@@ -23,8 +23,8 @@ use fleetcmd_domain::protocol::{
 };
 use fleetcmd_domain::rollout::{
     AbortCriterion, EndBehavior, FailureType, IncreaseCriteria, MaintenanceWindow, Rate,
-    RetryCriterion, RetryFailureType, Rollout, RolloutEvent, RolloutId, RolloutSpec, Schedule,
-    TargetSelection, TargetSelector,
+    RetryCriterion, RetryFailureType, Rollout, RolloutEvent, RolloutId, RolloutInput, RolloutSpec,
+    Schedule, TargetSelection, TargetSelector,
 };
 use fleetcmd_domain::start::StartRequest;
 use fleetcmd_domain::testing;
@@ -394,7 +394,7 @@ fn rollout_events() -> Vec<RolloutEvent> {
 /// A rollout as its owner holds it: one target skipped as not granted, one attempt
 /// launched, one logged as launching, a retry criterion and an abort criterion.
 fn hosted_rollout() -> Rollout {
-    use fleetcmd_domain::rollout::{RolloutInput, apply, decide, plan};
+    use fleetcmd_domain::rollout::{apply, decide, plan};
     let at = 1_800_000_000_000;
     let lab = |i: u32| Target::thing(format!("lab-{i}")).unwrap();
     let mut spec = RolloutSpec::new(
@@ -695,6 +695,45 @@ fn every_request() -> Vec<ShardRequest> {
             input,
         });
     }
+    let rollout_id = RolloutId::parse("r-1").unwrap();
+    let mut inputs: Vec<RolloutInput> = rollout_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            RolloutEvent::RolloutStarted {
+                rollout_id, spec, ..
+            } => Some(RolloutInput::Start { rollout_id, spec }),
+            _ => None,
+        })
+        .collect();
+    inputs.extend([
+        RolloutInput::Cancel { force: true },
+        RolloutInput::AddTargets {
+            targets: vec![target.clone(), Target::client("c-1").unwrap()],
+        },
+        RolloutInput::TargetsResolved,
+        RolloutInput::Launched {
+            target: target.clone(),
+            attempt: 3,
+            execution_id: id.clone(),
+        },
+        RolloutInput::LaunchRefused {
+            target,
+            attempt: 1,
+            code: RejectionCode::FailedPrecondition,
+        },
+        RolloutInput::Settled {
+            execution_id: id,
+            status: ExecutionStatus::Rejected,
+        },
+    ]);
+    assert_eq!(inputs.len(), 8, "two starts and every other input");
+    for input in inputs {
+        requests.push(ShardRequest::Rollout {
+            rollout_id: rollout_id.clone(),
+            input,
+        });
+    }
+    requests.push(ShardRequest::ReadRollout { rollout_id });
     requests
 }
 
@@ -778,6 +817,14 @@ fn every_shard_reply_decodes_to_what_was_encoded() {
         },
         ShardReply::Group {
             group: None,
+            position: None,
+        },
+        ShardReply::Rollout {
+            rollout: Some(Box::new(hosted_rollout().summary())),
+            position,
+        },
+        ShardReply::Rollout {
+            rollout: None,
             position: None,
         },
         ShardReply::Unavailable("moving".into()),

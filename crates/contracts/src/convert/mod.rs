@@ -53,8 +53,8 @@ pub use executions::{
     time_range_from_pb,
 };
 pub use rollouts::{
-    failure_type_from_pb, rollout_spec_from_pb, rollout_spec_from_pb_unchecked, rollout_spec_to_pb,
-    rollout_status_from_pb, rollout_to_pb, start_rollout_from_pb,
+    failure_type_from_pb, rollout_from_pb, rollout_spec_from_pb, rollout_spec_from_pb_unchecked,
+    rollout_spec_to_pb, rollout_status_from_pb, rollout_to_pb, start_rollout_from_pb,
 };
 pub use status::{
     ERROR_DOMAIN, STATUS_DETAILS_MAX_BYTES, STATUS_MESSAGE_MAX_BYTES, bounded_status, code_name,

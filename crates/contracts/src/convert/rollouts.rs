@@ -7,8 +7,8 @@ use fleetcmd_domain::error::ValidationError;
 use fleetcmd_domain::ids::{CommandId, Target};
 use fleetcmd_domain::rollout::{
     self, AbortCriterion, EndBehavior, FailureType, IncreaseCriteria, MaintenanceWindow,
-    RETRY_BACKOFF_BASE_DEFAULT_SECS, Rate, RetryCriterion, RetryFailureType, Rollout,
-    RolloutCounts, RolloutId, RolloutSpec, RolloutStatus, Schedule, TargetSelection,
+    RETRY_BACKOFF_BASE_DEFAULT_SECS, Rate, RetryCriterion, RetryFailureType, RolloutCounts,
+    RolloutId, RolloutSpec, RolloutStatus, RolloutSummary, Schedule, TargetSelection,
     TargetSelector,
 };
 
@@ -355,21 +355,66 @@ impl From<&RolloutCounts> for pb::RolloutCounts {
 /// A rollout as GetRollout, ListRollouts and WatchRollout show it. A list's targets are
 /// held once, in the rollout's target table, so the spec's list comes back empty and
 /// `target_count` says how many there are.
-pub fn rollout_to_pb(r: &Rollout) -> pb::Rollout {
+pub fn rollout_to_pb(r: &RolloutSummary) -> pb::Rollout {
     pb::Rollout {
-        rollout_id: r.rollout_id().as_str().to_owned(),
-        status: pb::RolloutStatus::from(r.status()) as i32,
-        spec: Some(rollout_spec_to_pb(r.spec())),
-        counts: Some(r.counts().into()),
-        target_count: r.target_count(),
-        targets_resolved: r.targets_resolved(),
-        current_per_minute: r.per_minute(),
-        aborted_by: r.aborted_by().map(pb::AbortCriterion::from),
-        stopping: r.is_stopping(),
-        created_at: Some(timestamp_from_ms(r.created_at())),
-        started_at: opt_timestamp_from_ms(r.started_at()),
-        completed_at: opt_timestamp_from_ms(r.completed_at()),
+        rollout_id: r.rollout_id.as_str().to_owned(),
+        status: pb::RolloutStatus::from(r.status) as i32,
+        spec: Some(rollout_spec_to_pb(&r.spec)),
+        counts: Some((&r.counts).into()),
+        target_count: r.target_count,
+        targets_resolved: r.targets_resolved,
+        current_per_minute: r.per_minute,
+        aborted_by: r.aborted_by.as_ref().map(pb::AbortCriterion::from),
+        stopping: r.stopping,
+        created_at: Some(timestamp_from_ms(r.created_at)),
+        started_at: opt_timestamp_from_ms(r.started_at),
+        completed_at: opt_timestamp_from_ms(r.completed_at),
     }
+}
+
+/// The inverse of [`rollout_to_pb`] (for the bus, which carries rollouts as the API shows
+/// them). `allowed_targets` is not part of it.
+pub fn rollout_from_pb(r: pb::Rollout) -> Result<RolloutSummary, ValidationError> {
+    let spec = r
+        .spec
+        .ok_or_else(|| ValidationError::new("rollout.spec", "is required"))?;
+    let c = r.counts.unwrap_or_default();
+    Ok(RolloutSummary {
+        rollout_id: RolloutId::parse(r.rollout_id)?,
+        spec: rollout_spec_from_pb_unchecked("rollout.spec", spec)?,
+        status: rollout_status_from_pb("rollout.status", r.status)?,
+        aborted_by: r
+            .aborted_by
+            .map(|a| {
+                Ok::<_, ValidationError>(AbortCriterion {
+                    failure_type: failure_type_from_pb(
+                        "rollout.aborted_by.failure_type",
+                        a.failure_type,
+                    )?,
+                    threshold_percentage: a.threshold_percentage,
+                    min_number_of_executed_things: a.min_number_of_executed_things,
+                })
+            })
+            .transpose()?,
+        counts: RolloutCounts {
+            queued: c.queued,
+            in_flight: c.in_flight,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            rejected: c.rejected,
+            timed_out: c.timed_out,
+            canceled: c.canceled,
+            skipped_unauthorized: c.skipped_unauthorized,
+            notified: c.notified,
+        },
+        target_count: r.target_count,
+        targets_resolved: r.targets_resolved,
+        per_minute: r.current_per_minute,
+        stopping: r.stopping,
+        created_at: opt_timestamp_to_ms("rollout.created_at", r.created_at)?.unwrap_or(0),
+        started_at: opt_timestamp_to_ms("rollout.started_at", r.started_at)?,
+        completed_at: opt_timestamp_to_ms("rollout.completed_at", r.completed_at)?,
+    })
 }
 
 #[cfg(test)]

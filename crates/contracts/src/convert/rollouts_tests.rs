@@ -232,7 +232,9 @@ fn a_started_rollout_shows_its_status_counts_and_times() {
     for e in &events {
         apply(&mut state, e, at);
     }
-    let shown = rollout_to_pb(state.as_ref().unwrap());
+    let summary = state.as_ref().unwrap().summary();
+    let shown = rollout_to_pb(&summary);
+    assert_eq!(rollout_from_pb(shown.clone()).unwrap(), summary);
     assert_eq!(shown.rollout_id, "r-1");
     assert_eq!(shown.status, pb::RolloutStatus::InProgress as i32);
     assert_eq!(shown.target_count, 2);

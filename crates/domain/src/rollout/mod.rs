@@ -32,6 +32,7 @@ mod plan;
 mod snapshot;
 mod spec;
 mod state;
+mod summary;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ pub use spec::{
     RolloutSpec, Schedule, TargetSelection, TargetSelector, validate,
 };
 pub use state::{PendingLaunch, Rollout, RolloutCounts, RolloutStatus, TargetView, apply};
+pub use summary::RolloutSummary;
 pub use table::TargetState;
 
 /// A rollout's id: 1–64 characters of `[a-zA-Z0-9_-]`, chosen by the caller.

@@ -15,6 +15,7 @@ use fleetcmd_domain::group;
 use fleetcmd_domain::ids::{CommandId, ExecutionId, Target};
 use fleetcmd_domain::model::{Command, Execution, SUPERSEDED, StatusReason, TimestampMs};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
+use fleetcmd_domain::rollout::{self, RolloutId};
 use fleetcmd_domain::shard::shard_of;
 use fleetcmd_domain::start::{self, PriorStart, StartRequest, TokenCheck};
 use fleetcmd_domain::thing;
@@ -100,6 +101,8 @@ pub enum Outcome {
     DeliverPending { target: Target },
     /// A group input: answer with the group as stored after it.
     Group { thing_group_name: String },
+    /// A rollout input (or read): answer with the rollout's summary after it.
+    Rollout { rollout_id: RolloutId },
 }
 
 /// The events an input produces (in order, one log record) and what to answer.
@@ -152,6 +155,8 @@ pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardReq
             | ShardRequest::Credential { .. }
             | ShardRequest::Ca { .. }
             | ShardRequest::Group { .. }
+            | ShardRequest::Rollout { .. }
+            | ShardRequest::ReadRollout { .. }
             | ShardRequest::DeliverPending { .. } => {}
         }
     }
@@ -294,6 +299,31 @@ pub fn decide(
                 },
             })
         }
+        ShardRequest::Rollout { rollout_id, input } => {
+            let decided = rollout::decide(state.rollout(rollout_id), input, now)?;
+            Ok(Decision {
+                hydrate: None,
+                events: decided
+                    .into_iter()
+                    .map(|event| {
+                        (
+                            Aggregate::Rollout(rollout_id.clone()),
+                            Event::Rollout { event },
+                        )
+                    })
+                    .collect(),
+                outcome: Outcome::Rollout {
+                    rollout_id: rollout_id.clone(),
+                },
+            })
+        }
+        ShardRequest::ReadRollout { rollout_id } => Ok(Decision {
+            hydrate: None,
+            events: Vec::new(),
+            outcome: Outcome::Rollout {
+                rollout_id: rollout_id.clone(),
+            },
+        }),
     }
 }
 

@@ -558,6 +558,13 @@ impl Owner {
                 group: self.state.group(thing_group_name).cloned().map(Box::new),
                 position,
             },
+            Outcome::Rollout { rollout_id } => ShardReply::Rollout {
+                rollout: self
+                    .state
+                    .rollout(rollout_id)
+                    .map(|r| Box::new(r.summary())),
+                position,
+            },
             Outcome::DeliverPending { target } => {
                 let now = self.deps.clock.now_ms();
                 let count = self.state.undelivered_of(target, now).count();

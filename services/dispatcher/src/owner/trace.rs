@@ -43,6 +43,8 @@ pub fn input_span(
         | ShardRequest::Credential { .. }
         | ShardRequest::Ca { .. }
         | ShardRequest::Group { .. }
+        | ShardRequest::Rollout { .. }
+        | ShardRequest::ReadRollout { .. }
         | ShardRequest::DeliverPending { .. } => {
             let name = match req {
                 ShardRequest::Start(_) => "shard.owner start",
@@ -50,6 +52,8 @@ pub fn input_span(
                 ShardRequest::Credential { .. } => "shard.owner credential",
                 ShardRequest::Ca { .. } => "shard.owner ca",
                 ShardRequest::Group { .. } => "shard.owner group",
+                ShardRequest::Rollout { .. } => "shard.owner rollout",
+                ShardRequest::ReadRollout { .. } => "shard.owner read rollout",
                 ShardRequest::DeliverPending { .. } => "shard.owner deliver pending",
                 _ => "shard.owner command",
             };

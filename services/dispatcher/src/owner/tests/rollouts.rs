@@ -86,3 +86,92 @@ fn a_rollouts_events_fold_into_the_shard_state_and_survive_a_snapshot() {
     assert_eq!(restored.next_seq(&aggregate), logged + 1);
     assert_eq!(restored.to_snapshot(), state.to_snapshot());
 }
+
+fn rollout_request(id: &RolloutId, input: RolloutInput) -> ShardRequest {
+    ShardRequest::Rollout {
+        rollout_id: id.clone(),
+        input,
+    }
+}
+
+/// A start of `id` under the client token `t-1`.
+fn start_of(id: &RolloutId, per_minute: u32) -> RolloutInput {
+    let mut spec = RolloutSpec::new(
+        CommandId::parse("reboot").unwrap(),
+        TargetSelector::List(vec![target()]),
+        Rate::Fixed {
+            max_per_minute: per_minute,
+        },
+    );
+    spec.client_token = Some("t-1".into());
+    RolloutInput::Start {
+        rollout_id: id.clone(),
+        spec: Box::new(spec),
+    }
+}
+
+#[test]
+fn a_rollout_is_started_once_read_back_and_canceled_by_its_shard() {
+    let mut shard = given();
+    let id = RolloutId::parse("r-1").unwrap();
+    let read = ShardRequest::ReadRollout {
+        rollout_id: id.clone(),
+    };
+    // Unknown: a read finds nothing, a cancel is NOT_FOUND, and neither records anything.
+    let d = shard.when(read.clone(), 0).unwrap();
+    assert!(d.events.is_empty());
+    assert!(shard.state.rollout(&id).is_none());
+    let cancel = rollout_request(&id, RolloutInput::Cancel { force: false });
+    assert_eq!(
+        rejection(shard.when(cancel.clone(), 0)),
+        RejectionCode::ResourceNotFound
+    );
+
+    let d = shard
+        .when(rollout_request(&id, start_of(&id, 60)), 10)
+        .unwrap();
+    assert_eq!(
+        d.outcome,
+        Outcome::Rollout {
+            rollout_id: id.clone()
+        }
+    );
+    let names: Vec<&str> = d.events.iter().map(|(_, e)| e.name()).collect();
+    assert_eq!(names.first(), Some(&"RolloutStarted"), "{names:?}");
+    assert!(
+        d.events
+            .iter()
+            .all(|(a, _)| *a == Aggregate::Rollout(id.clone()))
+    );
+    let held = shard.state.rollout(&id).expect("started").summary();
+    assert_eq!(held.target_count, 1);
+    assert_eq!(held.created_at, 10);
+
+    // The same start (same token, same spec) again records nothing; another spec under the
+    // token is a conflict.
+    let again = shard
+        .when(rollout_request(&id, start_of(&id, 60)), 20)
+        .unwrap();
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(
+        rejection(shard.when(rollout_request(&id, start_of(&id, 120)), 20)),
+        RejectionCode::Conflict
+    );
+
+    let d = shard.when(cancel, 30).unwrap();
+    assert!(
+        d.events
+            .iter()
+            .any(|(_, e)| e.name() == "RolloutCancelRequested"),
+        "{:?}",
+        d.events
+    );
+    assert!(
+        shard.state.rollout(&id).unwrap().summary().stopping || {
+            shard.state.rollout(&id).unwrap().status().is_terminal()
+        }
+    );
+    let d = shard.when(read, 40).unwrap();
+    assert!(d.events.is_empty());
+    assert_eq!(d.outcome, Outcome::Rollout { rollout_id: id });
+}
