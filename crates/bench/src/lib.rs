@@ -454,6 +454,19 @@ mod tests {
         assert_eq!(parse_host_port("[::1]:1883").unwrap(), ("::1".into(), 1883));
     }
 
+    /// What a bench run wrote, once it finished (within two minutes) and succeeded.
+    async fn run_to_text(cli: Cli) -> String {
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            run(cli.bench, &cli.client, &mut out),
+        )
+        .await
+        .expect("the run finished in time")
+        .expect("the run succeeded");
+        String::from_utf8(out).unwrap()
+    }
+
     /// The reconnect storm, small: every execution is started while its device is offline
     /// and still reaches SUCCEEDED once the devices connect. No timing assertions.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,15 +485,8 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            run(cli.bench, &cli.client, &mut out),
-        )
-        .await
-        .expect("the storm run finished in time")
-        .expect("the storm run succeeded");
-        let report: Value = serde_json::from_slice(&out).unwrap();
+        let text = run_to_text(cli).await;
+        let report: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(report["completed"], 40, "{report}");
         assert_eq!(report["verified"], 40, "{report}");
         for key in [
@@ -513,15 +519,7 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            run(cli.bench, &cli.client, &mut out),
-        )
-        .await
-        .expect("the smoke run finished in time")
-        .expect("the smoke run succeeded");
-        let text = String::from_utf8(out).unwrap();
+        let text = run_to_text(cli).await;
         assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
         let report: Value = serde_json::from_str(&text).unwrap();
         for key in stats::FLAT_KEYS {

@@ -5,8 +5,8 @@ use fleetcmd_domain::error::ValidationError;
 use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::protocol::ShardRequest;
 use fleetcmd_domain::rollout::{
-    AbortCriterion, Rollout, RolloutCounts, RolloutEvent, RolloutId, RolloutInput, RolloutSnapshot,
-    RolloutStatus, SnapshotLive, SnapshotTarget, StopReason, TargetState,
+    AbortCriterion, Rollout, RolloutEvent, RolloutId, RolloutInput, RolloutSnapshot, RolloutStatus,
+    SnapshotLive, SnapshotTarget, StopReason, TargetState,
 };
 
 use super::{CodecError, Result, rejection_code_from_pb, rejection_code_to_pb, required};
@@ -242,20 +242,6 @@ const STATUSES: [(RolloutStatus, pb::RolloutStatus); 5] = [
     (RolloutStatus::Aborted, pb::RolloutStatus::Aborted),
 ];
 
-fn counts_from_pb(c: pb::RolloutCounts) -> RolloutCounts {
-    RolloutCounts {
-        queued: c.queued,
-        in_flight: c.in_flight,
-        succeeded: c.succeeded,
-        failed: c.failed,
-        rejected: c.rejected,
-        timed_out: c.timed_out,
-        canceled: c.canceled,
-        skipped_unauthorized: c.skipped_unauthorized,
-        notified: c.notified,
-    }
-}
-
 /// A hosted rollout in a shard snapshot, with its last event's sequence number.
 pub(super) fn snapshot_to_ipb(r: &Rollout, seq: u64) -> ipb::SnapshotRollout {
     let r = r.to_snapshot();
@@ -388,7 +374,7 @@ pub(super) fn snapshot_from_ipb(r: ipb::SnapshotRollout) -> Result<(Rollout, u64
         spec_fingerprint: r.spec_fingerprint,
         status,
         aborted_by,
-        counts: counts_from_pb(required("rollout.counts", r.counts)?),
+        counts: required("rollout.counts", r.counts)?.into(),
         created_at: r.created_at_ms,
         started_at: r.started_at_ms,
         completed_at: r.completed_at_ms,

@@ -352,6 +352,22 @@ impl From<&RolloutCounts> for pb::RolloutCounts {
     }
 }
 
+impl From<pb::RolloutCounts> for RolloutCounts {
+    fn from(c: pb::RolloutCounts) -> Self {
+        Self {
+            queued: c.queued,
+            in_flight: c.in_flight,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            rejected: c.rejected,
+            timed_out: c.timed_out,
+            canceled: c.canceled,
+            skipped_unauthorized: c.skipped_unauthorized,
+            notified: c.notified,
+        }
+    }
+}
+
 /// A rollout as GetRollout, ListRollouts and WatchRollout show it. A list's targets are
 /// held once, in the rollout's target table, so the spec's list comes back empty and
 /// `target_count` says how many there are.
@@ -396,17 +412,7 @@ pub fn rollout_from_pb(r: pb::Rollout) -> Result<RolloutSummary, ValidationError
                 })
             })
             .transpose()?,
-        counts: RolloutCounts {
-            queued: c.queued,
-            in_flight: c.in_flight,
-            succeeded: c.succeeded,
-            failed: c.failed,
-            rejected: c.rejected,
-            timed_out: c.timed_out,
-            canceled: c.canceled,
-            skipped_unauthorized: c.skipped_unauthorized,
-            notified: c.notified,
-        },
+        counts: c.into(),
         target_count: r.target_count,
         targets_resolved: r.targets_resolved,
         per_minute: r.current_per_minute,
