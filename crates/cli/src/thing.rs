@@ -80,6 +80,12 @@ pub struct ListArgs {
     /// Only things matching this query, e.g. 'attributes.model:lamp-v2 AND attributes.floor >= 3'.
     #[arg(long, value_name = "QUERY")]
     pub query: Option<String>,
+    /// Only things whose device is connected now (where the broker reports presence).
+    #[arg(long, conflicts_with = "disconnected")]
+    pub connected: bool,
+    /// Only things whose device is not connected now.
+    #[arg(long)]
+    pub disconnected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -148,7 +154,13 @@ impl ListArgs {
             next_token: self.page.next_token.clone().unwrap_or_default(),
             attribute_name,
             attribute_value,
-            connectivity: 0,
+            connectivity: if self.connected {
+                pb::ConnectivityFilter::Connected as i32
+            } else if self.disconnected {
+                pb::ConnectivityFilter::Disconnected as i32
+            } else {
+                pb::ConnectivityFilter::Unspecified as i32
+            },
             thing_name_prefix: self.prefix.clone().unwrap_or_default(),
             query_string: self.query.clone().unwrap_or_default(),
         }
@@ -379,6 +391,17 @@ mod tests {
         );
         assert_eq!(r.thing_name_prefix, "lamp-");
         assert_eq!(r.query_string, "attributes.floor>=3");
+        assert_eq!(r.connectivity, pb::ConnectivityFilter::Unspecified as i32);
+        for (flag, filter) in [
+            ("--connected", pb::ConnectivityFilter::Connected),
+            ("--disconnected", pb::ConnectivityFilter::Disconnected),
+        ] {
+            let ThingCmd::List(args) = parse(&format!("list {flag}")).unwrap() else {
+                panic!()
+            };
+            assert_eq!(args.to_request().connectivity, filter as i32);
+        }
+        assert!(parse("list --connected --disconnected").is_err());
         assert!(args.page.all);
     }
 
