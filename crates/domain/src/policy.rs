@@ -42,10 +42,15 @@ pub enum Action {
     AddThingToThingGroup,
     RemoveThingFromThingGroup,
     ListThingsInThingGroup,
+    StartRollout,
+    GetRollout,
+    ListRollouts,
+    CancelRollout,
+    WatchRollout,
 }
 
 impl Action {
-    pub const ALL: [Action; 33] = [
+    pub const ALL: [Action; 38] = [
         Self::CreateCommand,
         Self::GetCommand,
         Self::ListCommands,
@@ -79,6 +84,11 @@ impl Action {
         Self::AddThingToThingGroup,
         Self::RemoveThingFromThingGroup,
         Self::ListThingsInThingGroup,
+        Self::StartRollout,
+        Self::GetRollout,
+        Self::ListRollouts,
+        Self::CancelRollout,
+        Self::WatchRollout,
     ];
 
     /// The name used in policy files (the RPC name, e.g. `StartCommandExecution`).
@@ -117,6 +127,11 @@ impl Action {
             Self::AddThingToThingGroup => "AddThingToThingGroup",
             Self::RemoveThingFromThingGroup => "RemoveThingFromThingGroup",
             Self::ListThingsInThingGroup => "ListThingsInThingGroup",
+            Self::StartRollout => "StartRollout",
+            Self::GetRollout => "GetRollout",
+            Self::ListRollouts => "ListRollouts",
+            Self::CancelRollout => "CancelRollout",
+            Self::WatchRollout => "WatchRollout",
         }
     }
 
@@ -441,6 +456,46 @@ impl TokenPolicy {
     }
 }
 
+/// Which targets a caller's grants cover for one action on one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetGrant {
+    /// No grant covers the action on the command.
+    Denied,
+    /// Every target (a covering grant's targets include `*`).
+    All,
+    /// The targets matching any of these patterns (the covering grants' target patterns,
+    /// each once, in policy order).
+    Only(Vec<String>),
+}
+
+impl TokenPolicy {
+    /// The targets this caller may reach with `action` on `command`: what a call that
+    /// reaches many targets at once (a rollout to a group or a query) is narrowed to, so a
+    /// grant on `thing/lab-*` never reaches other things through a group.
+    pub fn target_grant(&self, action: Action, command: &str) -> TargetGrant {
+        let mut patterns: Vec<String> = Vec::new();
+        for g in &self.allow {
+            let names_action = g.actions.iter().any(|a| a == ANY || a == action.name());
+            if !names_action || !g.commands.iter().any(|p| glob_match(p, command)) {
+                continue;
+            }
+            if g.targets.iter().any(|t| t == ANY) {
+                return TargetGrant::All;
+            }
+            for t in &g.targets {
+                if !patterns.contains(t) {
+                    patterns.push(t.clone());
+                }
+            }
+        }
+        if patterns.is_empty() {
+            TargetGrant::Denied
+        } else {
+            TargetGrant::Only(patterns)
+        }
+    }
+}
+
 /// `*` matches any run of characters (also empty), `?` exactly one.
 ///
 /// Iterative with a single backtrack point (the last `*` seen), so it runs in
@@ -571,6 +626,47 @@ mod tests {
             assert!(ops.allows(a, None, None), "{a:?}");
             assert!(ops.allows(a, Some("x"), Some(&Target::client("c").unwrap())));
         }
+    }
+
+    #[test]
+    fn a_rollout_is_narrowed_to_the_targets_its_caller_was_granted() {
+        let mut p = policy();
+        p.tokens[1].allow.extend([
+            grant(&["StartRollout"], &["reboot"], &["thing/lab-*"]),
+            grant(
+                &["StartRollout", "CancelRollout"],
+                &["re*"],
+                &["client/bench-?", "thing/lab-*"],
+            ),
+            grant(&["StartRollout"], &["blink"], &["*"]),
+        ]);
+        let lab = p.authenticate(LAB_TOKEN).unwrap();
+        assert_eq!(
+            lab.target_grant(Action::StartRollout, "reboot"),
+            TargetGrant::Only(vec!["thing/lab-*".into(), "client/bench-?".into()])
+        );
+        assert_eq!(
+            lab.target_grant(Action::StartRollout, "blink"),
+            TargetGrant::All
+        );
+        assert_eq!(
+            lab.target_grant(Action::StartRollout, "factory-reset"),
+            TargetGrant::Denied
+        );
+        // A grant of another action covers nothing here.
+        assert_eq!(
+            lab.target_grant(Action::StartRollout, "restart"),
+            TargetGrant::Only(vec!["client/bench-?".into(), "thing/lab-*".into()])
+        );
+        assert_eq!(
+            lab.target_grant(Action::GetRollout, "reboot"),
+            TargetGrant::Denied
+        );
+        let ops = p.authenticate(OPS_TOKEN).unwrap();
+        assert_eq!(
+            ops.target_grant(Action::StartRollout, "anything"),
+            TargetGrant::All
+        );
     }
 
     #[test]
