@@ -26,6 +26,8 @@ pub type Registry = CommandRegistryClient<Channel>;
 pub type Dispatcher = CommandDispatcherClient<Channel>;
 /// A thing registry client.
 pub type Things = ThingRegistryClient<Channel>;
+/// A rollouts client.
+pub type Rollouts = fleetcmd_contracts::pb::rollouts_client::RolloutsClient<Channel>;
 
 pub mod api;
 pub mod device;
@@ -172,6 +174,10 @@ impl Server {
 
     pub async fn things(&self) -> anyhow::Result<Things> {
         Ok(Things::new(self.channel().await?))
+    }
+
+    pub async fn rollouts(&self) -> anyhow::Result<Rollouts> {
+        Ok(Rollouts::new(self.channel().await?))
     }
 
     /// Stops the server; its data directory stays for a restart.

@@ -176,6 +176,31 @@ impl Caller<'_> {
         )))
     }
 
+    /// The targets the caller may reach with `action` on `command` (a call that fans out:
+    /// a rollout): `None` for all, `Some(patterns)` for those; PERMISSION_DENIED when no
+    /// grant covers the action on the command at all.
+    pub fn target_grant(
+        &self,
+        action: Action,
+        command: &str,
+    ) -> Result<Option<Vec<String>>, Status> {
+        let Some(grant) = self.grant else {
+            return Ok(None);
+        };
+        match grant.target_grant(action, command) {
+            fleetcmd_domain::policy::TargetGrant::All => Ok(None),
+            fleetcmd_domain::policy::TargetGrant::Only(patterns) => Ok(Some(patterns)),
+            fleetcmd_domain::policy::TargetGrant::Denied => {
+                Err(Status::permission_denied(format!(
+                    "caller {} may not {} on command {}",
+                    fleetcmd_domain::error::quote(&grant.name),
+                    action.name(),
+                    command,
+                )))
+            }
+        }
+    }
+
     /// Whether the caller may perform `action` at all on this command/target (for filtering
     /// streams without failing them).
     pub fn allows(&self, action: Action, command: Option<&str>, target: Option<&Target>) -> bool {

@@ -339,6 +339,11 @@ impl Cluster {
         crate::Things::new(channel(self.addr("registry")))
     }
 
+    /// A rollouts client (of the process `registry`).
+    pub fn rollouts(&self) -> crate::Rollouts {
+        crate::Rollouts::new(channel(self.addr("registry")))
+    }
+
     /// A dispatcher client of the process `name`.
     pub fn dispatcher(&self, name: &str) -> Dispatcher {
         Dispatcher::new(channel(self.addr(name)))

@@ -36,6 +36,8 @@ pub use tonic_health::pb::health_check_response::ServingStatus;
 pub type Registry = CommandRegistryClient<Channel>;
 pub type Dispatcher = CommandDispatcherClient<Channel>;
 pub type Things = fleetcmd_contracts::pb::thing_registry_client::ThingRegistryClient<Channel>;
+/// A rollouts client.
+pub type Rollouts = fleetcmd_contracts::pb::rollouts_client::RolloutsClient<Channel>;
 
 /// Shards = partitions of each cluster's log topic.
 pub const SHARDS: u32 = 16;

@@ -357,7 +357,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .with_context(|| format!("opening the audit log {}", path.display()))?;
         auth = auth.with_audit(log);
     }
-    let (commands, things) = fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
+    let (commands, things, rollouts) = fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
         read_model: read_model.clone(),
         bus: bus.clone(),
         shards: shard_client.clone(),
@@ -377,17 +377,18 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             client_ca_pem: Some(identity.ca.certificate_pem().to_owned()),
         });
     }
-    let grpc = grpc
-        .with(commands)
-        .with(things)
-        .with(fleetcmd_dispatcher::grpc::service(
-            fleetcmd_dispatcher::grpc::DispatcherDeps {
-                read_model: read_model.clone(),
-                shards: shard_client,
-                projection,
-                auth,
-            },
-        ));
+    let grpc =
+        grpc.with(commands)
+            .with(things)
+            .with(rollouts)
+            .with(fleetcmd_dispatcher::grpc::service(
+                fleetcmd_dispatcher::grpc::DispatcherDeps {
+                    read_model: read_model.clone(),
+                    shards: shard_client,
+                    projection,
+                    auth,
+                },
+            ));
     let listener = fleetcmd_service_kit::grpc::bind(args.grpc_addr)
         .await
         .context("binding the gRPC API")?;

@@ -8,6 +8,7 @@ mod cas;
 mod connectivity;
 mod credentials;
 mod groups;
+pub mod rollouts;
 mod things;
 
 pub use things::ThingService;
@@ -81,13 +82,15 @@ pub fn grpc(
 ) -> (
     pb::command_registry_server::CommandRegistryServer<RegistryService>,
     pb::thing_registry_server::ThingRegistryServer<ThingService>,
+    pb::rollouts_server::RolloutsServer<rollouts::RolloutService>,
 ) {
     let deps = Arc::new(deps);
     (
         pb::command_registry_server::CommandRegistryServer::new(RegistryService {
             deps: deps.clone(),
         }),
-        things::server(deps),
+        things::server(deps.clone()),
+        rollouts::server(deps),
     )
 }
 
@@ -97,10 +100,11 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), fleetcmd_service_kit::grpc::ServeError> {
-    let (commands, things) = grpc(deps);
+    let (commands, things, rollouts) = grpc(deps);
     fleetcmd_service_kit::grpc::GrpcServer::new()?
         .with(commands)
         .with(things)
+        .with(rollouts)
         .serve(listener, shutdown)
         .await
 }

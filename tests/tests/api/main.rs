@@ -19,6 +19,7 @@ mod execution_list;
 mod executions;
 mod groups;
 mod health;
+mod rollouts;
 mod start_validation;
 mod things;
 mod tls;

@@ -487,6 +487,24 @@ impl Rollout {
             .collect()
     }
 
+    /// The live executions (launched, not settled) with their targets, in target order:
+    /// what an owner reads back to learn of settles it was not told about.
+    pub fn live_executions(&self) -> Vec<(ExecutionId, Target)> {
+        self.live
+            .iter()
+            .filter_map(|(&i, l)| {
+                let id = l.execution_id.clone()?;
+                Some((id, self.targets.entries[i as usize].target.clone()))
+            })
+            .collect()
+    }
+
+    /// The target of a live execution of this rollout.
+    pub fn execution_target(&self, id: &ExecutionId) -> Option<&Target> {
+        let i = *self.by_execution.get(id)?;
+        Some(&self.targets.entries[i as usize].target)
+    }
+
     /// The StartCommandExecution request of one attempt.
     pub fn start_request(&self, target_index: u32, attempt: u32) -> Option<StartRequest> {
         let e = self.targets.entries.get(target_index as usize)?;

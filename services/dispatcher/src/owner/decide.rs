@@ -481,6 +481,8 @@ pub fn decide_timer(
                 .map(|ev| (aggregate.clone(), ev))
                 .collect()
         }
+        // The owner's loop plans the rollout; the timer itself decides nothing.
+        TimerKey::Rollout(_) => Vec::new(),
         TimerKey::CommandDeletion(id) => match state.command(id) {
             Some(c) => command_events(
                 id,

@@ -9,6 +9,7 @@
 
 pub mod decide;
 mod pending;
+mod rollouts;
 mod serve;
 pub mod state;
 mod trace;

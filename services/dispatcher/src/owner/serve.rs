@@ -6,7 +6,7 @@
 //! every request of the batch gets a retryable answer and the state is rebuilt from the log,
 //! so nothing unacknowledged is assumed written.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use fleetcmd_domain::protocol::{
     DELIVER_SUBJECT, Delivery, ExecutionChanged, LogPosition, ShardReply, ShardRequest,
     events_subject, shard_subject,
 };
+use fleetcmd_domain::rollout::RolloutId;
 use fleetcmd_domain::topics::RequestFormat;
 use fleetcmd_telemetry::{context as trace_context, metrics};
 use futures::{FutureExt, StreamExt};
@@ -52,23 +53,28 @@ struct Staged {
 /// What a batch's records change, for the owner that projects inline: the status changes to
 /// announce once durable (one per status-changing event, with the state right after it).
 #[derive(Default)]
-struct Changes {
+pub(super) struct Changes {
     changed: Vec<(ExecutionChanged, Option<String>)>,
     /// The projection span of each traced change; they end once the changes are announced.
     spans: Vec<Span>,
 }
 
 pub(super) struct Owner {
-    deps: OwnerDeps,
-    config: Arc<OwnerConfig>,
+    pub(super) deps: OwnerDeps,
+    pub(super) config: Arc<OwnerConfig>,
     shard: u32,
     settings: Settings,
-    state: ShardState,
+    pub(super) state: ShardState,
     /// The `next_offset` of the latest snapshot saved or loaded.
     snapshot_at: u64,
     /// Waiting executions not handed to the edge because their target had as many with its
     /// device as its in-flight limit allows: each goes out once an earlier one ends.
     held: std::sync::Mutex<HashSet<ExecutionId>>,
+    /// Per hosted rollout with attempts to settle: the task following its command's status
+    /// changes.
+    pub(super) settle_watchers: HashMap<RolloutId, tokio::task::JoinHandle<()>>,
+    /// When each hosted rollout's live attempts were last read back.
+    pub(super) last_sweeps: HashMap<RolloutId, TimestampMs>,
 }
 
 /// How a rebuild went.
@@ -96,6 +102,8 @@ impl Owner {
             settings,
             snapshot_at: 0,
             held: Default::default(),
+            settle_watchers: HashMap::new(),
+            last_sweeps: HashMap::new(),
         }
     }
 
@@ -246,6 +254,8 @@ impl Owner {
             live = self.state.len(),
             "shard owner ready"
         );
+        // Launch replies come back over the subscription above.
+        self.resume_rollouts().await?;
         let _owned = metrics::OwnedShard::acquire();
         if self.deps.inline_projection.is_some() {
             // Projected in the append's own write: the read model is never behind the log.
@@ -268,6 +278,7 @@ impl Owner {
                             let why = format!("shard {} is moving to another owner", self.shard);
                             self.reply(m.reply, &ShardReply::Unavailable(why)).await;
                         }
+                        self.stop_rollouts();
                         return Ok(());
                     }
                 }
@@ -432,7 +443,15 @@ impl Owner {
         }
         self.announce(changes).await;
         drop(spans);
-        Ok(())
+        let mut touched: Vec<RolloutId> = Vec::new();
+        for env in staged.iter().flat_map(|s| s.events.iter()) {
+            if let Aggregate::Rollout(id) = &env.aggregate
+                && !touched.contains(id)
+            {
+                touched.push(id.clone());
+            }
+        }
+        self.drive_rollouts(touched).await
     }
 
     /// Publishes the status changes of an inline projection (nothing otherwise: the
@@ -456,7 +475,7 @@ impl Owner {
 
     /// Applies a decision's events to the state (at the provisional offset of the batch's
     /// `index`-th record) and returns what to answer and the record's envelopes.
-    fn stage(
+    pub(super) fn stage(
         &mut self,
         decision: Decision,
         index: u64,
@@ -580,7 +599,12 @@ impl Owner {
         let mut records: Vec<Vec<EventEnvelope>> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
         let mut changes = Changes::default();
+        let mut rollouts: Vec<RolloutId> = Vec::new();
         for timer in self.state.take_due_timers(now) {
+            if let super::state::TimerKey::Rollout(id) = &timer {
+                rollouts.push(id.clone());
+                continue;
+            }
             let events = decide::decide_timer(&self.state, &timer, now, &self.settings);
             if events.is_empty() {
                 continue;
@@ -589,7 +613,9 @@ impl Owner {
                 super::state::TimerKey::Execution(id) => {
                     trace::execution_span(&self.state, self.shard, "shard.owner timeout", id, None)
                 }
-                super::state::TimerKey::CommandDeletion(_) => Span::none(),
+                super::state::TimerKey::CommandDeletion(_) | super::state::TimerKey::Rollout(_) => {
+                    Span::none()
+                }
             };
             let trace = trace_context::traceparent(&span);
             let decision = Decision {
@@ -611,12 +637,12 @@ impl Owner {
         }
         self.announce(changes).await;
         drop(spans);
-        Ok(())
+        self.drive_rollouts(rollouts).await
     }
 
     /// Appends one record per input (their events already applied to the state) and returns
     /// each record's position.
-    async fn append(
+    pub(super) async fn append(
         &mut self,
         records: &[&[EventEnvelope]],
     ) -> Result<Vec<LogPosition>, PortError> {

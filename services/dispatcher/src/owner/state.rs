@@ -30,6 +30,8 @@ pub enum TimerKey {
     Execution(ExecutionId),
     /// A command's scheduled deletion.
     CommandDeletion(String),
+    /// A hosted rollout's next plan (armed by the owner's loop, not by the fold).
+    Rollout(RolloutId),
 }
 
 /// A client token the owner still holds in memory.
@@ -71,6 +73,8 @@ pub struct ShardState {
     groups: HashMap<String, ThingGroup>,
     /// The rollouts the shard hosts and the sequence number of each one's last event.
     rollouts: HashMap<RolloutId, (Rollout, u64)>,
+    /// The earliest plan armed for each rollout, so a rollout holds one timer at a time.
+    rollout_wakes: HashMap<RolloutId, TimestampMs>,
     timers: BinaryHeap<Reverse<(TimestampMs, TimerKey)>>,
     /// The offset the next record appended to the partition gets.
     next_offset: u64,
@@ -261,10 +265,36 @@ impl ShardState {
             .is_some_and(|Reverse((at, _))| *at <= now)
         {
             if let Some(Reverse((_, key))) = self.timers.pop() {
+                if let TimerKey::Rollout(id) = &key {
+                    self.rollout_wakes.remove(id);
+                }
                 due.push(key);
             }
         }
         due
+    }
+
+    /// Plans rollout `id` again at `at`, unless a plan at or before `at` is armed already.
+    pub fn arm_rollout(&mut self, id: &RolloutId, at: TimestampMs) {
+        if self.rollout_wakes.get(id).is_some_and(|&armed| armed <= at) {
+            return;
+        }
+        self.rollout_wakes.insert(id.clone(), at);
+        self.timers
+            .push(Reverse((at, TimerKey::Rollout(id.clone()))));
+    }
+
+    /// The hosted rollouts that still have something to do (not ended, or ended with
+    /// attempts in flight), by id.
+    pub fn live_rollouts(&self) -> Vec<RolloutId> {
+        let mut ids: Vec<RolloutId> = self
+            .rollouts
+            .iter()
+            .filter(|(_, (r, _))| !r.status().is_terminal() || r.counts().in_flight > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// Adds an execution read back from the read model (a terminal one the owner had

@@ -169,20 +169,21 @@ pub async fn start(
                 ProjectionWatch::start(bus.clone(), read_model.clone(), config.shards).await?;
             let shards = ShardClient::new(bus.clone(), config.shards);
             let auth = auth(&config)?;
-            let (commands, things) = fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
-                read_model,
-                bus: bus.clone(),
-                shards,
-                projection,
-                auth,
-                arns: Default::default(),
-                // A cluster's device CA is not configured yet: the certificate calls say so.
-                ca: None,
-                device_trust: None,
-                presence: None,
-                shutdown: shutdown.clone(),
-            });
-            let grpc = grpc.with(commands).with(things);
+            let (commands, things, rollouts) =
+                fleetcmd_registry::grpc(fleetcmd_registry::RegistryDeps {
+                    read_model,
+                    bus: bus.clone(),
+                    shards,
+                    projection,
+                    auth,
+                    arns: Default::default(),
+                    // A cluster's device CA is not configured yet: the certificate calls say so.
+                    ca: None,
+                    device_trust: None,
+                    presence: None,
+                    shutdown: shutdown.clone(),
+                });
+            let grpc = grpc.with(commands).with(things).with(rollouts);
             spawn_readiness(health_reporter, bus_impl.clone(), None, shutdown.clone());
             Ok(grpc.bind_and_serve(config.grpc.addr, shutdown).await?)
         }

@@ -39,6 +39,7 @@ mod kafka_outage;
 mod nats_outage;
 mod projector_restart;
 mod read_after_accepted;
+mod rollouts;
 mod shard_moves;
 mod things;
 
