@@ -15,6 +15,7 @@ pub mod groups;
 pub mod params;
 pub mod presence;
 pub mod render;
+pub mod rollout;
 pub mod thing;
 pub mod timefmt;
 
@@ -44,6 +45,7 @@ use anyhow::Context as _;
 use fleetcmd_contracts::pb;
 use pb::command_dispatcher_client::CommandDispatcherClient;
 use pb::command_registry_client::CommandRegistryClient;
+use pb::rollouts_client::RolloutsClient;
 use pb::thing_registry_client::ThingRegistryClient;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -289,6 +291,8 @@ pub struct Api {
     registry: CommandRegistryClient<AuthChannel>,
     /// The thing registry, served where the command registry is.
     things: ThingRegistryClient<AuthChannel>,
+    /// Rollouts, served where the command registry is.
+    rollouts: RolloutsClient<AuthChannel>,
     dispatcher: CommandDispatcherClient<AuthChannel>,
     retry: RetryPolicy,
 }
@@ -326,7 +330,8 @@ impl Api {
         let registry = registry_channel;
         Ok(Self {
             registry: CommandRegistryClient::with_interceptor(registry.clone(), auth.clone()),
-            things: ThingRegistryClient::with_interceptor(registry, auth.clone()),
+            things: ThingRegistryClient::with_interceptor(registry.clone(), auth.clone()),
+            rollouts: RolloutsClient::with_interceptor(registry, auth.clone()),
             dispatcher: CommandDispatcherClient::with_interceptor(dispatcher, auth),
             retry: RetryPolicy::default(),
         })
@@ -337,6 +342,7 @@ impl Api {
         Self {
             registry: CommandRegistryClient::with_interceptor(channel.clone(), auth.clone()),
             things: ThingRegistryClient::with_interceptor(channel.clone(), auth.clone()),
+            rollouts: RolloutsClient::with_interceptor(channel.clone(), auth.clone()),
             dispatcher: CommandDispatcherClient::with_interceptor(channel, auth),
             retry: RetryPolicy::default(),
         }
@@ -359,6 +365,11 @@ impl Api {
     /// A thing registry client (a cheap clone sharing the registry's connection).
     pub fn things(&self) -> ThingRegistryClient<AuthChannel> {
         self.things.clone()
+    }
+
+    /// A rollouts client (a cheap clone sharing the registry's connection).
+    pub fn rollouts(&self) -> RolloutsClient<AuthChannel> {
+        self.rollouts.clone()
     }
 
     /// A dispatcher client (a cheap clone sharing the connection).

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fleetcmd_cli::{
-    self as client, ClientArgs, command::CommandCmd, exec::ExecCmd, thing::ThingCmd,
+    self as client, ClientArgs, command::CommandCmd, exec::ExecCmd, rollout::RolloutCmd,
+    thing::ThingCmd,
 };
 use fleetcmd_simulator::{self as simulator, DeviceCmd};
 use fleetcmd_standalone::ServeArgs;
@@ -45,6 +46,9 @@ enum Cmd {
     /// Manage things (registered devices): create, get, list, update, delete.
     #[command(subcommand)]
     Thing(ThingCmd),
+    /// Send one command to many devices at a controlled rate: start, get, cancel, watch.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// Device tools.
     #[command(subcommand)]
     Device(DeviceCmd),
@@ -64,6 +68,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Command(cmd) => client::command::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Exec(cmd) => client::exec::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Thing(cmd) => client::thing::run(&cli.client.api()?, cmd, output, &mut out).await,
+        Cmd::Rollout(cmd) => client::rollout::run(&cli.client.api()?, cmd, output, &mut out).await,
         Cmd::Device(cmd) => simulator::run_cli(cmd, output, &mut out).await,
         Cmd::Bench(args) => fleetcmd_bench::run(args, &cli.client, &mut out).await,
     }?;
