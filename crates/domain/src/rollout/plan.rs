@@ -31,6 +31,24 @@ pub struct Plan {
     pub wake_at: Option<TimestampMs>,
 }
 
+impl Plan {
+    /// The (target index, attempt) of each launch intent the plan logs, in order: the start
+    /// requests to send once its events are durable.
+    pub fn launches(&self) -> Vec<(u32, u32)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                RolloutEvent::AttemptLaunching {
+                    target_index,
+                    attempt,
+                    ..
+                } => Some((*target_index, *attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// The first criterion crossed, in spec order. Final outcomes only: a failure that will
 /// be retried is not counted until its last attempt.
 fn crossed(r: &Rollout) -> Option<&AbortCriterion> {

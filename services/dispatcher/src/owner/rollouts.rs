@@ -20,7 +20,7 @@ use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::model::{ExecutionStatus, StatusReason};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest, events_subject};
-use fleetcmd_domain::rollout::{self, RolloutEvent, RolloutId, RolloutInput};
+use fleetcmd_domain::rollout::{self, RolloutId, RolloutInput};
 use fleetcmd_domain::start::StartRequest;
 use fleetcmd_service_kit::ShardClient;
 use futures::StreamExt as _;
@@ -81,18 +81,7 @@ impl Owner {
             if let Some(at) = next {
                 self.state.arm_rollout(&id, at);
             }
-            let launches: Vec<(u32, u32)> = plan
-                .events
-                .iter()
-                .filter_map(|e| match e {
-                    RolloutEvent::AttemptLaunching {
-                        target_index,
-                        attempt,
-                        ..
-                    } => Some((*target_index, *attempt)),
-                    _ => None,
-                })
-                .collect();
+            let launches = plan.launches();
             if !plan.events.is_empty() {
                 let decision = Decision {
                     hydrate: None,

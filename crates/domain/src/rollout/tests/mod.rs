@@ -60,17 +60,7 @@ fn retrying_list(n: usize, failure_type: RetryFailureType, number_of_retries: u3
 }
 
 fn launching(plan: &Plan) -> Vec<(u32, u32)> {
-    plan.events
-        .iter()
-        .filter_map(|e| match e {
-            RolloutEvent::AttemptLaunching {
-                target_index,
-                attempt,
-                ..
-            } => Some((*target_index, *attempt)),
-            _ => None,
-        })
-        .collect()
+    plan.launches()
 }
 
 fn has(plan: &Plan, want: &RolloutEvent) -> bool {
