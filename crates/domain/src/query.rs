@@ -18,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ValidationError, ensure};
+use crate::ports::ThingQuery;
 use crate::thing::{ATTRIBUTE_NAME_MAX_CHARS, ATTRIBUTE_VALUE_MAX_CHARS, Connectivity, Thing};
 
 /// The longest query text, in characters.
@@ -166,6 +167,41 @@ impl Query {
                 .collect(),
             Self::Not(_) | Self::Or(_) => vec![],
         }
+    }
+
+    /// The read model's listing (one page of `page_size`) that finds every match with the
+    /// fewest things: by one term every match satisfies (group members, an attribute's
+    /// value, a name prefix), or all things. The caller checks the whole query on each.
+    pub fn scan(&self, page_size: u32, page_token: Option<String>) -> ThingQuery {
+        let mut scan = ThingQuery {
+            page_size,
+            page_token,
+            ..ThingQuery::default()
+        };
+        let terms = self.required_terms();
+        let by_group = terms.iter().find_map(|t| match t {
+            Term::Group(g) => Some(g.clone()),
+            _ => None,
+        });
+        let by_attribute = terms.iter().find_map(|t| match t {
+            Term::Attribute {
+                name,
+                value: Match::Exact(v),
+            } => Some((name.clone(), v.clone())),
+            _ => None,
+        });
+        let by_name = terms.iter().find_map(|t| match t {
+            Term::ThingName(Match::Exact(p) | Match::Prefix(p)) => Some(p.clone()),
+            _ => None,
+        });
+        if let Some(g) = by_group {
+            scan.group = Some(g);
+        } else if let Some(a) = by_attribute {
+            scan.attribute = Some(a);
+        } else {
+            scan.name_prefix = by_name;
+        }
+        scan
     }
 
     /// Whether a term reads connectivity (which only a broker that reports presence knows).

@@ -272,7 +272,7 @@ pub(crate) async fn matching(
     if query.uses_connectivity() {
         connectivity::presence(deps)?;
     }
-    let scan = narrowed(query, listing);
+    let scan = query.scan(listing.page_size, listing.page_token);
     connectivity::list_filtered(deps, scan, |t, c| query.matches(t, c)).await
 }
 
@@ -303,85 +303,4 @@ pub(crate) async fn list_by_query(
     }
     let query = Query::all(all).expect("the query itself is one operand");
     matching(deps, &query, listing).await
-}
-
-/// The read model's listing that finds every match of `query` with the fewest things: by one
-/// term every match satisfies (group members, an attribute's value, a name prefix), or all
-/// things.
-fn narrowed(query: &Query, listing: ThingQuery) -> ThingQuery {
-    let mut scan = ThingQuery {
-        page_size: listing.page_size,
-        page_token: listing.page_token,
-        ..ThingQuery::default()
-    };
-    let terms = query.required_terms();
-    let by_group = terms.iter().find_map(|t| match t {
-        Term::Group(g) => Some(g.clone()),
-        _ => None,
-    });
-    let by_attribute = terms.iter().find_map(|t| match t {
-        Term::Attribute {
-            name,
-            value: Match::Exact(v),
-        } => Some((name.clone(), v.clone())),
-        _ => None,
-    });
-    let by_name = terms.iter().find_map(|t| match t {
-        Term::ThingName(Match::Exact(p) | Match::Prefix(p)) => Some(p.clone()),
-        _ => None,
-    });
-    if let Some(g) = by_group {
-        scan.group = Some(g);
-    } else if let Some(a) = by_attribute {
-        scan.attribute = Some(a);
-    } else {
-        scan.name_prefix = by_name;
-    }
-    scan
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scan_of(q: &str) -> ThingQuery {
-        let listing = ThingQuery {
-            page_size: 7,
-            page_token: Some("t".into()),
-            ..ThingQuery::default()
-        };
-        narrowed(&fleetcmd_domain::query::parse(q).unwrap(), listing)
-    }
-
-    #[test]
-    fn a_listing_by_query_scans_by_the_narrowest_term_every_match_satisfies() {
-        let base = ThingQuery {
-            page_size: 7,
-            page_token: Some("t".into()),
-            ..ThingQuery::default()
-        };
-        assert_eq!(
-            scan_of("attributes.model:lamp AND group:lab AND thing_name:lab-*"),
-            ThingQuery {
-                group: Some("lab".into()),
-                ..base.clone()
-            }
-        );
-        assert_eq!(
-            scan_of("attributes.floor >= 3 AND attributes.model:lamp"),
-            ThingQuery {
-                attribute: Some(("model".into(), "lamp".into())),
-                ..base.clone()
-            }
-        );
-        assert_eq!(
-            scan_of("thing_name:lab-* AND attributes.model:lamp*"),
-            ThingQuery {
-                name_prefix: Some("lab-".into()),
-                ..base.clone()
-            }
-        );
-        assert_eq!(scan_of("group:lab OR group:field"), base.clone());
-        assert_eq!(scan_of("NOT group:lab"), base);
-    }
 }

@@ -100,10 +100,14 @@ pub(crate) async fn start(
                 caller.authorize(Action::StartRollout, Some(&command), Some(t))?;
             }
         }
-        if spec.target_selection == TargetSelection::Continuous {
-            return Err(Status::unimplemented(
-                "CONTINUOUS rollouts are not served yet: start a SNAPSHOT rollout (the group's or the query's things when it starts)",
-            ));
+        if spec.target_selection == TargetSelection::Continuous
+            && let TargetSelector::Query(q) = &spec.targets
+            && fleetcmd_domain::query::parse(q).is_ok_and(|q| q.uses_connectivity())
+        {
+            return Err(validation_status(ValidationError::new(
+                "spec.targets.query",
+                "a CONTINUOUS rollout cannot select by connectivity: its owner looks for new things in the registry, which does not know who is connected",
+            )));
         }
         spec.allowed_targets = allowed;
         let known = deps

@@ -212,6 +212,65 @@ async fn a_group_rollout_reaches_its_members_and_a_failure_counts_once_final() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_rollout_reaches_things_that_join_its_group_while_it_runs() -> Result {
+    let (server, mut registry, mut rollouts) = given_a_server("rollout-continuous").await?;
+    let mut things = server.things().await?;
+    for name in ["lab-1", "lab-2"] {
+        things
+            .create_thing(pb::CreateThingRequest {
+                thing_name: name.into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    things
+        .create_thing_group(pb::CreateThingGroupRequest {
+            thing_group_name: "lab".into(),
+            ..Default::default()
+        })
+        .await?;
+    let join = |name: &str| pb::AddThingToThingGroupRequest {
+        thing_group_name: "lab".into(),
+        thing_name: name.into(),
+    };
+    things.add_thing_to_thing_group(join("lab-1")).await?;
+    let mut continuous = spec(pb::rollout_targets::Selector::Group("lab".into()), 60_000);
+    continuous.target_selection = pb::TargetSelection::Continuous as i32;
+    rollouts.start_rollout(start("r-cont", continuous)).await?;
+    let first = launched(&mut registry, 1).await?;
+    assert_eq!(
+        first[0].target.as_ref().map(|t| t.id.as_str()),
+        Some("lab-1")
+    );
+    // A thing that joins later gets it too, when the owner next reads the group.
+    things.add_thing_to_thing_group(join("lab-2")).await?;
+    let both = launched(&mut registry, 2).await?;
+    let mut names: Vec<&str> = both
+        .iter()
+        .filter_map(|e| e.target.as_ref().map(|t| t.id.as_str()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["lab-1", "lab-2"]);
+    // It never completes by itself: it runs until canceled.
+    let running = rollouts
+        .get_rollout(pb::GetRolloutRequest {
+            rollout_id: "r-cont".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(status(&running), pb::RolloutStatus::InProgress);
+    let after = rollouts
+        .cancel_rollout(pb::CancelRolloutRequest {
+            rollout_id: "r-cont".into(),
+            force: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(after.status, pb::RolloutStatus::Canceled as i32);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_new_starts_and_force_cancels_the_live_executions() -> Result {
     let (server, mut registry, mut rollouts) = given_a_server("rollout-cancel").await?;
     let targets = [thing("lamp-1"), thing("lamp-2"), thing("lamp-3")];
@@ -278,12 +337,22 @@ async fn bad_rollouts_are_refused_naming_the_field_and_start_nothing() -> Result
         Code::NotFound,
         &["missing"],
     );
-    let mut continuous = spec(pb::rollout_targets::Selector::Group("lab".into()), 60);
+    let mut continuous = spec(
+        pb::rollout_targets::Selector::Query("connectivity.connected:true".into()),
+        60,
+    );
     continuous.target_selection = pb::TargetSelection::Continuous as i32;
-    expect_code(
+    expect_invalid(
         rollouts.start_rollout(start("r-3", continuous)).await,
-        Code::Unimplemented,
-        &["CONTINUOUS"],
+        "spec.targets.query",
+        &["CONTINUOUS", "connectivity"],
+    );
+    let mut listed = spec(list(&[thing("lamp-1")]), 60);
+    listed.target_selection = pb::TargetSelection::Continuous as i32;
+    expect_invalid(
+        rollouts.start_rollout(start("r-4", listed)).await,
+        "spec.target_selection",
+        &["group or query"],
     );
     expect_code(
         rollouts

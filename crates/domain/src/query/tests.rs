@@ -1,6 +1,7 @@
 //! Tests of the query language: matching, precedence, errors, limits, round trips.
 
 use super::*;
+use crate::ports::ThingQuery;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,6 +119,39 @@ fn required_terms_are_those_every_match_satisfies() {
     for none in ["group:a OR group:b", "NOT group:a"] {
         assert!(parse(none).unwrap().required_terms().is_empty(), "{none}");
     }
+}
+
+#[test]
+fn a_scan_narrows_by_the_narrowest_term_every_match_satisfies() {
+    let scan_of = |q: &str| parse(q).unwrap().scan(7, Some("t".into()));
+    let base = ThingQuery {
+        page_size: 7,
+        page_token: Some("t".into()),
+        ..ThingQuery::default()
+    };
+    assert_eq!(
+        scan_of("attributes.model:lamp AND group:lab AND thing_name:lab-*"),
+        ThingQuery {
+            group: Some("lab".into()),
+            ..base.clone()
+        }
+    );
+    assert_eq!(
+        scan_of("attributes.floor >= 3 AND attributes.model:lamp"),
+        ThingQuery {
+            attribute: Some(("model".into(), "lamp".into())),
+            ..base.clone()
+        }
+    );
+    assert_eq!(
+        scan_of("thing_name:lab-* AND attributes.model:lamp*"),
+        ThingQuery {
+            name_prefix: Some("lab-".into()),
+            ..base.clone()
+        }
+    );
+    assert_eq!(scan_of("group:lab OR group:field"), base.clone());
+    assert_eq!(scan_of("NOT group:lab"), base);
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //! live the owner reads them back from the read model, so a missed notification (or a
 //! settle that overtook its `Launched`) only delays a settle, never loses it. After a
 //! rebuild the owner re-sends the intents logged but not launched, with the same client
-//! tokens, so no target is started twice.
+//! tokens, so no target is started twice. A CONTINUOUS rollout reads its group or query
+//! again every [`RESOLVE_MS`] and hands the rollout what it finds (the rollout keeps only
+//! the things it does not hold yet).
 
 use std::time::Duration;
 
@@ -20,8 +22,10 @@ use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::model::{ExecutionStatus, StatusReason};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest, events_subject};
-use fleetcmd_domain::rollout::{self, RolloutId, RolloutInput};
+use fleetcmd_domain::query::{Query, Term};
+use fleetcmd_domain::rollout::{self, RolloutId, RolloutInput, TargetSelection, TargetSelector};
 use fleetcmd_domain::start::StartRequest;
+use fleetcmd_domain::thing::Connectivity;
 use fleetcmd_service_kit::ShardClient;
 use futures::StreamExt as _;
 
@@ -31,6 +35,11 @@ use fleetcmd_domain::ports::PortError;
 
 /// How often live attempts are read back from the read model.
 pub(super) const SWEEP_MS: i64 = 2_000;
+/// How often a CONTINUOUS rollout looks for things that joined its group or came to match
+/// its query.
+pub(super) const RESOLVE_MS: i64 = 5_000;
+/// Things read per page when a CONTINUOUS rollout looks again.
+const RESOLVE_PAGE: u32 = 500;
 /// The longest wait between two tries of a start or a cancel that found no owner.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -40,6 +49,8 @@ struct Acting {
     /// (target index, attempt) of each intent the plan logged.
     launches: Vec<(u32, u32)>,
     cancels: Vec<ExecutionId>,
+    /// A CONTINUOUS rollout due to look for new targets: its selector.
+    resolve: Option<TargetSelector>,
 }
 
 /// Whether a status ends an attempt of a rollout (a cloud TIMED_OUT does: the rollout
@@ -72,12 +83,20 @@ impl Owner {
             };
             let plan = rollout::plan(r, now);
             let live = r.counts().in_flight > 0;
-            let next = match (plan.wake_at, live) {
+            let continuous = r.spec().target_selection == TargetSelection::Continuous
+                && !r.status().is_terminal()
+                && !r.is_stopping();
+            let mut next = match (plan.wake_at, live) {
                 (Some(w), true) => Some(w.min(now + SWEEP_MS)),
                 (Some(w), false) => Some(w),
                 (None, true) => Some(now + SWEEP_MS),
                 (None, false) => None,
             };
+            let resolve =
+                (continuous && now >= self.resolve_due(&id)).then(|| r.spec().targets.clone());
+            if continuous {
+                next = Some(next.map_or(now + RESOLVE_MS, |w| w.min(now + RESOLVE_MS)));
+            }
             if let Some(at) = next {
                 self.state.arm_rollout(&id, at);
             }
@@ -100,6 +119,7 @@ impl Owner {
                 id,
                 launches,
                 cancels: plan.cancel,
+                resolve,
             });
         }
         let slices: Vec<&[EventEnvelope]> = records.iter().map(Vec::as_slice).collect();
@@ -108,8 +128,12 @@ impl Owner {
             id,
             launches,
             cancels,
+            resolve,
         } in work
         {
+            if let Some(selector) = resolve {
+                self.look_again(&id, selector);
+            }
             let Some(r) = self.state.rollout(&id) else {
                 continue;
             };
@@ -287,6 +311,56 @@ impl Owner {
                     status: e.status,
                 };
                 tell(&client, &id, input).await;
+            }
+        });
+    }
+
+    /// When `id`'s selector is next read again (CONTINUOUS).
+    fn resolve_due(&self, id: &RolloutId) -> i64 {
+        self.last_resolves.get(id).map_or(0, |at| at + RESOLVE_MS)
+    }
+
+    /// Reads the things `selector` selects now, page by page, and hands them to the rollout
+    /// (which keeps only the new ones). Connectivity is unknown here: a query reading it
+    /// is refused for a CONTINUOUS rollout when it starts.
+    fn look_again(&mut self, id: &RolloutId, selector: TargetSelector) {
+        self.last_resolves
+            .insert(id.clone(), self.deps.clock.now_ms());
+        let query = match selector {
+            TargetSelector::List(_) => return,
+            TargetSelector::Group(g) => Query::Term(Term::Group(g)),
+            TargetSelector::Query(q) => match fleetcmd_domain::query::parse(&q) {
+                Ok(q) => q,
+                Err(_) => return,
+            },
+        };
+        let (read_model, client, id) = (
+            self.deps.read_model.clone(),
+            self.shard_client(),
+            id.clone(),
+        );
+        tokio::spawn(async move {
+            let mut token = None;
+            loop {
+                let Ok(page) = read_model
+                    .list_things(&query.scan(RESOLVE_PAGE, token))
+                    .await
+                else {
+                    return;
+                };
+                let targets: Vec<Target> = page
+                    .items
+                    .into_iter()
+                    .filter(|t| query.matches(t, &Connectivity::default()))
+                    .filter_map(|t| Target::thing(t.thing_name).ok())
+                    .collect();
+                if !targets.is_empty() {
+                    tell(&client, &id, RolloutInput::AddTargets { targets }).await;
+                }
+                token = page.next_token;
+                if token.is_none() {
+                    return;
+                }
             }
         });
     }

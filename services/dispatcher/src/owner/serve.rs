@@ -75,6 +75,8 @@ pub(super) struct Owner {
     pub(super) settle_watchers: HashMap<RolloutId, tokio::task::JoinHandle<()>>,
     /// When each hosted rollout's live attempts were last read back.
     pub(super) last_sweeps: HashMap<RolloutId, TimestampMs>,
+    /// When each CONTINUOUS rollout last read its group or query again.
+    pub(super) last_resolves: HashMap<RolloutId, TimestampMs>,
 }
 
 /// How a rebuild went.
@@ -104,6 +106,7 @@ impl Owner {
             held: Default::default(),
             settle_watchers: HashMap::new(),
             last_sweeps: HashMap::new(),
+            last_resolves: HashMap::new(),
         }
     }
 
