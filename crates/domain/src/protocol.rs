@@ -86,6 +86,10 @@ pub enum ShardRequest {
     ReadRollout {
         rollout_id: RolloutId,
     },
+    /// Every rollout shard `shard` hosts (sent to that shard, records nothing).
+    ListRollouts {
+        shard: u32,
+    },
 }
 
 impl ShardRequest {
@@ -107,6 +111,8 @@ impl ShardRequest {
             Self::Rollout { rollout_id, .. } | Self::ReadRollout { rollout_id } => {
                 crate::rollout::routing_key(rollout_id)
             }
+            // Not routed by a key: sent to its shard by number.
+            Self::ListRollouts { shard } => format!("shard/{shard}"),
         }
     }
 }
@@ -168,6 +174,8 @@ pub enum ShardReply {
         rollout: Option<Box<RolloutSummary>>,
         position: Option<LogPosition>,
     },
+    /// The rollouts a shard hosts, by id.
+    Rollouts { rollouts: Vec<RolloutSummary> },
     /// The target's waiting executions were handed to the edge: `count` of them.
     DeliveredPending { count: u32 },
     /// The domain refused the input.

@@ -81,6 +81,15 @@ impl ShardClient {
             .await
     }
 
+    /// [`Self::call`] to shard `shard` itself (for a request that is about a shard, not a key).
+    pub async fn call_on(
+        &self,
+        shard: u32,
+        request: &ShardRequest,
+    ) -> Result<ShardReply, CallError> {
+        self.call_shard(shard, request, Vec::new()).await
+    }
+
     async fn call_shard(
         &self,
         shard: u32,
@@ -154,6 +163,7 @@ pub fn input_name(request: &ShardRequest) -> &'static str {
         ShardRequest::Group { .. } => "group",
         ShardRequest::Rollout { .. } => "rollout",
         ShardRequest::ReadRollout { .. } => "read rollout",
+        ShardRequest::ListRollouts { .. } => "list rollouts",
         ShardRequest::DeliverPending { .. } => "deliver pending",
     }
 }

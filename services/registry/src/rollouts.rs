@@ -1,24 +1,26 @@
 //! Rollouts over gRPC (`fleetcmd.v1.Rollouts`). A rollout lives with the owner of the shard
 //! of `rollout/<id>`, which decides its inputs and launches its attempts; these calls send
-//! it inputs and read it back from it (the read model holds no rollouts yet, so ListRollouts
-//! is not served).
+//! it inputs and read it back from it. The read model holds no rollouts: ListRollouts asks
+//! every shard's owner.
 //!
 //! Authorization: StartRollout needs a grant of StartRollout on the command. A list's
 //! targets must each be granted (the start is refused otherwise, naming the first that is
 //! not); a group or a query is narrowed to the granted target patterns, so a caller allowed
 //! `reboot` on `thing/lab-*` never reaches other things through a group (the others are
 //! counted as `skipped_unauthorized`). Get, Watch and Cancel need a grant of their action on
-//! the rollout's command, for any target.
+//! the rollout's command, for any target; List shows the rollouts of the commands the caller
+//! holds ListRollouts on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetcmd_contracts::convert::{
-    rejection_status, rollout_to_pb, start_rollout_from_pb, validation_status,
+    page_size_from_pb, rejection_status, rollout_status_from_pb, rollout_to_pb,
+    start_rollout_from_pb, validation_status,
 };
 use fleetcmd_contracts::pb;
 use fleetcmd_domain::error::ValidationError;
-use fleetcmd_domain::ids::Target;
+use fleetcmd_domain::ids::{CommandId, Target};
 use fleetcmd_domain::policy::Action;
 use fleetcmd_domain::ports::ThingQuery;
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
@@ -27,6 +29,7 @@ use fleetcmd_domain::rollout::{
     RolloutId, RolloutInput, RolloutSummary, TargetSelection, TargetSelector,
 };
 use fleetcmd_service_kit::{call_status, unexpected};
+use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -244,13 +247,84 @@ pub(crate) async fn cancel(
     audit.finish(result)
 }
 
+/// Lists the rollouts of every shard (each owner answers from its state), newest first,
+/// filtered by command and status, a page at a time. A caller sees the rollouts of the
+/// commands it holds a ListRollouts grant on.
 pub(crate) async fn list(
-    _deps: &RegistryDeps,
-    _request: Request<pb::ListRolloutsRequest>,
+    deps: &RegistryDeps,
+    request: Request<pb::ListRolloutsRequest>,
 ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-    Err(Status::unimplemented(
-        "ListRollouts needs rollout records in the read model, which fleetcmd does not keep yet; read each rollout with GetRollout",
-    ))
+    let caller = deps.auth.authenticate(request.metadata())?;
+    let r = request.into_inner();
+    let page_size = page_size_from_pb(r.max_results).map_err(validation_status)? as usize;
+    let command = match r.command_id.as_str() {
+        "" => None,
+        c => Some(CommandId::parse(c).map_err(validation_status)?),
+    };
+    let status = match r.status {
+        0 => None,
+        s => Some(rollout_status_from_pb("status", s).map_err(validation_status)?),
+    };
+    let after = match r.next_token.as_str() {
+        "" => None,
+        t => Some(parse_token(t)?),
+    };
+    let shards = deps.shards.shards();
+    let answers: Vec<_> = futures::stream::iter(0..shards)
+        .map(|shard| async move {
+            deps.shards
+                .call_on(shard, &ShardRequest::ListRollouts { shard })
+                .await
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut all: Vec<RolloutSummary> = Vec::new();
+    for answer in answers {
+        match answer.map_err(call_status)? {
+            ShardReply::Rollouts { rollouts } => all.extend(rollouts),
+            ShardReply::Rejected(r) => return Err(rejection_status(r)),
+            other => return Err(unexpected(&other)),
+        }
+    }
+    all.retain(|x| {
+        command.as_ref().is_none_or(|c| x.spec.command_id == *c)
+            && status.is_none_or(|s| x.status == s)
+            && caller
+                .target_grant(Action::ListRollouts, x.spec.command_id.as_str())
+                .is_ok()
+    });
+    // Newest first; the id breaks ties, so the order is total and a token resumes it.
+    let key = |x: &RolloutSummary| (std::cmp::Reverse(x.created_at), x.rollout_id.to_string());
+    all.sort_by_key(key);
+    if let Some((created_at, id)) = after {
+        let from = (std::cmp::Reverse(created_at), id);
+        all.retain(|x| key(x) > from);
+    }
+    let more = all.len() > page_size;
+    all.truncate(page_size);
+    let next_token = match (more, all.last()) {
+        (true, Some(last)) => format!("{}:{}", last.created_at, last.rollout_id),
+        _ => String::new(),
+    };
+    Ok(Response::new(pb::ListRolloutsResponse {
+        rollouts: all.iter().map(rollout_to_pb).collect(),
+        next_token,
+    }))
+}
+
+/// A ListRollouts page token: `<created_at_ms>:<rollout_id>` of the last rollout listed.
+fn parse_token(token: &str) -> Result<(i64, String), Status> {
+    let bad = || {
+        validation_status(ValidationError::new(
+            "next_token",
+            "is not a token this call returned",
+        ))
+    };
+    let (at, id) = token.split_once(':').ok_or_else(bad)?;
+    let at: i64 = at.parse().map_err(|_| bad())?;
+    RolloutId::parse(id).map_err(|_| bad())?;
+    Ok((at, id.to_owned()))
 }
 
 /// The rollout now, then each time it changes, until it has ended and nothing of it is in

@@ -313,6 +313,77 @@ async fn cancel_stops_new_starts_and_force_cancels_the_live_executions() -> Resu
     server.shutdown().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_are_listed_newest_first_by_command_and_status_page_by_page() -> Result {
+    let (server, mut registry, mut rollouts) = given_a_server("rollout-list-all").await?;
+    registry
+        .create_command(static_json_command("blink", r#"{"blink":1}"#))
+        .await?;
+    // One start a minute: each rollout stays IN_PROGRESS with its first attempt live.
+    for (id, command) in [("r-a", "reboot"), ("r-b", "blink"), ("r-c", "reboot")] {
+        let mut s = spec(list(&[thing("lamp-1"), thing("lamp-2")]), 1);
+        s.command_id = command.into();
+        rollouts.start_rollout(start(id, s)).await?;
+    }
+    rollouts
+        .cancel_rollout(pb::CancelRolloutRequest {
+            rollout_id: "r-b".into(),
+            force: true,
+        })
+        .await?;
+    let mut listed: Vec<pb::Rollout> = Vec::new();
+    let mut token = String::new();
+    for _ in 0..5 {
+        let page = rollouts
+            .list_rollouts(pb::ListRolloutsRequest {
+                max_results: 1,
+                next_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(page.rollouts.len() <= 1);
+        listed.extend(page.rollouts);
+        token = page.next_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let mut ids: Vec<&str> = listed.iter().map(|r| r.rollout_id.as_str()).collect();
+    // Newest first (the id breaks ties), every rollout once.
+    let order: Vec<(i64, String)> = listed
+        .iter()
+        .map(|r| (-ms(&r.created_at), r.rollout_id.clone()))
+        .collect();
+    let mut sorted_order = order.clone();
+    sorted_order.sort();
+    assert_eq!(order, sorted_order, "newest first");
+    ids.sort();
+    assert_eq!(ids, ["r-a", "r-b", "r-c"]);
+    let names = |page: pb::ListRolloutsResponse| -> Vec<String> {
+        let mut ids: Vec<String> = page.rollouts.into_iter().map(|r| r.rollout_id).collect();
+        ids.sort();
+        ids
+    };
+    let reboots = rollouts
+        .list_rollouts(pb::ListRolloutsRequest {
+            command_id: "reboot".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(names(reboots), ["r-a", "r-c"]);
+    let canceled = rollouts
+        .list_rollouts(pb::ListRolloutsRequest {
+            status: pb::RolloutStatus::Canceled as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(names(canceled), ["r-b"]);
+    server.shutdown().await
+}
+
 #[tokio::test]
 async fn bad_rollouts_are_refused_naming_the_field_and_start_nothing() -> Result {
     let (server, mut registry, mut rollouts) = given_a_server("rollout-bad").await?;
@@ -363,12 +434,15 @@ async fn bad_rollouts_are_refused_naming_the_field_and_start_nothing() -> Result
         Code::NotFound,
         &["rollout r-9 not found"],
     );
-    expect_code(
+    expect_invalid(
         rollouts
-            .list_rollouts(pb::ListRolloutsRequest::default())
+            .list_rollouts(pb::ListRolloutsRequest {
+                next_token: "not-a-token".into(),
+                ..Default::default()
+            })
             .await,
-        Code::Unimplemented,
-        &["GetRollout"],
+        "next_token",
+        &["token"],
     );
     assert!(executions(&mut registry).await?.is_empty());
     server.shutdown().await

@@ -455,6 +455,7 @@ pub fn encode_shard_request(request: &ShardRequest) -> Vec<u8> {
             R::Rollout(rollouts::input_to_pb(rollout_id, input))
         }
         ShardRequest::ReadRollout { rollout_id } => R::ReadRollout(rollout_id.as_str().to_owned()),
+        ShardRequest::ListRollouts { shard } => R::ListRollouts(*shard),
     };
     ipb::ShardRequest {
         request: Some(request),
@@ -487,6 +488,7 @@ pub fn decode_shard_request(bytes: &[u8]) -> Result<ShardRequest> {
         R::ReadRollout(id) => ShardRequest::ReadRollout {
             rollout_id: fleetcmd_domain::rollout::RolloutId::parse(id)?,
         },
+        R::ListRollouts(shard) => ShardRequest::ListRollouts { shard },
     })
 }
 
@@ -652,6 +654,9 @@ pub fn encode_shard_reply(reply: &ShardReply) -> Vec<u8> {
             rollout: rollout.as_deref().map(crate::convert::rollout_to_pb),
             position: position.map(position_to_pb),
         }),
+        ShardReply::Rollouts { rollouts } => R::Rollouts(ipb::RolloutList {
+            rollouts: rollouts.iter().map(crate::convert::rollout_to_pb).collect(),
+        }),
         ShardReply::DeliveredPending { count } => R::DeliveredPending(*count),
         ShardReply::Rejected(r) => R::Rejected(ipb::Rejection {
             code: rejection_code_to_pb(r.code) as i32,
@@ -722,6 +727,13 @@ pub fn decode_shard_reply(bytes: &[u8]) -> Result<ShardReply> {
                 .transpose()?
                 .map(Box::new),
             position: r.position.map(position_from_pb),
+        },
+        R::Rollouts(list) => ShardReply::Rollouts {
+            rollouts: list
+                .rollouts
+                .into_iter()
+                .map(crate::convert::rollout_from_pb)
+                .collect::<Result<_, _>>()?,
         },
         R::Rejected(r) => ShardReply::Rejected(Rejection {
             code: rejection_code_from_pb(r.code)?,

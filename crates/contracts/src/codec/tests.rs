@@ -734,6 +734,7 @@ fn every_request() -> Vec<ShardRequest> {
         });
     }
     requests.push(ShardRequest::ReadRollout { rollout_id });
+    requests.push(ShardRequest::ListRollouts { shard: 7 });
     requests
 }
 
@@ -827,6 +828,10 @@ fn every_shard_reply_decodes_to_what_was_encoded() {
             rollout: None,
             position: None,
         },
+        ShardReply::Rollouts {
+            rollouts: vec![hosted_rollout().summary(), hosted_rollout().summary()],
+        },
+        ShardReply::Rollouts { rollouts: vec![] },
         ShardReply::Unavailable("moving".into()),
     ];
     for (code, _) in REJECTION_CODES {

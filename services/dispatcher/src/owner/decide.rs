@@ -157,6 +157,7 @@ pub fn needs<'a>(state: &ShardState, requests: impl Iterator<Item = &'a ShardReq
             | ShardRequest::Group { .. }
             | ShardRequest::Rollout { .. }
             | ShardRequest::ReadRollout { .. }
+            | ShardRequest::ListRollouts { .. }
             | ShardRequest::DeliverPending { .. } => {}
         }
     }
@@ -173,6 +174,18 @@ pub fn decide(
     settings: &Settings,
     new_id: &mut dyn FnMut() -> ExecutionId,
 ) -> Result<Decision, Refusal> {
+    if let ShardRequest::ListRollouts { shard } = request {
+        return Ok(Decision::reply(if *shard == settings.shard {
+            ShardReply::Rollouts {
+                rollouts: state.rollout_summaries(),
+            }
+        } else {
+            ShardReply::Unavailable(format!(
+                "a listing of shard {shard} reached shard {}",
+                settings.shard
+            ))
+        }));
+    }
     let key = request.routing_key();
     if shard_of(&key, settings.shards) != settings.shard {
         return Ok(Decision::reply(ShardReply::Unavailable(format!(
@@ -317,6 +330,7 @@ pub fn decide(
                 },
             })
         }
+        ShardRequest::ListRollouts { .. } => unreachable!("answered above"),
         ShardRequest::ReadRollout { rollout_id } => Ok(Decision {
             hydrate: None,
             events: Vec::new(),

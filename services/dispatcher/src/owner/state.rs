@@ -17,7 +17,7 @@ use fleetcmd_domain::execution::{self, Folded};
 use fleetcmd_domain::group::{self, ThingGroup};
 use fleetcmd_domain::ids::{ExecutionId, Target, TargetKind};
 use fleetcmd_domain::model::{Command, Execution, ExecutionStatus, Payload, TimestampMs};
-use fleetcmd_domain::rollout::{self, Rollout, RolloutId};
+use fleetcmd_domain::rollout::{self, Rollout, RolloutId, RolloutSummary};
 use fleetcmd_domain::start::PriorStart;
 use fleetcmd_domain::thing::{self, Thing};
 
@@ -282,6 +282,14 @@ impl ShardState {
         self.rollout_wakes.insert(id.clone(), at);
         self.timers
             .push(Reverse((at, TimerKey::Rollout(id.clone()))));
+    }
+
+    /// Every hosted rollout's summary, by id.
+    pub fn rollout_summaries(&self) -> Vec<RolloutSummary> {
+        let mut all: Vec<RolloutSummary> =
+            self.rollouts.values().map(|(r, _)| r.summary()).collect();
+        all.sort_by(|a, b| a.rollout_id.cmp(&b.rollout_id));
+        all
     }
 
     /// The hosted rollouts that still have something to do (not ended, or ended with

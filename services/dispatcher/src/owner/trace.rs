@@ -45,6 +45,7 @@ pub fn input_span(
         | ShardRequest::Group { .. }
         | ShardRequest::Rollout { .. }
         | ShardRequest::ReadRollout { .. }
+        | ShardRequest::ListRollouts { .. }
         | ShardRequest::DeliverPending { .. } => {
             let name = match req {
                 ShardRequest::Start(_) => "shard.owner start",
@@ -54,6 +55,7 @@ pub fn input_span(
                 ShardRequest::Group { .. } => "shard.owner group",
                 ShardRequest::Rollout { .. } => "shard.owner rollout",
                 ShardRequest::ReadRollout { .. } => "shard.owner read rollout",
+                ShardRequest::ListRollouts { .. } => "shard.owner list rollouts",
                 ShardRequest::DeliverPending { .. } => "shard.owner deliver pending",
                 _ => "shard.owner command",
             };

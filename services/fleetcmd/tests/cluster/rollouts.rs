@@ -123,6 +123,25 @@ async fn s8_a_rollout_starts_every_target_once_and_completes_on_the_real_engines
         (6, 6, 0, 6),
         "{counts:?}"
     );
+    // Listed by asking every shard's owner, across both dispatchers.
+    let listed = rollouts
+        .list_rollouts(pb::ListRolloutsRequest {
+            command_id: done
+                .spec
+                .as_ref()
+                .map(|s| s.command_id.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+        .await
+        .expect("[s8] ListRollouts")
+        .into_inner();
+    let ids: Vec<&str> = listed
+        .rollouts
+        .iter()
+        .map(|r| r.rollout_id.as_str())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
     cluster.assert_all_alive();
 }
 
