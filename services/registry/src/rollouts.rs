@@ -24,7 +24,6 @@ use fleetcmd_domain::ids::{CommandId, Target};
 use fleetcmd_domain::policy::Action;
 use fleetcmd_domain::ports::ThingQuery;
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest};
-use fleetcmd_domain::query::{Query, Term};
 use fleetcmd_domain::rollout::{
     RolloutId, RolloutInput, RolloutSummary, TargetSelection, TargetSelector,
 };
@@ -121,13 +120,10 @@ pub(crate) async fn start(
         if known.is_none() {
             return Err(Status::not_found(format!("command {command} not found")));
         }
+        let selector = spec.targets.clone();
         let input = RolloutInput::Start {
             rollout_id: id.clone(),
             spec: Box::new(spec),
-        };
-        let selector = match &input {
-            RolloutInput::Start { spec, .. } => spec.targets.clone(),
-            _ => unreachable!("a start"),
         };
         let mut started = ask(
             deps,
@@ -161,13 +157,9 @@ async fn resolve(
     id: &RolloutId,
     selector: &TargetSelector,
 ) -> Result<RolloutSummary, Status> {
-    let query = match selector {
-        TargetSelector::List(_) => None,
-        TargetSelector::Group(g) => Some(Query::Term(Term::Group(g.clone()))),
-        TargetSelector::Query(q) => Some(fleetcmd_domain::query::parse(q).map_err(|e| {
-            validation_status(ValidationError::new("spec.targets.query", e.message))
-        })?),
-    };
+    let query = selector.query().transpose().map_err(|e| {
+        validation_status(ValidationError::new(format!("spec.{}", e.field), e.message))
+    })?;
     let send = |input| {
         ask(
             deps,

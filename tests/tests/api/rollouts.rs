@@ -6,7 +6,7 @@
 use fleetcmd_contracts::pb;
 use fleetcmd_e2e::api::*;
 use fleetcmd_e2e::{
-    Rollouts, Server, client, policed_args, static_json_command, thing, with_admin, within,
+    Rollouts, Server, Things, client, policed_args, static_json_command, thing, with_admin, within,
 };
 use tonic::Code;
 
@@ -91,6 +91,35 @@ async fn launched(
     .await
 }
 
+fn join(name: &str) -> pb::AddThingToThingGroupRequest {
+    pb::AddThingToThingGroupRequest {
+        thing_group_name: "lab".into(),
+        thing_name: name.into(),
+    }
+}
+
+/// Registers `things` and a static group `lab` holding `members`.
+async fn given_the_lab(things: &mut Things, all: &[&str], members: &[&str]) -> anyhow::Result<()> {
+    for name in all {
+        things
+            .create_thing(pb::CreateThingRequest {
+                thing_name: (*name).into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    things
+        .create_thing_group(pb::CreateThingGroupRequest {
+            thing_group_name: "lab".into(),
+            ..Default::default()
+        })
+        .await?;
+    for name in members {
+        things.add_thing_to_thing_group(join(name)).await?;
+    }
+    Ok(())
+}
+
 async fn given_a_server(name: &str) -> anyhow::Result<(Server, Registry, Rollouts)> {
     let server = Server::start(name).await?;
     let mut registry = server.registry().await?;
@@ -161,28 +190,12 @@ async fn a_rollout_starts_each_target_once_and_completes_as_they_settle() -> Res
 async fn a_group_rollout_reaches_its_members_and_a_failure_counts_once_final() -> Result {
     let (server, mut registry, mut rollouts) = given_a_server("rollout-group").await?;
     let mut things = server.things().await?;
-    for name in ["lab-1", "lab-2", "office-1"] {
-        things
-            .create_thing(pb::CreateThingRequest {
-                thing_name: name.into(),
-                ..Default::default()
-            })
-            .await?;
-    }
-    things
-        .create_thing_group(pb::CreateThingGroupRequest {
-            thing_group_name: "lab".into(),
-            ..Default::default()
-        })
-        .await?;
-    for name in ["lab-1", "lab-2"] {
-        things
-            .add_thing_to_thing_group(pb::AddThingToThingGroupRequest {
-                thing_group_name: "lab".into(),
-                thing_name: name.into(),
-            })
-            .await?;
-    }
+    given_the_lab(
+        &mut things,
+        &["lab-1", "lab-2", "office-1"],
+        &["lab-1", "lab-2"],
+    )
+    .await?;
     let group = pb::rollout_targets::Selector::Group("lab".into());
     rollouts
         .start_rollout(start("r-lab", spec(group, 60_000)))
@@ -215,25 +228,7 @@ async fn a_group_rollout_reaches_its_members_and_a_failure_counts_once_final() -
 async fn a_continuous_rollout_reaches_things_that_join_its_group_while_it_runs() -> Result {
     let (server, mut registry, mut rollouts) = given_a_server("rollout-continuous").await?;
     let mut things = server.things().await?;
-    for name in ["lab-1", "lab-2"] {
-        things
-            .create_thing(pb::CreateThingRequest {
-                thing_name: name.into(),
-                ..Default::default()
-            })
-            .await?;
-    }
-    things
-        .create_thing_group(pb::CreateThingGroupRequest {
-            thing_group_name: "lab".into(),
-            ..Default::default()
-        })
-        .await?;
-    let join = |name: &str| pb::AddThingToThingGroupRequest {
-        thing_group_name: "lab".into(),
-        thing_name: name.into(),
-    };
-    things.add_thing_to_thing_group(join("lab-1")).await?;
+    given_the_lab(&mut things, &["lab-1", "lab-2"], &["lab-1"]).await?;
     let mut continuous = spec(pb::rollout_targets::Selector::Group("lab".into()), 60_000);
     continuous.target_selection = pb::TargetSelection::Continuous as i32;
     rollouts.start_rollout(start("r-cont", continuous)).await?;

@@ -40,6 +40,24 @@ pub enum TargetSelector {
     Query(String),
 }
 
+impl TargetSelector {
+    /// The query a group or a query selector stands for (`None` for a list): what is read
+    /// from the registry to find its things. A group is the query `group:<name>`; the error
+    /// names the field `targets.query`.
+    pub fn query(&self) -> Option<Result<crate::query::Query, ValidationError>> {
+        match self {
+            Self::List(_) => None,
+            Self::Group(g) => Some(Ok(crate::query::Query::Term(crate::query::Term::Group(
+                g.clone(),
+            )))),
+            Self::Query(q) => Some(
+                crate::query::parse(q)
+                    .map_err(|e| ValidationError::new("targets.query", e.message)),
+            ),
+        }
+    }
+}
+
 /// AWS's `targetSelection`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -22,7 +22,6 @@ use fleetcmd_domain::execution::ExecutionInput;
 use fleetcmd_domain::ids::{ExecutionId, Target};
 use fleetcmd_domain::model::{ExecutionStatus, StatusReason};
 use fleetcmd_domain::protocol::{ShardReply, ShardRequest, events_subject};
-use fleetcmd_domain::query::{Query, Term};
 use fleetcmd_domain::rollout::{self, RolloutId, RolloutInput, TargetSelection, TargetSelector};
 use fleetcmd_domain::start::StartRequest;
 use fleetcmd_domain::thing::Connectivity;
@@ -326,13 +325,9 @@ impl Owner {
     fn look_again(&mut self, id: &RolloutId, selector: TargetSelector) {
         self.last_resolves
             .insert(id.clone(), self.deps.clock.now_ms());
-        let query = match selector {
-            TargetSelector::List(_) => return,
-            TargetSelector::Group(g) => Query::Term(Term::Group(g)),
-            TargetSelector::Query(q) => match fleetcmd_domain::query::parse(&q) {
-                Ok(q) => q,
-                Err(_) => return,
-            },
+        // A query that does not parse was refused when the rollout started.
+        let Some(Ok(query)) = selector.query() else {
+            return;
         };
         let (read_model, client, id) = (
             self.deps.read_model.clone(),
